@@ -1,0 +1,1 @@
+"""Environment registration (filled in by the envs work)."""

@@ -1,0 +1,101 @@
+"""The sandbox contract shared by every backend (no torch, no other prmgym imports)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Sequence
+
+STATUSES = (
+    "passed",          # every expected test reported success and the run ended cleanly
+    "failed",          # ran to the end, but at least one test failed or never reported
+    "timeout",         # wall-clock or CPU deadline hit
+    "memory",          # memory limit hit
+    "output_limit",    # stdout/stderr exceeded the cap
+    "runtime_error",   # the program raised / crashed before the tests could run
+    "compile_error",   # the program is not valid Python
+    "sandbox_error",   # the infrastructure failed; never the program's fault
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One untrusted program and the tests that judge it.
+
+    Attributes:
+        code: the candidate program (Python source).
+        tests: test programs; each is executed after ``code`` in the same namespace and
+            counts as one test (a HumanEval ``check`` function plus its call is one test).
+        entry_point: name of the function under test, if any; tests may refer to it as
+            ``candidate``.
+        stdin: text fed to the program's standard input (``None`` = empty/closed).
+        timeout_s: wall-clock deadline for the whole job, enforced from outside.
+        memory_mb: address-space / memory limit.
+    """
+
+    code: str
+    tests: tuple[str, ...] = ()
+    entry_point: str | None = None
+    stdin: str | None = None
+    timeout_s: float = 10.0
+    memory_mb: int = 512
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, str):
+            raise TypeError(f"Job.code must be a string of Python source, got {type(self.code).__name__}")
+        if not isinstance(self.tests, tuple):
+            object.__setattr__(self, "tests", tuple(self.tests))
+        if self.timeout_s <= 0:
+            raise ValueError(f"Job.timeout_s must be > 0, got {self.timeout_s}")
+        if self.memory_mb < 16:
+            raise ValueError(f"Job.memory_mb must be >= 16 (Python needs it to start), got {self.memory_mb}")
+
+
+@dataclass
+class ExecResult:
+    """What happened to one `Job`. ``passed`` is true only for status ``"passed"``."""
+
+    status: str
+    tests_passed: int = 0
+    tests_total: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; valid: {', '.join(STATUSES)}")
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def fraction_passed(self) -> float:
+        return self.tests_passed / self.tests_total if self.tests_total else float(self.passed)
+
+
+class Sandbox(abc.ABC):
+    """Runs untrusted code. Backends: `LocalSandbox` (default), `DockerSandbox`."""
+
+    @abc.abstractmethod
+    def run(self, job: Job) -> ExecResult:
+        """Run one job; infrastructure failures are retried once, then ``sandbox_error``."""
+
+    def run_batch(self, jobs: Sequence[Job]) -> list[ExecResult]:
+        """Run many jobs in parallel; results keep the order of ``jobs``."""
+        return [self.run(j) for j in jobs]
+
+    def close(self) -> None:
+        """Release workers/containers. Safe to call twice."""
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
