@@ -1,0 +1,189 @@
+"""PRM quality on corrupted traces, and the one-pass scoring speed-up.
+
+For each environment:
+
+1. A policy: ``--policy DIR`` or the tiny SFT model (`prmgym.models.tiny.pretrain`, cached).
+2. Every PRM kind is trained offline with the *same* budget (`prmgym.rewards.train`):
+   ``--steps`` updates x ``--tasks-per-step`` tasks x ``--rollouts`` rollouts (MC-PRM also
+   spends ``--mc-rollouts`` completions per step prefix: reported).
+3. Held-out test tasks: the expert solution, and a copy with one non-final step corrupted
+   (its last number replaced, `prmgym.models.tiny.corrupt_step`: a wrong operation result;
+   later steps unchanged). Good steps = all steps of clean traces + the steps before the
+   corruption; bad steps = the corrupted step (steps after it are left out of the AUC).
+   * ``AUC``: probability that a random good step scores above a random bad step.
+   * ``loc``: fraction of corrupted traces whose lowest-scoring step is the corrupted one.
+4. Speed: `score_steps` (one pass per trace) vs scoring every prefix as its own trace, on
+   the same traces, cache off; ratio of wall times measured in the same run.
+
+    python benchmarks/prm_quality.py --env prmgym/ChainArithmetic-v0 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+
+def auc(good: list[float], bad: list[float]) -> float:
+    """Mann-Whitney AUC: P(good > bad) + ½ P(tie)."""
+    if not good or not bad:
+        return float("nan")
+    wins = 0.0
+    for g in good:
+        for b in bad:
+            wins += 1.0 if g > b else 0.5 if g == b else 0.0
+    return wins / (len(good) * len(bad))
+
+
+def corrupted_eval_set(env, n: int, seed: int):
+    from prmgym.models.tiny import corrupt_step
+
+    u = env.unwrapped
+    rng = random.Random(seed)
+    tasks = [t for t in u.source.tasks("test", n, seed=seed) if t.expert_steps and len(t.expert_steps) >= 2]
+    clean, bad = [], []
+    for t in tasks:
+        steps = list(t.expert_steps)
+        clean.append((t.prompt, steps))
+        cands = list(range(len(steps) - 1))  # never the final answer step
+        rng.shuffle(cands)
+        for k in cands:
+            new = corrupt_step(steps[k], rng)
+            if new is not None and new != steps[k]:
+                bad.append((t.prompt, steps[:k] + [new] + steps[k + 1 :], k))
+                break
+    return clean, bad
+
+
+def evaluate(prm, clean, bad) -> dict:
+    prm.clear_cache()
+    s_clean = prm.score_steps([p for p, _ in clean], [s for _, s in clean])
+    s_bad = prm.score_steps([p for p, _, _ in bad], [s for _, s, _ in bad])
+    good = [x for row in s_clean for x in row]
+    wrong = []
+    loc = 0
+    for row, (_, _, k) in zip(s_bad, bad):
+        good.extend(row[:k])
+        wrong.append(row[k])
+        loc += int(min(range(len(row)), key=lambda i: row[i]) == k)
+    return {"auc": auc(good, wrong), "loc": loc / max(1, len(bad)), "n_good": len(good), "n_bad": len(wrong)}
+
+
+def speed(prm, traces, repeats: int = 3) -> dict:
+    prm.cache = None
+    prompts, steps = [p for p, _ in traces], [s for _, s in traces]
+    pp = [p for p, s in traces for i in range(len(s))]
+    ps = [s[: i + 1] for _, s in traces for i in range(len(s))]
+    one, per = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a = prm.score_steps(prompts, steps)
+        one.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b = prm.score_steps(pp, ps)
+        per.append(time.perf_counter() - t0)
+    flat_a = [x for row in a for x in row]
+    flat_b = [row[-1] for row in b]
+    maxdiff = max(abs(x - y) for x, y in zip(flat_a, flat_b))
+    tok_one = prm.token_count(prompts, steps)
+    tok_per = prm.token_count(pp, ps)
+    return {"one_pass_s": min(one), "per_prefix_s": min(per), "speedup": min(per) / min(one),
+            "tokens_one_pass": tok_one, "tokens_per_prefix": tok_per, "max_abs_diff": maxdiff}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", action="append", default=None, help="environment id (repeatable)")
+    ap.add_argument("--policy", default=None, help="policy dir (default: tiny.pretrain for the env)")
+    ap.add_argument("--pretrain-steps", type=int, default=600)
+    ap.add_argument("--pretrain-tasks", type=int, default=400)
+    ap.add_argument("--pretrain-corrupt", type=float, default=0.2, help="corrupt_rate of the tiny SFT data (a policy that errs)")
+    ap.add_argument("--kinds", default="airl,repirl,orm,mc,implicit")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--tasks-per-step", type=int, default=8)
+    ap.add_argument("--rollouts", type=int, default=4)
+    ap.add_argument("--mc-rollouts", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-tasks", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/bench_prm_quality")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    import gymnasium as gym
+
+    import prmgym  # noqa: F401
+    from prmgym.models import TransformersPolicy, tiny
+    from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
+
+    envs = args.env or ["prmgym/ChainArithmetic-v0"]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    os.makedirs(args.out, exist_ok=True)
+    report = {"args": vars(args), "envs": {}}
+    for env_id in envs:
+        print(f"\n=== {env_id} ===", flush=True)
+        if args.policy:
+            pol_dir = args.policy
+        else:
+            t0 = time.perf_counter()
+            pol_dir = tiny.pretrain(env_id, steps=args.pretrain_steps, num_train_tasks=args.pretrain_tasks,
+                                    corrupt_rate=args.pretrain_corrupt, eval_tasks=50, seed=args.seed, progress=False)
+            print(f"policy: {pol_dir} ({time.perf_counter() - t0:.0f}s incl. cache)", flush=True)
+        policy = TransformersPolicy.from_pretrained(pol_dir)
+        env_fn = lambda: gym.make(env_id, split="train")  # noqa: E731
+        probe = gym.make(env_id, split="test")
+        delim = probe.unwrapped.delimiter
+        clean, bad = corrupted_eval_set(probe, args.eval_tasks, seed=args.seed + 1)
+        probe.close()
+        print(f"eval: {len(clean)} clean traces, {len(bad)} corrupted", flush=True)
+        rows = {}
+        for kind in kinds:
+            torch.manual_seed(args.seed)
+            prm = build_prm(kind, policy, lr=args.lr, delimiter=delim)
+            cfg = PRMTrainConfig(kind=kind, steps=args.steps, tasks_per_step=args.tasks_per_step,
+                                 rollouts_per_task=args.rollouts, mc_rollouts=args.mc_rollouts,
+                                 max_steps=args.max_steps, seed=args.seed)
+            trainer = OfflinePRMTrainer(prm, policy, env_fn, cfg)
+            t0 = time.perf_counter()
+            hist = trainer.train()
+            train_s = time.perf_counter() - t0
+            trainer.close()
+            res = evaluate(prm, clean, bad)
+            res.update({"train_s": train_s, "rollout_traces": trainer.stats["rollout_traces"],
+                        "mc_rollouts": trainer.stats["mc_rollouts"],
+                        "skipped_updates": sum(1 for h in hist if h.get("skipped")),
+                        "pos_frac": sum(h.get("positive_frac", 0) for h in hist) / max(1, len(hist))})
+            last = hist[-1] if hist else {}
+            for k in ("disc_acc", "acc", "loss"):
+                if k in last:
+                    res[f"final_{k}"] = last[k]
+            rows[kind] = res
+            print(f"{kind:9s} AUC={res['auc']:.3f} loc={res['loc']:.3f} train={train_s:.0f}s "
+                  f"rollouts={res['rollout_traces']} mc_rollouts={res['mc_rollouts']}", flush=True)
+            if kind == kinds[0]:
+                sp = speed(prm, clean + [(p, s) for p, s, _ in bad])
+                print(f"speed: one pass {sp['one_pass_s']*1e3:.1f} ms vs per-prefix {sp['per_prefix_s']*1e3:.1f} ms "
+                      f"-> {sp['speedup']:.2f}x (tokens {sp['tokens_one_pass']} vs {sp['tokens_per_prefix']}, "
+                      f"max |diff| {sp['max_abs_diff']:.2e})", flush=True)
+                report.setdefault("speed", {})[env_id] = sp
+        report["envs"][env_id] = {"policy": pol_dir, "n_clean": len(clean), "n_corrupted": len(bad), "results": rows}
+        print(f"\n| PRM | AUC good vs bad step | first-bad-step loc. | train s | policy rollouts | MC rollouts |")
+        print("|---|---|---|---|---|---|")
+        for kind, r in rows.items():
+            print(f"| {kind} | {r['auc']:.3f} | {r['loc']:.3f} | {r['train_s']:.0f} | {r['rollout_traces']} | {r['mc_rollouts']} |")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    print(f"\nwrote {os.path.join(args.out, 'results.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""A training run described by one config file: what `prmgym train` executes.
+
+A run config (YAML; see examples/configs/) names the algorithm, the environment, the
+policy, the optional dense reward and the trainer section:
+
+.. code-block:: yaml
+
+    algorithm: grpo                  # grpo | rest_grpo
+    env: prmgym/ChainArithmetic-v0
+    env_kwargs: {difficulty: 1}
+    model: tiny                      # tiny (prmgym.models.tiny.pretrain for this env, cached) | a local HF directory
+    reward: none                     # none | airl | repirl (prmgym.rewards.REWARDS)
+    steps: 100
+    run_dir: runs/grpo_chain
+    trainer: {num_generations: 8, batch_size: 32, learning_rate: 5.0e-4}
+
+`build_run` checks every name before anything heavy starts and lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from prmgym.config import ConfigError, from_dict, to_dict
+
+ALGORITHMS = ("grpo", "rest_grpo")
+
+
+def _f(default, help):
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    """Everything `prmgym train` needs. The ``trainer`` section holds `GRPOConfig` fields
+    (`ReSTGRPOConfig` fields for ``algorithm: rest_grpo``)."""
+
+    algorithm: str = _f("grpo", "grpo | rest_grpo")
+    env: str = _f("prmgym/ChainArithmetic-v0", "a registered Gymnasium id (prmgym envs list: `prmgym envs`)")
+    env_kwargs: dict = _f({}, "keyword arguments for gym.make (split=train is the default)")
+    eval_env_kwargs: dict = _f({"split": "test"}, "overrides of env_kwargs for held-out evaluation")
+    model: str = _f("tiny", "'tiny' (pretrain the tiny character model for this env, cached) or a local HF model directory")
+    model_kwargs: dict = _f({}, "for model: tiny, PretrainConfig overrides passed to prmgym.models.tiny.pretrain")
+    reward: str = _f("none", "dense process reward: none | a name in prmgym.rewards.REWARDS (airl, repirl)")
+    reward_config: dict = _f({}, "options of the process reward (see docs/rewards.md)")
+    steps: int = _f(100, "trainer steps in total (a resumed run continues up to this)")
+    run_dir: str = _f("runs/train", "where metrics.jsonl, tb/ (TensorBoard) and checkpoints/ go")
+    eval_tasks: int = _f(64, "held-out tasks for pass@1 before and after training (0 = skip)")
+    device: str | None = _f(None, "torch device (default: cpu)")
+    trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+    def trainer_config(self):
+        """The typed trainer section (validated; errors name the ``trainer.`` key)."""
+        from prmgym.agents.grpo import GRPOConfig
+        from prmgym.agents.rest_grpo import ReSTGRPOConfig
+
+        cls = ReSTGRPOConfig if self.algorithm == "rest_grpo" else GRPOConfig
+        return from_dict(cls, self.trainer, where="trainer")
+
+
+def load_run_config(data: dict) -> RunConfig:
+    cfg = from_dict(RunConfig, data)
+    cfg.trainer_config()  # validate the trainer section now
+    return cfg
+
+
+def valid_rewards() -> list[str]:
+    names = ["none"]
+    try:
+        from prmgym.rewards import REWARDS
+
+        names += sorted(REWARDS)
+    except ImportError:
+        pass
+    return names
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Unknown env / model / reward -> `ConfigError` naming it and listing the valid ones."""
+    import gymnasium as gym
+
+    import prmgym  # noqa: F401  (registers the envs)
+
+    if cfg.env not in gym.registry:
+        ours = sorted(k for k in gym.registry if k.startswith("prmgym/"))
+        raise ConfigError(
+            f"unknown env {cfg.env!r}. Valid prmgym envs: {', '.join(ours) or '(none registered)'} "
+            "(any other registered Gymnasium id with the ReasoningEnv API works too)"
+        )
+    if cfg.model != "tiny":
+        if not os.path.isdir(cfg.model):
+            raise ConfigError(
+                f"model {cfg.model!r} is neither 'tiny' nor an existing directory. Valid: 'tiny' (the tiny "
+                "character model, pretrained for the env and cached) or the path of a local Hugging Face "
+                "model directory (save_pretrained output with config.json)"
+            )
+        if not os.path.exists(os.path.join(cfg.model, "config.json")):
+            raise ConfigError(f"model directory {cfg.model!r} has no config.json; save the model with save_pretrained")
+    rewards = valid_rewards()
+    if cfg.reward not in rewards:
+        raise ConfigError(f"unknown reward {cfg.reward!r}; valid: {', '.join(rewards)}")
+
+
+def build_policy(cfg: RunConfig, progress: bool = False):
+    from prmgym.models import TransformersPolicy
+
+    if cfg.model == "tiny":
+        from prmgym.models import tiny
+
+        path = tiny.pretrain(cfg.env, progress=progress, **cfg.model_kwargs)
+    else:
+        path = cfg.model
+    return TransformersPolicy.from_pretrained(path, device=cfg.device)
+
+
+def build_reward(cfg: RunConfig, policy: Any):
+    if cfg.reward == "none":
+        return None
+    from prmgym.rewards import REWARDS
+
+    return REWARDS[cfg.reward](policy, dict(cfg.reward_config))
+
+
+def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progress: bool = False):
+    """Check names, build policy (unless given), reward and trainer for ``cfg``."""
+    from prmgym.agents.grpo import GRPOTrainer
+    from prmgym.agents.rest_grpo import ReSTGRPOTrainer
+
+    check_names(cfg)
+    tcfg = cfg.trainer_config()
+    policy = policy or build_policy(cfg, progress=progress)
+    reward = build_reward(cfg, policy)
+    env_kwargs = {"split": "train", **cfg.env_kwargs}
+    eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
+    from prmgym.agents.grpo import _env_factory
+
+    cls = ReSTGRPOTrainer if cfg.algorithm == "rest_grpo" else GRPOTrainer
+    return cls(
+        policy, cfg.env, tcfg, env_kwargs=env_kwargs, eval_env=_env_factory(cfg.env, eval_kwargs),
+        process_reward=reward, run_dir=cfg.run_dir, logger=logger,
+    )
+
+
+def save_run_config(cfg: RunConfig, run_dir: str) -> str:
+    import yaml
+
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    return path
+
+
+def truncate_metrics(run_dir: str, step: int) -> None:
+    """Drop JSONL rows logged after ``step`` (a killed run logged past its last checkpoint)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if int(json.loads(line).get("step", 0)) <= step:
+                    keep.append(line)
+            except (ValueError, json.JSONDecodeError):
+                continue
+    with open(path, "w") as f:
+        f.writelines(keep)

@@ -1,0 +1,450 @@
+"""Verifiers turn a final answer (or a program) into a `Verdict`.
+
+Every verifier has ``score(task, text) -> Verdict`` and ``score_batch(tasks, texts)``.
+``text`` is what the episode submitted: the extracted answer for answer tasks (what follows
+``Answer:``), the whole candidate program for code tasks.
+
+>>> from prmgym.envs.task import Task
+>>> t = Task(id="demo/0", prompt="What is 3/4?", answer="\\\\boxed{3/4}")
+>>> MathVerifier().score(t, "0.75").correct
+True
+>>> ExactMatchVerifier().score(t, "0.75").reward
+0.0
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Sequence
+
+from prmgym.envs.task import Task
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one submission.
+
+    Attributes:
+        reward: score in [0, 1] (the env's terminal reward).
+        correct: True when the submission is fully right (reward 1.0 for the built-in verifiers).
+        details: what the verifier saw: parsed values, test counts, sandbox status, and
+            ``sandbox_error=True`` when infrastructure (not the program) failed, so that
+            trainers can mask the sample instead of scoring it 0.
+    """
+
+    reward: float
+    correct: bool
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        r = float(self.reward)
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"Verdict.reward must be in [0, 1], got {self.reward}")
+        object.__setattr__(self, "reward", r)
+        object.__setattr__(self, "correct", bool(self.correct))
+
+
+class Verifier:
+    """Base class. Subclasses implement `score`; `score_batch` may run in parallel."""
+
+    #: True if the verifier can judge code tasks (tasks with ``tests``).
+    handles_code: bool = False
+
+    def score(self, task: Task, text: str) -> Verdict:
+        raise NotImplementedError
+
+    def score_batch(self, tasks: Sequence[Task], texts: Sequence[str]) -> list[Verdict]:
+        """Score many submissions; the default runs `score` one by one."""
+        if len(tasks) != len(texts):
+            raise ValueError(f"score_batch needs one text per task, got {len(tasks)} tasks and {len(texts)} texts")
+        return [self.score(t, x) for t, x in zip(tasks, texts)]
+
+    def close(self) -> None:
+        """Release resources (sandboxes). Safe to call twice."""
+
+
+def _need_answer(task: Task, verifier: str) -> str:
+    if task.answer is None:
+        raise ValueError(
+            f"{verifier} needs a reference answer but task {task.id!r} has answer=None; "
+            "give the task an answer or use a verifier that does not need one (CodeVerifier, ReasoningGymVerifier)"
+        )
+    return task.answer
+
+
+# ----------------------------------------------------------------------------- exact match
+class ExactMatchVerifier(Verifier):
+    """Reward 1.0 iff the answer equals the reference after stripping surrounding whitespace
+    (and, with ``case_sensitive=False``, ignoring case)."""
+
+    def __init__(self, case_sensitive: bool = True) -> None:
+        self.case_sensitive = case_sensitive
+
+    def score(self, task: Task, text: str) -> Verdict:
+        gold = _need_answer(task, "ExactMatchVerifier").strip()
+        pred = (text or "").strip()
+        if not self.case_sensitive:
+            gold, pred = gold.casefold(), pred.casefold()
+        ok = gold == pred
+        return Verdict(float(ok), ok, {"expected": gold, "got": pred})
+
+
+# ----------------------------------------------------------------------------- math
+_NUM = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
+_SIGN_SPACE = re.compile(r"(^|[\s(\[{=,])([+-])\s+(?=[\d.\\(])")
+
+
+def _normalise(s: str) -> str:
+    """Whitespace the checker would otherwise misread: '- 5' -> '-5', thousands '1 000' kept."""
+    s = s.strip().strip("$").strip()
+    s = _SIGN_SPACE.sub(lambda m: m.group(1) + m.group(2), s)
+    return s
+
+
+def _plain_number(s: str) -> Fraction | None:
+    s = s.replace(" ", "").replace(",", "")
+    if not _NUM.match(s):
+        return None
+    try:
+        if "/" in s:
+            num, den = s.split("/")
+            return Fraction(num) / Fraction(den)
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+class MathVerifier(Verifier):
+    """Numeric / symbolic equivalence of math answers, built on ``math-verify`` (with sympy).
+
+    Equal: ``\\boxed{3/4}`` and ``0.75``; ``\\frac{1}{2}`` and ``1/2``; ``- 5`` and ``-5``;
+    ``32`` and ``32.0``; ``x = 12`` and ``12``. Plain numbers (integers, decimals, ``a/b``)
+    are compared exactly with fractions before falling back to math-verify, which keeps the
+    common case fast. math-verify's signal-based timeouts only work in the main thread, so in
+    other threads it runs without them.
+
+    Args:
+        float_rounding: decimals math-verify rounds floats to before comparing.
+    """
+
+    def __init__(self, float_rounding: int = 6) -> None:
+        self.float_rounding = float_rounding
+        self._gold_cache: dict[str, Any] = {}
+
+    def _parse(self, s: str) -> Any:
+        from math_verify import parse
+
+        main = threading.current_thread() is threading.main_thread()
+        t = 5 if main else None
+        if "\\" in s and "$" not in s:  # bare LaTeX like 2\sqrt{2}: math-verify reads it whole only inside $...$
+            out = parse(f"${s}$", parsing_timeout=t)
+            if out:
+                return out
+        return parse(s, parsing_timeout=t)
+
+    def score(self, task: Task, text: str) -> Verdict:
+        gold_raw = _need_answer(task, "MathVerifier")
+        pred_raw = text or ""
+        gold, pred = _normalise(gold_raw), _normalise(pred_raw)
+        if not pred:
+            return Verdict(0.0, False, {"method": "empty", "expected": gold_raw, "got": pred_raw})
+        if gold == pred:
+            return Verdict(1.0, True, {"method": "string", "expected": gold_raw, "got": pred_raw})
+        g, p = _plain_number(gold), _plain_number(pred)
+        if g is not None and p is not None:
+            ok = g == p
+            return Verdict(float(ok), ok, {"method": "fraction", "expected": gold_raw, "got": pred_raw})
+        from math_verify import verify
+
+        main = threading.current_thread() is threading.main_thread()
+        if gold not in self._gold_cache:
+            if len(self._gold_cache) > 4096:
+                self._gold_cache.clear()
+            self._gold_cache[gold] = self._parse(gold)
+        gold_parsed = self._gold_cache[gold]
+        pred_parsed = self._parse(pred)
+        if not gold_parsed:
+            raise ValueError(
+                f"math-verify cannot parse the reference answer {gold_raw!r} of task {task.id!r}; "
+                "use ExactMatchVerifier for non-mathematical answers"
+            )
+        try:
+            ok = bool(
+                verify(gold_parsed, pred_parsed, float_rounding=self.float_rounding, timeout_seconds=5 if main else None)
+            )
+        except Exception as e:  # math-verify / sympy internals on pathological input
+            return Verdict(0.0, False, {"method": "math_verify", "error": repr(e), "expected": gold_raw, "got": pred_raw})
+        return Verdict(
+            float(ok),
+            ok,
+            {"method": "math_verify", "expected": gold_raw, "got": pred_raw, "parsed": [str(x) for x in pred_parsed]},
+        )
+
+
+# ----------------------------------------------------------------------------- reasoning-gym
+class ReasoningGymVerifier(Verifier):
+    """Scores with the reasoning-gym dataset's own ``score_answer(answer, entry)``.
+
+    The task must carry the dataset entry in ``task.metadata["entry"]`` (the `ReasoningGym`
+    source puts it there). ``correct`` is ``score >= 1``; the reward is the score clipped to [0, 1].
+
+    Args:
+        dataset: a reasoning-gym ``ProceduralDataset`` instance, or the dataset name
+            (then ``config`` builds it with ``reasoning_gym.create_dataset``).
+    """
+
+    def __init__(self, dataset: Any, **config: Any) -> None:
+        if isinstance(dataset, str):
+            from prmgym.envs.sources import make_reasoning_gym_dataset
+
+            dataset = make_reasoning_gym_dataset(dataset, config)
+        self.dataset = dataset
+
+    def score(self, task: Task, text: str) -> Verdict:
+        entry = task.metadata.get("entry")
+        if entry is None:
+            raise ValueError(
+                f"task {task.id!r} has no reasoning-gym entry in metadata['entry']; "
+                "ReasoningGymVerifier scores tasks made by prmgym.envs.ReasoningGym"
+            )
+        raw = self.dataset.score_answer(text, entry)
+        score = min(1.0, max(0.0, float(raw)))
+        return Verdict(score, score >= 1.0, {"score_answer": float(raw)})
+
+
+# ----------------------------------------------------------------------------- countdown
+_ALLOWED_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def _eval_countdown(node: ast.AST, used: list[int]) -> Fraction:
+    if isinstance(node, ast.Expression):
+        return _eval_countdown(node.body, used)
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        used.append(node.value)
+        return Fraction(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ALLOWED_BINOPS:
+        a = _eval_countdown(node.left, used)
+        b = _eval_countdown(node.right, used)
+        if isinstance(node.op, ast.Add):
+            return a + b
+        if isinstance(node.op, ast.Sub):
+            return a - b
+        if isinstance(node.op, ast.Mult):
+            return a * b
+        if b == 0:
+            raise ZeroDivisionError("division by zero")
+        return a / b
+    raise ValueError(f"not allowed in a Countdown expression: {ast.dump(node)[:60]}")
+
+
+class CountdownVerifier(Verifier):
+    """Checks a Countdown answer: an arithmetic expression over the given numbers.
+
+    The submitted answer must be an expression built from ``+ - * /`` and parentheses that
+    uses every given number exactly once (``task.metadata["numbers"]``) and evaluates exactly
+    (rational arithmetic, no rounding) to the target (``task.answer``). ``×``/``÷`` are read as
+    ``*``/``/``, and a trailing ``= target`` is ignored. A bare number is accepted only if the
+    task has a single number, so writing the target alone does not score. Intermediate steps
+    are not checked: only the final expression decides the reward (binary).
+    """
+
+    def score(self, task: Task, text: str) -> Verdict:
+        target = Fraction(_need_answer(task, "CountdownVerifier"))
+        numbers = task.metadata.get("numbers")
+        if numbers is None:
+            raise ValueError(f"task {task.id!r} lacks metadata['numbers']; CountdownVerifier scores Countdown tasks")
+        expr = (text or "").replace("×", "*").replace("÷", "/").replace("−", "-").strip()
+        if "=" in expr:
+            expr = expr.split("=")[0].strip()
+        details: dict[str, Any] = {"expression": expr, "target": str(target)}
+        try:
+            used: list[int] = []
+            value = _eval_countdown(ast.parse(expr, mode="eval"), used)
+        except (SyntaxError, ValueError, ZeroDivisionError, RecursionError) as e:
+            details["reason"] = f"invalid expression: {e}"
+            return Verdict(0.0, False, details)
+        details["value"] = str(value)
+        if sorted(used) != sorted(numbers):
+            details["reason"] = f"must use each of {sorted(numbers)} exactly once, used {sorted(used)}"
+            return Verdict(0.0, False, details)
+        ok = value == target
+        if not ok:
+            details["reason"] = f"evaluates to {value}, not {target}"
+        return Verdict(float(ok), ok, details)
+
+
+# ----------------------------------------------------------------------------- code
+_SHARED_SANDBOXES: dict[str, Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_sandbox(kind: str) -> Any:
+    """One sandbox of each kind ("local", "docker") per process, shared by all code verifiers
+    (so `gym.make_vec` with 8 envs starts one warm worker pool, not 8). Closed at exit."""
+    with _SHARED_LOCK:
+        box = _SHARED_SANDBOXES.get(kind)
+        if box is None:
+            if kind == "local":
+                try:
+                    from prmgym.sandbox.local import LocalSandbox
+                except ImportError as e:
+                    raise ImportError(f"sandbox='local' needs prmgym.sandbox.local.LocalSandbox, which failed to import: {e}") from e
+                box = LocalSandbox()
+            elif kind == "docker":
+                try:
+                    from prmgym.sandbox.docker import DockerSandbox
+                except ImportError as e:
+                    raise ImportError(f"sandbox='docker' needs prmgym.sandbox.docker.DockerSandbox, which failed to import: {e}") from e
+                box = DockerSandbox()
+            else:
+                raise ValueError(f"unknown sandbox {kind!r}; use 'local', 'docker' or a prmgym.sandbox.Sandbox instance")
+            _SHARED_SANDBOXES[kind] = box
+            import atexit
+
+            atexit.register(box.close)
+        return box
+
+
+class CodeVerifier(Verifier):
+    """Runs the candidate program against ``task.tests`` in a sandbox.
+
+    Builds a `prmgym.sandbox.Job` (code = the program, tests = ``task.tests``, entry point =
+    ``task.metadata["entry_point"]``) and runs it. The verdict is decided by the sandbox,
+    outside the executed program.
+
+    Reward: with ``reward="fraction"`` (default) the fraction of tests passed
+    (``tests_passed / tests_total``); with ``reward="binary"`` 1.0 iff the run passed.
+    ``correct`` is always "every test passed and the run ended cleanly" (status ``passed``).
+    ``details`` holds ``status``, ``tests_passed``, ``tests_total``, ``fraction`` and
+    ``sandbox_error`` (True when the infrastructure failed: reward 0, mask it in training).
+
+    Args:
+        sandbox: ``"local"`` (default, a process-wide shared `LocalSandbox`), ``"docker"``
+            (shared `DockerSandbox`) or a `prmgym.sandbox.Sandbox` instance (not closed by us).
+        timeout_s, memory_mb: limits of each job.
+        reward: ``"fraction"`` or ``"binary"``.
+    """
+
+    handles_code = True
+
+    def __init__(self, sandbox: Any = "local", timeout_s: float = 10.0, memory_mb: int = 512, reward: str = "fraction") -> None:
+        from prmgym.sandbox.base import Sandbox
+
+        if reward not in ("fraction", "binary"):
+            raise ValueError(f"CodeVerifier reward must be 'fraction' or 'binary', got {reward!r}")
+        if not isinstance(sandbox, (str, Sandbox)):
+            raise TypeError(
+                f"sandbox must be 'local', 'docker' or a prmgym.sandbox.Sandbox instance, got {type(sandbox).__name__}"
+            )
+        if isinstance(sandbox, str) and sandbox not in ("local", "docker"):
+            raise ValueError(f"unknown sandbox {sandbox!r}; use 'local', 'docker' or a prmgym.sandbox.Sandbox instance")
+        self._sandbox_spec = sandbox
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        self.reward = reward
+
+    @property
+    def sandbox(self) -> Any:
+        if isinstance(self._sandbox_spec, str):
+            return shared_sandbox(self._sandbox_spec)
+        return self._sandbox_spec
+
+    def job(self, task: Task, program: str) -> Any:
+        from prmgym.sandbox.base import Job
+
+        if not task.tests:
+            raise ValueError(f"task {task.id!r} has no tests; CodeVerifier needs Task.tests to judge a program")
+        return Job(
+            code=program,
+            tests=task.tests,
+            entry_point=task.metadata.get("entry_point"),
+            timeout_s=self.timeout_s,
+            memory_mb=self.memory_mb,
+        )
+
+    def _verdict(self, result: Any) -> Verdict:
+        sandbox_error = result.status == "sandbox_error"
+        frac = 0.0 if sandbox_error else float(result.fraction_passed)
+        reward = frac if self.reward == "fraction" else float(result.passed)
+        details = {
+            "status": result.status,
+            "tests_passed": result.tests_passed,
+            "tests_total": result.tests_total,
+            "fraction": frac,
+            "sandbox_error": sandbox_error,
+            "wall_s": result.wall_s,
+            "stderr": result.stderr[-2000:],
+        }
+        return Verdict(reward, result.passed and not sandbox_error, details)
+
+    def score(self, task: Task, text: str) -> Verdict:
+        return self._verdict(self.sandbox.run(self.job(task, text)))
+
+    def score_batch(self, tasks: Sequence[Task], texts: Sequence[str]) -> list[Verdict]:
+        """Runs all programs with the sandbox's parallel ``run_batch`` (order kept)."""
+        if len(tasks) != len(texts):
+            raise ValueError(f"score_batch needs one text per task, got {len(tasks)} tasks and {len(texts)} texts")
+        jobs = [self.job(t, x) for t, x in zip(tasks, texts)]
+        return [self._verdict(r) for r in self.sandbox.run_batch(jobs)] if jobs else []
+
+
+# ----------------------------------------------------------------------------- dispatch
+class AutoVerifier(Verifier):
+    """Code tasks (with ``tests``) go to ``code``, the others to ``answer``.
+
+    Used by sources that mix both (JSONL files). ``code`` is built lazily, so a file without
+    code tasks never starts a sandbox.
+    """
+
+    handles_code = True
+
+    def __init__(self, answer: Verifier | None = None, code: Verifier | None = None, sandbox: Any = "local") -> None:
+        self.answer = answer if answer is not None else MathVerifier()
+        self._code = code
+        self._sandbox = sandbox
+
+    @property
+    def code(self) -> Verifier:
+        if self._code is None:
+            self._code = CodeVerifier(sandbox=self._sandbox)
+        return self._code
+
+    def score(self, task: Task, text: str) -> Verdict:
+        return (self.code if task.is_code else self.answer).score(task, text)
+
+    def score_batch(self, tasks: Sequence[Task], texts: Sequence[str]) -> list[Verdict]:
+        if len(tasks) != len(texts):
+            raise ValueError(f"score_batch needs one text per task, got {len(tasks)} tasks and {len(texts)} texts")
+        out: list[Verdict | None] = [None] * len(tasks)
+        code_idx = [i for i, t in enumerate(tasks) if t.is_code]
+        if code_idx:
+            for i, v in zip(code_idx, self.code.score_batch([tasks[i] for i in code_idx], [texts[i] for i in code_idx])):
+                out[i] = v
+        for i, t in enumerate(tasks):
+            if out[i] is None:
+                out[i] = self.answer.score(t, texts[i])
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._code is not None:
+            self._code.close()
+
+
+def make_verifier(name: str | Verifier, sandbox: Any = "local") -> Verifier:
+    """``"math"``, ``"exact"``, ``"code"``, ``"auto"`` or a `Verifier` instance."""
+    if isinstance(name, Verifier):
+        return name
+    table = {
+        "math": MathVerifier,
+        "exact": ExactMatchVerifier,
+        "countdown": CountdownVerifier,
+        "code": lambda: CodeVerifier(sandbox=sandbox),
+        "auto": lambda: AutoVerifier(sandbox=sandbox),
+    }
+    if name not in table:
+        raise ValueError(f"unknown verifier {name!r}; valid: {', '.join(table)} or a prmgym.envs.Verifier instance")
+    return table[name]()

@@ -1,0 +1,289 @@
+"""``prmgym quickstart``: the whole loop on CPU in one command.
+
+Stages (one log line each):
+
+1. **policy** — build (or load from the cache) the tiny character-level SFT policy.
+2. **grpo+airl** — GRPO on ChainArithmetic with the AIRL discriminator as a dense step
+   reward, trained online next to the policy (AIRL-S); the discriminator is the AIRL PRM.
+3. **baseline PRMs** — an ORM and a Monte-Carlo PRM from rollouts of the trained policy.
+4. **value model** — collection MCTS (every completion verified) writes value targets; a
+   value model is fitted to them (ReST-RL).
+5. **compare** — on held-out tasks, at equal per-task budgets of generated tokens: base
+   sampling, majority vote, best-of-N with ORM / MC-PRM / AIRL PRM, beam search and MCTS
+   with the AIRL PRM, and VM-MCTS. PRM tokens are counted and reported next to accuracy.
+6. **report** — a table on stdout, ``report.md``, ``report.json``,
+   ``accuracy_vs_budget.png`` and TensorBoard logs (``tensorboard --logdir OUT``).
+
+A component that cannot be built (its module missing) is left out of the table and named
+in the report; nothing is faked. ``--fast`` is a ~2-minute smoke version of the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+from prmgym.recipes.pipeline import Method, say
+
+DEFAULT_ENV = "prmgym/ChainArithmetic-v0"
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes of every stage (the defaults target < 15 minutes on 2 CPU cores)."""
+
+    env_id: str = DEFAULT_ENV
+    env_kwargs: dict = field(default_factory=dict)
+    seed: int = 0
+    pretrain: dict = field(default_factory=dict)  # overrides of prmgym.models.tiny.PretrainConfig
+    grpo_steps: int = 40
+    grpo_seconds: float = 180.0
+    process_reward_weight: float = 0.5
+    prm_steps: int = 25
+    mc_rollouts: int = 2
+    value_tasks: int = 24
+    value_iterations: int = 8
+    value_steps: int = 60
+    eval_tasks: int = 40
+    budgets: list = field(default_factory=lambda: [200, 400, 800])
+    n_max: int = 32  # best-of-N / majority sample cap (the budget stops them first)
+    beam_width: int = 2
+    expansions: int = 4
+    mcts_iterations: int = 60
+    aggregation: str = "min"
+    temperature: float = 1.0
+
+    @classmethod
+    def fast(cls, **kw) -> "QuickstartConfig":
+        base = dict(pretrain={"num_train_tasks": 400, "steps": 250, "n_layer": 2, "n_embd": 64, "n_head": 2,
+                              "eval_tasks": 20},
+                    grpo_steps=2, grpo_seconds=25.0, prm_steps=3, value_tasks=4, value_iterations=3, value_steps=8,
+                    eval_tasks=8, budgets=[250], n_max=8, mcts_iterations=20)
+        base.update(kw)
+        return cls(**base)
+
+
+def methods(cfg: QuickstartConfig) -> list[Method]:
+    common = dict(aggregation=cfg.aggregation, temperature=cfg.temperature, max_new_tokens=32, max_trace_tokens=160,
+                  max_depth=12)
+    return [
+        Method("sampling", "sample", None, {k: v for k, v in common.items() if k != "aggregation"}),
+        Method("majority_vote", "majority", None, {"n": cfg.n_max, **common}),
+        Method("bon_orm", "orm_bon", "orm", {"n": cfg.n_max, **common}),
+        Method("bon_mc_prm", "bon", "mc", {"n": cfg.n_max, **common}),
+        Method("bon_airl_prm", "bon", "airl", {"n": cfg.n_max, **common}),
+        Method("beam_airl_prm", "beam", "airl", {"beam_width": cfg.beam_width, "expansions": cfg.expansions, **common}),
+        Method("mcts_airl_prm", "mcts", "airl", {"iterations": cfg.mcts_iterations, "expansions": cfg.expansions, **common}),
+        Method("vm_mcts", "vm_mcts", "value", {"iterations": 15, "expansions": 5,
+                                               **{k: v for k, v in common.items() if k != "aggregation"}}),
+    ]
+
+
+def quickstart(cfg: QuickstartConfig, out: str) -> dict:
+    """Run every stage into ``out``; returns the report dict (also written to report.json)."""
+    import torch
+
+    from prmgym.logging import Logger
+    from prmgym.recipes import pipeline as P
+
+    torch.manual_seed(cfg.seed)
+    os.makedirs(out, exist_ok=True)
+    t_all = time.perf_counter()
+    stages: dict[str, float] = {}
+    absent: dict[str, str] = {}
+    info: dict = {}
+    log = Logger(os.path.join(out, "compare"), formats=("jsonl", "tensorboard"), hparams=asdict(cfg))
+
+    def stage(i: int, name: str, what: str):
+        say(f"stage {i}/6 {name}: {what}")
+        return time.perf_counter()
+
+    # 1. policy ------------------------------------------------------------------------
+    t = stage(1, "policy", "tiny SFT policy (cached after the first run)")
+    policy_dir = P.build_policy(cfg.env_id, cfg.env_kwargs, **cfg.pretrain)
+    stages["policy"] = time.perf_counter() - t
+    info["sft_policy"] = policy_dir
+    manifest = os.path.join(policy_dir, "manifest.json")
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            info["sft_manifest"] = {k: v for k, v in json.load(f).items() if k in ("pass_at_1", "train_seconds", "eval")}
+    say(f"  policy at {policy_dir} ({stages['policy']:.0f}s)")
+
+    # 2. GRPO + AIRL ---------------------------------------------------------------------
+    t = stage(2, "grpo+airl", f"GRPO with the online AIRL step reward (<= {cfg.grpo_steps} steps, {cfg.grpo_seconds:.0f}s)")
+    search_policy_dir, airl_dir = policy_dir, None
+    try:
+        g = P.train_grpo(policy_dir, cfg.env_id, os.path.join(out, "grpo_airl"), env_kwargs=cfg.env_kwargs,
+                         reward="airl", steps=cfg.grpo_steps, seconds=cfg.grpo_seconds,
+                         process_reward_weight=cfg.process_reward_weight, seed=cfg.seed)
+        search_policy_dir, airl_dir = g["policy"], g["prm"]
+        hist = g["history"]
+        info["grpo"] = {"steps": g["steps"],
+                        "reward_first": hist[0].get("reward_mean") if hist else None,
+                        "reward_last": hist[-1].get("reward_mean") if hist else None}
+        say(f"  {g['steps']} GRPO steps; reward {info['grpo']['reward_first']} -> {info['grpo']['reward_last']}")
+    except ImportError as e:
+        absent["grpo+airl"] = f"not available: {e}"
+        say(f"  skipped: {absent['grpo+airl']}")
+    stages["grpo_airl"] = time.perf_counter() - t
+
+    # 3. baseline PRMs -------------------------------------------------------------------
+    t = stage(3, "baseline PRMs", f"ORM and MC-PRM from policy rollouts ({cfg.prm_steps} updates each)")
+    prm_dirs: dict[str, str | None] = {"airl": airl_dir, "orm": None, "mc": None, "value": None}
+    for kind in ("orm", "mc"):
+        try:
+            prm_dirs[kind] = P.train_offline_prm(kind, search_policy_dir, cfg.env_id, os.path.join(out, f"prm_{kind}"),
+                                                 env_kwargs=cfg.env_kwargs, steps=cfg.prm_steps,
+                                                 mc_rollouts=cfg.mc_rollouts, seed=cfg.seed)
+        except ImportError as e:
+            absent[f"prm_{kind}"] = f"not available: {e}"
+    stages["baseline_prms"] = time.perf_counter() - t
+
+    # 4. value model ---------------------------------------------------------------------
+    t = stage(4, "value model", f"collection MCTS on {cfg.value_tasks} training tasks -> value targets -> value model")
+    try:
+        v = P.train_value_model(search_policy_dir, cfg.env_id, os.path.join(out, "value_model"),
+                                env_kwargs=cfg.env_kwargs, n_tasks=cfg.value_tasks, iterations=cfg.value_iterations,
+                                steps=cfg.value_steps, seed=cfg.seed)
+        prm_dirs["value"] = v["prm"]
+        info["value_targets"] = {"path": v["targets"], "n": v["n_targets"], "high_value_prefixes": len(v["prefixes"])}
+        say(f"  {v['n_targets']} value targets, {len(v['prefixes'])} high-value partial states")
+    except ImportError as e:
+        absent["value_model"] = f"not available: {e}"
+    stages["value_model"] = time.perf_counter() - t
+
+    # 5. compare -------------------------------------------------------------------------
+    t = stage(5, "compare", f"{cfg.eval_tasks} held-out tasks x budgets {cfg.budgets} generated tokens per task")
+    from prmgym.models import TransformersPolicy
+
+    policy = TransformersPolicy.from_pretrained(search_policy_dir)
+    scorers = {k: P.load_scorer(d) for k, d in prm_dirs.items()}
+    rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
+                              n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
+                              results_dir=os.path.join(out, "results"),
+                              on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
+                                                   f"accuracy {r['accuracy']:.3f}  (gen {r['mean_generated']:.0f}, "
+                                                   f"prm {r['mean_prm']:.0f} tokens/task)"))
+    absent.update(skipped)
+    stages["compare"] = time.perf_counter() - t
+    log.close()
+
+    # 6. report --------------------------------------------------------------------------
+    t = stage(6, "report", f"report.md, report.json, accuracy_vs_budget.png under {out}")
+    png = P.plot_accuracy(rows, os.path.join(out, "accuracy_vs_budget.png")) if rows else None
+    stages["report"] = time.perf_counter() - t
+    report = {
+        "config": asdict(cfg),
+        "rows": rows,
+        "absent": absent,
+        "stages_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "search_policy": search_policy_dir,
+        "prms": prm_dirs,
+        "info": info,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "files": {"png": png, "tensorboard": out},
+    }
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    md = render_markdown(report)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(md)
+    print(table(rows, cfg.budgets), flush=True)
+    if absent:
+        say("left out: " + "; ".join(f"{k} ({v})" for k, v in absent.items()))
+    say(f"done in {report['total_seconds']:.0f}s; report: {os.path.join(out, 'report.md')}; "
+        f"TensorBoard: tensorboard --logdir {out}")
+    return report
+
+
+def table(rows: list[dict], budgets) -> str:
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    budgets = sorted({r["budget"] for r in rows}) or list(budgets)
+    head = "| method | " + " | ".join(f"acc @ {b}" for b in budgets) + " | prm tokens/task @ max |"
+    lines = [head, "|" + "---|" * (len(budgets) + 2)]
+    for n in names:
+        by_b = {r["budget"]: r for r in rows if r["method"] == n}
+        cells = [f"{by_b[b]['accuracy']:.3f} ± {by_b[b]['stderr']:.3f}" if b in by_b else "-" for b in budgets]
+        last = by_b.get(budgets[-1])
+        tail = f" | {last['mean_prm']:.0f} |" if last else " | - |"
+        lines.append(f"| {n} | " + " | ".join(cells) + tail)
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    cfg = report["config"]
+    rows = report["rows"]
+    out = ["# prmgym quickstart report", "",
+           f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}. "
+           f"Every method gets the same per-task limit on **generated policy tokens** (the columns); "
+           "PRM tokens scored are counted and shown, not limited. ± is the binomial standard error "
+           "over tasks (one seed); `benchmarks/seed_claims.py` repeats this over 3 seeds.", "",
+           table(rows, cfg["budgets"]), ""]
+    if rows:
+        best = {}
+        for r in rows:
+            if r["budget"] == max(x["budget"] for x in rows):
+                best[r["method"]] = r["accuracy"]
+        top = max(best, key=best.get)
+        out += [f"At the largest budget the best method here is **{top}** ({best[top]:.3f}). "
+                "With this few tasks, differences smaller than about two standard errors are noise.", ""]
+    out += ["![accuracy against budget](accuracy_vs_budget.png)", "", "## Mean usage per task", "",
+            "| method | budget | generated | encoded | prm | seconds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['method']} | {r['budget']} | {r['mean_generated']:.0f} | {r['mean_encoded']:.0f} | "
+                   f"{r['mean_prm']:.0f} | {r['mean_seconds']:.2f} |")
+    out += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in report["stages_seconds"].items()]
+    out += [f"| total | {report['total_seconds']} |", ""]
+    info = report.get("info", {})
+    if "grpo" in info:
+        g = info["grpo"]
+        out += [f"GRPO + AIRL: {g['steps']} steps, mean episode reward {g['reward_first']} (first step) -> "
+                f"{g['reward_last']} (last step).", ""]
+    if "value_targets" in info:
+        v = info["value_targets"]
+        out += [f"Value model: {v['n']} value targets from collection MCTS ({v['path']}); "
+                f"{v['high_value_prefixes']} high-value partial states available for ReST-GRPO.", ""]
+    if report["absent"]:
+        out += ["## Left out", "", "These components were not available, so their rows are absent (not faked):", ""]
+        out += [f"- **{k}**: {v}" for k, v in report["absent"].items()]
+        out.append("")
+    out += ["## Files", "", "- `report.json` (this report as data), `results/*.jsonl` (one row per task and method)",
+            "- `grpo_airl/` (GRPO run: policy, AIRL PRM, logs), `prm_orm/`, `prm_mc/`, `value_model/`",
+            f"- TensorBoard: `tensorboard --logdir {report['files']['tensorboard']}`", ""]
+    return "\n".join(out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--fast", action="store_true", help="a ~2-minute smoke version (tiny sizes, one budget)")
+    p.add_argument("--env", default=DEFAULT_ENV, help="environment id with expert solutions (default: ChainArithmetic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks per method and budget")
+    p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
+    p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
+
+
+def run(args) -> int:
+    cfg = QuickstartConfig.fast() if args.fast else QuickstartConfig()
+    cfg.env_id, cfg.seed = args.env, args.seed
+    if args.eval_tasks is not None:
+        if args.eval_tasks < 1:
+            raise SystemExit("prmgym quickstart: --eval-tasks must be >= 1")
+        cfg.eval_tasks = args.eval_tasks
+    if args.budgets:
+        try:
+            cfg.budgets = [int(x) for x in args.budgets.split(",") if x.strip()]
+        except ValueError:
+            raise SystemExit(f"prmgym quickstart: --budgets must be integers separated by commas, got {args.budgets!r}") from None
+        if not cfg.budgets or min(cfg.budgets) < 1:
+            raise SystemExit("prmgym quickstart: --budgets needs positive integers, e.g. 200,400,800")
+    if args.grpo_seconds is not None:
+        cfg.grpo_seconds = args.grpo_seconds
+    quickstart(cfg, args.out)
+    return 0

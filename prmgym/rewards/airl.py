@@ -1,0 +1,154 @@
+"""AIRL discriminator as a process reward model (AIRL-S).
+
+Two linear heads on one LM body, read at step boundaries (see `prmgym.rewards.backbone`):
+
+* ``g(s, a)`` read at the end of step ``a`` (the body has seen ``s`` and ``a``),
+* ``h(s)`` read at the end of state ``s`` (the prompt for ``s_0``, step ``i`` for ``s_i``).
+
+    f(s, a, s') = g(s, a) + γ·h(s') − h(s)
+    D(s, a)     = exp f / (exp f + π(a|s)) = σ(f − log π(a|s))
+
+**Scale of log π.** ``log π(a|s)`` of a whole step is the sum of its token log-probs, tens
+of nats for a step of a dozen tokens, which would pin D at 1 for every step. We use the
+*length-normalised* log-probability by default (``logpi_scale="mean"``: the mean token
+log-prob of ``step + delimiter``); ``"sum"`` is available. On its first update the
+discriminator also sets the bias of g to the batch mean of ``log π`` (a data-dependent
+initialisation), so that D starts near 1/2 instead of saturating; `tests/test_rewards_airl.py`
+checks both.
+
+**Outputs.** ``step_rewards`` gives the RL reward ``log D − log(1 − D) = f − log π`` per step.
+``score_steps`` gives the search score: ``g`` (default, ``search_score="g"``) or ``f``
+(``search_score="f"``); neither moves when the policy moves. With ``squash=True`` (default)
+the score is ``σ(g)`` (resp. ``σ(f)``) in [0, 1], so ``prod``/``min`` aggregations make sense.
+
+Training batch (`PRMBatch`): ``labels`` 1 for expert steps (expert solutions and the policy's
+verified-correct rollouts), 0 for policy steps; ``step_logprobs``/``step_ntokens`` from the
+current policy (`prmgym.rewards.data.fill_logprobs`). Loss: class-balanced binary
+cross-entropy on the logit ``f − log π``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from prmgym.rewards.scalar import PRMBatch, ScalarHeadPRM
+
+SEARCH_SCORES = ("g", "f")
+LOGPI_SCALES = ("mean", "sum")
+
+
+def normalised_logpi(step_logprobs: Sequence[Sequence[float]], step_ntokens: Sequence[Sequence[int]] | None, scale: str) -> list[list[float]]:
+    """``log π`` per step on the chosen scale (``mean``: divided by the step's token count)."""
+    if scale not in LOGPI_SCALES:
+        raise ValueError(f"unknown logpi_scale {scale!r}; valid: {', '.join(LOGPI_SCALES)}")
+    if scale == "sum":
+        return [[float(x) for x in lp] for lp in step_logprobs]
+    if step_ntokens is None:
+        raise ValueError("logpi_scale='mean' needs step_ntokens (tokens per step) next to step_logprobs")
+    return [[float(x) / max(1, int(n)) for x, n in zip(lp, nt)] for lp, nt in zip(step_logprobs, step_ntokens)]
+
+
+class AIRLPRM(ScalarHeadPRM):
+    """The AIRL discriminator ``D = σ(g + γ·h(s') − h(s) − log π)``; see the module docstring.
+
+    Args (besides `ScalarHeadPRM`'s):
+        gamma: discount γ in the shaping term.
+        search_score: ``"g"`` or ``"f"``: what `score_steps` returns.
+        logpi_scale: ``"mean"`` (length-normalised, default) or ``"sum"``.
+        init_bias_from_data: set g's bias to the mean log π of the first batch.
+    """
+
+    kind = "airl"
+    n_outputs = 2  # 0: g(s, a), 1: h(s)
+
+    def __init__(self, model, tokenizer, *, gamma: float = 1.0, search_score: str = "g", logpi_scale: str = "mean",
+                 init_bias_from_data: bool = True, bias_initialised: bool = False, **kw) -> None:
+        if search_score not in SEARCH_SCORES:
+            raise ValueError(f"unknown search_score {search_score!r}; valid: {', '.join(SEARCH_SCORES)}")
+        if logpi_scale not in LOGPI_SCALES:
+            raise ValueError(f"unknown logpi_scale {logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
+        super().__init__(model, tokenizer, **kw)
+        self.gamma = float(gamma)
+        self.search_score = search_score
+        self.logpi_scale = logpi_scale
+        self.init_bias_from_data = bool(init_bias_from_data)
+        self.bias_initialised = bool(bias_initialised)
+
+    def config(self) -> dict:
+        return {**super().config(), "gamma": self.gamma, "search_score": self.search_score,
+                "logpi_scale": self.logpi_scale, "init_bias_from_data": self.init_bias_from_data,
+                "bias_initialised": self.bias_initialised}
+
+    # -- the pieces of f --------------------------------------------------------------------
+    def f_values(self, out: torch.Tensor) -> torch.Tensor:
+        """``f`` per step from one trace's outputs ``(n+1, 2)`` -> ``(n,)``."""
+        g = out[1:, 0]  # g(s_i, a_i) at the end of step i
+        h = out[:, 1]  # h(s_0..s_n)
+        return g + self.gamma * h[1:] - h[:-1]
+
+    def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
+        return out[1:, 0] if self.search_score == "g" else self.f_values(out)
+
+    def logits(self, batch: PRMBatch) -> list[torch.Tensor]:
+        """Discriminator logits ``f − log π`` per step (differentiable)."""
+        batch.require("step_logprobs", who="AIRLPRM")
+        lp = normalised_logpi(batch.step_logprobs, batch.step_ntokens, self.logpi_scale)
+        outs = self.outputs(batch.prompts, batch.step_lists)
+        dev = outs[0].device if outs else None
+        return [self.f_values(o) - torch.tensor(l, dtype=o.dtype, device=dev) for o, l in zip(outs, lp)]
+
+    def discriminator(self, batch: PRMBatch) -> list[list[float]]:
+        """D(s, a) per step (no gradient)."""
+        with torch.no_grad():
+            return [torch.sigmoid(z).tolist() for z in self.logits(batch)]
+
+    def step_rewards(self, prompts, step_lists, step_logprobs, step_ntokens=None) -> list[list[float]]:
+        """The RL reward ``log D − log(1 − D) = f − log π`` per step (no gradient)."""
+        batch = PRMBatch(prompts, step_lists, step_logprobs=step_logprobs, step_ntokens=step_ntokens)
+        if self.init_bias_from_data and not self.bias_initialised:
+            self._init_bias(batch)  # rewards asked before the first update: start D near 1/2 too
+        was = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                return [z.tolist() for z in self.logits(batch)]
+        finally:
+            self.net.train(was)
+
+    # -- training ----------------------------------------------------------------------------
+    def _init_bias(self, batch: PRMBatch) -> None:
+        lp = normalised_logpi(batch.step_logprobs, batch.step_ntokens, self.logpi_scale)
+        vals = [x for row in lp for x in row]
+        if vals:
+            with torch.no_grad():
+                self.net.head.bias[0] = float(sum(vals) / len(vals))
+        self.bias_initialised = True
+
+    def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
+        batch.require("labels", "step_logprobs", who="AIRLPRM")
+        if self.init_bias_from_data and not self.bias_initialised:
+            self._init_bias(batch)
+        z = self.logits(batch)
+        pos = [zi for zi, y in zip(z, batch.labels) if y >= 0.5 and len(zi)]
+        neg = [zi for zi, y in zip(z, batch.labels) if y < 0.5 and len(zi)]
+        if not pos or not neg:
+            raise ValueError(
+                f"AIRL update needs expert (label 1) and policy (label 0) steps; got {len(pos)} expert and "
+                f"{len(neg)} policy traces with steps"
+            )
+        zp, zn = torch.cat(pos), torch.cat(neg)
+        # class-balanced BCE: −E_expert[log D] − E_policy[log(1 − D)]
+        loss = 0.5 * (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
+                      + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
+        with torch.no_grad():
+            metrics = {
+                "disc_acc_expert": float((zp > 0).float().mean()),
+                "disc_acc_policy": float((zn < 0).float().mean()),
+                "D_expert": float(torch.sigmoid(zp).mean()),
+                "D_policy": float(torch.sigmoid(zn).mean()),
+            }
+            metrics["disc_acc"] = 0.5 * (metrics["disc_acc_expert"] + metrics["disc_acc_policy"])
+        return loss, metrics

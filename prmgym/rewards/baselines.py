@@ -1,0 +1,65 @@
+"""Baseline PRMs the learned ones are compared against: ORM and Monte-Carlo PRM.
+
+* `ORMPRM` — outcome reward model: one scalar head, binary cross-entropy of the head at the
+  *last* step against final correctness (``PRMBatch.labels``). As a PRM it reads the same
+  head at every step boundary (the probability that the trace so far ends correct).
+* `MCPRM` — Math-Shepherd: each step labelled by rollouts from its prefix
+  (`prmgym.rewards.data.mc_step_labels`: hard = any of N rollouts correct, soft = fraction
+  correct), binary cross-entropy of the head at every step boundary against those labels.
+
+The implicit PRM (PRIME) lives in `prmgym.rewards.implicit`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from prmgym.rewards.scalar import PRMBatch, ScalarHeadPRM
+
+
+def _bce_metrics(z: torch.Tensor, y: torch.Tensor) -> dict:
+    with torch.no_grad():
+        pred = (z > 0).float()
+        hard = (y >= 0.5).float()
+        return {"acc": float((pred == hard).float().mean()), "p_mean": float(torch.sigmoid(z).mean())}
+
+
+class ORMPRM(ScalarHeadPRM):
+    """Outcome reward model: BCE on final correctness at the last step; see module docstring."""
+
+    kind = "orm"
+    n_outputs = 1
+
+    def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
+        return out[1:, 0]
+
+    def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
+        batch.require("labels", who="ORMPRM")
+        keep = [i for i, s in enumerate(batch.step_lists) if s]
+        if not keep:
+            raise ValueError("ORMPRM.update needs traces with at least one step")
+        outs = self.outputs([batch.prompts[i] for i in keep], [batch.step_lists[i] for i in keep])
+        z = torch.stack([o[-1, 0] for o in outs])  # (B,) head at the last step
+        y = torch.tensor([float(batch.labels[i]) for i in keep], dtype=z.dtype, device=z.device)
+        return F.binary_cross_entropy_with_logits(z, y), _bce_metrics(z, y)
+
+
+class MCPRM(ScalarHeadPRM):
+    """Monte-Carlo PRM (Math-Shepherd): BCE at every step against rollout labels."""
+
+    kind = "mc"
+    n_outputs = 1
+
+    def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
+        return out[1:, 0]
+
+    def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
+        batch.require("step_labels", who="MCPRM")
+        keep = [i for i, s in enumerate(batch.step_lists) if s]
+        if not keep:
+            raise ValueError("MCPRM.update needs traces with at least one step")
+        outs = self.outputs([batch.prompts[i] for i in keep], [batch.step_lists[i] for i in keep])
+        z = torch.cat([o[1:, 0] for o in outs])  # (total steps,)
+        y = torch.tensor([float(v) for i in keep for v in batch.step_labels[i]], dtype=z.dtype, device=z.device)
+        return F.binary_cross_entropy_with_logits(z, y), _bce_metrics(z, y)

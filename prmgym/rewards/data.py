@@ -1,0 +1,193 @@
+"""Data for PRM learners: expert and policy traces, policy log-probs, Monte-Carlo step labels.
+
+(`prmgym.agents` has a richer rollout collector for trainers; rewards may not import agents,
+so this module keeps a small one of its own.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from prmgym.envs.task import Task
+from prmgym.envs.trace import render_trace
+from prmgym.rewards.scalar import PRMBatch
+
+
+@dataclass
+class Trace:
+    """A prompt, its steps, the per-step policy log-probs and the outcome."""
+
+    prompt: str
+    steps: list[str]
+    step_logprobs: list[float] | None = None  # Σ token log-probs of step + delimiter
+    step_ntokens: list[int] | None = None
+    reward: float = 0.0
+    correct: bool = False
+    task: Task | None = None
+    prefix_len: int = 0  # leading steps that were replayed, not generated
+    metadata: dict = field(default_factory=dict)
+
+
+def expert_traces(tasks: Sequence[Task]) -> list[Trace]:
+    """The tasks' expert solutions as correct traces (tasks without one are skipped)."""
+    return [Trace(t.prompt, list(t.expert_steps), reward=1.0, correct=True, task=t) for t in tasks if t.expert_steps]
+
+
+class EnvPool:
+    """A growing pool of environments made by ``env_fn`` (one per concurrent episode)."""
+
+    def __init__(self, env_fn: Callable[[], Any]) -> None:
+        self.env_fn = env_fn
+        self.envs: list[Any] = []
+
+    def get(self, n: int) -> list[Any]:
+        while len(self.envs) < n:
+            self.envs.append(self.env_fn())
+        return self.envs[:n]
+
+    @property
+    def delimiter(self) -> str:
+        return getattr(self.get(1)[0].unwrapped, "delimiter", "\n")
+
+    def close(self) -> None:
+        for e in self.envs:
+            e.close()
+        self.envs = []
+
+
+def rollout(
+    pool: EnvPool,
+    policy: Any,
+    tasks: Sequence[Task],
+    n: int = 1,
+    prefixes: Sequence[Sequence[str]] | None = None,
+    seed: int = 0,
+    temperature: float = 1.0,
+    max_new_tokens: int = 32,
+    max_steps: int = 16,
+) -> list[Trace]:
+    """Play ``n`` episodes per task (optionally after replaying ``prefixes[i]``); batched propose.
+
+    Returns traces in order (task 0's n episodes first). A prefix that already ends the
+    episode gives a trace with no generated steps and that prefix's outcome.
+    """
+    rng = np.random.default_rng(seed)
+    if prefixes is not None and len(prefixes) != len(tasks):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(tasks)} tasks")
+    envs = pool.get(len(tasks) * n)
+    delim = pool.delimiter
+    traces: list[Trace] = []
+    obs: list[str] = []
+    done: list[bool] = []
+    for ti, task in enumerate(tasks):
+        prefix = list(prefixes[ti]) if prefixes is not None else []
+        for k in range(n):
+            env = envs[ti * n + k]
+            o, info = env.reset(seed=int(rng.integers(2**31 - 1)), options={"task": task})
+            tr = Trace(task.prompt, list(prefix), [0.0] * len(prefix), [0] * len(prefix), task=task, prefix_len=len(prefix))
+            finished = False
+            for s in prefix:
+                o, r, term, trunc, info = env.step(s)
+                if term or trunc:
+                    finished = True
+                    _finish(tr, r, info)
+                    break
+            traces.append(tr)
+            obs.append(o)
+            done.append(finished)
+    for _ in range(max_steps):
+        live = [i for i, d in enumerate(done) if not d]
+        if not live:
+            break
+        props = policy.propose([obs[i] for i in live], n=1, stop=delim, max_new_tokens=max_new_tokens,
+                               temperature=temperature, seed=int(rng.integers(2**31 - 1)))
+        for i, [p] in zip(live, props):
+            tr = traces[i]
+            tr.steps.append(p.text)
+            tr.step_logprobs.append(float(sum(p.logprobs)))
+            tr.step_ntokens.append(len(p.token_ids))
+            o, r, term, trunc, info = envs[i].step(p.text)
+            obs[i] = o
+            if term or trunc:
+                done[i] = True
+                _finish(tr, r, info)
+    return traces
+
+
+def _finish(tr: Trace, reward: float, info: Any) -> None:
+    tr.reward = float(reward)
+    verdict = info.get("verdict") if isinstance(info, dict) else None
+    tr.correct = bool(getattr(verdict, "correct", reward >= 1.0))
+
+
+def fill_logprobs(policy: Any, prompts: Sequence[str], step_lists: Sequence[Sequence[str]],
+                  delimiter: str = "\n", batch_size: int = 64) -> tuple[list[list[float]], list[list[int]]]:
+    """log π(step + delimiter | observation) (summed) and token counts for every step."""
+    obs, cont, where = [], [], []
+    for i, (p, steps) in enumerate(zip(prompts, step_lists)):
+        for j, s in enumerate(steps):
+            obs.append(render_trace(p, steps[:j], delimiter))
+            cont.append(s + delimiter)
+            where.append((i, j))
+    lps = [[0.0] * len(s) for s in step_lists]
+    nts = [[0] * len(s) for s in step_lists]
+    for b in range(0, len(obs), batch_size):
+        out = policy.logprobs(obs[b : b + batch_size], cont[b : b + batch_size])
+        for (i, j), t in zip(where[b : b + batch_size], out):
+            lps[i][j] = float(t.sum())
+            nts[i][j] = int(t.numel())
+    return lps, nts
+
+
+def traces_to_batch(positives: Sequence[Trace], negatives: Sequence[Trace], policy: Any = None,
+                    delimiter: str = "\n") -> PRMBatch:
+    """Label-1 / label-0 batch; missing log-probs are computed with ``policy``."""
+    traces = list(positives) + list(negatives)
+    labels = [1.0] * len(positives) + [0.0] * len(negatives)
+    lps: list = [t.step_logprobs for t in traces]
+    nts: list = [t.step_ntokens for t in traces]
+    need = [i for i, t in enumerate(traces) if t.step_logprobs is None or (t.prefix_len and policy is not None)]
+    if need and policy is not None:
+        lp, nt = fill_logprobs(policy, [traces[i].prompt for i in need], [traces[i].steps for i in need], delimiter)
+        for i, a, b in zip(need, lp, nt):
+            lps[i], nts[i] = a, b
+    have = all(x is not None for x in lps)
+    return PRMBatch(
+        prompts=[t.prompt for t in traces],
+        step_lists=[list(t.steps) for t in traces],
+        labels=labels,
+        step_logprobs=lps if have else None,
+        step_ntokens=nts if have else None,
+    )
+
+
+def mc_step_labels(pool: EnvPool, policy: Any, traces: Sequence[Trace], n_rollouts: int = 4, mode: str = "soft",
+                   seed: int = 0, temperature: float = 1.0, max_new_tokens: int = 32, max_steps: int = 16) -> list[list[float]]:
+    """Math-Shepherd labels: for every step prefix, ``n_rollouts`` completions by the policy.
+
+    ``mode="hard"``: 1 if any completion is correct; ``"soft"``: the fraction correct. A
+    prefix that already submits an answer is labelled by its own verdict.
+    """
+    if mode not in ("hard", "soft"):
+        raise ValueError(f"unknown MC label mode {mode!r}; valid: hard, soft")
+    jobs_tasks, jobs_prefixes, where = [], [], []
+    for i, tr in enumerate(traces):
+        if tr.task is None:
+            raise ValueError("mc_step_labels needs traces with .task (to replay them in the env)")
+        for j in range(len(tr.steps)):
+            jobs_tasks.append(tr.task)
+            jobs_prefixes.append(tr.steps[: j + 1])
+            where.append((i, j))
+    labels = [[0.0] * len(t.steps) for t in traces]
+    if not jobs_tasks:
+        return labels
+    outs = rollout(pool, policy, jobs_tasks, n=n_rollouts, prefixes=jobs_prefixes, seed=seed,
+                   temperature=temperature, max_new_tokens=max_new_tokens, max_steps=max_steps)
+    for k, (i, j) in enumerate(where):
+        group = outs[k * n_rollouts : (k + 1) * n_rollouts]
+        frac = sum(1.0 for g in group if g.correct) / n_rollouts
+        labels[i][j] = frac if mode == "soft" else float(frac > 0)
+    return labels

@@ -1,0 +1,182 @@
+"""Learned PRMs as dense rewards for the GRPO trainer (AIRL-S and rePIRL), trained online.
+
+`prmgym.agents.GRPOTrainer` (``process_reward=...``) calls, every step:
+
+1. ``step_rewards(prompts, step_lists, trajectories)`` before the policy update: one reward
+   per step of each trace (the trainer normalises them per group and adds
+   ``process_reward_weight`` x the result to the outcome advantage);
+2. ``update(trajectories)`` after the policy update: one or more discriminator/PRM updates
+   (so discriminator and policy alternate, AIRL-S style);
+3. ``save(dir)`` / ``load(dir)`` with its checkpoints.
+
+Positives for the discriminator are the expert solutions of the step's tasks
+(``Task.expert_steps``) and the policy's verified-correct rollouts; negatives are the other
+rollouts. log π of every trace is recomputed under the *current* policy (after its update).
+
+>>> from prmgym.rewards import REWARDS
+>>> sorted(REWARDS)
+['airl', 'repirl']
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from prmgym.rewards.airl import AIRLPRM
+from prmgym.rewards.data import Trace, expert_traces, traces_to_batch
+from prmgym.rewards.repirl import RePIRLPRM
+
+
+def _traj_trace(t: Any) -> Trace:
+    steps = list(getattr(t, "all_steps", t.steps))
+    return Trace(t.task.prompt, steps, task=t.task, correct=bool(getattr(t, "correct", False)),
+                 reward=float(getattr(t, "reward", 0.0)))
+
+
+class _OnlineProvider:
+    """Shared logic: build the labelled batch from a trainer step, update, report metrics."""
+
+    prefix = "prm"
+
+    def __init__(self, prm: Any, policy: Any, delimiter: str = "\n", updates_per_step: int = 1,
+                 use_expert: bool = True, correct_as_expert: bool = True, reward_clip: float | None = 10.0) -> None:
+        if updates_per_step < 1:
+            raise ValueError(f"updates_per_step must be >= 1, got {updates_per_step}")
+        self.prm = prm
+        self.policy = policy
+        self.delimiter = delimiter
+        self.updates_per_step = int(updates_per_step)
+        self.use_expert = bool(use_expert)
+        self.correct_as_expert = bool(correct_as_expert)
+        self.reward_clip = reward_clip
+        self.last_reward_stats: dict = {}
+
+    # ProcessRewardModel-like surface so planners/trainers can also read scores
+    def score_steps(self, prompts, step_lists):
+        return self.prm.score_steps(prompts, step_lists)
+
+    def _clip(self, rows: list[list[float]]) -> list[list[float]]:
+        if self.reward_clip is None:
+            return rows
+        c = float(self.reward_clip)
+        return [[min(c, max(-c, x)) for x in r] for r in rows]
+
+    def _record(self, rows: list[list[float]]) -> None:
+        flat = [x for r in rows for x in r]
+        self.last_reward_stats = {
+            "step_reward_mean": float(np.mean(flat)) if flat else 0.0,
+            "step_reward_std": float(np.std(flat)) if flat else 0.0,
+        }
+
+    def build_batch(self, trajectories: Sequence[Any]):
+        trajs = [t for t in trajectories if not getattr(t, "masked", False)]
+        pos, neg = [], []
+        for t in trajs:
+            tr = _traj_trace(t)
+            (pos if (tr.correct and self.correct_as_expert) else neg).append(tr)
+        if self.use_expert:
+            seen, tasks = set(), []
+            for t in trajs:
+                if t.task.id not in seen:
+                    seen.add(t.task.id)
+                    tasks.append(t.task)
+            pos = expert_traces(tasks) + pos
+        for tr in pos + neg:  # recompute log π under the current policy
+            tr.step_logprobs = None
+        return pos, neg
+
+    def update(self, trajectories: Sequence[Any]) -> dict:
+        pos, neg = self.build_batch(trajectories)
+        out = dict(self.last_reward_stats)
+        if not pos or not neg:
+            out["skipped"] = 1.0
+            return out
+        batch = traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter)
+        metrics: dict = {}
+        for _ in range(self.updates_per_step):
+            metrics = self.prm.update(batch)
+        out.update(metrics)
+        out["skipped"] = 0.0
+        out["n_expert_traces"] = float(len(pos))
+        out["n_policy_traces"] = float(len(neg))
+        return out
+
+    def save(self, path: str | os.PathLike) -> str:
+        return self.prm.save(path)
+
+    def load(self, path: str | os.PathLike):
+        self.prm.load(path)  # in place
+        return self
+
+
+class AIRLRewardProvider(_OnlineProvider):
+    """AIRL-S: dense step reward ``f − log π`` from an `AIRLPRM` updated every trainer step.
+
+    Logged (as ``prm/...`` by the trainer): ``disc_acc``, ``disc_acc_expert``,
+    ``disc_acc_policy``, ``D_expert``, ``D_policy``, ``loss``, ``step_reward_mean/std``.
+    """
+
+    def step_rewards(self, prompts: Sequence[str], step_lists: Sequence[Sequence[str]], trajectories: Sequence[Any] | None = None) -> list[list[float]]:
+        if trajectories is not None:
+            from prmgym.rewards.scalar import batch_from_trajectories
+
+            b = batch_from_trajectories(trajectories, self.delimiter)
+            if len(b) == len(prompts):
+                rows = self.prm.step_rewards(list(prompts), [list(s) for s in step_lists], b.step_logprobs, b.step_ntokens)
+                rows = self._clip(rows)
+                self._record(rows)
+                return rows
+        from prmgym.rewards.data import fill_logprobs
+
+        lp, nt = fill_logprobs(self.policy, prompts, step_lists, self.delimiter)
+        rows = self._clip(self.prm.step_rewards(list(prompts), [list(s) for s in step_lists], lp, nt))
+        self._record(rows)
+        return rows
+
+    @classmethod
+    def from_config(cls, policy: Any, config: dict | None = None, delimiter: str = "\n", **_: Any) -> "AIRLRewardProvider":
+        """Build from a `prmgym train` config's ``reward_config`` mapping.
+
+        Keys: ``prm`` (a saved AIRL PRM directory to start from; default: a fresh head on a
+        copy of the policy), ``lr``, ``gamma``, ``search_score``, ``logpi_scale``,
+        ``train_backbone``, ``updates_per_step``, ``use_expert``, ``correct_as_expert``,
+        ``reward_clip``.
+        """
+        cfg = dict(config or {})
+        provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip"}
+        pk = {k: cfg.pop(k) for k in list(cfg) if k in provider_keys}
+        start = cfg.pop("prm", None)
+        bad = set(cfg) - {"lr", "gamma", "search_score", "logpi_scale", "train_backbone", "squash", "aggregation", "batch_size", "weight_decay", "grad_clip"}
+        if bad:
+            raise ValueError(f"unknown AIRL reward option(s) {sorted(bad)}; see prmgym.rewards.rl.AIRLRewardProvider.from_config")
+        prm = AIRLPRM.load(start, **cfg) if start else AIRLPRM.from_backbone(policy, delimiter=delimiter, **cfg)
+        return cls(prm, policy, delimiter=delimiter, **pk)
+
+
+class RePIRLRewardProvider(_OnlineProvider):
+    """rePIRL: dense step reward r_φ from a `RePIRLPRM` updated every trainer step.
+
+    The maximum-entropy half is the trainer's: use a GRPO config with an entropy bonus if
+    the trainer offers one (see docs/rewards.md).
+    """
+
+    def step_rewards(self, prompts, step_lists, trajectories=None) -> list[list[float]]:
+        rows = self._clip(self.prm.step_rewards(list(prompts), [list(s) for s in step_lists]))
+        self._record(rows)
+        return rows
+
+    @classmethod
+    def from_config(cls, policy: Any, config: dict | None = None, delimiter: str = "\n", **_: Any) -> "RePIRLRewardProvider":
+        """Like `AIRLRewardProvider.from_config`; PRM keys ``lr``, ``logpi_scale``, ``reward_l2``, ..."""
+        cfg = dict(config or {})
+        provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip"}
+        pk = {k: cfg.pop(k) for k in list(cfg) if k in provider_keys}
+        start = cfg.pop("prm", None)
+        bad = set(cfg) - {"lr", "logpi_scale", "reward_l2", "train_backbone", "squash", "aggregation", "batch_size", "weight_decay", "grad_clip"}
+        if bad:
+            raise ValueError(f"unknown rePIRL reward option(s) {sorted(bad)}; see prmgym.rewards.rl.RePIRLRewardProvider.from_config")
+        prm = RePIRLPRM.load(start, **cfg) if start else RePIRLPRM.from_backbone(policy, delimiter=delimiter, **cfg)
+        return cls(prm, policy, delimiter=delimiter, **pk)

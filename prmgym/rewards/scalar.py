@@ -1,0 +1,477 @@
+"""`ScalarHeadPRM`: the trainable PRM every learner here builds on.
+
+It adds to `ProcessRewardModel`: batching, a prefix cache, a count of tokens scored (for
+`Budget.prm`), an optimiser with `update(batch) -> metrics`, and save/load as a Hugging Face
+style directory::
+
+    out_dir/
+      prm_config.json     {"kind": "airl", "delimiter": "\\n", "aggregation": "last", ...}
+      head.pt             the linear head(s) (+ any extra learner state)
+      backbone/           model.save_pretrained(...) and tokenizer.save_pretrained(...)
+      trainer_state.pt    optimiser, update counter, RNG (for resuming training)
+
+Subclasses set ``kind`` and ``n_outputs`` and implement ``loss(batch)`` and
+``_search_scores(outputs, ...)``.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from prmgym.envs.trace import DEFAULT_DELIMITER
+from prmgym.rewards.backbone import (
+    BACKBONE_DIR,
+    HEAD_FILE,
+    PRM_CONFIG,
+    TRAINER_STATE,
+    LMScalarHead,
+    TraceEncoder,
+    load_causal_lm,
+    pad_id,
+    read_prm_config,
+    resolve_backbone,
+)
+from prmgym.rewards.base import AGGREGATIONS, ProcessRewardModel
+
+#: kind -> class, filled by subclasses (see `load_prm`)
+PRM_CLASSES: dict[str, type] = {}
+
+
+def check_traces(prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> None:
+    """Raise a clear error for inputs `score_steps` cannot read."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got one string: wrap it as [prompt]")
+    if len(prompts) != len(step_lists):
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(step_lists)} step lists: pass one list of steps per prompt"
+        )
+    for i, (p, steps) in enumerate(zip(prompts, step_lists)):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be a string, got {type(p).__name__}")
+        if isinstance(steps, str):
+            raise TypeError(f"step_lists[{i}] is a string; pass a list of step strings (e.g. [{steps!r}])")
+        for j, s in enumerate(steps):
+            if not isinstance(s, str):
+                raise TypeError(f"step_lists[{i}][{j}] must be a string, got {type(s).__name__}")
+
+
+@dataclass
+class PRMBatch:
+    """Training data for any PRM learner (fields a learner does not use may stay ``None``).
+
+    Attributes:
+        prompts, step_lists: the traces.
+        labels: one number per trace: 1 = expert/correct, 0 = policy sample/incorrect (AIRL,
+            rePIRL, ORM, implicit PRM), or a value target in [0, 1] (value model).
+        step_labels: one number per step (Monte-Carlo PRM labels).
+        step_logprobs: log π(step | state) per step, the sum of the token log-probs of
+            ``step + delimiter`` under the current policy (AIRL, rePIRL).
+        step_ntokens: the number of those tokens per step (for length normalisation).
+        weights: optional per-trace loss weights (value model: visit counts).
+    """
+
+    prompts: list[str]
+    step_lists: list[list[str]]
+    labels: list[float] | None = None
+    step_labels: list[list[float]] | None = None
+    step_logprobs: list[list[float]] | None = None
+    step_ntokens: list[list[int]] | None = None
+    weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.prompts = list(self.prompts)
+        self.step_lists = [list(s) for s in self.step_lists]
+        check_traces(self.prompts, self.step_lists)
+        n = len(self.prompts)
+        for name in ("labels", "weights"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"PRMBatch.{name} has {len(v)} entries for {n} traces")
+        for name in ("step_labels", "step_logprobs", "step_ntokens"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if len(v) != n:
+                raise ValueError(f"PRMBatch.{name} has {len(v)} entries for {n} traces")
+            for i, (vals, steps) in enumerate(zip(v, self.step_lists)):
+                if len(vals) != len(steps):
+                    raise ValueError(f"PRMBatch.{name}[{i}] has {len(vals)} values for {len(steps)} steps")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def require(self, *names: str, who: str = "this PRM") -> None:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{who} needs PRMBatch field(s) {missing}; see prmgym.rewards.data for helpers that fill them")
+
+    @staticmethod
+    def concat(batches: Sequence["PRMBatch"]) -> "PRMBatch":
+        def cat(name):
+            vals = [getattr(b, name) for b in batches]
+            if any(v is None for v in vals):
+                return None
+            return [x for v in vals for x in v]
+
+        return PRMBatch(
+            prompts=[p for b in batches for p in b.prompts],
+            step_lists=[s for b in batches for s in b.step_lists],
+            **{n: cat(n) for n in ("labels", "step_labels", "step_logprobs", "step_ntokens", "weights")},
+        )
+
+
+def batch_from_trajectories(trajs: Sequence[Any], delimiter: str = DEFAULT_DELIMITER) -> PRMBatch:
+    """A `PRMBatch` from trainer trajectories (duck-typed `prmgym.agents.rollout.Trajectory`).
+
+    Labels = verified correctness; per-step log-probs from the sampled tokens (prefix steps
+    that were replayed, not sampled, get log-prob 0 over 1 token). Masked ones are left out.
+    """
+    prompts, steps, labels, lps, nts = [], [], [], [], []
+    for t in trajs:
+        if getattr(t, "masked", False):
+            continue
+        task = getattr(t, "task", None)
+        prompt = task.prompt if task is not None else t.prompt
+        all_steps = list(getattr(t, "all_steps", t.steps))
+        gen = list(getattr(t, "step_logprobs", []) or [])
+        n_prefix = len(all_steps) - len(gen)
+        lp = [0.0] * n_prefix + [float(sum(x)) if not isinstance(x, (int, float)) else float(x) for x in gen]
+        nt = [1] * n_prefix + [len(x) if not isinstance(x, (int, float)) else 1 for x in gen]
+        prompts.append(prompt)
+        steps.append(all_steps)
+        labels.append(1.0 if getattr(t, "correct", False) else 0.0)
+        lps.append(lp)
+        nts.append(nt)
+    return PRMBatch(prompts, steps, labels=labels, step_logprobs=lps, step_ntokens=nts)
+
+
+class _classorinstancemethod:
+    """A method that receives the class when called on the class and the instance otherwise."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj, cls):
+        import functools
+
+        return functools.partial(self.fn, cls if obj is None else obj)
+
+
+class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
+    """A causal LM + linear head(s) read at step boundaries; see the module docstring.
+
+    Args:
+        model, tokenizer: the backbone (use `from_backbone` for a directory or a policy).
+        delimiter: the step delimiter of the traces (``env.unwrapped.delimiter``).
+        aggregation: default aggregation for `score` (`last`, `min`, `mean`, `prod`, `sum`).
+        squash: pass search scores through a sigmoid so they lie in [0, 1].
+        cache: keep a prefix cache ``{(prompt, steps[:i+1]): score of step i}``; cleared
+            by every `update`.
+        lr, weight_decay, grad_clip: AdamW settings for `update`.
+        train_backbone: train the LM body too (else only the head).
+        batch_size: rows per forward pass.
+    """
+
+    kind: str = "scalar"
+    n_outputs: int = 1
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "kind" in cls.__dict__:
+            PRM_CLASSES[cls.kind] = cls
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        delimiter: str = DEFAULT_DELIMITER,
+        aggregation: str = "last",
+        squash: bool = True,
+        cache: bool = True,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+        train_backbone: bool = True,
+        batch_size: int = 16,
+    ) -> None:
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+        self.tokenizer = tokenizer
+        self.delimiter = delimiter
+        self.aggregation = aggregation
+        self.squash = bool(squash)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.grad_clip = float(grad_clip)
+        self.train_backbone = bool(train_backbone)
+        self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=batch_size)
+        self.net.pad_token_id = pad_id(tokenizer)
+        self.encoder = TraceEncoder(tokenizer, delimiter)
+        self.cache: dict | None = {} if cache else None
+        self.cache_hits = 0
+        self.tokens_scored = 0  # tokens run through the model by score_steps (charge Budget.prm)
+        self.tokens_trained = 0  # tokens run through the model by update
+        self.updates = 0
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_backbone(cls, source: Any, tokenizer: Any = None, copy: bool = True, **kwargs) -> "ScalarHeadPRM":
+        """A fresh PRM (new random head) on a causal LM directory, a policy or a model.
+
+        ``copy=True`` deep-copies an in-memory model so training the PRM never touches the
+        policy it came from.
+        """
+        model, tok = resolve_backbone(source, tokenizer)
+        if copy and not isinstance(source, (str, os.PathLike)):
+            import copy as _copy
+
+            model = _copy.deepcopy(model)
+        return cls(model, tok, **kwargs)
+
+    def config(self) -> dict:
+        """JSON-able constructor options (written to ``prm_config.json``)."""
+        return {
+            "delimiter": self.delimiter,
+            "aggregation": self.aggregation,
+            "squash": self.squash,
+            "cache": self.cache is not None,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "train_backbone": self.train_backbone,
+            "batch_size": self.net.batch_size,
+        }
+
+    # -- reading the head ----------------------------------------------------------------------
+    def parameters(self):
+        if self.train_backbone:
+            return list(self.net.parameters())
+        return list(self.net.head.parameters()) + list(self._extra_parameters())
+
+    def _extra_parameters(self):
+        return []
+
+    def outputs(self, prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Head outputs at ``[prompt_end, step_1_end, ...]``: ``list[(n_steps_i + 1, n_outputs)]``.
+
+        Differentiable (call under ``torch.no_grad()`` for inference). One row per trace.
+        """
+        check_traces(prompts, step_lists)
+        enc = [self.encoder.encode(p, s) for p, s in zip(prompts, step_lists)]
+        return self.net.outputs_at([e[0] for e in enc], [e[1] for e in enc])
+
+    def token_count(self, prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> int:
+        return sum(len(self.encoder.encode(p, s)[0]) for p, s in zip(prompts, step_lists))
+
+    @abc.abstractmethod
+    def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """Raw (unsquashed) search score per step from one trace's outputs ``(n+1, n_outputs)``."""
+
+    def _finish(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(raw) if self.squash else raw
+
+    def step_scores_tensor(self, prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Differentiable per-step search scores (what `score_steps` returns, as tensors)."""
+        outs = self.outputs(prompts, step_lists)
+        return [self._finish(self._search_scores(o, len(s))) for o, s in zip(outs, step_lists)]
+
+    def score_steps(self, prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> list[list[float]]:
+        """One score per step for each trace: one forward pass per trace, prefix-cached.
+
+        A trace whose every prefix is cached costs nothing; otherwise the whole trace is run
+        once and all its prefixes are cached. ``tokens_scored`` grows by the tokens run.
+        """
+        check_traces(prompts, step_lists)
+        result: list[list[float] | None] = [None] * len(prompts)
+        todo = []
+        for i, (p, steps) in enumerate(zip(prompts, step_lists)):
+            steps = tuple(steps)
+            if not steps:
+                result[i] = []
+                continue
+            if self.cache is not None:
+                hit = [self.cache.get((p, steps[: k + 1])) for k in range(len(steps))]
+                if all(h is not None for h in hit):
+                    self.cache_hits += 1
+                    result[i] = [float(h) for h in hit]
+                    continue
+            todo.append(i)
+        if todo:
+            ps = [prompts[i] for i in todo]
+            ss = [list(step_lists[i]) for i in todo]
+            was_training = self.net.training
+            self.net.eval()
+            try:
+                with torch.no_grad():
+                    scores = self.step_scores_tensor(ps, ss)
+            finally:
+                self.net.train(was_training)
+            self.tokens_scored += self.token_count(ps, ss)
+            for i, sc in zip(todo, scores):
+                vals = [float(x) for x in sc.tolist()]
+                result[i] = vals
+                if self.cache is not None:
+                    steps = tuple(step_lists[i])
+                    for k, v in enumerate(vals):
+                        self.cache[(prompts[i], steps[: k + 1])] = v
+        return [r if r is not None else [] for r in result]
+
+    def clear_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+
+    # -- training ---------------------------------------------------------------------------
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self._optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return self._optimizer
+
+    @abc.abstractmethod
+    def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
+        """The learner's loss on ``batch`` and metrics (floats)."""
+
+    def update(self, batch: "PRMBatch | Sequence[Any]") -> dict:
+        """One optimiser step on ``batch``; returns metrics (loss, accuracies, ...).
+
+        ``batch`` is a `PRMBatch`, or the trajectories of a trainer step (objects with
+        ``.task``, ``.all_steps``/``.steps``, ``.correct``; see `batch_from_trajectories`),
+        which are labelled by correctness. A trajectory batch with only one class gives
+        ``{"skipped": 1.0}`` for learners that need both.
+        """
+        if not isinstance(batch, PRMBatch):
+            batch = batch_from_trajectories(batch, self.delimiter)
+            if batch.labels is not None and len(set(x >= 0.5 for x in batch.labels)) < 2 and self.kind in ("airl", "repirl"):
+                return {"skipped": 1.0}
+        if len(batch) == 0:
+            raise ValueError("update() got an empty batch")
+        self.net.train()
+        loss, metrics = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip))
+        self.optimizer.step()
+        self.updates += 1
+        self.tokens_trained += self.token_count(batch.prompts, batch.step_lists)
+        self.clear_cache()  # scores changed
+        metrics["loss"] = float(loss.detach())
+        return metrics
+
+    # -- persistence --------------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, state: dict) -> None:
+        pass
+
+    def _after_inplace_load(self, other: "ScalarHeadPRM") -> None:
+        pass
+
+    def save(self, path: str | os.PathLike, trainer_state: bool = True) -> str:
+        """Write the PRM directory (see the module docstring); returns the path."""
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        bb = os.path.join(path, BACKBONE_DIR)
+        self.net.model.save_pretrained(bb)
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(bb)
+        torch.save({"head": self.net.head.state_dict(), "extra": self._extra_state()}, os.path.join(path, HEAD_FILE))
+        with open(os.path.join(path, PRM_CONFIG), "w") as f:
+            json.dump({"kind": self.kind, "format_version": 1, **self.config()}, f, indent=2)
+        if trainer_state:
+            torch.save(
+                {
+                    "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
+                    "updates": self.updates,
+                    "tokens_trained": self.tokens_trained,
+                    "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate(),
+                },
+                os.path.join(path, TRAINER_STATE),
+            )
+        return path
+
+    @_classorinstancemethod
+    def load(owner, path: str | os.PathLike, tokenizer: Any = None, resume: bool = False, **overrides):
+        """Load a PRM written by `save`.
+
+        On the class (``AIRLPRM.load(dir)``) it returns a new PRM; on an instance
+        (``prm.load(dir)``, what trainers call when they resume) it loads the weights,
+        counters and optimiser state into that instance and returns it. ``resume=True`` (always
+        on for the instance form) also restores the optimiser and RNG.
+        """
+        if isinstance(owner, type):
+            return owner._load_new(path, tokenizer=tokenizer, resume=resume, **overrides)
+        other = type(owner)._load_new(path, tokenizer=tokenizer or owner.tokenizer, resume=True)
+        owner.net.load_state_dict(other.net.state_dict())
+        owner._load_extra_state(other._extra_state())
+        owner.updates, owner.tokens_trained = other.updates, other.tokens_trained
+        for k, v in other.config().items():
+            if hasattr(owner, k) and k not in ("lr", "cache", "batch_size", "delimiter"):
+                setattr(owner, k, v)
+        owner._after_inplace_load(other)
+        if other._optimizer is not None:
+            owner.optimizer.load_state_dict(other._optimizer.state_dict())
+        owner.clear_cache()
+        return owner
+
+    @classmethod
+    def _load_new(cls, path, tokenizer=None, resume=False, **overrides) -> "ScalarHeadPRM":
+        cfg = read_prm_config(path)
+        kind = cfg.pop("kind")
+        cfg.pop("format_version", None)
+        target = cls
+        if cls.kind != kind:
+            if cls is not ScalarHeadPRM and not issubclass(PRM_CLASSES.get(kind, object), cls):
+                raise ValueError(f"{os.fspath(path)!r} holds a {kind!r} PRM, not {cls.kind!r}: load it with load_prm()")
+            if kind not in PRM_CLASSES:
+                raise ValueError(f"unknown PRM kind {kind!r} in {path}; known: {sorted(PRM_CLASSES)}")
+            target = PRM_CLASSES[kind]
+        head_path = os.path.join(os.fspath(path), HEAD_FILE)
+        if not os.path.exists(head_path):
+            raise ValueError(f"{os.fspath(path)!r} has {PRM_CONFIG} but no {HEAD_FILE}: the PRM head is missing; re-save the PRM")
+        model, tok = load_causal_lm(os.path.join(os.fspath(path), BACKBONE_DIR))
+        cfg.update(overrides)
+        prm = target(model, tokenizer or tok, **cfg)
+        state = torch.load(head_path, map_location="cpu", weights_only=False)
+        prm.net.head.load_state_dict(state["head"])
+        prm._load_extra_state(state.get("extra", {}))
+        ts_path = os.path.join(os.fspath(path), TRAINER_STATE)
+        if os.path.exists(ts_path):
+            ts = torch.load(ts_path, map_location="cpu", weights_only=False)
+            prm.updates = int(ts.get("updates", 0))
+            prm.tokens_trained = int(ts.get("tokens_trained", 0))
+            if resume:
+                if ts.get("optimizer") is not None:
+                    prm.optimizer.load_state_dict(ts["optimizer"])
+                torch.set_rng_state(ts["torch_rng"])
+                random.setstate(ts["python_rng"])
+        return prm
+
+
+def load_prm(path: str | os.PathLike, tokenizer: Any = None, resume: bool = False, **overrides) -> ProcessRewardModel:
+    """Load any PRM saved by prmgym (the kind is read from ``prm_config.json``).
+
+    >>> load_prm("/nonexistent")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no PRM directory at '/nonexistent': ...
+    """
+    import prmgym.rewards  # noqa: F401  (registers every kind)
+
+    cfg = read_prm_config(path)
+    cls = PRM_CLASSES.get(cfg["kind"])
+    if cls is None:
+        raise ValueError(f"unknown PRM kind {cfg['kind']!r} in {os.fspath(path)}; known: {sorted(PRM_CLASSES)}")
+    return cls.load(path, tokenizer=tokenizer, resume=resume, **overrides)

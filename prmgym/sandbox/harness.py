@@ -1,0 +1,1342 @@
+"""The in-sandbox harness: runs one untrusted program and decides its verdict outside it.
+
+Standard library only and runnable as a standalone script (``python -I harness.py serve``),
+so the same file serves the local backend (a root fork server on the host) and the Docker
+backend (a runner inside a container). Nothing here imports prmgym.
+
+Processes of one job
+--------------------
+::
+
+    S  server        long-lived, warm (pre-imported stdlib); reads job frames, forks per job,
+    |                enforces the wall-clock deadline and the output cap, decides the verdict.
+    +- R  reaper     root when available; new session; unshares net/pid/mount/ipc namespaces;
+       |             private /tmp; kills and sweeps the job's process tree; removes the work dir.
+       +- P  judge   PID 1 of the job's PID namespace (when available); holds the per-run
+          |          secret; runs the *tests* with pristine builtins; never runs untrusted code.
+          +- C  program   non-root uid, rlimits, empty environment, no network, cwd = work dir;
+                          runs the *candidate code* and answers P's calls over a pipe.
+
+The tests never run in the process that runs the candidate. P executes each test source in a
+fresh namespace whose ``candidate`` (and every other top-level callable of the program, e.g.
+HumanEval's ``encode_cyclic``) is a stub that sends the call's arguments to C and returns C's
+result. Arguments and results cross the pipe as ``marshal`` data and P accepts only exact plain
+builtin types (None, bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset,
+recursively), so objects whose ``__eq__`` is always true, patched builtins, a patched
+``unittest`` or ``assert`` helper in C cannot influence a comparison made in P. Top-level plain
+values of the program (``x = 3``) are copied to the test namespace too. In-place mutation of
+list/dict/set arguments is copied back. An exception raised by the candidate is re-raised in P
+as the builtin exception of the same name (or ``RemoteError``). A program that exits or dies
+makes every remaining test fail.
+
+Protocol (server stdin/stdout; all integers little-endian)
+----------------------------------------------------------
+* On start the server writes one frame: ``{"hello": PROTOCOL, "isolation": {...}}``.
+* Request: ``u32 n`` + header JSON (n bytes) + ``u32 m`` + payload JSON (m bytes).
+  header = ``{"timeout_s", "memory_mb", "output_limit"(bytes), "nproc", "nofile",
+  "fsize_mb", "workdir_mb"}`` (missing keys take `DEFAULT_LIMITS`) or ``{"op": "ping"}``.
+  payload = ``{"code": str, "tests": [str, ...], "entry_point": str|null, "stdin": str|null}``.
+  The server copies the payload to P through a buffer that it zeroes afterwards and never
+  parses it, so later jobs forked from the same warm server do not inherit earlier tests.
+* Response: ``u32 n`` + result JSON with exactly the fields of ``ExecResult``:
+  ``status, tests_passed, tests_total, exit_code, signal, stdout, stderr, truncated, wall_s,
+  cpu_s, details``.
+
+The per-run secret
+------------------
+For each job S draws a fresh 128-bit nonce (``os.urandom``) and writes it to a pipe inherited
+only by P. P reads it and closes the pipe *after* forking C, so C's memory never held it. P
+writes one line per event to a report pipe that C never inherited::
+
+    PRMGYM1 <nonce hex> <json>\\n      json.k in {"start", "code", "test", "end", "infra"}
+
+S accepts only well-formed lines carrying the nonce, in order: ``start``, ``code``, one ``test``
+per expected test (indices 0..n-1, once each), ``end``. Anything else marks the run as tampered
+(failed). A job passes only if every expected test reported success, the ``end`` record is
+present, P exited 0 and the program exited cleanly when asked to. Stdout is never a channel.
+P sets itself non-dumpable (no ptrace, no /proc/P/mem or /proc/P/fd for same-uid processes)
+and, as PID 1 of a PID namespace, cannot be signalled by C at all.
+
+Statuses: passed, failed, timeout, memory, output_limit, runtime_error, compile_error,
+sandbox_error (the harness itself failed; the caller retries once).
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import ctypes.util
+import errno
+import json
+import marshal
+import os
+import pwd
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+PROTOCOL = 1
+MAGIC = b"PRMGYM1"
+DEFAULT_LIMITS = {
+    "timeout_s": 10.0,
+    "memory_mb": 512,
+    "output_limit": 1 << 20,   # bytes of stdout + stderr
+    "nproc": 64,               # processes + threads of the sandbox uid
+    "nofile": 128,
+    "fsize_mb": 16,            # largest file the program may write
+    "workdir_mb": 64,          # size of the private /tmp (tmpfs) when a mount namespace is used
+}
+PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset)
+_PLAIN = frozenset(PLAIN_TYPES)
+JUDGE_INFRA_EXIT = 70  # P exits with this only when the harness itself failed
+_MAX_TEXT = 4000  # characters of an error message kept in a record
+
+# ---------------------------------------------------------------------------------------------
+# libc helpers (ctypes): unshare, mount, prctl
+# ---------------------------------------------------------------------------------------------
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWPID = 0x00020000, 0x08000000, 0x40000000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+
+_libc = None
+
+
+def _lib():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_lib().unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check(_lib().mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+def umount(target: str, flags: int = MNT_DETACH) -> None:
+    _check(_lib().umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+SCRATCH_DIRS = ("/dev/shm", "/var/tmp", "/run/lock", "/run/shm")  # world-writable: private tmpfs per job
+_SYS_mount_setattr, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY, _AT_FDCWD = 442, 0x8000, 0x1, -100
+
+
+def mount_setattr_rdonly(path: str) -> None:
+    """Make ``path`` and every mount below it read-only (mount_setattr(2), Linux >= 5.12)."""
+    attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+    ret = _lib().syscall(ctypes.c_long(_SYS_mount_setattr), ctypes.c_int(_AT_FDCWD), path.encode(),
+                         ctypes.c_uint(_AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(32))
+    _check(ret, f"mount_setattr {path}")
+
+
+def prctl(option: int, arg: int = 0) -> None:
+    _check(_lib().prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                        ctypes.c_ulong(0)), f"prctl({option})")
+
+
+# ---------------------------------------------------------------------------------------------
+# small I/O helpers
+# ---------------------------------------------------------------------------------------------
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        b = os.read(fd, min(n - got, 1 << 20))
+        if not b:
+            raise EOFError("pipe closed")
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 16)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def send_msg(fd: int, obj) -> None:
+    data = marshal.dumps(obj)
+    _write_all(fd, struct.pack("<I", len(data)) + data)
+
+
+def recv_msg(fd: int, limit: int = 1 << 30):
+    (n,) = struct.unpack("<I", _read_exact(fd, 4))
+    if n > limit:
+        raise ValueError(f"message of {n} bytes exceeds the limit of {limit}")
+    return marshal.loads(_read_exact(fd, n))
+
+
+def _close_fds_except(keep) -> None:
+    keep = sorted(set(keep))
+    lo = 0
+    for fd in keep:
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 16)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "...[truncated]"
+
+
+def check_plain(value, max_items: int = 10_000_000) -> None:
+    """Raise TypeError unless ``value`` is plain builtin data (exact types, recursively)."""
+    stack, seen = [value], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > max_items:
+            raise TypeError("value has too many elements")
+        t = type(v)
+        if t not in _PLAIN:
+            raise TypeError(f"value of type {t.__name__} is not plain data")
+        if t is dict:
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif t in (tuple, list, set, frozenset):
+            stack.extend(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# C: the program process
+# ---------------------------------------------------------------------------------------------
+def _to_plain(value, depth: int = 0):
+    """Best-effort conversion of well-known numeric containers (numpy) to plain data, in C.
+
+    Whatever C sends is validated again in P, so this only widens what honest programs may
+    return; it cannot make a dishonest value compare equal."""
+    t = type(value)
+    if t in _PLAIN and t not in (tuple, list, dict, set, frozenset):
+        return value
+    if depth > 200:
+        return value
+    if t is list:
+        return [_to_plain(v, depth + 1) for v in value]
+    if t is tuple:
+        return tuple(_to_plain(v, depth + 1) for v in value)
+    if t is dict:
+        return {_to_plain(k, depth + 1): _to_plain(v, depth + 1) for k, v in value.items()}
+    if t in (set, frozenset):
+        return t(_to_plain(v, depth + 1) for v in value)
+    if getattr(t, "__module__", "").split(".")[0] == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _program_main(rpc_in: int, rpc_out: int) -> None:
+    """Runs in C after privileges are dropped. Never returns."""
+    try:
+        msg = recv_msg(rpc_in)
+    except BaseException:
+        os._exit(3)
+    code = msg[1]
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        compiled = compile(code, "<program>", "exec")
+    except BaseException as e:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
+        send_msg(rpc_out, ("compile_error", type(e).__name__, _short(str(e))))
+        _program_wait_quit(rpc_in)
+    try:
+        exec(compiled, ns)
+    except BaseException as e:
+        tb = _short("".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)))
+        try:
+            sys.stderr.write(tb)
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        send_msg(rpc_out, ("runtime_error", type(e).__name__, tb))
+        _program_wait_quit(rpc_in)
+    manifest = {}
+    for name, value in list(ns.items()):
+        if name.startswith("__") or not isinstance(name, str):
+            continue
+        if callable(value) and not isinstance(value, type(sys)):
+            manifest[name] = ("callable",)
+            continue
+        try:
+            v = _to_plain(value)
+            data = marshal.dumps(v)
+            if len(data) < (1 << 20):
+                manifest[name] = ("value", data)
+        except BaseException:
+            pass
+    send_msg(rpc_out, ("ready", manifest))
+    while True:
+        try:
+            msg = recv_msg(rpc_in)
+        except BaseException:
+            os._exit(4)
+        if msg[0] == "quit":
+            _program_quit()
+        _, name, args_data, kwargs = msg
+        try:
+            args = marshal.loads(args_data)
+            fn = ns[name]
+            result = _to_plain(fn(*args, **kwargs))
+            out = marshal.dumps(result)
+            after = marshal.dumps(args)
+            reply = ("ret", out, after if after != args_data else None)
+        except BaseException as e:  # includes SystemExit from sys.exit() inside the candidate
+            if isinstance(e, ValueError) and "unmarshallable" in str(e):
+                e = TypeError("the program returned a value that is not plain data "
+                              "(None/bool/int/float/complex/str/bytes/tuple/list/dict/set/frozenset)")
+            reply = ("exc", type(e).__name__, _short(str(e)))
+        try:
+            send_msg(rpc_out, reply)
+        except BaseException:
+            os._exit(5)
+
+
+def _program_wait_quit(rpc_in: int) -> None:
+    try:
+        while recv_msg(rpc_in)[0] != "quit":
+            pass
+    except BaseException:
+        os._exit(4)
+    _program_quit()
+
+
+def _program_quit() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# P: the judge process
+# ---------------------------------------------------------------------------------------------
+class RemoteError(Exception):
+    """The program raised an exception whose type is not a builtin exception."""
+
+
+class ProgramDied(BaseException):
+    """The program process exited or broke the call protocol; no further test can run."""
+
+
+class _Judge:
+    def __init__(self, rpc_in: int, rpc_out: int, limit: int):
+        self.rpc_in, self.rpc_out, self.limit = rpc_in, rpc_out, limit
+        self.dead: str | None = None
+        self.errors: list[str] = []  # exception type names reported by the program
+
+    def recv(self):
+        try:
+            msg = recv_msg(self.rpc_in, self.limit)
+        except MemoryError:
+            raise
+        except BaseException as e:
+            self.dead = self.dead or f"program stopped answering ({type(e).__name__}: {e})"
+            raise ProgramDied(self.dead) from None
+        if not isinstance(msg, tuple) or not msg or type(msg[0]) is not str:
+            self.dead = "program broke the call protocol"
+            raise ProgramDied(self.dead)
+        return msg
+
+    def call(self, name: str, args: tuple, kwargs: dict):
+        if self.dead:
+            raise ProgramDied(self.dead)
+        try:
+            args_data = marshal.dumps(args)
+            check_plain(kwargs)
+            for k in kwargs:
+                if type(k) is not str:
+                    raise TypeError("keyword names must be str")
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"arguments passed to the program must be plain data: {e}") from None
+        try:
+            send_msg(self.rpc_out, ("call", name, args_data, kwargs))
+        except OSError:
+            self.dead = "program stopped answering (pipe closed)"
+            raise ProgramDied(self.dead) from None
+        msg = self.recv()
+        if msg[0] == "ret" and len(msg) == 3 and type(msg[1]) is bytes:
+            try:
+                result = marshal.loads(msg[1])
+                check_plain(result)
+                if msg[2] is not None:
+                    _sync_args(args, marshal.loads(msg[2]))
+            except MemoryError:
+                raise
+            except Exception as e:
+                raise TypeError(f"the program's result was rejected: {e}") from None
+            return result
+        if msg[0] == "exc" and len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is str:
+            self.errors.append(msg[1])
+            cls = getattr(builtins, msg[1], None)
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                raise cls(msg[2])
+            raise RemoteError(f"{msg[1]}: {msg[2]}")
+        self.dead = "program broke the call protocol"
+        raise ProgramDied(self.dead)
+
+    def stub(self, name: str):
+        judge = self
+
+        def remote(*args, **kwargs):
+            return judge.call(name, args, kwargs)
+
+        remote.__name__ = remote.__qualname__ = name
+        return remote
+
+
+def _sync_args(args: tuple, new) -> None:
+    if type(new) is not tuple or len(new) != len(args):
+        return
+    for old, fresh in zip(args, new):
+        check_plain(fresh)
+        if type(old) is list and type(fresh) is list:
+            old[:] = fresh
+        elif type(old) is dict and type(fresh) is dict:
+            old.clear()
+            old.update(fresh)
+        elif type(old) is set and type(fresh) is set:
+            old.clear()
+            old.update(fresh)
+
+
+def _report(fd: int, nonce: str, **record) -> None:
+    line = MAGIC + b" " + nonce.encode() + b" " + json.dumps(record).encode() + b"\n"
+    _write_all(fd, line)
+
+
+def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_out: int,
+                stdin_w: int | None, child: int, limit: int) -> int:
+    """Runs in P after C was forked. Returns P's exit code."""
+    nonce = _read_all(secret_fd).decode("ascii", "replace").strip()
+    os.close(secret_fd)
+    payload = _read_all(job_fd)
+    os.close(job_fd)
+    job = json.loads(payload)
+    del payload
+    _report(report_fd, nonce, k="start")
+    if stdin_w is not None:
+        data = (job.get("stdin") or "").encode()
+        if len(data) <= 65536:  # fits the pipe buffer: no helper thread needed
+            try:
+                _write_all(stdin_w, data)
+            except OSError:
+                pass
+            os.close(stdin_w)
+        else:
+            import threading
+
+            def feed():
+                try:
+                    _write_all(stdin_w, data)
+                except OSError:
+                    pass
+                finally:
+                    os.close(stdin_w)
+
+            threading.Thread(target=feed, daemon=True).start()
+    judge = _Judge(rpc_in, rpc_out, limit)
+    tests = job.get("tests") or []
+    entry = job.get("entry_point")
+    ns_base: dict = {}
+    values: dict = {}
+    ready = False
+    try:
+        send_msg(rpc_out, ("code", job["code"]))
+        msg = judge.recv()
+        if msg[0] == "ready" and len(msg) == 2 and type(msg[1]) is dict:
+            ready = True
+            for name, spec in msg[1].items():
+                if type(name) is not str or type(spec) is not tuple or not spec:
+                    continue
+                if spec[0] == "callable":
+                    ns_base[name] = judge.stub(name)
+                elif spec[0] == "value" and len(spec) == 2 and type(spec[1]) is bytes:
+                    values[name] = spec[1]
+            _report(report_fd, nonce, k="code", ok=True)
+        elif msg[0] in ("compile_error", "runtime_error") and len(msg) == 3:
+            _report(report_fd, nonce, k="code", ok=False, kind=msg[0], type=str(msg[1]), msg=str(msg[2]))
+        else:
+            judge.dead = "program broke the call protocol"
+            raise ProgramDied(judge.dead)
+    except ProgramDied as e:
+        _report(report_fd, nonce, k="code", ok=False, kind="died", type="ProgramDied", msg=str(e))
+    except MemoryError:
+        _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="MemoryError",
+                msg="the judge ran out of memory reading the program's namespace")
+    if ready:
+        if entry:
+            ns_base["candidate"] = judge.stub(entry)
+        for i, src in enumerate(tests):
+            ns = {"__name__": "__main__", "__builtins__": builtins}
+            for name, data in values.items():
+                try:
+                    v = marshal.loads(data)
+                    check_plain(v)
+                    ns[name] = v
+                except Exception:
+                    pass
+            ns.update(ns_base)
+            try:
+                exec(compile(src, f"<test {i}>", "exec"), ns)
+                _report(report_fd, nonce, k="test", i=i, ok=True)
+            except BaseException as e:  # noqa: BLE001  (a test's outcome, whatever it is)
+                _report(report_fd, nonce, k="test", i=i, ok=False, type=type(e).__name__,
+                        msg=_short(f"{type(e).__name__}: {e}"))
+    else:
+        for i in range(len(tests)):
+            _report(report_fd, nonce, k="test", i=i, ok=False, type="NotRun", msg="the program did not load")
+    # Ask the program to exit, then collect its status.
+    try:
+        send_msg(rpc_out, ("quit",))
+    except OSError:
+        pass
+    status = _wait_child(child, 1.0)
+    exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
+    clean = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and judge.dead is None
+    _report(report_fd, nonce, k="end", clean=clean,
+            exit_code=exit_code if (exit_code is not None and exit_code >= 0) else None,
+            signal=-exit_code if (exit_code is not None and exit_code < 0) else None,
+            died=judge.dead, program_errors=judge.errors[:50])
+    return 0
+
+
+def _wait_child(pid: int, timeout: float):
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    if pidfd is not None:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        os.close(pidfd)
+        if not ready:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                return os.waitpid(pid, 0)[1]
+            except ChildProcessError:
+                return None
+        time.sleep(0.001)
+
+
+# ---------------------------------------------------------------------------------------------
+# isolation pieces used by R and P
+# ---------------------------------------------------------------------------------------------
+def _drop_privileges(uid: int | None) -> None:
+    if uid is None:
+        return
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def _set_limits(lim: dict, cpu_s: float) -> None:
+    def setl(res, value):
+        try:
+            resource.setrlimit(res, (value, value))
+        except (ValueError, OSError):
+            soft, hard = resource.getrlimit(res)
+            v = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(res, (v, v))
+
+    setl(resource.RLIMIT_AS, int(lim["memory_mb"]) << 20)
+    setl(resource.RLIMIT_CPU, max(1, int(cpu_s + 0.999)))
+    setl(resource.RLIMIT_FSIZE, int(lim["fsize_mb"]) << 20)
+    setl(resource.RLIMIT_NOFILE, int(lim["nofile"]))
+    setl(resource.RLIMIT_NPROC, int(lim["nproc"]))
+    setl(resource.RLIMIT_CORE, 0)
+
+
+def _hidden_ancestor(path: str) -> str | None:
+    """The highest ancestor of ``path`` that other users cannot traverse, if any."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        p = os.sep.join(parts[:i]) or os.sep
+        try:
+            if not os.stat(p).st_mode & 0o001:
+                return p
+        except OSError:
+            return None
+    return None
+
+
+def _expose(paths: list[str], stage: str) -> None:
+    """In a private mount namespace: hide each non-traversable ancestor of ``paths`` behind an
+    empty tmpfs and bind-mount only ``paths`` back (e.g. /root/.pyenv/... under /root 0700)."""
+    groups: dict[str, list[str]] = {}
+    for p in paths:
+        top = _hidden_ancestor(p)
+        if top and os.path.isdir(p):
+            groups.setdefault(top, []).append(p)
+    n = 0
+    for top, inner in groups.items():
+        inner = [p for p in inner if not any(p != q and p.startswith(q + os.sep) for q in inner)]
+        staged = []
+        for p in inner:
+            s = os.path.join(stage, f"s{n}")
+            n += 1
+            os.mkdir(s)
+            mount(p, s, None, MS_BIND | MS_REC)
+            staged.append((p, s))
+        mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+        for p, s in staged:
+            os.makedirs(p, exist_ok=True)
+            mount(s, p, None, MS_BIND | MS_REC)
+            umount(s)
+            os.rmdir(s)
+
+
+def probe_isolation(uid: int | None) -> dict:
+    """What this host allows: namespaces, uid switch. Runs the checks in a throwaway child."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        info = {}
+        try:
+            unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)
+            info["namespaces"] = True
+        except OSError as e:
+            info["namespaces"] = False
+            info["namespaces_error"] = str(e)
+            try:
+                unshare(CLONE_NEWNET)
+                info["netns"] = True
+            except OSError:
+                info["netns"] = False
+        if info["namespaces"]:
+            try:
+                mount(None, "/", None, MS_REC | MS_PRIVATE)
+                mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m")
+                info["mounts"] = True
+            except OSError as e:
+                info["mounts"] = False
+                info["mounts_error"] = str(e)
+        try:
+            _drop_privileges(uid)
+            info["uid"] = os.getuid()
+        except OSError as e:
+            info["uid"] = os.getuid()
+            info["uid_error"] = str(e)
+        os.write(w, json.dumps(info).encode())
+        os._exit(0)
+    os.close(w)
+    data = _read_all(r)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data or b"{}")
+
+
+# ---------------------------------------------------------------------------------------------
+# R: the reaper (fork of S, one per job)
+# ---------------------------------------------------------------------------------------------
+def _reaper_main(cfg: dict, lim: dict, fds: dict) -> None:
+    """Never returns. Sets up isolation, forks P, enforces the deadline, cleans up, reports."""
+    os.setsid()
+    try:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)  # escaped descendants come back to us, not to S
+    except OSError:
+        pass
+    iso = cfg["isolation"]
+    uid = cfg["uid"]
+    notes = {}
+    use_ns = cfg["namespaces"] and iso.get("namespaces")
+    use_mounts = use_ns and iso.get("mounts")
+    workdir = None
+    if use_ns:
+        try:
+            unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)
+        except OSError as e:
+            use_ns = use_mounts = False
+            notes["namespaces_error"] = str(e)
+    elif cfg["namespaces"] and iso.get("netns"):
+        try:
+            unshare(CLONE_NEWNET)
+            notes["netns"] = True
+        except OSError as e:
+            notes["netns_error"] = str(e)
+    if use_mounts:
+        try:
+            mount(None, "/", None, MS_REC | MS_PRIVATE)
+            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
+            stage = "/tmp/.stage"
+            os.mkdir(stage, 0o700)
+            _expose(cfg["expose"], stage)
+            umount("/tmp")
+            try:  # the whole tree read-only, then fresh writable tmpfs where writing is expected
+                mount_setattr_rdonly("/")
+                notes["readonly_root"] = True
+            except OSError as e:
+                notes["readonly_root_error"] = str(e)
+            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+                  f"size={int(lim['workdir_mb'])}m,nr_inodes=4096,mode=1777")
+            for d in SCRATCH_DIRS:
+                if os.path.isdir(d) and not os.path.islink(d):
+                    mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=1777")
+            workdir = "/tmp/work"
+            os.mkdir(workdir, 0o700)
+        except OSError as e:
+            notes["mounts_error"] = str(e)
+            use_mounts = False
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=cfg["workdir_root"])
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _judge_entry(cfg, lim, fds, workdir, use_ns, use_mounts)  # never returns
+    for k in ("job_r", "secret_r", "report_w", "out_w", "err_w"):
+        os.close(fds[k])
+    killed = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    deadline = t0 + float(lim["timeout_s"])
+    ctl = fds["ctl_r"]
+    while True:
+        waitset = [ctl] + ([pidfd] if pidfd is not None else [])
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            killed = "timeout"
+            break
+        ready, _, _ = select.select(waitset, [], [], remaining if pidfd is not None else min(remaining, 0.005))
+        if ctl in ready:
+            killed = (os.read(ctl, 64) or b"host-gone").decode("ascii", "replace")
+            break
+        if pidfd is not None and pidfd in ready:
+            break
+        if pidfd is None and os.waitpid(pid, os.WNOHANG)[0]:
+            break  # (status lost only in this no-pidfd fallback; reported below as None)
+    if killed:
+        _kill_tree(pid, None if use_ns else uid)
+    try:
+        _, status, ru = os.wait4(pid, 0)
+    except ChildProcessError:
+        status, ru = None, None
+    wall = time.monotonic() - t0
+    _kill_tree(pid, None if use_ns else uid)
+    if not use_mounts:
+        shutil.rmtree(workdir, ignore_errors=True)
+    record = {
+        "wait_status": status,
+        "wall_s": wall,
+        "cpu_s": (ru.ru_utime + ru.ru_stime) if ru else 0.0,
+        "maxrss_kb": ru.ru_maxrss if ru else 0,
+        "killed": killed,
+        "pidns": bool(use_ns),
+        "mountns": bool(use_mounts),
+        **notes,
+    }
+    try:
+        _write_all(fds["status_w"], json.dumps(record).encode())
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _kill_tree(pid: int, uid: int | None) -> None:
+    """Kill P (PID 1 of the namespace: the kernel then kills everything in it), P's process
+    group, and, when the job has a uid of its own and no PID namespace, every process of that
+    uid (``kill(-1)`` as that uid, repeated until none is left)."""
+    for fn in (lambda: os.kill(pid, signal.SIGKILL), lambda: os.killpg(pid, signal.SIGKILL)):
+        try:
+            fn()
+        except OSError:
+            pass
+    if uid is not None and os.getuid() == 0 and uid != 0:
+        for _ in range(20):
+            k = os.fork()
+            if k == 0:
+                try:
+                    os.setresuid(uid, uid, uid)
+                    os.kill(-1, signal.SIGKILL)  # every process of this uid (not us, not init)
+                except BaseException:
+                    pass
+                os._exit(0)
+            os.waitpid(k, 0)
+            time.sleep(0.0005)
+            _reap_children()  # killed orphans of the job are re-parented to us (subreaper)
+            if not _live_processes_of(uid):
+                break
+
+
+def _live_processes_of(uid: int) -> list[int]:
+    """Pids whose real uid is ``uid`` and that are not zombies (a /proc scan)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as f:
+                text = f.read(2048)
+        except OSError:
+            continue
+        state = uids = None
+        for line in text.split(b"\n"):
+            if line.startswith(b"State:"):
+                state = line.split()[1:2]
+            elif line.startswith(b"Uid:"):
+                uids = line.split()[1:2]
+                break
+        if uids and int(uids[0]) == uid and state != [b"Z"]:
+            found.append(int(name))
+    return found
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _judge_entry(cfg, lim, fds, workdir, use_ns, use_mounts) -> None:
+    """P before it forks C. Never returns."""
+    code = JUDGE_INFRA_EXIT
+    try:
+        os.setpgid(0, 0)
+        if use_ns and use_mounts:
+            try:
+                mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            except OSError:
+                pass
+        os.chdir(workdir)
+        rpc1_r, rpc1_w = os.pipe()  # P -> C
+        rpc2_r, rpc2_w = os.pipe()  # C -> P
+        if fds["has_stdin"]:
+            stdin_r, stdin_w = os.pipe()
+        else:
+            stdin_r, stdin_w = os.open(os.devnull, os.O_RDONLY), None
+        timeout = float(lim["timeout_s"])
+        child = os.fork()
+        if child == 0:
+            _program_entry(cfg, lim, fds, stdin_r, rpc1_r, rpc2_w, timeout)
+        os.close(rpc1_r)
+        os.close(rpc2_w)
+        os.close(stdin_r)
+        os.close(fds["out_w"])
+        os.close(fds["err_w"])
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        _close_fds_except([0, 1, 2, fds["job_r"], fds["secret_r"], fds["report_w"], rpc1_w, rpc2_r]
+                          + ([stdin_w] if stdin_w is not None else []))
+        os.chdir("/")
+        _set_limits(lim, timeout + 1)
+        _drop_privileges(cfg["uid"])
+        prctl(PR_SET_DUMPABLE, 0)
+        try:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        code = _judge_main(fds["job_r"], fds["secret_r"], fds["report_w"], rpc2_r, rpc1_w, stdin_w, child,
+                           int(lim["memory_mb"]) << 20)
+    except BaseException as e:  # a harness failure: report it as infrastructure
+        try:
+            os.write(fds["report_w"], MAGIC + b" infra " + json.dumps({"k": "infra", "msg": _short(
+                "".join(traceback.format_exception(e)))}).encode() + b"\n")
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+def _program_entry(cfg, lim, fds, stdin_r, rpc_in, rpc_out, timeout) -> None:
+    """C before it runs the program. Never returns."""
+    try:
+        os.dup2(stdin_r, 0)
+        os.dup2(fds["out_w"], 1)
+        os.dup2(fds["err_w"], 2)
+        _close_fds_except([0, 1, 2, rpc_in, rpc_out])
+        os.environ.clear()
+        _set_limits(lim, timeout)
+        _drop_privileges(cfg["uid"])
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        try:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False, buffering=1)
+        sys.stderr = open(2, "w", closefd=False, buffering=1)
+    except BaseException:
+        os._exit(71)
+    _program_main(rpc_in, rpc_out)
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# S: the server
+# ---------------------------------------------------------------------------------------------
+def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
+             output_exceeded: bool, host_deadline: bool) -> tuple[str, int, dict]:
+    """Decide (status, tests_passed, details) from P's records and R's status."""
+    details: dict = {}
+    by_kind: dict = {}
+    test_ok = [False] * n_tests
+    for rec in records:
+        by_kind.setdefault(rec["k"], []).append(rec)
+    for rec in by_kind.get("test", []):
+        if rec.get("ok") is True:
+            test_ok[rec["i"]] = True
+        elif len(details.setdefault("test_errors", [])) < 20:
+            details["test_errors"].append({"test": rec["i"], "type": rec.get("type"), "msg": rec.get("msg")})
+    passed_n = sum(test_ok)
+    end = (by_kind.get("end") or [None])[0]
+    code = (by_kind.get("code") or [None])[0]
+    ws = status.get("wait_status")
+    judge_exit = os.waitstatus_to_exitcode(ws) if ws is not None else None
+    killed = status.get("killed")
+    if tampered:
+        details["tampered"] = tampered
+    if end:
+        details["program_errors"] = end.get("program_errors", [])
+        if end.get("died"):
+            details["program_died"] = end["died"]
+    if output_exceeded:
+        return "output_limit", passed_n, details
+    if killed == "timeout" or host_deadline:
+        return "timeout", passed_n, details
+    if judge_exit == JUDGE_INFRA_EXIT:  # P's own failure (an exit code the program cannot cause)
+        details["infra"] = (by_kind.get("infra") or [{}])[0].get("msg") or "the judge process failed"
+        return "sandbox_error", passed_n, details
+    sig = end.get("signal") if end else None
+    if tampered:
+        return "failed", passed_n, details
+    if end is None:
+        if judge_exit is not None and judge_exit == -signal.SIGXCPU:
+            return "timeout", passed_n, details
+        details["judge_exit"] = judge_exit
+        if code is None:
+            return "runtime_error", passed_n, details
+        return "failed", passed_n, details
+    if sig in (signal.SIGXCPU,):
+        return "timeout", passed_n, details
+    errors = set(end.get("program_errors") or [])
+    if code and not code.get("ok"):
+        details["error"] = {"kind": code.get("kind"), "type": code.get("type"), "msg": code.get("msg")}
+        if code.get("kind") == "compile_error":
+            return "compile_error", 0, details
+        if code.get("type") == "MemoryError" or "MemoryError" in errors:
+            return "memory", 0, details
+        return "runtime_error", 0, details
+    if all(test_ok) and end.get("clean") and judge_exit == 0 and len(by_kind.get("test", [])) == n_tests:
+        return "passed", passed_n, details
+    if "MemoryError" in errors:
+        return "memory", passed_n, details
+    return "failed", passed_n, details
+
+
+class Server:
+    """One warm worker. ``serve()`` answers frames on ``in_fd``/``out_fd`` until EOF."""
+
+    def __init__(self, uid: int | None, namespaces: str = "auto", workdir_root: str | None = None,
+                 in_fd: int = 0, out_fd: int = 1):
+        if os.getuid() != 0:
+            uid = None  # cannot switch users; run as ourselves
+        self.uid = uid
+        self.in_fd, self.out_fd = in_fd, out_fd
+        self.workdir_root = workdir_root or tempfile.gettempdir()
+        iso = probe_isolation(uid) if namespaces != "off" else {"namespaces": False, "netns": False}
+        if namespaces == "on" and not iso.get("namespaces"):
+            raise SystemExit(f"namespaces were required but unshare failed: {iso.get('namespaces_error')}")
+        self.isolation = iso
+        _lib()  # load libc once here, not in every forked job
+        self.namespaces = namespaces != "off"
+        expose = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.abspath(__file__))}
+        expose.update(p for p in sys.path if p and os.path.isdir(p))
+        self.expose = sorted(expose)
+        try:
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
+        except OSError:
+            pass
+
+    def hello(self) -> dict:
+        return {"hello": PROTOCOL, "pid": os.getpid(), "uid": self.uid, "isolation": self.isolation}
+
+    def serve(self) -> None:
+        import gc
+
+        gc.collect()
+        gc.freeze()  # forked children then do not copy every page just to run the collector
+        self._send(self.hello())
+        buf = bytearray()
+        while True:
+            try:
+                (n,) = struct.unpack("<I", _read_exact(self.in_fd, 4))
+                header = json.loads(_read_exact(self.in_fd, n))
+                if header.get("op") == "ping":
+                    self._send({"op": "pong", **self.hello()})
+                    continue
+                (m,) = struct.unpack("<I", _read_exact(self.in_fd, 4))
+            except EOFError:
+                return
+            if len(buf) < m:
+                buf = bytearray(m)
+            view = memoryview(buf)[:m]
+            got = 0
+            while got < m:
+                k = os.readv(self.in_fd, [view[got:]])
+                if k == 0:
+                    return
+                got += k
+            try:
+                result = self.run(header, view)
+            except Exception as e:  # the server's own failure: infrastructure
+                result = {"status": "sandbox_error", "details": {"infra": _short(traceback.format_exc())},
+                          "error": str(e)}
+            finally:
+                view[:] = bytes(m)  # zero the payload so later forks do not inherit it
+                view.release()
+            self._send(result)
+
+    def _send(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        _write_all(self.out_fd, struct.pack("<I", len(data)) + data)
+
+    def run(self, header: dict, payload) -> dict:
+        """Run one job; ``payload`` is the job JSON (bytes-like). Returns the result dict."""
+        lim = {**DEFAULT_LIMITS, **{k: v for k, v in header.items() if k in DEFAULT_LIMITS}}
+        n_tests = int(header.get("n_tests", -1))
+        has_stdin = bool(header.get("has_stdin", True))
+        t0 = time.monotonic()
+        pipes = {}
+        pipes["job_r"], job_w = os.pipe()
+        pipes["secret_r"], secret_w = os.pipe()
+        report_r, pipes["report_w"] = os.pipe()
+        out_r, pipes["out_w"] = os.pipe()
+        err_r, pipes["err_w"] = os.pipe()
+        pipes["ctl_r"], ctl_w = os.pipe()
+        status_r, pipes["status_w"] = os.pipe()
+        pipes["has_stdin"] = has_stdin
+        cfg = {"uid": self.uid, "isolation": self.isolation, "namespaces": self.namespaces,
+               "workdir_root": self.workdir_root, "expose": self.expose}
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _wipe(payload)  # our copy only: the program must not find the tests in memory
+                keep = [v for k, v in pipes.items() if k != "has_stdin"]
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                _close_fds_except([0, 1, 2] + keep)
+                _reaper_main(cfg, lim, pipes)
+            except BaseException as e:
+                try:
+                    _write_all(pipes["status_w"], json.dumps({"reaper_error": _short(
+                        "".join(traceback.format_exception(e)))}).encode())
+                except BaseException:
+                    pass
+            finally:
+                os._exit(70)
+        for k, v in pipes.items():
+            if k != "has_stdin":
+                os.close(v)
+        nonce = os.urandom(16).hex()  # drawn after the fork: no process of the job ever held it in memory
+        try:
+            _write_all(secret_w, nonce.encode())
+        except OSError:
+            pass
+        os.close(secret_w)
+        for fd in (job_w, out_r, err_r, report_r, status_r):
+            os.set_blocking(fd, False)
+        out, err, report, status_buf = bytearray(), bytearray(), bytearray(), bytearray()
+        job_view = memoryview(payload)
+        cap = int(lim["output_limit"])
+        output_exceeded = False
+        kill_sent = False
+        open_r = {out_r: out, err_r: err, report_r: report, status_r: status_buf}
+        host_deadline = t0 + float(lim["timeout_s"]) + 5.0
+        forced = False
+        status_done_at = None
+        while open_r:
+            wlist = [job_w] if job_w is not None else []
+            now = time.monotonic()
+            if status_done_at is not None and now - status_done_at > 0.2:
+                break  # R is gone; leftover writers (escaped daemons) are not waited for
+            if now > host_deadline and not forced:
+                forced = True
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                host_deadline = now + 1.0
+            elif now > host_deadline:
+                break
+            r, w, _ = select.select(list(open_r), wlist, [], 0.05)
+            if w:
+                try:
+                    n = os.write(job_w, job_view[:65536])
+                    job_view = job_view[n:]
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    job_view = job_view[:0]
+                if not len(job_view):
+                    os.close(job_w)
+                    job_w = None
+            for fd in r:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                if not chunk:
+                    del open_r[fd]
+                    os.close(fd)
+                    if fd == status_r:
+                        status_done_at = time.monotonic()
+                    continue
+                target = open_r[fd]
+                if fd in (out_r, err_r):
+                    room = cap + 1 - (len(out) + len(err))
+                    target += chunk[:max(room, 0)]
+                    if len(out) + len(err) > cap:
+                        output_exceeded = True
+                else:
+                    if len(target) + len(chunk) > (64 << 20):
+                        continue  # report flood cannot come from P; ignore excess
+                    target += chunk
+            if output_exceeded and not kill_sent:
+                kill_sent = True
+                try:
+                    os.write(ctl_w, b"output_limit")
+                except OSError:
+                    pass
+        for fd in list(open_r):
+            os.close(fd)
+        if job_w is not None:
+            os.close(job_w)
+        job_view.release()
+        try:
+            os.write(ctl_w, b"done")
+        except OSError:
+            pass
+        os.close(ctl_w)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        self._reap_orphans()
+        try:
+            status = json.loads(bytes(status_buf)) if status_buf else {}
+        except ValueError:
+            status = {}
+        if not status or "reaper_error" in status:
+            return self._infra(status.get("reaper_error") or
+                               "the reaper process died without a status (killed from outside?)", t0)
+        records, tampered = _parse_reports(bytes(report), nonce, n_tests)
+        state, tests_passed, details = _verdict(records, tampered, status, max(n_tests, 0),
+                                                output_exceeded, forced)
+        end = next((r for r in records if r["k"] == "end"), {})
+        truncated = output_exceeded
+        stdout = bytes(out)
+        stderr = bytes(err)
+        if len(stdout) + len(stderr) > cap:
+            truncated = True
+            stderr = stderr[: max(cap - len(stdout), 0)]
+            stdout = stdout[:cap]
+        details["isolation"] = {
+            "network_namespace": bool(status.get("pidns") or status.get("netns")),
+            "pid_namespace": bool(status.get("pidns")),
+            "mount_namespace": bool(status.get("mountns")),
+            "readonly_root": bool(status.get("readonly_root")),
+            "uid": self.uid if self.uid is not None else os.getuid(),
+        }
+        for k in ("namespaces_error", "mounts_error", "netns_error", "readonly_root_error"):
+            if k in status:
+                details["isolation"][k] = status[k]
+        if status.get("killed"):
+            details["killed"] = status["killed"]
+        return {
+            "status": state,
+            "tests_passed": tests_passed,
+            "tests_total": max(n_tests, 0),
+            "exit_code": end.get("exit_code"),
+            "signal": end.get("signal"),
+            "stdout": stdout.decode("utf-8", "replace"),
+            "stderr": stderr.decode("utf-8", "replace"),
+            "truncated": truncated,
+            "wall_s": round(float(status.get("wall_s", time.monotonic() - t0)), 6),
+            "cpu_s": round(float(status.get("cpu_s", 0.0)), 6),
+            "details": details,
+        }
+
+    def _infra(self, msg: str, t0: float) -> dict:
+        return {"status": "sandbox_error", "tests_passed": 0, "tests_total": 0, "exit_code": None,
+                "signal": None, "stdout": "", "stderr": "", "truncated": False,
+                "wall_s": time.monotonic() - t0, "cpu_s": 0.0, "details": {"infra": msg}}
+
+    @staticmethod
+    def _reap_orphans() -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+
+def _wipe(buf) -> None:
+    """Zero a payload buffer in place (bytearray / writable memoryview, or bytes via its C buffer)."""
+    if isinstance(buf, (bytearray, memoryview)) and not (isinstance(buf, memoryview) and buf.readonly):
+        buf[:] = bytes(len(buf))
+        return
+    if isinstance(buf, bytes) and len(buf) > 1:
+        ctypes.pythonapi.PyBytes_AsString.restype = ctypes.c_void_p
+        ctypes.pythonapi.PyBytes_AsString.argtypes = [ctypes.py_object]
+        ctypes.memset(ctypes.pythonapi.PyBytes_AsString(buf), 0, len(buf))  # only in a forked child's copy
+        return
+    if isinstance(buf, memoryview) and buf.readonly and isinstance(buf.obj, bytes):
+        _wipe(buf.obj)
+
+
+def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | None]:
+    """Accept only well-formed, nonce'd records in the expected order."""
+    records: list = []
+    tampered = None
+    expect_test = 0
+    stage = "start"
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        parts = line.split(b" ", 2)
+        if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"infra":  # message only; the
+            # verdict sandbox_error needs P's exit code JUDGE_INFRA_EXIT, which the program cannot set
+            try:
+                rec = json.loads(parts[2])
+                if rec.get("k") == "infra":
+                    records.append({"k": "infra", "msg": str(rec.get("msg", ""))})
+                    continue
+            except ValueError:
+                pass
+        if len(parts) != 3 or parts[0] != MAGIC or parts[1] != nonce.encode():
+            tampered = tampered or "a report line without the run's secret"
+            continue
+        try:
+            rec = json.loads(parts[2])
+        except ValueError:
+            tampered = tampered or "a malformed report line"
+            continue
+        k = rec.get("k") if isinstance(rec, dict) else None
+        if k == "start" and stage == "start":
+            stage = "code"
+        elif k == "code" and stage == "code":
+            stage = "test"
+        elif k == "test" and stage == "test" and rec.get("i") == expect_test and expect_test < n_tests:
+            expect_test += 1
+        elif k == "end" and stage == "test" and expect_test == n_tests:
+            stage = "done"
+        else:
+            tampered = tampered or f"an out-of-order report record ({k!r})"
+            continue
+        records.append(rec)
+    return records, tampered
+
+
+# ---------------------------------------------------------------------------------------------
+# client helpers (used by the backends on the host side)
+# ---------------------------------------------------------------------------------------------
+def encode_request(job: dict, limits: dict) -> bytes:
+    """Frame one job for a server. ``job`` has code/tests/entry_point/stdin; ``limits`` the header."""
+    tests = list(job.get("tests") or [])
+    header = dict(limits)
+    header["n_tests"] = len(tests)
+    header["has_stdin"] = job.get("stdin") is not None
+    payload = json.dumps({"code": job["code"], "tests": tests, "entry_point": job.get("entry_point"),
+                          "stdin": job.get("stdin")}).encode()
+    h = json.dumps(header).encode()
+    return struct.pack("<I", len(h)) + h + struct.pack("<I", len(payload)) + payload
+
+
+def read_frame(fd: int) -> dict:
+    (n,) = struct.unpack("<I", _read_exact(fd, 4))
+    return json.loads(_read_exact(fd, n))
+
+
+_WARM_MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
+                 "random", "typing", "json", "hashlib", "fractions", "decimal", "statistics", "copy",
+                 "datetime", "operator", "array", "threading", "unittest", "dataclasses", "enum",
+                 "textwrap", "io", "cmath", "numbers", "abc", "contextlib", "traceback", "struct")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="prmgym sandbox harness (fork server)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="answer job frames on stdin/stdout")
+    s.add_argument("--uid", type=int, default=None, help="uid for jobs when running as root")
+    s.add_argument("--namespaces", choices=("auto", "on", "off"), default="auto")
+    s.add_argument("--workdir-root", default=None)
+    s.add_argument("--no-warm", action="store_true", help="do not pre-import common stdlib modules")
+    args = parser.parse_args(argv)
+    if not args.no_warm:
+        import importlib
+
+        for name in _WARM_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+    server = Server(args.uid, args.namespaces, args.workdir_root)
+    server.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

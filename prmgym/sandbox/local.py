@@ -1,0 +1,247 @@
+"""`LocalSandbox`: the embedded default backend. Needs only Linux (and root for full isolation).
+
+Each worker is a warm fork server (``python -I harness.py serve``) that pre-imports the harness
+and common stdlib modules and forks a fresh, single-use process tree per job: new network, PID,
+mount and IPC namespaces, a private tmpfs ``/tmp`` as the work dir, a uid of its own (one per
+worker, so one job's process count cannot starve another's), rlimits, an empty environment and
+a deadline enforced by a process outside the job's tree. See ``harness.py`` for the protocol and
+docs/sandbox.md for what is and is not isolated.
+
+>>> from prmgym.sandbox import Job, LocalSandbox
+>>> with LocalSandbox(workers=1) as sb:
+...     r = sb.run(Job("def add(a, b):\\n    return a + b", tests=("assert candidate(2, 3) == 5",),
+...                    entry_point="add", timeout_s=3))
+>>> r.status, r.tests_passed, r.tests_total
+('passed', 1, 1)
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from prmgym.sandbox import harness
+from prmgym.sandbox.base import ExecResult, Job, Sandbox
+
+HARNESS_PATH = Path(harness.__file__).resolve()
+
+
+class SandboxInfraError(RuntimeError):
+    """A worker failed (died, broke the protocol, missed the host deadline). Never the program's fault."""
+
+
+class _Worker:
+    """One fork server process and the pipes to it. Used by one thread at a time."""
+
+    def __init__(self, uid: int | None, namespaces: str, warm: bool, startup_timeout: float = 30.0):
+        self.uid, self.namespaces, self.warm = uid, namespaces, warm
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.hello: dict = {}
+        self.jobs_served = 0
+        self.start()
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-I", str(HARNESS_PATH), "serve", "--namespaces", self.namespaces]
+        if self.uid is not None:
+            cmd += ["--uid", str(self.uid)]
+        if not self.warm:
+            cmd.append("--no-warm")
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
+        )
+        self.hello = self._read_frame(time.monotonic() + self.startup_timeout)
+        if self.hello.get("hello") != harness.PROTOCOL:
+            self.kill()
+            raise SandboxInfraError(f"fork server spoke an unknown protocol: {self.hello!r}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+            self.proc.wait()
+        if self.proc is not None:
+            for f in (self.proc.stdin, self.proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        fd = self.proc.stdout.fileno()
+        chunks, got = [], 0
+        while got < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxInfraError("the fork server missed the host deadline")
+            r, _, _ = select.select([fd], [], [], remaining)
+            if not r:
+                continue
+            b = os.read(fd, n - got)
+            if not b:
+                raise SandboxInfraError(f"the fork server exited (code {self.proc.poll()})")
+            chunks.append(b)
+            got += len(b)
+        return b"".join(chunks)
+
+    def _read_frame(self, deadline: float) -> dict:
+        import json
+        import struct
+
+        (n,) = struct.unpack("<I", self._read_exact(4, deadline))
+        return json.loads(self._read_exact(n, deadline))
+
+    def run(self, request: bytes, timeout_s: float) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        try:
+            self.proc.stdin.write(request)
+            self.proc.stdin.flush()
+        except OSError as e:
+            raise SandboxInfraError(f"could not send the job to the fork server: {e}") from None
+        # the server enforces the job deadline itself; this is the backstop if the server hangs
+        result = self._read_frame(time.monotonic() + timeout_s + 15.0)
+        self.jobs_served += 1
+        return result
+
+
+class LocalSandbox(Sandbox):
+    """Run jobs in fresh, isolated process trees forked from warm local workers.
+
+    Args:
+        workers: number of warm fork servers (= parallel jobs in ``run_batch``); default cpu count.
+        uid_base: when running as root, worker ``i`` runs its jobs as uid ``uid_base + i``
+            (no passwd entry needed). Ignored when not root (jobs run as the current user).
+        namespaces: ``"auto"`` (use Linux namespaces when permitted, else fall back and say so
+            in ``ExecResult.details["isolation"]``), ``"on"`` (fail if unavailable) or ``"off"``.
+        output_limit: bytes of stdout + stderr kept; more ends the job with ``output_limit``.
+        nproc, nofile, fsize_mb, workdir_mb: rlimits (processes+threads, open files, largest
+            file) and the size of the private tmpfs work dir.
+        warm: pre-import common stdlib modules in the fork servers (faster jobs).
+
+    Example:
+        >>> sb = LocalSandbox(workers=2)
+        >>> [r.status for r in sb.run_batch([Job("x = 1", tests=("assert x == 1",)),
+        ...                                  Job("x = 1", tests=("assert x == 2",))])]
+        ['passed', 'failed']
+        >>> sb.close()
+    """
+
+    def __init__(self, workers: int | None = None, *, uid_base: int = 61000, namespaces: str = "auto",
+                 output_limit: int = 1 << 20, nproc: int = 64, nofile: int = 128, fsize_mb: int = 16,
+                 workdir_mb: int = 64, warm: bool = True):
+        if not sys.platform.startswith("linux"):
+            raise RuntimeError("LocalSandbox needs Linux (namespaces, prctl, pidfd); use DockerSandbox elsewhere")
+        if namespaces not in ("auto", "on", "off"):
+            raise ValueError(f"namespaces must be 'auto', 'on' or 'off', got {namespaces!r}")
+        n = workers if workers is not None else (os.cpu_count() or 1)
+        if n < 1:
+            raise ValueError(f"workers must be >= 1, got {n}")
+        if output_limit < 1024:
+            raise ValueError(f"output_limit must be >= 1024 bytes, got {output_limit}")
+        if nproc < 4:
+            raise ValueError(f"nproc must be >= 4 (the harness needs 2 processes), got {nproc}")
+        self.limits = {"output_limit": int(output_limit), "nproc": int(nproc), "nofile": int(nofile),
+                       "fsize_mb": int(fsize_mb), "workdir_mb": int(workdir_mb)}
+        root = os.getuid() == 0
+        self._closed = False
+        self._workers: list[_Worker] = []
+        self._free: queue.Queue[_Worker] = queue.Queue()
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        try:
+            for i in range(n):
+                w = _Worker(uid_base + i if root else None, namespaces, warm)
+                self._workers.append(w)
+                self._free.put(w)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def isolation(self) -> dict:
+        """What the host allowed (namespaces, uid switch), as probed by the first worker."""
+        return dict(self._workers[0].hello.get("isolation", {})) if self._workers else {}
+
+    def _request(self, job: Job) -> bytes:
+        header = dict(self.limits, timeout_s=float(job.timeout_s), memory_mb=int(job.memory_mb))
+        return harness.encode_request({"code": job.code, "tests": list(job.tests), "entry_point": job.entry_point,
+                                       "stdin": job.stdin}, header)
+
+    def run(self, job: Job) -> ExecResult:
+        if self._closed:
+            raise RuntimeError("this LocalSandbox is closed; create a new one")
+        if not isinstance(job, Job):
+            raise TypeError(f"LocalSandbox.run takes a prmgym.sandbox.Job, got {type(job).__name__}")
+        request = self._request(job)
+        failures: list[str] = []
+        for attempt in range(2):  # infrastructure failures are retried once
+            worker = self._free.get()
+            try:
+                try:
+                    out = worker.run(request, job.timeout_s)
+                except SandboxInfraError as e:
+                    failures.append(str(e))
+                    try:
+                        worker.restart()
+                    except Exception as e2:  # noqa: BLE001  (reported below; next attempt restarts again)
+                        failures.append(f"restart failed: {e2}")
+                    continue
+                except Exception as e:  # noqa: BLE001
+                    failures.append(f"{type(e).__name__}: {e}")
+                    worker.kill()
+                    continue
+            finally:
+                self._free.put(worker)
+            if out.get("status") == "sandbox_error":
+                failures.append(str(out.get("details", {}).get("infra", "sandbox_error")))
+                continue
+            res = ExecResult(**{k: out[k] for k in ("status", "tests_passed", "tests_total", "exit_code", "signal",
+                                                     "stdout", "stderr", "truncated", "wall_s", "cpu_s", "details")})
+            if failures:
+                res.details["retried_after"] = failures
+            return res
+        return ExecResult(status="sandbox_error", tests_total=len(job.tests),
+                          details={"infra": failures, "attempts": 2})
+
+    def run_batch(self, jobs: Sequence[Job]) -> list[ExecResult]:
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=len(self._workers), thread_name_prefix="prmgym-sandbox")
+        return list(self._pool.map(self.run, jobs))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for w in self._workers:
+            w.kill()
+
+    def __del__(self):  # best effort; explicit close() / `with` is the contract
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+__all__ = ["LocalSandbox", "SandboxInfraError"]

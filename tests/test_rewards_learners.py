@@ -1,0 +1,281 @@
+"""PRM learners: AIRL, rePIRL, ORM, MC-PRM, implicit PRM, value model — they learn, they
+do not saturate at init, they save and load, bad input fails clearly."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from prmgym.models import tiny
+from prmgym.rewards import AIRLPRM, MCPRM, ORMPRM, ImplicitPRM, PRMBatch, RePIRLPRM, ValueModel, load_prm
+from prmgym.rewards.data import fill_logprobs
+from prmgym.rewards.value import load_value_targets, targets_to_batch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2, n_positions=256)
+
+
+def toy_traces(n, seed):
+    """Good traces (correct sums) and bad traces (garbage steps): separable by text."""
+    rng = random.Random(seed)
+    good, bad = [], []
+    for _ in range(n):
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        prompt = f"Compute {a} + {b} + {c}."
+        good.append((prompt, [f"{a} + {b} = {a + b}", f"{a + b} + {c} = {a + b + c}", f"Answer: {a + b + c}"]))
+        junk = ["".join(rng.choice("qxzjwk#") for _ in range(rng.randint(5, 9))) for _ in range(3)]
+        bad.append((prompt, junk))
+    return good, bad
+
+
+def toy_batch(n, seed, logprob=-2.0):
+    good, bad = toy_traces(n, seed)
+    traces = good + bad
+    return PRMBatch(
+        prompts=[p for p, _ in traces],
+        step_lists=[s for _, s in traces],
+        labels=[1.0] * len(good) + [0.0] * len(bad),
+        step_logprobs=[[logprob * 4] * len(s) for _, s in traces],
+        step_ntokens=[[4] * len(s) for _, s in traces],
+    )
+
+
+def params_vector(prm):
+    return torch.cat([p.detach().flatten().clone() for p in prm.parameters()])
+
+
+# ------------------------------------------------------------------------------- AIRL
+def test_airl_discriminator_learns_separable_toy(policy):
+    torch.manual_seed(0)
+    prm = AIRLPRM.from_backbone(policy, lr=3e-3)
+    before = params_vector(prm)
+    train, held = toy_batch(8, seed=1), toy_batch(8, seed=2)
+    first = prm.update(train)
+    for _ in range(25):
+        last = prm.update(train)
+    assert not torch.equal(before, params_vector(prm))
+    assert last["loss"] < first["loss"] - 0.2
+    assert first["disc_acc"] <= 0.75 and last["disc_acc"] >= 0.95
+    # held-out: expert steps get a higher search score and a higher RL reward
+    D = prm.discriminator(held)
+    d_exp = [x for row, y in zip(D, held.labels) if y for x in row]
+    d_pol = [x for row, y in zip(D, held.labels) if not y for x in row]
+    assert min(d_exp) > max(d_pol)
+    scores = prm.score_steps(held.prompts, held.step_lists)
+    s_exp = [x for row, y in zip(scores, held.labels) if y for x in row]
+    s_pol = [x for row, y in zip(scores, held.labels) if not y for x in row]
+    assert sum(s_exp) / len(s_exp) > sum(s_pol) / len(s_pol)
+
+
+def test_airl_does_not_saturate_at_init_with_mean_scale(policy):
+    good, bad = toy_traces(4, seed=3)
+    traces = good + bad
+    prompts, steps = [p for p, _ in traces], [s for _, s in traces]
+    lp, nt = fill_logprobs(policy, prompts, steps)  # real log-probs of a random policy
+    batch = PRMBatch(prompts, steps, labels=[1.0] * 4 + [0.0] * 4, step_logprobs=lp, step_ntokens=nt)
+    assert min(x for row in lp for x in row) < -20  # whole-step log π is large
+    prm = AIRLPRM.from_backbone(policy)  # logpi_scale="mean", data-dependent bias init
+    prm._init_bias(batch)
+    D = [x for row in prm.discriminator(batch) for x in row]
+    assert all(0.1 < d < 0.9 for d in D), D
+    assert 0.35 < sum(D) / len(D) < 0.65
+    # the raw per-step sum without the normalisation pins D at 1: the reason for the choice
+    raw = AIRLPRM.from_backbone(policy, logpi_scale="sum", init_bias_from_data=False)
+    assert min(x for row in raw.discriminator(batch) for x in row) > 0.999
+
+
+@pytest.mark.parametrize("search_score", ["g", "f"])
+def test_airl_search_score_options(policy, search_score):
+    torch.manual_seed(1)
+    prm = AIRLPRM.from_backbone(policy, search_score=search_score, gamma=0.9, cache=False, init_bias_from_data=False)
+    with torch.no_grad():
+        prm.net.head.weight.normal_(std=0.5)
+    batch = toy_batch(2, seed=4)
+    [out] = prm.outputs(batch.prompts[:1], batch.step_lists[:1])
+    g = out[1:, 0]
+    f = g + 0.9 * out[1:, 1] - out[:-1, 1]
+    want = torch.sigmoid(g if search_score == "g" else f).tolist()
+    assert prm.score_steps(batch.prompts[:1], batch.step_lists[:1])[0] == pytest.approx(want, abs=1e-5)
+    # g and f differ, so the option matters
+    assert not torch.allclose(g, f, atol=1e-3)
+    # the search score does not move with the policy; the RL reward f − log π does
+    r1 = prm.step_rewards(batch.prompts[:1], batch.step_lists[:1], [[-4.0] * 3], [[4] * 3])[0]
+    r2 = prm.step_rewards(batch.prompts[:1], batch.step_lists[:1], [[-8.0] * 3], [[4] * 3])[0]
+    assert r2 == pytest.approx([x + 1.0 for x in r1], abs=1e-5)  # mean scale: −(−8/4) vs −(−4/4)
+    assert r1 == pytest.approx((f + 1.0).tolist(), abs=1e-5)
+    assert prm.score_steps(batch.prompts[:1], batch.step_lists[:1])[0] == pytest.approx(want, abs=1e-5)
+
+
+def test_airl_bad_input(policy):
+    prm = AIRLPRM.from_backbone(policy)
+    b = toy_batch(2, seed=5)
+    with pytest.raises(ValueError, match="step_logprobs"):
+        prm.update(PRMBatch(b.prompts, b.step_lists, labels=b.labels))
+    with pytest.raises(ValueError, match="expert .* and policy"):
+        prm.update(PRMBatch(b.prompts[:2], b.step_lists[:2], labels=[1.0, 1.0],
+                            step_logprobs=b.step_logprobs[:2], step_ntokens=b.step_ntokens[:2]))
+    with pytest.raises(ValueError, match="search_score"):
+        AIRLPRM.from_backbone(policy, search_score="h")
+    with pytest.raises(ValueError, match="has 1 values for 3 steps"):
+        PRMBatch(["p"], [["a", "b", "c"]], step_logprobs=[[0.0]])
+
+
+# ------------------------------------------------------------------------------- rePIRL
+def test_repirl_learns(policy):
+    torch.manual_seed(0)
+    prm = RePIRLPRM.from_backbone(policy, lr=3e-3)
+    before = params_vector(prm)
+    train, held = toy_batch(8, seed=6), toy_batch(8, seed=7)
+    first = prm.update(train)
+    for _ in range(20):
+        last = prm.update(train)
+    assert not torch.equal(before, params_vector(prm))
+    assert last["R_demo"] - last["R_policy"] > first["R_demo"] - first["R_policy"] + 1.0
+    assert 0 < last["ess_frac"] <= 1.0 and math.isfinite(last["log_Z"])
+    r = prm.step_rewards(held.prompts, held.step_lists)
+    good = [x for row, y in zip(r, held.labels) if y for x in row]
+    bad = [x for row, y in zip(r, held.labels) if not y for x in row]
+    assert min(good) > max(bad)
+
+
+# ------------------------------------------------------------------------------- baselines
+def test_orm_learns_and_reads_last_step(policy):
+    torch.manual_seed(0)
+    prm = ORMPRM.from_backbone(policy, lr=3e-3)
+    train, held = toy_batch(8, seed=8), toy_batch(8, seed=9)
+    first = prm.update(train)
+    for _ in range(15):
+        last = prm.update(train)
+    assert last["loss"] < first["loss"] - 0.2 and last["acc"] == 1.0
+    final = prm.score(held.prompts, held.step_lists)  # aggregation "last"
+    assert min(f for f, y in zip(final, held.labels) if y) > max(f for f, y in zip(final, held.labels) if not y)
+
+
+def test_mc_prm_learns_step_labels(policy):
+    torch.manual_seed(0)
+    prm = MCPRM.from_backbone(policy, lr=3e-3)
+    good, bad = toy_traces(6, seed=10)
+    # a mixed trace: good first step, then junk -> labels 1, 0, 0 ; soft labels allowed
+    traces = good + bad + [(p, g[:1] + b[1:]) for (p, g), (_, b) in zip(good, bad)]
+    labels = [[1.0, 1.0, 1.0]] * 6 + [[0.0, 0.0, 0.0]] * 6 + [[0.75, 0.0, 0.0]] * 6
+    batch = PRMBatch([p for p, _ in traces], [s for _, s in traces], step_labels=labels)
+    first = prm.update(batch)
+    for _ in range(20):
+        last = prm.update(batch)
+    assert last["loss"] < first["loss"] - 0.1
+    s = prm.score_steps(batch.prompts[-1:], batch.step_lists[-1:])[0]
+    assert s[0] > s[1] and s[0] > s[2]
+    with pytest.raises(ValueError, match="step_labels"):
+        prm.update(PRMBatch(batch.prompts, batch.step_lists, labels=[1.0] * len(batch)))
+
+
+def test_implicit_prm_starts_at_zero_and_learns(policy):
+    torch.manual_seed(0)
+    prm = ImplicitPRM.from_backbone(policy, lr=3e-3, squash=False)
+    train = toy_batch(6, seed=11)
+    # ψ == ref at init: every step reward is exactly 0
+    assert all(abs(x) < 1e-6 for row in prm.score_steps(train.prompts, train.step_lists) for x in row)
+    first = prm.update(train)
+    for _ in range(10):
+        last = prm.update(train)
+    assert last["loss"] < first["loss"]
+    r = prm.step_rewards(train.prompts, train.step_lists)
+    good = sum(sum(row) for row, y in zip(r, train.labels) if y)
+    bad = sum(sum(row) for row, y in zip(r, train.labels) if not y)
+    assert good > bad
+    # the reference stays frozen
+    assert all(not p.requires_grad for p in prm.reference.parameters())
+
+
+def test_implicit_save_load(policy, tmp_path):
+    prm = ImplicitPRM.from_backbone(policy, lr=3e-3, score="cumulative")
+    b = toy_batch(2, seed=12)
+    prm.update(b)
+    want = prm.score_steps(b.prompts, b.step_lists)
+    prm.save(tmp_path / "imp")
+    back = load_prm(tmp_path / "imp")
+    assert isinstance(back, ImplicitPRM) and back.score_mode == "cumulative"
+    assert back.score_steps(b.prompts, b.step_lists) == [pytest.approx(w, abs=1e-5) for w in want]
+
+
+# ------------------------------------------------------------------------------- value model
+def write_targets(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+
+def test_value_model_learns_and_clips(policy, tmp_path):
+    torch.manual_seed(0)
+    good, bad = toy_traces(6, seed=13)
+    rows = [{"prompt": p, "steps": s[:2], "value": 0.9, "visits": 5} for p, s in good]
+    rows += [{"prompt": p, "steps": s[:2], "value": 0.1, "visits": 3} for p, s in bad]
+    rows += [{"prompt": good[0][0], "steps": [], "value": 0.5, "visits": 10}]  # a root node
+    write_targets(tmp_path / "t.jsonl", rows)
+    targets = load_value_targets(tmp_path / "t.jsonl")
+    assert len(targets) == 13 and targets[-1].steps == ()
+    vm = ValueModel.from_backbone(policy, lr=3e-3, weight_by_visits=True)
+    batch = targets_to_batch(targets, weight_by_visits=True)
+    first = vm.update(batch)
+    for _ in range(20):
+        last = vm.update(batch)
+    assert last["mse"] < first["mse"] * 0.5
+    v = vm.values(batch.prompts[:12], batch.step_lists[:12])
+    assert min(v[:6]) > max(v[6:12])
+    # clipping: push the head far out of range
+    with torch.no_grad():
+        vm.net.head.bias.fill_(5.0)
+    assert all(x == 1.0 for row in vm.score_steps(batch.prompts[:3], batch.step_lists[:3]) for x in row)
+    with torch.no_grad():
+        vm.net.head.bias.fill_(-5.0)
+    vm.clear_cache()
+    assert all(x == 0.0 for x in vm.values(batch.prompts[:3], batch.step_lists[:3]))
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("not json", r"t\.jsonl:2: not valid JSON"),
+        ('{"prompt": "p", "steps": ["a"], "value": 0.5}', r":2: missing key\(s\) \['visits'\]"),
+        ('{"prompt": "p", "steps": "a", "value": 0.5, "visits": 1}', r":2: 'steps' must be a list"),
+        ('{"prompt": "p", "steps": ["a"], "value": 1.5, "visits": 1}', r":2: 'value' must be a number in \[0, 1\]"),
+        ('{"prompt": "p", "steps": ["a"], "value": 0.5, "visits": 0}', r":2: 'visits' must be an integer >= 1"),
+        ('[1, 2]', r":2: expected a JSON object"),
+    ],
+)
+def test_value_targets_file_errors(tmp_path, line, match):
+    write_targets(tmp_path / "t.jsonl", [{"prompt": "p", "steps": [], "value": 0.2, "visits": 1}, line])
+    with pytest.raises(ValueError, match=match):
+        load_value_targets(tmp_path / "t.jsonl")
+
+
+def test_value_targets_missing_or_empty(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no value-targets file"):
+        load_value_targets(tmp_path / "nope.jsonl")
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_value_targets(tmp_path / "e.jsonl")
+
+
+# ------------------------------------------------------------------------------- resume
+def test_inplace_load_restores_weights_and_optimizer(policy, tmp_path):
+    torch.manual_seed(0)
+    a = AIRLPRM.from_backbone(policy, lr=3e-3)
+    b = toy_batch(3, seed=14)
+    for _ in range(3):
+        a.update(b)
+    a.save(tmp_path / "ck")
+    fresh = AIRLPRM.from_backbone(policy, lr=3e-3)
+    assert fresh.load(tmp_path / "ck") is fresh  # the in-place form trainers use
+    assert fresh.updates == 3 and fresh.bias_initialised
+    assert torch.equal(params_vector(fresh), params_vector(a))
+    # continuing from the checkpoint matches continuing the original
+    m1, m2 = a.update(b), fresh.update(b)
+    assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
+    assert torch.allclose(params_vector(fresh), params_vector(a), atol=1e-6)

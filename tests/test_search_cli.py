@@ -1,0 +1,67 @@
+"""`prmgym search` and the evaluation loop behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from prmgym.search.evaluate import PLANNERS, evaluate, make_planner
+from search_fakes import TASKS, CheckingPRM, FakeChainEnv, TablePolicy
+
+
+def test_every_planner_name_builds():
+    for name in PLANNERS:
+        assert hasattr(make_planner(name), "solve")
+    with pytest.raises(ValueError, match="unknown planner"):
+        make_planner("astar")
+
+
+def test_evaluate_counts_accuracy_and_writes_rows(tmp_path):
+    env = FakeChainEnv()
+    path = tmp_path / "r.jsonl"
+    res = evaluate(make_planner("beam", beam_width=2, expansions=4), env, TablePolicy(n_wrong=3), CheckingPRM(),
+                   TASKS, "generated=2000", results_path=path)
+    assert res["accuracy"] == 1.0 and res["n"] == 3
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == [t.id for t in TASKS]
+    assert all(r["correct"] and r["budget"]["generated"] <= 2000 for r in rows)
+    # Sampling the first (wrong) sample gets everything wrong: accuracy really is measured.
+    res = evaluate(make_planner("sample"), env, TablePolicy(n_wrong=1), None, TASKS, {"generated": 2000})
+    assert res["accuracy"] == 0.0 and res["budget"]["generated"] > 0
+
+
+def test_search_cli_checks_its_inputs(tmp_path):
+    from prmgym.cli import main
+
+    base = ["search", "--policy", str(tmp_path / "nope")]
+    for extra, msg in ((["--planner", "beam"], "needs --prm"), (["--planner", "majority"], "no policy directory"),
+                       (["--planner", "majority", "--budget", "tokens=5"], "unknown budget unit")):
+        with pytest.raises(SystemExit, match=msg):
+            main(base + extra)
+
+
+@pytest.mark.slow
+def test_search_cli_end_to_end_with_a_tiny_policy_and_prm(tmp_path):
+    import torch
+
+    from prmgym.models import tiny
+    from prmgym.rewards import AIRLPRM
+
+    torch.set_num_threads(1)
+    policy = tiny.random_tiny_policy(seed=0)
+    pol_dir = policy.save(tmp_path / "policy")
+    AIRLPRM.from_backbone(policy).save(tmp_path / "prm")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "prmgym.cli", "search", "--planner", "beam", "--policy", pol_dir,
+                           "--prm", str(tmp_path / "prm"), "--n-tasks", "2", "--budget", "generated=60",
+                           "--beam-width", "2", "--expansions", "2", "--max-depth", "3", "--out", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "accuracy" in proc.stdout
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["budget"]["generated"] <= 60 for r in rows)
+    assert list(out.rglob("events.out.tfevents.*"))
