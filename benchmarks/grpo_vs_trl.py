@@ -135,13 +135,15 @@ def main(argv=None) -> int:
     p.add_argument("--generations", type=int, default=8, help="completions per prompt (G)")
     p.add_argument("--length", type=int, default=32, help="completion length cap in tokens")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n-layer", type=int, default=4, help="tiny GPT-2 layers (4 x 128 = the pretrained tiny policy's size)")
+    p.add_argument("--n-embd", type=int, default=128)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
-    base = tiny.random_tiny_policy(seed=0)
+    base = tiny.random_tiny_policy(seed=0, n_layer=args.n_layer, n_embd=args.n_embd, n_head=4)
     ours_policy = copy.deepcopy(base)
     trl_policy = copy.deepcopy(base)
 

@@ -34,7 +34,6 @@ from prmgym.envs import (
 )
 from prmgym.envs.spaces import ReasoningText
 
-NON_CODE_IDS = ["prmgym/ChainArithmetic-v0", "prmgym/Countdown-v0", "prmgym/ReasoningGym-v0"]
 
 
 @pytest.fixture
@@ -49,25 +48,42 @@ def jsonl_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- conformance
-@pytest.mark.parametrize("env_id", NON_CODE_IDS + ["prmgym/Jsonl-v0"])
+ALL_IDS = sorted(i for i in gym.registry if i.startswith("prmgym/"))
+
+
+def _kwargs(env_id, jsonl_file):
+    return {"path": str(jsonl_file)} if env_id == "prmgym/Jsonl-v0" else {}
+
+
+def _solution_step(task):
+    """The whole expert solution as ONE step (answer step, or code body + end marker)."""
+    if task.is_code:
+        return "\n".join(task.expert_steps[:-1]) + "\n" + task.expert_steps[-1]
+    return task.expert_steps[-1]
+
+
+def test_all_six_ids_are_covered():
+    assert len(ALL_IDS) >= 6
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
 def test_check_env_passes(env_id, jsonl_file):
-    kwargs = {"path": str(jsonl_file)} if env_id.endswith("Jsonl-v0") else {}
-    env = gym.make(env_id, **kwargs)
+    env = gym.make(env_id, **_kwargs(env_id, jsonl_file))
     check_env(env.unwrapped)
     env.close()
 
 
-@pytest.mark.parametrize("env_id", NON_CODE_IDS + ["prmgym/Jsonl-v0"])
+@pytest.mark.parametrize("env_id", ALL_IDS)
 def test_make_vec_steps(env_id, jsonl_file):
-    kwargs = {"path": str(jsonl_file)} if env_id.endswith("Jsonl-v0") else {}
-    envs = gym.make_vec(env_id, num_envs=2, **kwargs)
+    envs = gym.make_vec(env_id, num_envs=2, **_kwargs(env_id, jsonl_file))
     obs, infos = envs.reset(seed=0)
     assert len(obs) == 2 and all(isinstance(o, str) for o in obs)
     tasks = infos["task"]
-    answers = tuple(t.expert_steps[-1] for t in tasks)  # the step that submits the right answer
-    obs, rew, term, trunc, infos = envs.step(("a first step", "another step"))
+    assert [o for o in obs] == [t.prompt + "\n" for t in tasks]
+    obs, rew, term, trunc, infos = envs.step(("# a first step", "# another step"))
     assert not term.any() and (rew == 0).all()
-    obs, rew, term, trunc, infos = envs.step(answers)
+    assert obs[0].endswith("# a first step\n")
+    obs, rew, term, trunc, infos = envs.step(tuple(_solution_step(t) for t in tasks))
     assert term.all() and rew.min() > 0.0
     envs.close()
 
@@ -218,6 +234,9 @@ def test_bad_inputs_have_clear_errors():
         ChainArithmetic().tasks("train")
     with pytest.raises(gym.error.Error, match="ChainArithmetik"):
         gym.make("prmgym/ChainArithmetik-v0")
+    with pytest.raises(gym.error.Error, match="Registered reasoning envs: prmgym/ChainArithmetic-v0, .*HumanEval-v0"):
+        prmgym.envs.make("prmgym/Arithmetic-v0")
+    assert prmgym.envs.make("prmgym/Countdown-v0").unwrapped.source.name == "countdown"
     with pytest.raises(ValueError, match="path="):
         gym.make("prmgym/Jsonl-v0")
     with pytest.raises(ValueError, match="empty task set"):
@@ -301,6 +320,13 @@ def test_verdict_cache_reuses_scores():
     ("2\\sqrt{2}", "\\sqrt{8}", True),
     ("0.333", "1/3", False),
     ("10", "", False),
+    ("12", "1,2", False),
+    ("1000", "1,000", True),
+    ("32", "32.", True),
+    ("-3", "\u22123", True),
+    ("5", "five", False),
+    ("Paris", " Paris", True),
+    ("Paris", "Rome", False),
 ])
 def test_math_verifier_equivalence(gold, pred, ok):
     v = MathVerifier().score(Task(id="m", prompt="p", answer=gold), pred)
@@ -411,3 +437,25 @@ def test_sample_uses_env_rng():
     assert first == again
     rng = np.random.default_rng(0)
     assert ChainArithmetic().sample("train", rng).prompt
+
+
+def test_async_make_vec_carries_any_unicode_through_shared_memory():
+    envs = gym.make_vec("prmgym/ReasoningGym-v0", task="emoji_mystery", size=100, num_envs=2, vectorization_mode="async")
+    try:
+        obs, infos = envs.reset(seed=0)
+        assert [o for o in obs] == [t.prompt + "\n" for t in infos["task"]]
+        assert any(ord(c) > 0xFFFF for o in obs for c in o)  # supplementary-plane characters survive
+        obs, rew, term, trunc, infos = envs.step(("step 😻 ≤ ∫", "Answer: nope"))
+        assert obs[0].endswith("step 😻 ≤ ∫\n") and term.tolist() == [False, True]
+    finally:
+        envs.close()
+
+
+def test_math_verifier_works_off_the_main_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    v = MathVerifier()
+    t = Task(id="m", prompt="p", answer="\\boxed{3/4}")
+    with ThreadPoolExecutor(2) as ex:
+        results = list(ex.map(lambda x: v.score(t, x).correct, ["0.75", "\\frac{3}{4}", "0.7"]))
+    assert results == [True, True, False]

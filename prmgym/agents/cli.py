@@ -54,6 +54,12 @@ def train_from_config(cfg, resume: bool = False, progress: bool = True) -> int:
     from prmgym.config import to_dict
     from prmgym.logging import Logger
 
+    try:  # transformers' per-save/load progress bars would interleave with ours
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     ckpt = latest_checkpoint(cfg.run_dir) if resume else None
     if resume and ckpt is None:
         print(f"prmgym train: --resume {cfg.run_dir!r} has no checkpoint yet; start it again with --config", file=sys.stderr)

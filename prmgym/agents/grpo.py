@@ -429,7 +429,7 @@ class GRPOTrainer:
                 try:
                     metrics = self.step()
                 except NonFiniteLossError as e:
-                    where = self.last_good_checkpoint or latest_checkpoint(self.run_dir) if self.run_dir else None
+                    where = self.last_good_checkpoint or (latest_checkpoint(self.run_dir) if self.run_dir else None)
                     raise NonFiniteLossError(
                         f"{e}; training stopped and no checkpoint was written after it. "
                         + (f"Last good checkpoint: {where}. " if where else "No checkpoint was saved before it. ")

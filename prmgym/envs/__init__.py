@@ -8,7 +8,7 @@
 
 from prmgym.envs.core import EnvState, ReasoningEnv, extract_answer, is_code_end
 from prmgym.envs.procedural import ChainArithmetic, Countdown, ProgramSynthesis, countdown_solve
-from prmgym.envs.registration import DESCRIPTIONS, register_reasoning_env
+from prmgym.envs.registration import DESCRIPTIONS, make, register_reasoning_env
 from prmgym.envs.sources import (
     ANSWER_PREFIX,
     CODE_END,
@@ -42,6 +42,6 @@ __all__ = [
     "CountdownVerifier", "DESCRIPTIONS", "EnvState", "ExactMatchVerifier", "HumanEval", "Jsonl", "MathVerifier",
     "ProceduralSource", "ProgramSynthesis", "ReasoningEnv", "ReasoningGym", "ReasoningGymVerifier", "ReasoningText",
     "Task", "TaskList", "TaskSource", "Verdict", "Verifier", "countdown_solve", "extract_answer", "format_answer",
-    "is_code_end", "make_verifier", "reasoning_gym_names", "register_reasoning_env", "render_trace", "split_of",
+    "is_code_end", "make", "make_verifier", "reasoning_gym_names", "register_reasoning_env", "render_trace", "split_of",
     "step_end_offsets",
 ]

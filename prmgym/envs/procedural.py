@@ -137,7 +137,7 @@ class ChainArithmetic(ProceduralSource):
 
 # ----------------------------------------------------------------------------- countdown
 _COUNTDOWN_LEVELS = {
-    1: dict(n_numbers=3, max_number=9, min_target=10, max_target=50),
+    1: dict(n_numbers=3, max_number=15, min_target=10, max_target=80),
     2: dict(n_numbers=4, max_number=12, min_target=10, max_target=100),
     3: dict(n_numbers=5, max_number=25, min_target=50, max_target=500),
 }
@@ -218,8 +218,8 @@ class Countdown(ProceduralSource):
     """Reach a target with + - * / using every given number exactly once; one operation per step.
 
     The final step submits an expression (``Answer: 3*4+6``), checked by `CountdownVerifier`.
-    Difficulty presets: 1 (default, learnable by a tiny model) = 3 numbers from 1-9, target
-    10-50; 2 = 4 numbers up to 12, target 10-100; 3 = 5 numbers up to 25, target 50-500.
+    Difficulty presets: 1 (default, learnable by a tiny model) = 3 numbers from 1-15, target
+    10-80 (about 5,100 distinct problems); 2 = 4 numbers up to 12, target 10-100; 3 = 5 numbers up to 25, target 50-500.
     Override with ``n_numbers``, ``max_number``, ``min_target``, ``max_target``.
     Every generated target is reachable (the solver found it); intermediate values in the
     expert solution are positive integers.

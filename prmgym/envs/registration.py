@@ -95,6 +95,7 @@ def make_humaneval(split: str = "test", sandbox: Any = "local", reward: str = "f
 
     env_kwargs.setdefault("max_steps", 64)
     src = HumanEval(code_end=env_kwargs.get("code_end", "```"))
+    src.tasks(split)  # an unknown split raises the message that says what to use instead
     return ReasoningEnv(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, **env_kwargs)
 
 
@@ -157,3 +158,19 @@ def register_reasoning_env(
 
     register(id=id, entry_point=_make)
     DESCRIPTIONS[id] = description or f"custom reasoning env ({type(source).__name__})"
+
+
+def make(env_id: str, **kwargs: Any) -> Any:
+    """`gymnasium.make` whose unknown-id error lists every registered reasoning env.
+
+    >>> make("prmgym/ChainArithmetik-v0")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gymnasium.error.NameNotFound: Environment `ChainArithmetik` doesn't exist in namespace prmgym. Did you mean: `ChainArithmetic`? Registered reasoning envs: prmgym/ChainArithmetic-v0, ...
+    """
+    import gymnasium as gym
+
+    try:
+        return gym.make(env_id, **kwargs)
+    except (gym.error.NameNotFound, gym.error.VersionNotFound, gym.error.NamespaceNotFound) as e:
+        raise type(e)(f"{e} Registered reasoning envs: {', '.join(DESCRIPTIONS)} (see `prmgym envs`)") from None

@@ -343,8 +343,9 @@ class ReasoningGym(TaskSource):
 
     Task ``answer`` is the entry's answer (text, or ``None`` if the dataset has none),
     ``metadata["entry"]`` the full entry (what ``score_answer`` needs). ``expert_steps``:
-    ``(format_answer(entry answer),)`` when the dataset gives an answer that fits on one
-    step (no newline), else ``None``: reasoning-gym entries carry no step-by-step solution.
+    ``(format_answer(entry answer),)`` when the dataset's answer fits on one line and its own
+    scorer gives it 1.0, else ``None``: reasoning-gym entries carry no step-by-step solution,
+    so the only "expert" is the one-step submission of the reference answer.
 
     Splits: items ``0..size-1`` of the dataset built with a seed; each item belongs to the split
     given by a stable hash of its question, so train and test never share a question.
@@ -383,7 +384,13 @@ class ReasoningGym(TaskSource):
                 answer = str(answer)
             prompt = str(entry["question"]).rstrip("\n")
             split = split_of(prompt, self.test_fraction)
-            expert = (format_answer(answer),) if isinstance(answer, str) and "\n" not in answer else None
+            expert = None
+            if isinstance(answer, str) and "\n" not in answer:
+                try:  # only if the dataset's own scorer accepts its answer (the expert must earn 1.0)
+                    if float(self._dataset(seed).score_answer(answer, entry)) >= 1.0:
+                        expert = (format_answer(answer),)
+                except Exception:
+                    expert = None
             t = Task(
                 id=f"{self.name}/{split}/{stable_hash(prompt):016x}",
                 prompt=prompt,

@@ -21,6 +21,7 @@ False
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -96,3 +97,66 @@ class ReasoningText(Text):
         )
 
     __hash__ = None  # type: ignore[assignment]  (mutable RNG state; spaces are not hashed)
+
+
+# AsyncVectorEnv passes observations through shared memory. Gymnasium's Text layout stores
+# indices into the sampling charset, which cannot carry characters outside it, so
+# ReasoningText stores Unicode code points instead (int32, -1 = padding): exact for any text.
+from gymnasium.vector.utils.shared_memory import (  # noqa: E402
+    create_shared_memory,
+    read_from_shared_memory,
+    write_to_shared_memory,
+)
+
+
+@create_shared_memory.register(ReasoningText)
+def _create_reasoning_text_shm(space: ReasoningText, n: int = 1, ctx: Any = None) -> Any:
+    import multiprocessing as mp
+
+    ctx = ctx or mp
+    return ctx.Array(np.dtype(np.int32).char, n * space.max_length, lock=True)
+
+
+@write_to_shared_memory.register(ReasoningText)
+def _write_reasoning_text_shm(space: ReasoningText, index: int, values: str, shared_memory: Any) -> None:
+    size = space.max_length
+    if len(values) > size:
+        raise ValueError(f"observation of {len(values)} chars exceeds the space's max_length={size}")
+    dest = np.frombuffer(shared_memory.get_obj(), dtype=np.int32)[index * size : (index + 1) * size]
+    dest[:] = -1
+    if values:
+        dest[: len(values)] = np.frombuffer(values.encode("utf-32-le"), dtype=np.int32)
+
+
+class SharedTextView(Sequence):
+    """The live view AsyncVectorEnv keeps of the shared buffer (like a numpy view for arrays):
+    indexing decodes the current text; ``deepcopy`` (what AsyncVectorEnv returns with
+    ``copy=True``, the default) gives a plain tuple of strings."""
+
+    def __init__(self, shared_memory: Any, n: int, max_length: int) -> None:
+        self._data = np.frombuffer(shared_memory.get_obj(), dtype=np.int32).reshape((n, max_length))
+
+    def __len__(self) -> int:
+        return self._data.shape[0]
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self))))
+        row = self._data[i]
+        neg = row < 0
+        end = int(np.argmax(neg)) if neg.any() else len(row)
+        return row[:end].astype("<i4").tobytes().decode("utf-32-le")
+
+    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __eq__(self, other: Any) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, SharedTextView)) else other)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+@read_from_shared_memory.register(ReasoningText)
+def _read_reasoning_text_shm(space: ReasoningText, shared_memory: Any, n: int = 1) -> SharedTextView:
+    return SharedTextView(shared_memory, n, space.max_length)

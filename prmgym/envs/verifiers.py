@@ -100,13 +100,18 @@ _SIGN_SPACE = re.compile(r"(^|[\s(\[{=,])([+-])\s+(?=[\d.\\(])")
 
 def _normalise(s: str) -> str:
     """Whitespace the checker would otherwise misread: '- 5' -> '-5', thousands '1 000' kept."""
-    s = s.strip().strip("$").strip()
+    s = s.strip().strip("$").strip().replace("\u2212", "-")  # unicode minus sign
     s = _SIGN_SPACE.sub(lambda m: m.group(1) + m.group(2), s)
     return s
 
 
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
+
+
 def _plain_number(s: str) -> Fraction | None:
-    s = s.replace(" ", "").replace(",", "")
+    s = s.replace(" ", "")
+    if _THOUSANDS.match(s):  # 1,000 -> 1000, but "1,2" stays a list
+        s = s.replace(",", "")
     if not _NUM.match(s):
         return None
     try:
@@ -124,7 +129,8 @@ class MathVerifier(Verifier):
     Equal: ``\\boxed{3/4}`` and ``0.75``; ``\\frac{1}{2}`` and ``1/2``; ``- 5`` and ``-5``;
     ``32`` and ``32.0``; ``x = 12`` and ``12``. Plain numbers (integers, decimals, ``a/b``)
     are compared exactly with fractions before falling back to math-verify, which keeps the
-    common case fast. math-verify's signal-based timeouts only work in the main thread, so in
+    common case fast. A reference answer math-verify cannot parse (``"Paris"``) is compared as
+    a stripped string. math-verify's signal-based timeouts only work in the main thread, so in
     other threads it runs without them.
 
     Args:
@@ -167,11 +173,8 @@ class MathVerifier(Verifier):
             self._gold_cache[gold] = self._parse(gold)
         gold_parsed = self._gold_cache[gold]
         pred_parsed = self._parse(pred)
-        if not gold_parsed:
-            raise ValueError(
-                f"math-verify cannot parse the reference answer {gold_raw!r} of task {task.id!r}; "
-                "use ExactMatchVerifier for non-mathematical answers"
-            )
+        if not gold_parsed:  # not mathematical ("Paris"): the string comparison above already decided
+            return Verdict(0.0, False, {"method": "string (reference is not mathematical)", "expected": gold_raw, "got": pred_raw})
         try:
             ok = bool(
                 verify(gold_parsed, pred_parsed, float_rounding=self.float_rounding, timeout_seconds=5 if main else None)
@@ -211,9 +214,12 @@ class ReasoningGymVerifier(Verifier):
                 f"task {task.id!r} has no reasoning-gym entry in metadata['entry']; "
                 "ReasoningGymVerifier scores tasks made by prmgym.envs.ReasoningGym"
             )
-        raw = self.dataset.score_answer(text, entry)
-        score = min(1.0, max(0.0, float(raw)))
-        return Verdict(score, score >= 1.0, {"score_answer": float(raw)})
+        try:
+            raw = float(self.dataset.score_answer(text, entry))
+        except Exception as e:  # some scorers raise on malformed answers (int("abc")): that is a wrong answer
+            return Verdict(0.0, False, {"score_answer": None, "error": f"score_answer raised {e!r}"[:300]})
+        score = min(1.0, max(0.0, raw))
+        return Verdict(score, score >= 1.0, {"score_answer": raw})
 
 
 # ----------------------------------------------------------------------------- countdown
@@ -379,6 +385,8 @@ class CodeVerifier(Verifier):
             "wall_s": result.wall_s,
             "stderr": result.stderr[-2000:],
         }
+        if sandbox_error:
+            details["infra"] = result.details.get("infra", result.details)
         return Verdict(reward, result.passed and not sandbox_error, details)
 
     def score(self, task: Task, text: str) -> Verdict:

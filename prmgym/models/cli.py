@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out tasks scored greedily after training (0 skips; default %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: fastest for this model size on a shared machine; 0 = torch default)")
     parser.add_argument("--force", action="store_true", help="retrain even if --out holds a model")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print("prmgym pretrain: --env-kwargs must be a JSON object", file=sys.stderr)
         return 2
     names = {f.name for f in fields(PretrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
+    values = {k: v for k, v in vars(args).items() if k in names and k not in ("env_id", "env_kwargs")}
     try:
         config = PretrainConfig(env_id=args.env, env_kwargs=env_kwargs, **values)
     except ValueError as e:
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         cached = load_manifest(target).get("key") == config.cache_key()
     try:
         out = pretrain(args.env, args.out, config=config, force=args.force, progress=not args.no_progress,
-                       device=args.device)
+                       device=args.device, threads=args.threads or None)
     except (FileExistsError, ValueError) as e:
         print(f"prmgym pretrain: {e}", file=sys.stderr)
         return 2

@@ -216,6 +216,7 @@ def pretrain(
     force: bool = False,
     progress: bool = True,
     device: str | None = None,
+    threads: int | None = 1,
     **overrides,
 ) -> str:
     """Train the tiny character-level policy on expert traces of ``env_id``; return its directory.
@@ -230,11 +231,13 @@ def pretrain(
     ``AutoModelForCausalLM.from_pretrained(d)`` or ``TransformersPolicy.from_pretrained(d)``),
     ``manifest.json`` (arguments, training time, held-out pass@1) and ``logs/`` (JSONL +
     TensorBoard).
+
+    ``threads`` sets torch's CPU threads for the call (restored afterwards; None keeps the
+    current setting). The default 1 is deliberate: the tiny model's matrices are too small
+    to gain from intra-op threads, and on a shared machine extra threads slow it down
+    several-fold. ``threads`` and ``device`` are not part of the cache key.
     """
     from dataclasses import replace
-
-    from prmgym.agents.sft import SFTConfig, SFTTrainer
-    from prmgym.logging import Logger
 
     config = config or PretrainConfig(env_id=env_id)
     if env_id != config.env_id:
@@ -244,9 +247,22 @@ def pretrain(
         if unknown:
             raise TypeError(f"unknown pretrain argument(s) {sorted(unknown)}; valid: {[f.name for f in fields(PretrainConfig)]}")
         config = replace(config, **overrides)
-    out_dir = os.fspath(out_dir) if out_dir is not None else default_cache_dir(config)
+    out_dir = os.path.abspath(os.fspath(out_dir) if out_dir is not None else default_cache_dir(config))
     key = config.cache_key()
     manifest_path = os.path.join(out_dir, MANIFEST)
+    # One trainer per directory: a second process with the same arguments waits, then loads.
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    with open(out_dir.rstrip(os.sep) + ".lock", "w") as lock:
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _pretrain_locked(config, out_dir, key, manifest_path, force, progress, device, threads)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _pretrain_locked(config, out_dir, key, manifest_path, force, progress, device, threads) -> str:
     if os.path.exists(manifest_path) and not force:
         with open(manifest_path) as f:
             manifest = json.load(f)
@@ -264,6 +280,19 @@ def pretrain(
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)  # a half-written retrain must not look cached
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _pretrain(config, out_dir, key, manifest_path, progress, device)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str, progress: bool, device) -> str:
+    from prmgym.agents.sft import SFTConfig, SFTTrainer
+    from prmgym.logging import Logger
 
     t_start = time.perf_counter()
     env = _make_env(config.env_id, "train", config.env_kwargs)

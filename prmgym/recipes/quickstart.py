@@ -40,6 +40,7 @@ class QuickstartConfig:
     env_kwargs: dict = field(default_factory=dict)
     seed: int = 0
     pretrain: dict = field(default_factory=dict)  # overrides of prmgym.models.tiny.PretrainConfig
+    policy_dir: str | None = None  # use this policy directory instead of pretraining
     grpo_steps: int = 40
     grpo_seconds: float = 180.0
     process_reward_weight: float = 0.5
@@ -55,12 +56,14 @@ class QuickstartConfig:
     expansions: int = 4
     mcts_iterations: int = 60
     aggregation: str = "min"
+    max_new_tokens: int = 16  # per step (ChainArithmetic steps are ~10 characters)
+    max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
-        base = dict(pretrain={"num_train_tasks": 400, "steps": 250, "n_layer": 2, "n_embd": 64, "n_head": 2,
-                              "eval_tasks": 20},
+        base = dict(pretrain={"num_train_tasks": 200, "steps": 120, "n_layer": 2, "n_embd": 64, "n_head": 2,
+                              "eval_tasks": 0},
                     grpo_steps=2, grpo_seconds=25.0, prm_steps=3, value_tasks=4, value_iterations=3, value_steps=8,
                     eval_tasks=8, budgets=[250], n_max=8, mcts_iterations=20)
         base.update(kw)
@@ -68,8 +71,8 @@ class QuickstartConfig:
 
 
 def methods(cfg: QuickstartConfig) -> list[Method]:
-    common = dict(aggregation=cfg.aggregation, temperature=cfg.temperature, max_new_tokens=32, max_trace_tokens=160,
-                  max_depth=12)
+    common = dict(aggregation=cfg.aggregation, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                  max_trace_tokens=cfg.max_trace_tokens, max_depth=12)
     return [
         Method("sampling", "sample", None, {k: v for k, v in common.items() if k != "aggregation"}),
         Method("majority_vote", "majority", None, {"n": cfg.n_max, **common}),
@@ -103,8 +106,14 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         return time.perf_counter()
 
     # 1. policy ------------------------------------------------------------------------
-    t = stage(1, "policy", "tiny SFT policy (cached after the first run)")
-    policy_dir = P.build_policy(cfg.env_id, cfg.env_kwargs, **cfg.pretrain)
+    if cfg.policy_dir:
+        t = stage(1, "policy", f"given policy {cfg.policy_dir}")
+        if not os.path.isdir(cfg.policy_dir):
+            raise SystemExit(f"prmgym quickstart: --policy {cfg.policy_dir!r} is not a directory")
+        policy_dir = cfg.policy_dir
+    else:
+        t = stage(1, "policy", "tiny SFT policy (cached after the first run)")
+        policy_dir = P.build_policy(cfg.env_id, cfg.env_kwargs, **cfg.pretrain)
     stages["policy"] = time.perf_counter() - t
     info["sft_policy"] = policy_dir
     manifest = os.path.join(policy_dir, "manifest.json")
@@ -264,6 +273,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="a ~2-minute smoke version (tiny sizes, one budget)")
     p.add_argument("--env", default=DEFAULT_ENV, help="environment id with expert solutions (default: ChainArithmetic)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", default=None, help="start from this policy directory instead of the tiny SFT policy")
     p.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks per method and budget")
     p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
@@ -271,7 +281,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     cfg = QuickstartConfig.fast() if args.fast else QuickstartConfig()
-    cfg.env_id, cfg.seed = args.env, args.seed
+    cfg.env_id, cfg.seed, cfg.policy_dir = args.env, args.seed, args.policy
     if args.eval_tasks is not None:
         if args.eval_tasks < 1:
             raise SystemExit("prmgym quickstart: --eval-tasks must be >= 1")

@@ -55,17 +55,17 @@ def _broken_completion(problem: dict) -> str:
     return "    return None\n"
 
 
-def _make_sandbox(backend: str):
+def _make_sandbox(backend: str, image: str | None = None):
     if backend == "local":
         from prmgym.sandbox.local import LocalSandbox
 
         return LocalSandbox()
     from prmgym.sandbox.docker import DockerSandbox
 
-    return DockerSandbox()
+    return DockerSandbox(image=image)
 
 
-def _check_backend(backend: str, n: int) -> bool:
+def _check_backend(backend: str, n: int, image: str | None = None) -> bool:
     problems = humaneval_problems(n)
     good = [humaneval_job(p, p["canonical_solution"]) for p in problems]
     bad = [humaneval_job(p, _broken_completion(p)) for p in problems]
@@ -75,7 +75,7 @@ def _check_backend(backend: str, n: int) -> bool:
     ]
     t0 = time.monotonic()
     try:
-        sandbox = _make_sandbox(backend)
+        sandbox = _make_sandbox(backend, image)
     except Exception as exc:
         print(f"{backend:>6}: UNAVAILABLE — {exc}")
         return False
@@ -117,6 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c = sub.add_parser("check", help="run canonical, broken and attack programs through the backends")
     c.add_argument("--backend", choices=("local", "docker", "all"), default="all")
     c.add_argument("-n", type=int, default=20, help="HumanEval problems to use (1-164)")
+    c.add_argument("--image", default=None, help="Docker image (default: prmgym-sandbox:<digest of the runner files>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +145,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"prmgym sandbox check: -n must be in 1..164, got {args.n}", file=sys.stderr)
             return 2
         backends = ("local", "docker") if args.backend == "all" else (args.backend,)
-        results = [_check_backend(b, args.n) for b in backends]
+        results = [_check_backend(b, args.n, args.image) for b in backends]
         return 0 if all(results) else 1
     raise AssertionError(args.action)

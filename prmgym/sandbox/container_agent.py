@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -150,6 +151,21 @@ def wipe() -> bool:
     return clean
 
 
+_RLIMITS = tuple(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
+
+
+def own_state() -> dict:
+    """What a same-uid job could change about this agent from outside (prlimit, renice,
+    sched_setaffinity); compared after every job, and the container is replaced if it differs."""
+    state = {f"rlimit{r}": resource.getrlimit(r) for r in _RLIMITS}
+    state["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        state["affinity"] = sorted(os.sched_getaffinity(0))
+    except OSError:
+        pass
+    return state
+
+
 def _set_dumpable(flag: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -167,6 +183,7 @@ def main() -> int:
         except ImportError:
             pass
     server = harness.Server(uid=None, namespaces="auto", workdir_root="/work", in_fd=0, out_fd=1)
+    baseline = own_state()
     buf = bytearray()
     while True:
         try:
@@ -185,37 +202,69 @@ def main() -> int:
                    "pid": os.getpid(), "uid": os.getuid(), "python": sys.version.split()[0],
                    "isolation": server.isolation, "oom_kills": oom_kills()})
             continue
-        oom_before = oom_kills()
-        t0 = time.monotonic()
+        # Prepared before the job runs: a job can lower this agent's limits (prlimit: address
+        # space, open files, processes), after which even building a reply may fail. Sending
+        # these bytes needs no allocation and no new descriptor.
+        fallback = _FALLBACK % (json.dumps(rid).encode(), int(header.get("n_tests", 0)))
         try:
-            result = server.run(header, payload)
-        except Exception as e:  # the harness itself failed: infrastructure
-            result = server._infra(f"{type(e).__name__}: {e}", time.monotonic())
-        finally:
-            payload[:] = bytes(m)  # zero the job so later forks do not inherit it
-            payload.release()
-        t1 = time.monotonic()
-        leftover = sweep()
-        clean = wipe()
-        oom_after = oom_kills()
-        t2 = time.monotonic()
-        oom = oom_before is not None and oom_after is not None and oom_after > oom_before
-        details = result.setdefault("details", {})
-        if oom and result.get("status") not in ("passed", "timeout"):
-            details["oom_killed"] = True
-            result["status"] = "memory"
-        elif result.get("status") == "sandbox_error" and "without a status" in str(details.get("infra", "")):
-            # The reaper (a fork of this agent) vanished without a word. In a container nothing
-            # but the job can do that: the engine kills the whole container (and this agent),
-            # an OOM kill is counted above, and the reaper's own failures are reported as
-            # "reaper_error". All processes here share one uid, so the program can signal the
-            # reaper: that is the program's doing, not an infrastructure failure.
-            result["status"] = "failed"
-            result["tests_total"] = int(header.get("n_tests", 0))
-            details["harness_killed"] = details.pop("infra")
-        _send({"id": rid, "op": "result", "result": result,
-               "health": {"leftover_processes": leftover, "clean": clean, "oom": oom,
-                          "harness_s": round(t1 - t0, 6), "cleanup_s": round(t2 - t1, 6)}})
+            _serve_one(server, header, payload, m, baseline, rid)
+        except BaseException:  # noqa: BLE001  (whatever broke, answer and let the host replace us)
+            try:
+                view = memoryview(fallback)
+                while view:
+                    view = view[os.write(1, view):]
+            except BaseException:  # noqa: BLE001
+                return 1
+
+
+_FALLBACK = (
+    b'{"id":%s,"op":"result","result":{"status":"failed","tests_passed":0,"tests_total":%d,'
+    b'"details":{"agent_error":"the container agent could not finish its checks after this job '
+    b'(its limits were lowered from inside the container?)"}},'
+    b'"health":{"leftover_processes":1,"clean":false,"oom":false,"agent_tampered":["unknown"]}}\n'
+)
+
+
+def _serve_one(server, header: dict, payload, m: int, baseline: dict, rid) -> None:
+    oom_before = oom_kills()
+    t0 = time.monotonic()
+    try:
+        result = server.run(header, payload)
+    except Exception as e:  # the harness itself failed: infrastructure (unless the job tampered, below)
+        result = server._infra(f"{type(e).__name__}: {e}", time.monotonic())
+    finally:
+        payload[:] = bytes(m)  # zero the job so later forks do not inherit it
+        payload.release()
+    t1 = time.monotonic()
+    leftover = sweep()
+    clean = wipe()
+    changed = sorted(k for k, v in own_state().items() if baseline.get(k) != v)
+    oom_after = oom_kills()
+    t2 = time.monotonic()
+    oom = oom_before is not None and oom_after is not None and oom_after > oom_before
+    details = result.setdefault("details", {})
+    if oom and result.get("status") not in ("passed", "timeout"):
+        details["oom_killed"] = True
+        result["status"] = "memory"
+    elif result.get("status") == "sandbox_error" and changed:
+        # The job lowered this agent's limits (prlimit) and the harness tripped over them.
+        result["status"] = "failed"
+        result["tests_total"] = int(header.get("n_tests", 0))
+        details["agent_tampered"] = changed
+        details["harness_failed"] = details.pop("infra", "")
+    elif result.get("status") == "sandbox_error" and "without a status" in str(details.get("infra", "")):
+        # The reaper (a fork of this agent) vanished without a word. In a container nothing
+        # but the job can do that: the engine kills the whole container (and this agent),
+        # an OOM kill is counted above, and the reaper's own failures are reported as
+        # "reaper_error". All processes here share one uid, so the program can signal the
+        # reaper: that is the program's doing, not an infrastructure failure.
+        result["status"] = "failed"
+        result["tests_total"] = int(header.get("n_tests", 0))
+        details["harness_killed"] = details.pop("infra")
+    _send({"id": rid, "op": "result", "result": result,
+           "health": {"leftover_processes": leftover, "clean": clean and not changed, "oom": oom,
+                      "agent_tampered": changed,
+                      "harness_s": round(t1 - t0, 6), "cleanup_s": round(t2 - t1, 6)}})
 
 
 if __name__ == "__main__":

@@ -498,6 +498,8 @@ class DockerSandbox(Sandbox):
                            read_only_root=True, uid=container.uid)
             result.details["leftover_processes"] = int(health.get("leftover_processes", 0))
             result.details["agent_s"] = {k: health[k] for k in ("harness_s", "cleanup_s") if k in health}
+            if health.get("agent_tampered"):  # the job changed the agent's limits/priority: replace it
+                result.details["agent_tampered"] = health["agent_tampered"]
             if memory_mb != job.memory_mb:
                 result.details["memory_mb_capped"] = memory_mb
             recycle = (

@@ -8,35 +8,40 @@ Processes of one job
 --------------------
 ::
 
-    S  server        long-lived, warm (pre-imported stdlib); reads job frames, forks per job,
-    |                enforces the wall-clock deadline and the output cap, decides the verdict.
-    +- R  reaper     root when available; new session; unshares net/pid/mount/ipc namespaces;
-       |             private /tmp; kills and sweeps the job's process tree; removes the work dir.
-       +- P  judge   PID 1 of the job's PID namespace (when available); holds the per-run
-          |          secret; runs the *tests* with pristine builtins; never runs untrusted code.
-          +- C  program   non-root uid, rlimits, empty environment, no network, cwd = work dir;
-                          runs the *candidate code* and answers P's calls over a pipe.
+    S  server        long-lived, warm (pre-imported stdlib, gc.freeze); reads job frames, forks
+    |                per job, feeds stdin, enforces the wall-clock deadline and the output cap,
+    |                reaps, decides the verdict from the judge's records.
+    +- R  judge      set up as root when available: new session; new PID, mount and IPC (and
+       |             network) namespaces; fresh tmpfs work dir. Then drops to the job's uid,
+       |             turns non-dumpable and holds the per-run secret; runs the *tests*; never
+       |             runs untrusted code. It stays in S's PID namespace: nothing in the job can
+       |             see, signal or trace it.
+       +- C  program PID 1 of the job's PID namespace (when available; its exit ends every
+                     process left in it); non-root uid, rlimits, empty environment, no network,
+                     cwd = work dir; runs the *candidate code* and answers R's calls over a pipe.
 
-The tests never run in the process that runs the candidate. P executes each test source in a
+The tests never run in the process that runs the candidate. R executes each test source in a
 fresh namespace whose ``candidate`` (and every other top-level callable of the program, e.g.
 HumanEval's ``encode_cyclic``) is a stub that sends the call's arguments to C and returns C's
-result. Arguments and results cross the pipe as ``marshal`` data and P accepts only exact plain
+result. Arguments and results cross the pipe as ``marshal`` data and R accepts only exact plain
 builtin types (None, bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset,
 recursively), so objects whose ``__eq__`` is always true, patched builtins, a patched
-``unittest`` or ``assert`` helper in C cannot influence a comparison made in P. Top-level plain
+``unittest`` or ``assert`` helper in C cannot influence a comparison made in R. Top-level plain
 values of the program (``x = 3``) are copied to the test namespace too. In-place mutation of
-list/dict/set arguments is copied back. An exception raised by the candidate is re-raised in P
+list/dict/set arguments is copied back. An exception raised by the candidate is re-raised in R
 as the builtin exception of the same name (or ``RemoteError``). A program that exits or dies
 makes every remaining test fail.
 
 Protocol (server stdin/stdout; all integers little-endian)
 ----------------------------------------------------------
 * On start the server writes one frame: ``{"hello": PROTOCOL, "isolation": {...}}``.
-* Request: ``u32 n`` + header JSON (n bytes) + ``u32 m`` + payload JSON (m bytes).
+* Request: ``u32 n`` + header JSON (n bytes) + ``u32 m`` + payload JSON (m bytes); the
+  ``Server.run(header, payload)`` method takes the same two parts (used by the Docker agent).
   header = ``{"timeout_s", "memory_mb", "output_limit"(bytes), "nproc", "nofile",
-  "fsize_mb", "workdir_mb"}`` (missing keys take `DEFAULT_LIMITS`) or ``{"op": "ping"}``.
-  payload = ``{"code": str, "tests": [str, ...], "entry_point": str|null, "stdin": str|null}``.
-  The server copies the payload to P through a buffer that it zeroes afterwards and never
+  "fsize_mb", "workdir_mb", "n_tests", "stdin": str|null}`` (missing limits take
+  `DEFAULT_LIMITS`) or ``{"op": "ping"}``. Build it with `encode_request`.
+  payload = ``{"code": str, "tests": [str, ...], "entry_point": str|null}``.
+  The server copies the payload to R through a buffer that it zeroes afterwards and never
   parses it, so later jobs forked from the same warm server do not inherit earlier tests.
 * Response: ``u32 n`` + result JSON with exactly the fields of ``ExecResult``:
   ``status, tests_passed, tests_total, exit_code, signal, stdout, stderr, truncated, wall_s,
@@ -44,18 +49,20 @@ Protocol (server stdin/stdout; all integers little-endian)
 
 The per-run secret
 ------------------
-For each job S draws a fresh 128-bit nonce (``os.urandom``) and writes it to a pipe inherited
-only by P. P reads it and closes the pipe *after* forking C, so C's memory never held it. P
-writes one line per event to a report pipe that C never inherited::
+For each job S draws a fresh 128-bit nonce (``os.urandom``) *after* forking R and writes it to
+a pipe only R holds; R reads it after forking C, so no process of the job except the judge ever
+held it. R writes one line per event to a report pipe that C never inherited::
 
-    PRMGYM1 <nonce hex> <json>\\n      json.k in {"start", "code", "test", "end", "infra"}
+    PRMGYM1 <nonce hex> <json>\n      json.k in {"start", "code", "test", "end"}
 
-S accepts only well-formed lines carrying the nonce, in order: ``start``, ``code``, one ``test``
-per expected test (indices 0..n-1, once each), ``end``. Anything else marks the run as tampered
-(failed). A job passes only if every expected test reported success, the ``end`` record is
-present, P exited 0 and the program exited cleanly when asked to. Stdout is never a channel.
-P sets itself non-dumpable (no ptrace, no /proc/P/mem or /proc/P/fd for same-uid processes)
-and, as PID 1 of a PID namespace, cannot be signalled by C at all.
+(plus ``PRMGYM1 setup {...}`` isolation notes and ``PRMGYM1 infra {...}`` error text, which are
+informational only). S accepts only well-formed lines carrying the nonce, in order: ``start``,
+``code``, one ``test`` per expected test (indices 0..n-1, once each), ``end``. Anything else
+marks the run as tampered (failed). A job passes only if every expected test reported success,
+the ``end`` record is present, R exited 0 and the program exited cleanly when asked to. Stdout
+is never a channel. ``sandbox_error`` requires R's exit code `JUDGE_INFRA_EXIT`, which the
+program cannot cause. S never parses the payload (code and tests); R zeroes its inherited copy
+and reads the payload only after forking C, so the program cannot find the tests in memory.
 
 Statuses: passed, failed, timeout, memory, output_limit, runtime_error, compile_error,
 sandbox_error (the harness itself failed; the caller retries once).
@@ -66,11 +73,9 @@ from __future__ import annotations
 import builtins
 import ctypes
 import ctypes.util
-import errno
 import json
 import marshal
 import os
-import pwd
 import resource
 import select
 import shutil
@@ -94,7 +99,7 @@ DEFAULT_LIMITS = {
 }
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset)
 _PLAIN = frozenset(PLAIN_TYPES)
-JUDGE_INFRA_EXIT = 70  # P exits with this only when the harness itself failed
+JUDGE_INFRA_EXIT = 70  # the judge (R) exits with this only when the harness itself failed
 _MAX_TEXT = 4000  # characters of an error message kept in a record
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +239,7 @@ def check_plain(value, max_items: int = 10_000_000) -> None:
 def _to_plain(value, depth: int = 0):
     """Best-effort conversion of well-known numeric containers (numpy) to plain data, in C.
 
-    Whatever C sends is validated again in P, so this only widens what honest programs may
+    Whatever C sends is validated again in the judge, so this only widens what honest programs may
     return; it cannot make a dishonest value compare equal."""
     t = type(value)
     if t in _PLAIN and t not in (tuple, list, dict, set, frozenset):
@@ -338,7 +343,7 @@ def _program_quit() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# P: the judge process
+# R: the judge (after its setup, see _job_main)
 # ---------------------------------------------------------------------------------------------
 class RemoteError(Exception):
     """The program raised an exception whose type is not a builtin exception."""
@@ -435,8 +440,8 @@ def _report(fd: int, nonce: str, **record) -> None:
 
 
 def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_out: int,
-                stdin_w: int | None, child: int, limit: int) -> int:
-    """Runs in P after C was forked. Returns P's exit code."""
+                child: int, limit: int) -> int:
+    """Runs in the judge after C was forked. Returns its exit code."""
     nonce = _read_all(secret_fd).decode("ascii", "replace").strip()
     os.close(secret_fd)
     payload = _read_all(job_fd)
@@ -444,26 +449,6 @@ def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_ou
     job = json.loads(payload)
     del payload
     _report(report_fd, nonce, k="start")
-    if stdin_w is not None:
-        data = (job.get("stdin") or "").encode()
-        if len(data) <= 65536:  # fits the pipe buffer: no helper thread needed
-            try:
-                _write_all(stdin_w, data)
-            except OSError:
-                pass
-            os.close(stdin_w)
-        else:
-            import threading
-
-            def feed():
-                try:
-                    _write_all(stdin_w, data)
-                except OSError:
-                    pass
-                finally:
-                    os.close(stdin_w)
-
-            threading.Thread(target=feed, daemon=True).start()
     judge = _Judge(rpc_in, rpc_out, limit)
     tests = job.get("tests") or []
     entry = job.get("entry_point")
@@ -568,7 +553,7 @@ def _wait_child(pid: int, timeout: float):
 
 
 # ---------------------------------------------------------------------------------------------
-# isolation pieces used by R and P
+# isolation pieces used by S and R
 # ---------------------------------------------------------------------------------------------
 def _drop_privileges(uid: int | None) -> None:
     if uid is None:
@@ -634,6 +619,22 @@ def _expose(paths: list[str], stage: str) -> None:
             os.rmdir(s)
 
 
+def prepare_mounts(expose: list[str], notes: dict) -> None:
+    """In a fresh mount namespace: make it private, hide non-traversable directories except the
+    ``expose`` paths, and remount the whole tree read-only (noted in ``notes``)."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
+    stage = "/tmp/.stage"
+    os.mkdir(stage, 0o700)
+    _expose(expose, stage)
+    umount("/tmp")
+    try:  # the whole tree read-only; jobs mount fresh writable tmpfs where writing is expected
+        mount_setattr_rdonly("/")
+        notes["readonly_root"] = True
+    except OSError as e:
+        notes["readonly_root_error"] = str(e)
+
+
 def probe_isolation(uid: int | None) -> dict:
     """What this host allows: namespaces, uid switch. Runs the checks in a throwaway child."""
     r, w = os.pipe()
@@ -676,123 +677,108 @@ def probe_isolation(uid: int | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# R: the reaper (fork of S, one per job)
+# R: the job process (fork of S): isolation setup, then the judge
 # ---------------------------------------------------------------------------------------------
-def _reaper_main(cfg: dict, lim: dict, fds: dict) -> None:
-    """Never returns. Sets up isolation, forks P, enforces the deadline, cleans up, reports."""
-    os.setsid()
+def _job_main(cfg: dict, lim: dict, fds: dict) -> None:
+    """R: the fork of S for one job. Never returns.
+
+    As root (when available): new session, new PID/mount/IPC (and network) namespaces, fresh
+    tmpfs work dir; forks C, which becomes PID 1 of the new PID namespace; then drops to the
+    job's uid, turns non-dumpable and becomes the judge (`_judge_main`). R stays in S's PID
+    namespace, so nothing in the job can see, signal or trace it. R's exit code is the harness's
+    own: 0, or `JUDGE_INFRA_EXIT` when the harness failed."""
+    code = JUDGE_INFRA_EXIT
+    notes: dict = {}
     try:
-        prctl(PR_SET_CHILD_SUBREAPER, 1)  # escaped descendants come back to us, not to S
-    except OSError:
-        pass
-    iso = cfg["isolation"]
-    uid = cfg["uid"]
-    notes = {}
-    use_ns = cfg["namespaces"] and iso.get("namespaces")
-    use_mounts = use_ns and iso.get("mounts")
-    workdir = None
-    if use_ns:
-        try:
-            unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)
-        except OSError as e:
-            use_ns = use_mounts = False
-            notes["namespaces_error"] = str(e)
-    elif cfg["namespaces"] and iso.get("netns"):
-        try:
-            unshare(CLONE_NEWNET)
-            notes["netns"] = True
-        except OSError as e:
-            notes["netns_error"] = str(e)
-    if use_mounts:
-        try:
-            mount(None, "/", None, MS_REC | MS_PRIVATE)
-            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
-            stage = "/tmp/.stage"
-            os.mkdir(stage, 0o700)
-            _expose(cfg["expose"], stage)
-            umount("/tmp")
-            try:  # the whole tree read-only, then fresh writable tmpfs where writing is expected
-                mount_setattr_rdonly("/")
-                notes["readonly_root"] = True
+        os.setsid()
+        iso = cfg["isolation"]
+        use_ns = cfg["namespaces"] and iso.get("namespaces")
+        use_mounts = use_ns and iso.get("mounts")
+        prepared = bool(cfg.get("prepared"))  # S already sits in a private read-only mount ns + empty net ns
+        workdir = cfg.get("workdir")
+        if use_ns:
+            try:
+                unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | (0 if prepared else CLONE_NEWNET))
             except OSError as e:
-                notes["readonly_root_error"] = str(e)
-            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-                  f"size={int(lim['workdir_mb'])}m,nr_inodes=4096,mode=1777")
-            for d in SCRATCH_DIRS:
-                if os.path.isdir(d) and not os.path.islink(d):
-                    mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=1777")
-            workdir = "/tmp/work"
-            os.mkdir(workdir, 0o700)
-        except OSError as e:
-            notes["mounts_error"] = str(e)
-            use_mounts = False
-    if workdir is None:
-        workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=cfg["workdir_root"])
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _judge_entry(cfg, lim, fds, workdir, use_ns, use_mounts)  # never returns
-    for k in ("job_r", "secret_r", "report_w", "out_w", "err_w"):
-        os.close(fds[k])
-    killed = None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        pidfd = None
-    deadline = t0 + float(lim["timeout_s"])
-    ctl = fds["ctl_r"]
-    while True:
-        waitset = [ctl] + ([pidfd] if pidfd is not None else [])
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            killed = "timeout"
-            break
-        ready, _, _ = select.select(waitset, [], [], remaining if pidfd is not None else min(remaining, 0.005))
-        if ctl in ready:
-            killed = (os.read(ctl, 64) or b"host-gone").decode("ascii", "replace")
-            break
-        if pidfd is not None and pidfd in ready:
-            break
-        if pidfd is None and os.waitpid(pid, os.WNOHANG)[0]:
-            break  # (status lost only in this no-pidfd fallback; reported below as None)
-    if killed:
-        _kill_tree(pid, None if use_ns else uid)
-    try:
-        _, status, ru = os.wait4(pid, 0)
-    except ChildProcessError:
-        status, ru = None, None
-    wall = time.monotonic() - t0
-    _kill_tree(pid, None if use_ns else uid)
-    if not use_mounts:
-        shutil.rmtree(workdir, ignore_errors=True)
-    record = {
-        "wait_status": status,
-        "wall_s": wall,
-        "cpu_s": (ru.ru_utime + ru.ru_stime) if ru else 0.0,
-        "maxrss_kb": ru.ru_maxrss if ru else 0,
-        "killed": killed,
-        "pidns": bool(use_ns),
-        "mountns": bool(use_mounts),
-        **notes,
-    }
-    try:
-        _write_all(fds["status_w"], json.dumps(record).encode())
-    except OSError:
-        pass
-    os._exit(0)
+                use_ns = use_mounts = False
+                notes["namespaces_error"] = str(e)
+        elif cfg["namespaces"] and iso.get("netns"):
+            try:
+                unshare(CLONE_NEWNET)
+                notes["netns"] = True
+            except OSError as e:
+                notes["netns_error"] = str(e)
+        if use_mounts:
+            try:
+                if prepared:
+                    notes.update(cfg.get("prepared_notes") or {})
+                else:
+                    prepare_mounts(cfg["expose"], notes)
+                mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+                      f"size={int(lim['workdir_mb'])}m,nr_inodes=4096,mode=1777")
+                for d in SCRATCH_DIRS:
+                    if os.path.isdir(d) and not os.path.islink(d):
+                        mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=1777")
+                workdir = "/tmp/work"
+                os.mkdir(workdir, 0o700)
+            except OSError as e:
+                notes["mounts_error"] = str(e)
+                use_mounts = False
+        if workdir is None:
+            raise OSError("no work directory: mounts failed and the server made none")
+        if cfg["uid"] is not None:
+            os.chown(workdir, cfg["uid"], cfg["uid"])
+        notes.update(pidns=bool(use_ns), mountns=bool(use_mounts))
+        _write_all(fds["report_w"], MAGIC + b" setup " + json.dumps(notes).encode() + b"\n")
+        rpc1_r, rpc1_w = os.pipe()  # judge -> program
+        rpc2_r, rpc2_w = os.pipe()  # program -> judge
+        # stdin: a pipe S feeds (a process that unshared its PID namespace cannot start threads)
+        stdin_r = fds["stdin_r"] if fds.get("stdin_r") is not None else os.open(os.devnull, os.O_RDONLY)
+        timeout = float(lim["timeout_s"])
+        child = os.fork()
+        if child == 0:
+            if use_ns and use_mounts:
+                try:  # C is PID 1 of the new namespace: a /proc that shows only the job
+                    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                except OSError:
+                    pass
+            os.chdir(workdir)
+            _program_entry(cfg, lim, fds, stdin_r, rpc1_r, rpc2_w, timeout)  # never returns
+        os.close(rpc1_r)
+        os.close(rpc2_w)
+        os.close(stdin_r)
+        os.close(fds["out_w"])
+        os.close(fds["err_w"])
+        _close_fds_except([0, 1, 2, fds["job_r"], fds["secret_r"], fds["report_w"], rpc1_w, rpc2_r])
+        os.chdir("/")
+        _set_limits(lim, timeout + 1)
+        _drop_privileges(cfg["uid"])
+        prctl(PR_SET_DUMPABLE, 0)
+        try:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        code = _judge_main(fds["job_r"], fds["secret_r"], fds["report_w"], rpc2_r, rpc1_w, child,
+                           int(lim["memory_mb"]) << 20)
+    except BaseException as e:  # a harness failure: report it as infrastructure
+        try:
+            os.write(fds["report_w"], MAGIC + b" infra " + json.dumps({"k": "infra", "msg": _short(
+                "".join(traceback.format_exception(e)))}).encode() + b"\n")
+        except BaseException:
+            pass
+    os._exit(code)
 
 
 def _kill_tree(pid: int, uid: int | None) -> None:
-    """Kill P (PID 1 of the namespace: the kernel then kills everything in it), P's process
-    group, and, when the job has a uid of its own and no PID namespace, every process of that
-    uid (``kill(-1)`` as that uid, repeated until none is left)."""
-    for fn in (lambda: os.kill(pid, signal.SIGKILL), lambda: os.killpg(pid, signal.SIGKILL)):
-        try:
-            fn()
-        except OSError:
-            pass
+    """Kill the job's process group (``pid`` is its reaped leader: the group id stays valid
+    while members remain) and, when the job has a uid of its own and we are root, every process
+    of that uid (``kill(-1)`` as that uid, repeated until a /proc scan finds none). With a PID
+    namespace the program is its PID 1, so killing it ends everything in the namespace."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
     if uid is not None and os.getuid() == 0 and uid != 0:
         for _ in range(20):
             k = os.fork()
@@ -842,57 +828,6 @@ def _reap_children() -> None:
             return
 
 
-def _judge_entry(cfg, lim, fds, workdir, use_ns, use_mounts) -> None:
-    """P before it forks C. Never returns."""
-    code = JUDGE_INFRA_EXIT
-    try:
-        os.setpgid(0, 0)
-        if use_ns and use_mounts:
-            try:
-                mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            except OSError:
-                pass
-        os.chdir(workdir)
-        rpc1_r, rpc1_w = os.pipe()  # P -> C
-        rpc2_r, rpc2_w = os.pipe()  # C -> P
-        if fds["has_stdin"]:
-            stdin_r, stdin_w = os.pipe()
-        else:
-            stdin_r, stdin_w = os.open(os.devnull, os.O_RDONLY), None
-        timeout = float(lim["timeout_s"])
-        child = os.fork()
-        if child == 0:
-            _program_entry(cfg, lim, fds, stdin_r, rpc1_r, rpc2_w, timeout)
-        os.close(rpc1_r)
-        os.close(rpc2_w)
-        os.close(stdin_r)
-        os.close(fds["out_w"])
-        os.close(fds["err_w"])
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        _close_fds_except([0, 1, 2, fds["job_r"], fds["secret_r"], fds["report_w"], rpc1_w, rpc2_r]
-                          + ([stdin_w] if stdin_w is not None else []))
-        os.chdir("/")
-        _set_limits(lim, timeout + 1)
-        _drop_privileges(cfg["uid"])
-        prctl(PR_SET_DUMPABLE, 0)
-        try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        code = _judge_main(fds["job_r"], fds["secret_r"], fds["report_w"], rpc2_r, rpc1_w, stdin_w, child,
-                           int(lim["memory_mb"]) << 20)
-    except BaseException as e:  # a harness failure: report it as infrastructure
-        try:
-            os.write(fds["report_w"], MAGIC + b" infra " + json.dumps({"k": "infra", "msg": _short(
-                "".join(traceback.format_exception(e)))}).encode() + b"\n")
-        except BaseException:
-            pass
-    os._exit(code)
-
-
 def _program_entry(cfg, lim, fds, stdin_r, rpc_in, rpc_out, timeout) -> None:
     """C before it runs the program. Never returns."""
     try:
@@ -924,7 +859,7 @@ def _program_entry(cfg, lim, fds, stdin_r, rpc_in, rpc_out, timeout) -> None:
 # ---------------------------------------------------------------------------------------------
 def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
              output_exceeded: bool, host_deadline: bool) -> tuple[str, int, dict]:
-    """Decide (status, tests_passed, details) from P's records and R's status."""
+    """Decide (status, tests_passed, details) from the judge's records and its exit status."""
     details: dict = {}
     by_kind: dict = {}
     test_ok = [False] * n_tests
@@ -951,7 +886,7 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
         return "output_limit", passed_n, details
     if killed == "timeout" or host_deadline:
         return "timeout", passed_n, details
-    if judge_exit == JUDGE_INFRA_EXIT:  # P's own failure (an exit code the program cannot cause)
+    if judge_exit == JUDGE_INFRA_EXIT:  # the judge's own failure (an exit code the program cannot cause)
         details["infra"] = (by_kind.get("infra") or [{}])[0].get("msg") or "the judge process failed"
         return "sandbox_error", passed_n, details
     sig = end.get("signal") if end else None
@@ -995,6 +930,7 @@ class Server:
         if namespaces == "on" and not iso.get("namespaces"):
             raise SystemExit(f"namespaces were required but unshare failed: {iso.get('namespaces_error')}")
         self.isolation = iso
+        self.prepared, self.prepared_notes = False, {}
         _lib()  # load libc once here, not in every forked job
         self.namespaces = namespaces != "off"
         expose = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.abspath(__file__))}
@@ -1004,6 +940,28 @@ class Server:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError:
             pass
+
+    def enter_namespaces(self) -> bool:
+        """Move this server (not just its jobs) into a private mount namespace with a read-only
+        tree and an empty network namespace, once, so that each job only needs new PID, IPC and
+        mount namespaces (the mount table it copies is then already prepared). Only for a
+        dedicated server process (``serve`` mode): it changes the calling process."""
+        iso = self.isolation
+        if not (self.namespaces and iso.get("namespaces") and iso.get("mounts")):
+            return False
+        notes: dict = {}
+        try:
+            unshare(CLONE_NEWNS | CLONE_NEWNET)
+        except OSError as e:
+            self.isolation["prepare_error"] = str(e)
+            return False
+        try:
+            prepare_mounts(self.expose, notes)
+        except OSError as e:  # jobs then do the full setup themselves, in copies of this namespace
+            self.isolation["prepare_error"] = str(e)
+            return False
+        self.prepared, self.prepared_notes = True, notes
+        return True
 
     def hello(self) -> dict:
         return {"hello": PROTOCOL, "pid": os.getpid(), "uid": self.uid, "isolation": self.isolation}
@@ -1052,73 +1010,73 @@ class Server:
         """Run one job; ``payload`` is the job JSON (bytes-like). Returns the result dict."""
         lim = {**DEFAULT_LIMITS, **{k: v for k, v in header.items() if k in DEFAULT_LIMITS}}
         n_tests = int(header.get("n_tests", -1))
-        has_stdin = bool(header.get("has_stdin", True))
+        stdin_data = header.get("stdin")
+        stdin_data = stdin_data.encode() if isinstance(stdin_data, str) else b""
         t0 = time.monotonic()
+        iso = self.isolation
+        own_workdir = None
+        if not (self.namespaces and iso.get("namespaces") and iso.get("mounts")):
+            own_workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=self.workdir_root)
         pipes = {}
         pipes["job_r"], job_w = os.pipe()
         pipes["secret_r"], secret_w = os.pipe()
         report_r, pipes["report_w"] = os.pipe()
         out_r, pipes["out_w"] = os.pipe()
         err_r, pipes["err_w"] = os.pipe()
-        pipes["ctl_r"], ctl_w = os.pipe()
-        status_r, pipes["status_w"] = os.pipe()
-        pipes["has_stdin"] = has_stdin
-        cfg = {"uid": self.uid, "isolation": self.isolation, "namespaces": self.namespaces,
-               "workdir_root": self.workdir_root, "expose": self.expose}
+        pipes["stdin_r"], stdin_w = os.pipe() if stdin_data else (None, None)
+        cfg = {"uid": self.uid, "isolation": iso, "namespaces": self.namespaces, "workdir": own_workdir,
+               "expose": self.expose, "prepared": self.prepared, "prepared_notes": self.prepared_notes}
         pid = os.fork()
         if pid == 0:
             try:
                 _wipe(payload)  # our copy only: the program must not find the tests in memory
-                keep = [v for k, v in pipes.items() if k != "has_stdin"]
+                keep = [v for v in pipes.values() if v is not None]
                 devnull = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
                 _close_fds_except([0, 1, 2] + keep)
-                _reaper_main(cfg, lim, pipes)
-            except BaseException as e:
-                try:
-                    _write_all(pipes["status_w"], json.dumps({"reaper_error": _short(
-                        "".join(traceback.format_exception(e)))}).encode())
-                except BaseException:
-                    pass
+                _job_main(cfg, lim, pipes)
             finally:
-                os._exit(70)
-        for k, v in pipes.items():
-            if k != "has_stdin":
+                os._exit(JUDGE_INFRA_EXIT)
+        for v in pipes.values():
+            if v is not None:
                 os.close(v)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
         nonce = os.urandom(16).hex()  # drawn after the fork: no process of the job ever held it in memory
         try:
             _write_all(secret_w, nonce.encode())
         except OSError:
             pass
         os.close(secret_w)
-        for fd in (job_w, out_r, err_r, report_r, status_r):
+        for fd in (job_w, out_r, err_r, report_r) + ((stdin_w,) if stdin_w is not None else ()):
             os.set_blocking(fd, False)
-        out, err, report, status_buf = bytearray(), bytearray(), bytearray(), bytearray()
+        stdin_view = memoryview(stdin_data)
+        out, err, report = bytearray(), bytearray(), bytearray()
         job_view = memoryview(payload)
         cap = int(lim["output_limit"])
         output_exceeded = False
-        kill_sent = False
-        open_r = {out_r: out, err_r: err, report_r: report, status_r: status_buf}
-        host_deadline = t0 + float(lim["timeout_s"]) + 5.0
-        forced = False
-        status_done_at = None
-        while open_r:
-            wlist = [job_w] if job_w is not None else []
+        killed = None
+        open_r = {out_r: out, err_r: err, report_r: report}
+        deadline = t0 + float(lim["timeout_s"])
+        wait_status = ru = None
+        ended_at = None
+        while True:
             now = time.monotonic()
-            if status_done_at is not None and now - status_done_at > 0.2:
-                break  # R is gone; leftover writers (escaped daemons) are not waited for
-            if now > host_deadline and not forced:
-                forced = True
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                host_deadline = now + 1.0
-            elif now > host_deadline:
-                break
-            r, w, _ = select.select(list(open_r), wlist, [], 0.05)
-            if w:
+            if wait_status is None and killed is None and now >= deadline:
+                killed = "timeout"
+                self._kill(pid)
+            if wait_status is not None and (not open_r or now - ended_at > 0.2):
+                break  # the judge is gone; writers that escaped the kill are not waited for
+            rlist = list(open_r) + ([pidfd] if pidfd is not None and wait_status is None else [])
+            wlist = [fd for fd in (job_w, stdin_w) if fd is not None]
+            wait = max(0.0, deadline - now) if killed is None else 0.05
+            if pidfd is None:
+                wait = min(wait, 0.005)
+            r, w, _ = select.select(rlist, wlist, [], min(wait, 1.0))
+            if job_w is not None and job_w in w:
                 try:
                     n = os.write(job_w, job_view[:65536])
                     job_view = job_view[n:]
@@ -1129,7 +1087,20 @@ class Server:
                 if not len(job_view):
                     os.close(job_w)
                     job_w = None
+            if stdin_w is not None and stdin_w in w:
+                try:
+                    n = os.write(stdin_w, stdin_view[:65536])
+                    stdin_view = stdin_view[n:]
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:  # the program closed its stdin
+                    stdin_view = stdin_view[:0]
+                if not len(stdin_view):
+                    os.close(stdin_w)
+                    stdin_w = None
             for fd in r:
+                if fd == pidfd:
+                    continue
                 try:
                     chunk = os.read(fd, 1 << 16)
                 except (BlockingIOError, InterruptedError):
@@ -1137,50 +1108,44 @@ class Server:
                 if not chunk:
                     del open_r[fd]
                     os.close(fd)
-                    if fd == status_r:
-                        status_done_at = time.monotonic()
                     continue
                 target = open_r[fd]
-                if fd in (out_r, err_r):
-                    room = cap + 1 - (len(out) + len(err))
-                    target += chunk[:max(room, 0)]
-                    if len(out) + len(err) > cap:
-                        output_exceeded = True
-                else:
-                    if len(target) + len(chunk) > (64 << 20):
-                        continue  # report flood cannot come from P; ignore excess
+                if fd != report_r:
+                    target += chunk[:max(cap + 1 - (len(out) + len(err)), 0)]
+                    if len(out) + len(err) > cap and killed is None:
+                        output_exceeded, killed = True, "output_limit"
+                        self._kill(pid)
+                elif len(target) + len(chunk) <= (64 << 20):  # only the judge writes here
                     target += chunk
-            if output_exceeded and not kill_sent:
-                kill_sent = True
+            if wait_status is None and ((pidfd is not None and pidfd in r) or pidfd is None):
+                if pidfd is not None:
+                    self._kill(pid)  # the judge has exited but is not reaped yet: its pgid is still ours
                 try:
-                    os.write(ctl_w, b"output_limit")
-                except OSError:
-                    pass
+                    done, st, rus = os.wait4(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, st, rus = pid, None, None
+                if done:
+                    wait_status, ru, ended_at = (st if st is not None else -1), rus, time.monotonic()
+        wall = (ended_at or time.monotonic()) - t0
         for fd in list(open_r):
             os.close(fd)
-        if job_w is not None:
-            os.close(job_w)
+        for fd in (job_w, stdin_w):
+            if fd is not None:
+                os.close(fd)
         job_view.release()
-        try:
-            os.write(ctl_w, b"done")
-        except OSError:
-            pass
-        os.close(ctl_w)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        stdin_view.release()
+        if pidfd is not None:
+            os.close(pidfd)
+        if own_workdir is not None or killed or wait_status != 0:
+            # no PID namespace to end the tree, or an abnormal end: kill what is left of the uid
+            _kill_tree(pid, self.uid)
+        if own_workdir is not None:
+            shutil.rmtree(own_workdir, ignore_errors=True)
         self._reap_orphans()
-        try:
-            status = json.loads(bytes(status_buf)) if status_buf else {}
-        except ValueError:
-            status = {}
-        if not status or "reaper_error" in status:
-            return self._infra(status.get("reaper_error") or
-                               "the reaper process died without a status (killed from outside?)", t0)
-        records, tampered = _parse_reports(bytes(report), nonce, n_tests)
+        status = {"wait_status": wait_status if wait_status != -1 else None, "killed": killed}
+        records, tampered, setup = _parse_reports(bytes(report), nonce, n_tests)
         state, tests_passed, details = _verdict(records, tampered, status, max(n_tests, 0),
-                                                output_exceeded, forced)
+                                                output_exceeded, False)
         end = next((r for r in records if r["k"] == "end"), {})
         truncated = output_exceeded
         stdout = bytes(out)
@@ -1190,17 +1155,17 @@ class Server:
             stderr = stderr[: max(cap - len(stdout), 0)]
             stdout = stdout[:cap]
         details["isolation"] = {
-            "network_namespace": bool(status.get("pidns") or status.get("netns")),
-            "pid_namespace": bool(status.get("pidns")),
-            "mount_namespace": bool(status.get("mountns")),
-            "readonly_root": bool(status.get("readonly_root")),
+            "network_namespace": bool(setup.get("pidns") or setup.get("netns")),
+            "pid_namespace": bool(setup.get("pidns")),
+            "mount_namespace": bool(setup.get("mountns")),
+            "readonly_root": bool(setup.get("readonly_root")),
             "uid": self.uid if self.uid is not None else os.getuid(),
         }
         for k in ("namespaces_error", "mounts_error", "netns_error", "readonly_root_error"):
-            if k in status:
-                details["isolation"][k] = status[k]
-        if status.get("killed"):
-            details["killed"] = status["killed"]
+            if k in setup:
+                details["isolation"][k] = setup[k]
+        if killed:
+            details["killed"] = killed
         return {
             "status": state,
             "tests_passed": tests_passed,
@@ -1210,10 +1175,20 @@ class Server:
             "stdout": stdout.decode("utf-8", "replace"),
             "stderr": stderr.decode("utf-8", "replace"),
             "truncated": truncated,
-            "wall_s": round(float(status.get("wall_s", time.monotonic() - t0)), 6),
-            "cpu_s": round(float(status.get("cpu_s", 0.0)), 6),
+            "wall_s": round(wall, 6),
+            "cpu_s": round((ru.ru_utime + ru.ru_stime) if ru else 0.0, 6),
             "details": details,
         }
+
+    @staticmethod
+    def _kill(pid: int) -> None:
+        """SIGKILL the judge's process group (the judge and the program; the program also dies
+        with its parent through PR_SET_PDEATHSIG, and with it its PID namespace). Only called
+        while the judge is not yet reaped, so the ids cannot have been reused."""
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
     def _infra(self, msg: str, t0: float) -> dict:
         return {"status": "sandbox_error", "tests_passed": 0, "tests_total": 0, "exit_code": None,
@@ -1245,9 +1220,10 @@ def _wipe(buf) -> None:
         _wipe(buf.obj)
 
 
-def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | None]:
+def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | None, dict]:
     """Accept only well-formed, nonce'd records in the expected order."""
     records: list = []
+    setup: dict = {}
     tampered = None
     expect_test = 0
     stage = "start"
@@ -1255,8 +1231,16 @@ def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | N
         if not line:
             continue
         parts = line.split(b" ", 2)
+        if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"setup" and not records and not setup:
+            try:  # isolation notes written by the judge before the program existed (informational)
+                rec = json.loads(parts[2])
+                if isinstance(rec, dict):
+                    setup = rec
+                    continue
+            except ValueError:
+                pass
         if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"infra":  # message only; the
-            # verdict sandbox_error needs P's exit code JUDGE_INFRA_EXIT, which the program cannot set
+            # verdict sandbox_error needs the judge's exit code JUDGE_INFRA_EXIT, which the program cannot set
             try:
                 rec = json.loads(parts[2])
                 if rec.get("k") == "infra":
@@ -1285,7 +1269,7 @@ def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | N
             tampered = tampered or f"an out-of-order report record ({k!r})"
             continue
         records.append(rec)
-    return records, tampered
+    return records, tampered, setup
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1296,9 +1280,8 @@ def encode_request(job: dict, limits: dict) -> bytes:
     tests = list(job.get("tests") or [])
     header = dict(limits)
     header["n_tests"] = len(tests)
-    header["has_stdin"] = job.get("stdin") is not None
-    payload = json.dumps({"code": job["code"], "tests": tests, "entry_point": job.get("entry_point"),
-                          "stdin": job.get("stdin")}).encode()
+    header["stdin"] = job.get("stdin")  # the program's input: S feeds it, so it travels in the header
+    payload = json.dumps({"code": job["code"], "tests": tests, "entry_point": job.get("entry_point")}).encode()
     h = json.dumps(header).encode()
     return struct.pack("<I", len(h)) + h + struct.pack("<I", len(payload)) + payload
 
@@ -1334,6 +1317,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 pass
     server = Server(args.uid, args.namespaces, args.workdir_root)
+    server.enter_namespaces()
     server.serve()
     return 0
 
