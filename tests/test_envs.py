@@ -137,7 +137,7 @@ def test_expert_replay_earns_one_on_many_procedural_tasks():
     for env_id, difficulty in [("prmgym/ChainArithmetic-v0", d) for d in (1, 2, 3)] + [("prmgym/Countdown-v0", d) for d in (1, 2, 3)]:
         env = gym.make(env_id, difficulty=difficulty, max_steps=12)
         u = env.unwrapped
-        n = 60 if difficulty < 3 else 20
+        n = 40 if difficulty < 3 else 15
         for split in ("train", "test"):
             for task in u.source.tasks(split, n, seed=1):
                 env.reset(options={"task": task})
@@ -150,7 +150,7 @@ def test_expert_replay_earns_one_on_many_procedural_tasks():
                 _, r_wrong, te, _, _ = env.step(wrong)
                 assert te and r_wrong < 1.0
                 replayed += 1
-    assert replayed >= 500
+    assert replayed == 380
 
 
 def test_default_difficulty_is_small():
@@ -459,3 +459,29 @@ def test_math_verifier_works_off_the_main_thread():
     with ThreadPoolExecutor(2) as ex:
         results = list(ex.map(lambda x: v.score(t, x).correct, ["0.75", "\\frac{3}{4}", "0.7"]))
     assert results == [True, True, False]
+
+
+@pytest.mark.parametrize("module", ["core", "sources", "spaces", "verifiers", "registration", "task", "trace"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"prmgym.envs.{module}"))
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.slow
+def test_math_verifier_pathological_answer_off_main_thread_does_not_hang():
+    import threading
+
+    v = MathVerifier()
+    t = Task(id="m", prompt="p", answer="\\frac{1}{2}")
+    out = []
+    th = threading.Thread(target=lambda: out.append(v.score(t, "10^10000000")), daemon=True)
+    th.start()
+    th.join(120)
+    assert out and out[0].reward == 0.0  # math-verify's timeout ran in the helper process
+    th = threading.Thread(target=lambda: out.append(v.score(t, "\\frac{2}{4}")), daemon=True)
+    th.start()
+    th.join(60)
+    assert out[1].correct  # and the helper still serves

@@ -76,6 +76,10 @@ def test_unknown_task_lists_valid_names():
 def test_unknown_config_option_lists_valid_options():
     with pytest.raises(ValueError, match="valid options: .*min_terms"):
         gym.make("prmgym/ReasoningGym-v0", task="chain_sum", min_termz=2)
+    with pytest.raises(ValueError, match="rejected config"):
+        gym.make("prmgym/ReasoningGym-v0", task="chain_sum", min_terms=0)
+    with pytest.raises(ValueError, match="do not pass the dataset seed"):
+        gym.make("prmgym/ReasoningGym-v0", task="chain_sum", seed=3)
 
 
 def test_expert_steps_submit_the_answer():

@@ -24,7 +24,7 @@ def test_quickstart_fast_writes_all_outputs(tmp_path):
     env = dict(os.environ, PRMGYM_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     out = tmp_path / "qs"
     proc = subprocess.run([sys.executable, "-m", "prmgym.cli", "quickstart", "--fast", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=1200)
+                          capture_output=True, text=True, env=env, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for i in range(1, 7):
         assert f"stage {i}/6" in proc.stdout

@@ -73,21 +73,40 @@ def test_airl_discriminator_learns_separable_toy(policy):
     assert sum(s_exp) / len(s_exp) > sum(s_pol) / len(s_pol)
 
 
-def test_airl_does_not_saturate_at_init_with_mean_scale(policy):
+def test_airl_does_not_saturate_at_init(policy):
     good, bad = toy_traces(4, seed=3)
     traces = good + bad
     prompts, steps = [p for p, _ in traces], [s for _, s in traces]
     lp, nt = fill_logprobs(policy, prompts, steps)  # real log-probs of a random policy
     batch = PRMBatch(prompts, steps, labels=[1.0] * 4 + [0.0] * 4, step_logprobs=lp, step_ntokens=nt)
     assert min(x for row in lp for x in row) < -20  # whole-step log π is large
-    prm = AIRLPRM.from_backbone(policy)  # logpi_scale="mean", data-dependent bias init
-    prm._init_bias(batch)
-    D = [x for row in prm.discriminator(batch) for x in row]
+
+    def all_D(prm):
+        prm._init_bias(batch)
+        return [x for row in prm.discriminator(batch) for x in row]
+
+    # default: LM prior (f starts at the backbone's own log π, i.e. the policy's): D = 1/2 ± head noise
+    for scale in ("mean", "sum"):
+        D = all_D(AIRLPRM.from_backbone(policy, logpi_scale=scale))
+        assert all(abs(d - 0.5) < 0.15 for d in D), (scale, D)
+    # no prior: length-normalised log π + data-dependent bias keeps D away from 0 and 1
+    D = all_D(AIRLPRM.from_backbone(policy, lm_prior=False))
     assert all(0.1 < d < 0.9 for d in D), D
     assert 0.35 < sum(D) / len(D) < 0.65
-    # the raw per-step sum without the normalisation pins D at 1: the reason for the choice
-    raw = AIRLPRM.from_backbone(policy, logpi_scale="sum", init_bias_from_data=False)
+    # no prior, raw per-step sums, no bias init: D pinned at 1 (why the defaults are what they are)
+    raw = AIRLPRM.from_backbone(policy, lm_prior=False, logpi_scale="sum", init_bias_from_data=False)
     assert min(x for row in raw.discriminator(batch) for x in row) > 0.999
+
+
+def test_airl_lm_prior_is_the_backbone_log_prob(policy):
+    prm = AIRLPRM.from_backbone(policy, cache=False)
+    with torch.no_grad():
+        prm.net.head.weight.zero_()
+    p, s = "Compute 1 + 2.", ["1 + 2 = 3", "Answer: 3"]
+    [out] = prm.outputs([p], [s])
+    lp, nt = fill_logprobs(policy, [p], [s])
+    assert out[1:, 0].tolist() == pytest.approx([a / n for a, n in zip(lp[0], nt[0])], abs=1e-4)
+    assert out[:, 1].abs().max() < 1e-6  # h: zero head
 
 
 @pytest.mark.parametrize("search_score", ["g", "f"])

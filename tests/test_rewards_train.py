@@ -109,3 +109,14 @@ def test_grpo_with_airl_reward_from_cli(policy, tmp_path):
     assert glob.glob(os.path.join(run, "tb", "events.out.tfevents.*"))
     ckpts = sorted(glob.glob(os.path.join(run, "checkpoints", "checkpoint-*")))
     assert ckpts and load_prm(os.path.join(ckpts[-1], "process_reward")).updates == 2
+
+
+@pytest.mark.parametrize("name, reward", [("grpo_airl_chain.yaml", "airl"), ("grpo_repirl_chain.yaml", "repirl")])
+def test_example_configs_validate(name, reward):
+    from prmgym.agents.run import build_reward, load_run_config
+    from prmgym.config import load_yaml
+
+    cfg = load_run_config(load_yaml(os.path.join(os.path.dirname(__file__), "..", "examples", "configs", name)))
+    assert cfg.reward == reward and cfg.trainer_config().process_reward_weight > 0
+    provider = build_reward(cfg, tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2))
+    assert hasattr(provider, "step_rewards") and hasattr(provider, "update")

@@ -5,7 +5,6 @@ import torch
 
 from prmgym.agents.common import pack_trajectories, packed_logprobs
 from prmgym.agents.rollout import Prompt, RolloutCollector
-from prmgym.envs.task import Task
 from prmgym.models.policy import Policy, Proposal
 from test_rollout_toyenv import ToyEnv
 

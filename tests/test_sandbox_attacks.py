@@ -289,7 +289,15 @@ def attacks(h: Host) -> dict[str, tuple[Job, set[str]]]:
             """), not_passed),
         "escape_the_process_group": (J(f"""
             import ctypes, os, time
-            os.setsid()  # leave the judge's process group
+            try:
+                os.setsid()  # leave the judge's process group (the harness may have done it already)
+            except OSError:
+                pass
+            if os.fork() == 0:  # a child in a group of its own, outliving its parent
+                os.setpgid(0, 0)
+                ctypes.CDLL('libc.so.6').prctl(1, 0, 0, 0, 0)
+                while True:
+                    pass
             ctypes.CDLL('libc.so.6').prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG = 0: survive the judge
             def f():
                 end = time.time() + 30

@@ -79,6 +79,20 @@ def test_engine_unreachable_error_says_how_to_start_it(monkeypatch, tmp_path):
     assert "no-such.sock" in msg and "systemctl start docker" in msg and "dockerd" in msg
 
 
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"pool_size": 0}, "pool_size must be >= 1"),
+    ({"memory_mb": 64}, "memory_mb must be >= 256"),
+    ({"pids_limit": 4}, "pids_limit must be >= 16"),
+    ({"max_jobs_per_container": 0}, "max_jobs_per_container must be >= 1"),
+    ({"uid_base": 0}, "uid_base must be"),
+])
+def test_bad_settings_are_rejected_before_touching_the_engine(kwargs, needle):
+    from prmgym.sandbox.docker import DockerSandbox
+
+    with pytest.raises(ValueError, match=needle):
+        DockerSandbox(**kwargs)
+
+
 def test_build_context_carries_the_shared_harness_and_is_content_addressed(monkeypatch):
     from prmgym.sandbox import harness, image
 
@@ -291,10 +305,10 @@ def test_daemonized_leftover_is_killed_and_its_container_recycled(client):
         assert nxt.passed and nxt.details["container"] not in {c[:12] for c in first}
         assert sb.stats["recycled"] >= 1
         # the old container (and the daemon in it) is gone
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and set(first) & set(c.id for c in client.containers.list(all=True)):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and set(first) & {c["Id"] for c in client.api.containers(all=True)}:
             time.sleep(0.2)
-        assert not set(first) & set(c.id for c in client.containers.list(all=True))
+        assert not set(first) & {c["Id"] for c in client.api.containers(all=True)}
 
 
 @pytest.mark.docker
@@ -336,14 +350,24 @@ def test_a_container_that_dies_on_every_attempt_reports_sandbox_error(client, mo
 
 
 @pytest.mark.docker
-def test_host_deadline_kills_a_frozen_container(client):
+def test_host_deadline_kills_a_frozen_container(client, monkeypatch):
+    from prmgym.sandbox import docker as backend
+
     with _sb(1, grace_s=1.0) as sb:
         (victim,) = sb.containers()
-        t = threading.Timer(0.3, lambda: client.api.pause(victim))
-        t.start()
-        r = sb.run(Job("import time\ntime.sleep(1)\n", tests=("pass",), timeout_s=1.0))
-        t.join()
-        assert r.status == "timeout" and r.details["enforced_by"] == "host"
+        real_request = backend._Container.request
+
+        def freeze_then_request(self, header, payload, deadline):
+            if header.get("op") != "ping":  # the agent is frozen before the job reaches it
+                client.api.pause(self.id)
+            return real_request(self, header, payload, deadline)
+
+        monkeypatch.setattr(backend._Container, "request", freeze_then_request)
+        t0 = time.monotonic()
+        r = sb.run(Job("x = 1", tests=("assert x == 1",), timeout_s=1.0))
+        assert r.status == "timeout" and r.details["enforced_by"] == "host", r
+        assert time.monotonic() - t0 < 1.0 + 1.0 + 10  # the deadline, the grace, slack for the engine
+        monkeypatch.setattr(backend._Container, "request", real_request)
         assert sb.run(Job("x = 1", tests=("assert x == 1",))).passed
         assert victim not in sb.containers()
 
@@ -369,14 +393,14 @@ def test_containers_of_a_crashed_process_are_removed_at_start(client):
     out = subprocess.run([sys.executable, "-c", _CRASHER, _IMAGE[0]], capture_output=True, text=True, timeout=120)
     left = out.stdout.split()
     assert len(left) == 2, out.stderr
-    alive = {c.id for c in client.containers.list(all=True)}
+    alive = {c["Id"] for c in client.api.containers(all=True)}
     assert set(left) <= alive  # the crash left them behind
     with _sb(1) as mine:
         assert mine.stats["stale_removed"] >= 2
-        assert not set(left) & {c.id for c in client.containers.list(all=True)}
+        assert not set(left) & {c["Id"] for c in client.api.containers(all=True)}
         # A container whose owner is alive (this test process) survives the next sweep.
         with _sb(1) as other:
-            assert set(mine.containers()) <= {c.id for c in client.containers.list(all=True)}
+            assert set(mine.containers()) <= {c["Id"] for c in client.api.containers(all=True)}
             assert mine.run(Job("x = 1", tests=("assert x == 1",))).passed
 
 
@@ -387,7 +411,7 @@ def test_close_removes_the_containers(client):
     assert len(ids) == 2
     sb.close()
     sb.close()  # twice is fine
-    alive = {c.id for c in client.containers.list(all=True)}
+    alive = {c["Id"] for c in client.api.containers(all=True)}
     assert not set(ids) & alive
     with pytest.raises(RuntimeError, match="closed"):
         sb.run(Job("x = 1"))

@@ -114,9 +114,16 @@ def test_non_plain_result_is_rejected(sb):
     assert r.status == "failed" and "plain data" in r.details["test_errors"][0]["msg"]
 
 
-def test_program_without_tests_passes_when_it_runs_cleanly(sb):
-    assert run(sb, "print(sum(range(10)))").stdout == "45\n"
+def test_program_without_tests_is_judged_by_its_exit(sb):
+    r = run(sb, "print(sum(range(10)))")
+    assert r.passed and r.stdout == "45\n" and r.tests_total == 0
+    assert run(sb, "import sys\nprint(1)\nsys.exit(0)").passed  # a script that exits normally
+    assert run(sb, "import os, sys\nprint(1)\nsys.stdout.flush()\nos._exit(0)").passed
     assert run(sb, "import sys\nsys.exit(3)").status == "runtime_error"
+    assert run(sb, "import os\nos._exit(2)").status == "runtime_error"
+    assert run(sb, "raise ValueError('x')").status == "runtime_error"
+    # with tests, exiting before them is never a pass
+    assert run(sb, "import sys\nX = 1\nsys.exit(0)", ["assert X == 1"]).status == "runtime_error"
 
 
 def test_isolation_is_reported(sb):
@@ -135,12 +142,63 @@ def test_environment_is_empty_and_workdir_private(sb):
     assert run(sb, "import os\nFILES = os.listdir('.')", ["assert FILES == []"]).passed
 
 
+def test_program_cannot_signal_the_judge(sb):
+    # the program has a session of its own (and, with namespaces, is PID 1 of its namespace), so
+    # signalling its process group, its parent or everything it may signal leaves the judge alive
+    code = ("import os, signal\n"
+            "for fn in (lambda: os.killpg(0, signal.SIGKILL), lambda: os.kill(os.getppid(), signal.SIGKILL),\n"
+            "           lambda: os.kill(-1, signal.SIGKILL)):\n"
+            "    try:\n        fn()\n    except OSError:\n        pass\n"
+            "def f():\n    return 1\n")
+    r = run(sb, code, ["assert candidate() == 1"], "f")
+    if r.details["isolation"]["pid_namespace"]:
+        assert r.passed, r  # the judge ran the test after all of that
+    else:
+        assert not r.passed
+
+
+def test_host_data_directories_are_hidden_and_root_is_read_only(sb):
+    repo_file = os.path.abspath(__file__)  # world-readable on the host
+    code = (f"import os\nSEEN = os.path.exists({repo_file!r})\nHOME = os.listdir('/home') if os.path.isdir('/home') else []\n"
+            "try:\n    open('/etc/prmgym-write-test', 'w')\n    ROOT_RW = True\nexcept OSError:\n    ROOT_RW = False\n"
+            "import json, fractions\n")  # the Python installation itself stays importable
+    r = run(sb, code, ["assert SEEN is False", "assert HOME == []", "assert ROOT_RW is False"])
+    if r.details["isolation"]["mount_namespace"]:
+        assert r.passed, r.details
+    assert not os.path.exists("/etc/prmgym-write-test")
+
+
 def test_namespaces_off_still_judges_correctly():
     with LocalSandbox(workers=1, namespaces="off") as s:
         r = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))
         assert r.passed
         assert r.details["isolation"]["network_namespace"] is False
         assert s.run(Job(ADD, tests=("assert candidate(1, 2) == 4",), entry_point="add")).status == "failed"
+
+
+def test_unshare_refused_falls_back_and_says_so(monkeypatch, tmp_path):
+    # a fork server whose unshare() fails as on a host without namespace support
+    wrapper = tmp_path / "harness_without_namespaces.py"
+    wrapper.write_text(
+        "import errno, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(harness.__file__)!r})\n"
+        "import harness\n"
+        "def refuse(flags):\n"
+        "    raise OSError(errno.EPERM, 'unshare: Operation not permitted (simulated)')\n"
+        "harness.unshare = refuse\n"
+        "sys.exit(harness.main())\n"
+    )
+    monkeypatch.setattr(local, "HARNESS_PATH", wrapper)
+    with LocalSandbox(workers=1) as s:
+        assert s.isolation["namespaces"] is False
+        r = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))
+        assert r.passed
+        iso = r.details["isolation"]
+        assert not iso["network_namespace"] and not iso["pid_namespace"]
+        assert "not permitted" in iso["namespaces_error"]
+        assert s.run(Job(ADD, tests=("assert candidate(1, 2) == 4",), entry_point="add")).status == "failed"
+    with pytest.raises(local.SandboxInfraError, match="namespaces were required but unshare failed"):
+        LocalSandbox(workers=1, namespaces="on")  # refuses to start without them, and says why
 
 
 # ---------------------------------------------------------------------------------------------- batches

@@ -213,3 +213,13 @@ def test_bad_settings_raise_clear_errors():
         run(BeamSearch())
     with pytest.raises(TypeError, match="prmgym reasoning env"):
         SearchEngine(object.__new__(type("E", (), {"unwrapped": property(lambda s: s)})), TablePolicy(), None, None)
+
+
+def test_bon_keeps_sampling_when_the_budget_shrinks_a_wave():
+    # max_trace_tokens=256 reserves 256 tokens per sample, so a 600-token budget lets each
+    # call take only 2 samples; best-of-N must keep calling until n or the budget is reached.
+    res, pol, _ = run(BestOfN(n=16, select="majority", wave=8), budget=Budget(generated=600))
+    assert res.tree["sampled"] > 8 and all(c[1] <= 2 for c in pol.calls)
+    assert res.budget["generated"] <= 600
+    res, _, _ = run(BestOfN(n=16, select="majority", wave=8), budget=Budget(generated=100_000))
+    assert res.tree["sampled"] == 16 and res.tree["finished"] == 16

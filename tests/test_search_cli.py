@@ -65,3 +65,19 @@ def test_search_cli_end_to_end_with_a_tiny_policy_and_prm(tmp_path):
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["budget"]["generated"] <= 60 for r in rows)
     assert list(out.rglob("events.out.tfevents.*"))
+
+
+def test_evaluate_starts_every_search_with_a_cold_prm_cache():
+    class CachingPRM(CheckingPRM):
+        def __init__(self):
+            super().__init__()
+            self.cache, self.clears = {}, 0
+
+        def clear_cache(self):
+            self.clears += 1
+            self.cache.clear()
+
+    prm = CachingPRM()
+    evaluate(make_planner("beam", beam_width=2, expansions=2), FakeChainEnv(), TablePolicy(n_wrong=1), prm, TASKS,
+             "generated=500")
+    assert prm.clears == len(TASKS)

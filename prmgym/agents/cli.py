@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prmgym.agents.run import load_run_config, save_run_config
+    from prmgym.agents.run import load_run_config
     from prmgym.config import ConfigError, apply_overrides, load_yaml
 
     try:

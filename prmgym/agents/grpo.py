@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -208,6 +207,7 @@ class GRPOTrainer:
         for cb in self.callbacks:
             cb.init_callback(self)
         self.last_good_checkpoint: str | None = None
+        self._last_trajectories: list[Trajectory] = []  # the last step's training episodes
 
     @staticmethod
     def _default_config() -> GRPOConfig:
@@ -300,6 +300,7 @@ class GRPOTrainer:
             "clip_high_frac": A.masked_mean(out.clipped_high, mask),
             "clip_frac": A.masked_mean(out.clipped_low | out.clipped_high, mask),
             "ratio_mean": A.masked_mean(out.ratio.detach(), mask),
+            "abs_log_ratio": A.masked_mean((logp.detach() - old).abs(), mask),
             "kl": A.masked_mean(kl.detach(), mask),
             "entropy": A.masked_mean(ent.detach(), mask),
             "rows_per_step_frac": packed.rows_per_step / max(1, len(mb)),
@@ -309,33 +310,35 @@ class GRPOTrainer:
     def update(self, trajs: list[Trajectory], tok_adv: torch.Tensor) -> dict:
         """``num_iterations`` passes; each shuffles the groups and takes ``num_mini_batches`` steps."""
         cfg, G = self.config, self.config.num_generations
-        self.model.train()
         n_groups = len(trajs) // G
         logs: dict[str, list[float]] = {}
         first_ratio_gap = None
-        for it in range(cfg.num_iterations):
-            order = self.rng.permutation(n_groups)
-            for chunk in np.array_split(order, min(cfg.num_mini_batches, max(n_groups, 1))):
-                idx = [g * G + k for g in chunk for k in range(G)]
-                mb = [trajs[i] for i in idx]
-                loss, m = self._loss(mb, tok_adv[idx])
-                if first_ratio_gap is None:
-                    first_ratio_gap = abs(m["ratio_mean"] - 1.0)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"loss is {loss.item()} at step {self.num_steps + 1}, pass {it + 1}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for p in self.model.parameters() if p.grad is not None]
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                if not torch.isfinite(gnorm):
+        self.model.train()
+        try:
+            for it in range(cfg.num_iterations):
+                order = self.rng.permutation(n_groups)
+                for chunk in np.array_split(order, min(cfg.num_mini_batches, max(n_groups, 1))):
+                    idx = [g * G + k for g in chunk for k in range(G)]
+                    mb = [trajs[i] for i in idx]
+                    loss, m = self._loss(mb, tok_adv[idx])
+                    if first_ratio_gap is None:
+                        first_ratio_gap = m["abs_log_ratio"]  # before any update: sampling vs training layout
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(f"loss is {loss.item()} at step {self.num_steps + 1}, pass {it + 1}")
                     self.optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteLossError(f"gradient norm is {float(gnorm)} at step {self.num_steps + 1}, pass {it + 1}")
-                self.optimizer.step()
-                m["loss"] = float(loss.detach())
-                m["grad_norm"] = float(gnorm)
-                for k, v in m.items():
-                    logs.setdefault(k, []).append(v)
-        self.model.eval()
+                    loss.backward()
+                    params = [p for p in self.model.parameters() if p.grad is not None]
+                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                    if not torch.isfinite(gnorm):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        raise NonFiniteLossError(f"gradient norm is {float(gnorm)} at step {self.num_steps + 1}, pass {it + 1}")
+                    self.optimizer.step()
+                    m["loss"] = float(loss.detach())
+                    m["grad_norm"] = float(gnorm)
+                    for k, v in m.items():
+                        logs.setdefault(k, []).append(v)
+        finally:
+            self.model.eval()
         out = {k: float(np.mean(v)) for k, v in logs.items()}
         out["optimizer_steps"] = float(len(logs.get("loss", [])))
         out["first_ratio_gap"] = float(first_ratio_gap or 0.0)

@@ -6,7 +6,7 @@
 >>> obs, reward, terminated, truncated, info = env.step(env.unwrapped.format_answer(0))
 """
 
-from prmgym.envs.core import EnvState, ReasoningEnv, extract_answer, is_code_end
+from prmgym.envs.core import EnvState, ReasoningEnv, extract_answer, is_code_end, step_batch
 from prmgym.envs.procedural import ChainArithmetic, Countdown, ProgramSynthesis, countdown_solve
 from prmgym.envs.registration import DESCRIPTIONS, make, register_reasoning_env
 from prmgym.envs.sources import (
@@ -43,5 +43,5 @@ __all__ = [
     "ProceduralSource", "ProgramSynthesis", "ReasoningEnv", "ReasoningGym", "ReasoningGymVerifier", "ReasoningText",
     "Task", "TaskList", "TaskSource", "Verdict", "Verifier", "countdown_solve", "extract_answer", "format_answer",
     "is_code_end", "make", "make_verifier", "reasoning_gym_names", "register_reasoning_env", "render_trace", "split_of",
-    "step_end_offsets",
+    "step_batch", "step_end_offsets",
 ]

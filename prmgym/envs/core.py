@@ -33,7 +33,7 @@ trailing delimiter is stripped, so ``step("7+5=12\\n")`` equals ``step("7+5=12")
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import gymnasium as gym
 from gymnasium.error import ResetNeeded
@@ -144,8 +144,8 @@ class ReasoningEnv(gym.Env[str, str]):
         self.observation_space = ReasoningText(max_length=max_prompt_chars + len(delimiter) + max_chars)
         self._cache_size = verdict_cache
         self._cache: dict[tuple[str, str, str], Verdict] = {}
+        self._primed: dict[tuple[str, str, str], Verdict] = {}
         self._state = EnvState(None, (), 0, False, False, None, None)
-        self._last_reward = 0.0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -164,14 +164,15 @@ class ReasoningEnv(gym.Env[str, str]):
         """The step that submits ``answer``: ``"Answer: 5"``; for code tasks the program body
         followed by the end-of-code marker (one step)."""
         if self._state.task is not None and self._state.task.is_code:
-            return str(answer).rstrip("\n") + self.delimiter + self.code_end
+            return str(answer).rstrip("\n") + "\n" + self.code_end
         return f"{self.answer_prefix} {answer}"
 
     def extract_answer(self, step: str) -> str | None:
         return extract_answer(step, self.answer_prefix)
 
     def program(self, steps: tuple[str, ...] | None = None, task: Task | None = None) -> str:
-        """The program that code-task ``steps`` write (marker line excluded)."""
+        """The program that code-task ``steps`` write: ``code_prefix`` + newline + one line per
+        step (the end marker excluded), newline-terminated."""
         task = task or self._state.task
         steps = self._state.steps if steps is None else steps
         lines = list(steps)
@@ -179,8 +180,8 @@ class ReasoningEnv(gym.Env[str, str]):
             last = lines.pop().rstrip().split("\n")[:-1]
             lines.extend(["\n".join(last)] if last else [])
         prefix = task.metadata.get("code_prefix", "") if task is not None else ""
-        body = self.delimiter.join(lines)
-        return (prefix + self.delimiter + body if prefix else body) + "\n"
+        body = "\n".join(lines)  # program lines are joined by newlines whatever the step delimiter
+        return (prefix + "\n" + body if prefix else body) + "\n"
 
     # ------------------------------------------------------------------ gym API
     def _obs(self) -> str:
@@ -207,7 +208,9 @@ class ReasoningEnv(gym.Env[str, str]):
         if task.is_code and not getattr(self.verifier, "handles_code", False):
             raise ValueError(f"task {task.id!r} is a code task (it has tests) but the verifier {type(self.verifier).__name__} cannot run code; use CodeVerifier or AutoVerifier")
         self._state = EnvState(task, (), 0, False, False, None, None)
-        self._last_reward = 0.0
+        self._primed.clear()
+        if self.render_mode == "human":
+            self.render()
         return self._obs(), self._info()
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -221,6 +224,24 @@ class ReasoningEnv(gym.Env[str, str]):
             raise ResetNeeded("call env.reset() before env.step()")
         if s.terminated or s.truncated:
             raise ResetNeeded("this episode is over (terminated or truncated); call env.reset() before stepping again")
+        step, truncated, answer = self._parse(action)
+        steps = s.steps + (step,)
+        chars = s.trace_chars + len(step) + len(self.delimiter)
+        terminated, verdict, reward = False, None, 0.0
+        if answer is not None:
+            terminated = True
+            verdict = self._verify(s.task, answer)
+            reward = verdict.reward
+        elif not truncated and len(steps) >= self.max_steps:
+            truncated = True
+        self._state = EnvState(s.task, steps, chars, terminated, truncated, answer, verdict)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), reward, terminated, truncated, self._info()
+
+    def _parse(self, action: str) -> tuple[str, bool, str | None]:
+        """(the step as stored, cut-to-fit?, the text to verify or None) for ``action``."""
+        s = self._state
         step = str(action)
         if step.endswith(self.delimiter):
             step = step[: -len(self.delimiter)]
@@ -230,30 +251,34 @@ class ReasoningEnv(gym.Env[str, str]):
         room = self.max_chars - s.trace_chars - len(self.delimiter)
         if len(step) > room:
             step, truncated = step[: max(room, 0)], True
-        steps = s.steps + (step,)
-        chars = s.trace_chars + len(step) + len(self.delimiter)
-        terminated, answer, verdict, reward = False, None, None, 0.0
+        answer = None
         if not truncated:
             if s.task.is_code:
                 if is_code_end(step, self.code_end):
-                    answer = self.program(steps, s.task)
+                    answer = self.program(s.steps + (step,), s.task)
             else:
                 answer = extract_answer(step, self.answer_prefix)
-            if answer is not None:
-                terminated = True
-                verdict = self._verify(s.task, answer)
-                reward = verdict.reward
-            elif len(steps) >= self.max_steps:
-                truncated = True
-        self._state = EnvState(s.task, steps, chars, terminated, truncated, answer, verdict)
-        self._last_reward = reward
-        if self.render_mode == "human":
-            self.render()
-        return self._obs(), reward, terminated, truncated, self._info()
+        return step, truncated, answer
+
+    def pending_submission(self, action: str) -> str | None:
+        """What ``step(action)`` would hand to the verifier (the extracted answer, or the
+        program for code tasks), or ``None`` if that step would not end the episode.
+        Used by `step_batch` to verify many envs' submissions in one ``score_batch`` call."""
+        s = self._state
+        if s.task is None or s.terminated or s.truncated or not isinstance(action, str):
+            return None
+        return self._parse(action)[2]
+
+    def prime_verdict(self, task: Task, text: str, verdict: Verdict) -> None:
+        """Hand in the verdict for (task, text) computed elsewhere; the next ``step`` that
+        submits ``text`` for ``task`` uses it instead of calling the verifier."""
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"prime_verdict needs a Verdict, got {type(verdict).__name__}")
+        self._primed[(task.id, task.prompt, text)] = verdict
 
     def _verify(self, task: Task, answer: str) -> Verdict:
         key = (task.id, task.prompt, answer)
-        v = self._cache.get(key)
+        v = self._primed.pop(key, None) or self._cache.get(key)
         if v is None:
             v = self.verifier.score(task, answer)
             if self._cache_size > 0 and not v.details.get("sandbox_error"):
@@ -272,7 +297,6 @@ class ReasoningEnv(gym.Env[str, str]):
         if not isinstance(state, EnvState):
             raise TypeError(f"set_state expects the EnvState returned by get_state(), got {type(state).__name__}")
         self._state = state
-        self._last_reward = state.verdict.reward if state.verdict is not None else 0.0
 
     # ------------------------------------------------------------------ rendering
     def render_text(self) -> str:
@@ -301,3 +325,35 @@ class ReasoningEnv(gym.Env[str, str]):
 
     def close(self) -> None:
         self.verifier.close()
+
+
+def step_batch(envs: Sequence[gym.Env], actions: Sequence[str]) -> list[tuple[str, float, bool, bool, dict[str, Any]]]:
+    """``[env.step(a) for env, a in zip(envs, actions)]``, but every submission that ends an
+    episode is verified first in ONE ``verifier.score_batch`` call per verifier, so code
+    envs run their sandbox jobs in parallel. Results are identical to stepping one by one.
+
+    >>> import gymnasium as gym, prmgym
+    >>> envs = [gym.make("prmgym/ChainArithmetic-v0") for _ in range(2)]
+    >>> tasks = [e.reset(seed=i)[1]["task"] for i, e in enumerate(envs)]
+    >>> [r[1] for r in step_batch(envs, [t.expert_steps[-1] for t in tasks])]
+    [1.0, 1.0]
+    """
+    if len(envs) != len(actions):
+        raise ValueError(f"step_batch needs one action per env, got {len(envs)} envs and {len(actions)} actions")
+    groups: dict[int, tuple[Any, list[tuple[ReasoningEnv, Task, str]]]] = {}
+    for env, action in zip(envs, actions):
+        u = env.unwrapped
+        if not isinstance(u, ReasoningEnv):
+            continue
+        text = u.pending_submission(action)
+        if text is None:
+            continue
+        key = (u.task.id, u.task.prompt, text)
+        if key in u._cache or key in u._primed:
+            continue
+        groups.setdefault(id(u.verifier), (u.verifier, []))[1].append((u, u.task, text))
+    for verifier, items in groups.values():
+        verdicts = verifier.score_batch([t for _, t, _ in items], [x for _, _, x in items])
+        for (u, task, text), v in zip(items, verdicts):
+            u.prime_verdict(task, text, v)
+    return [env.step(action) for env, action in zip(envs, actions)]

@@ -358,6 +358,9 @@ class ReasoningGym(TaskSource):
     """
 
     def __init__(self, task: str = "chain_sum", size: int = 10_000, test_fraction: float = 0.2, **config: Any) -> None:
+        if "seed" in config:
+            raise ValueError("do not pass the dataset seed: prmgym derives it (tasks(split, n, seed=...) and "
+                             "env.reset(seed=...) choose the problems)")
         self.task_name = task
         self.config = dict(config)
         self.size = int(size)

@@ -5,7 +5,7 @@ A trace is the prompt followed by the steps, each step followed by the delimiter
 >>> render_trace("Compute 2+3.", ["2 + 3 = 5", "Answer: 5"])
 'Compute 2+3.\\n2 + 3 = 5\\nAnswer: 5\\n'
 >>> step_end_offsets("Q", ["a", "bc"])
-[3, 6]
+[4, 7]
 """
 
 from __future__ import annotations

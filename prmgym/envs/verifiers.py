@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Sequence
 
+from prmgym.envs._math_worker import check as _math_verify_in_main_thread
 from prmgym.envs.task import Task
 
 
@@ -123,6 +124,50 @@ def _plain_number(s: str) -> Fraction | None:
         return None
 
 
+class _MathWorker:
+    """A helper process that runs math-verify for callers outside the main thread.
+
+    math-verify bounds its work with ``signal.alarm``, which only works in the main thread; in
+    other threads a pathological answer (``10^10000000``) would hang the caller. So off the
+    main thread we ask a helper process (``_math_worker.py``, whose main thread can use the
+    alarm) and kill it if it does not answer within ``deadline_s``.
+    """
+
+    _lock = threading.Lock()
+    _proc: Any = None
+
+    @classmethod
+    def check(cls, gold: str, pred: str, float_rounding: int, deadline_s: float = 20.0) -> tuple[bool, list[str], str]:
+        import json
+        import os
+        import select
+        import subprocess
+        import sys
+
+        with cls._lock:
+            if cls._proc is None or cls._proc.poll() is not None:
+                script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_math_worker.py")
+                cls._proc = subprocess.Popen([sys.executable, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, text=True, bufsize=1)
+                deadline_s += 30.0  # first call: the helper imports sympy and math-verify
+            proc = cls._proc
+            try:
+                proc.stdin.write(json.dumps([gold, pred, float_rounding]) + "\n")
+                proc.stdin.flush()
+                ready, _, _ = select.select([proc.stdout], [], [], deadline_s)
+                if ready:
+                    line = proc.stdout.readline()
+                    if line:
+                        ok, parsed, note = json.loads(line)
+                        return bool(ok), list(parsed), str(note)
+            except (OSError, ValueError):
+                pass
+            proc.kill()
+            proc.wait()
+            cls._proc = None
+            return False, [], f"timeout: math-verify gave no answer within {deadline_s:.0f}s"
+
+
 class MathVerifier(Verifier):
     """Numeric / symbolic equivalence of math answers, built on ``math-verify`` (with sympy).
 
@@ -130,8 +175,10 @@ class MathVerifier(Verifier):
     ``32`` and ``32.0``; ``x = 12`` and ``12``. Plain numbers (integers, decimals, ``a/b``)
     are compared exactly with fractions before falling back to math-verify, which keeps the
     common case fast. A reference answer math-verify cannot parse (``"Paris"``) is compared as
-    a stripped string. math-verify's signal-based timeouts only work in the main thread, so in
-    other threads it runs without them.
+    a stripped string. math-verify bounds its work with ``signal.alarm`` (5 s), which only works
+    in the main thread; from other threads the check runs in a helper process that is killed
+    if it hangs (a pathological answer like ``10^10000000`` then scores 0 with
+    ``details["error"]``).
 
     Args:
         float_rounding: decimals math-verify rounds floats to before comparing.
@@ -139,18 +186,6 @@ class MathVerifier(Verifier):
 
     def __init__(self, float_rounding: int = 6) -> None:
         self.float_rounding = float_rounding
-        self._gold_cache: dict[str, Any] = {}
-
-    def _parse(self, s: str) -> Any:
-        from math_verify import parse
-
-        main = threading.current_thread() is threading.main_thread()
-        t = 5 if main else None
-        if "\\" in s and "$" not in s:  # bare LaTeX like 2\sqrt{2}: math-verify reads it whole only inside $...$
-            out = parse(f"${s}$", parsing_timeout=t)
-            if out:
-                return out
-        return parse(s, parsing_timeout=t)
 
     def score(self, task: Task, text: str) -> Verdict:
         gold_raw = _need_answer(task, "MathVerifier")
@@ -164,28 +199,16 @@ class MathVerifier(Verifier):
         if g is not None and p is not None:
             ok = g == p
             return Verdict(float(ok), ok, {"method": "fraction", "expected": gold_raw, "got": pred_raw})
-        from math_verify import verify
-
-        main = threading.current_thread() is threading.main_thread()
-        if gold not in self._gold_cache:
-            if len(self._gold_cache) > 4096:
-                self._gold_cache.clear()
-            self._gold_cache[gold] = self._parse(gold)
-        gold_parsed = self._gold_cache[gold]
-        pred_parsed = self._parse(pred)
-        if not gold_parsed:  # not mathematical ("Paris"): the string comparison above already decided
-            return Verdict(0.0, False, {"method": "string (reference is not mathematical)", "expected": gold_raw, "got": pred_raw})
-        try:
-            ok = bool(
-                verify(gold_parsed, pred_parsed, float_rounding=self.float_rounding, timeout_seconds=5 if main else None)
-            )
-        except Exception as e:  # math-verify / sympy internals on pathological input
-            return Verdict(0.0, False, {"method": "math_verify", "error": repr(e), "expected": gold_raw, "got": pred_raw})
-        return Verdict(
-            float(ok),
-            ok,
-            {"method": "math_verify", "expected": gold_raw, "got": pred_raw, "parsed": [str(x) for x in pred_parsed]},
-        )
+        if threading.current_thread() is threading.main_thread():
+            ok, parsed, note = _math_verify_in_main_thread(gold, pred, self.float_rounding)
+        else:
+            ok, parsed, note = _MathWorker.check(gold, pred, self.float_rounding)
+        details: dict[str, Any] = {"method": "math_verify", "expected": gold_raw, "got": pred_raw, "parsed": parsed}
+        if note == "gold_unparsed":  # not mathematical ("Paris"): the string comparison above already decided
+            details["method"] = "string (reference is not mathematical)"
+        elif note:
+            details["error"] = note
+        return Verdict(float(ok), ok, details)
 
 
 # ----------------------------------------------------------------------------- reasoning-gym

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: $PRMGYM_CACHE/tiny/<env>-<hash>)")
     parser.add_argument("--env-kwargs", default="{}", help='JSON dict of gym.make arguments, e.g. \'{"difficulty": 2}\'')
     parser.add_argument("--num-train-tasks", type=int, default=d.num_train_tasks,
-                        help="expert traces to train on: the main knob of held-out pass@1 (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+                        help="expert traces to train on (fewer -> lower held-out pass@1; default %(default)s)")
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps: the main knob of held-out pass@1 (default %(default)s)")
     parser.add_argument("--corrupt-rate", type=float, default=d.corrupt_rate,
                         help="fraction of traces with one corrupted intermediate step (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     m = load_manifest(out)
     print(f"{'loaded cached' if cached else 'trained'} tiny policy: {out}")
     print(f"  parameters: {m['n_params']:,}   training examples: {m['n_examples']}   "
-          f"train time: {m['train_seconds']:.1f}s")
+          f"train time: {m['train_seconds']:.1f}s wall, {m.get('train_cpu_seconds', float('nan')):.1f}s CPU")
     if m.get("eval"):
         e = m["eval"]
         print(f"  held-out pass@1 (greedy, {e['n_tasks']} {e['split']} tasks): {e['pass@1']:.3f}")

@@ -213,8 +213,12 @@ def plot_accuracy(rows: list[dict], path: str, title: str = "accuracy at equal g
     ax.set_xlabel("generated-token budget per task")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(-0.02, 1.02)
-    if len({r["budget"] for r in rows}) > 1:
+    budgets = sorted({r["budget"] for r in rows})
+    if len(budgets) > 1:
         ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([str(b) for b in budgets])
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best")

@@ -45,12 +45,14 @@ class QuickstartConfig:
     grpo_seconds: float = 180.0
     process_reward_weight: float = 0.5
     prm_steps: int = 25
+    prm_tasks_per_step: int = 8
+    prm_rollouts: int = 4
     mc_rollouts: int = 2
     value_tasks: int = 24
     value_iterations: int = 8
     value_steps: int = 60
-    eval_tasks: int = 40
-    budgets: list = field(default_factory=lambda: [200, 400, 800])
+    eval_tasks: int = 25
+    budgets: list = field(default_factory=lambda: [120, 240, 480])
     n_max: int = 32  # best-of-N / majority sample cap (the budget stops them first)
     beam_width: int = 2
     expansions: int = 4
@@ -59,13 +61,15 @@ class QuickstartConfig:
     max_new_tokens: int = 16  # per step (ChainArithmetic steps are ~10 characters)
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
+    threads: int = 1  # torch intra-op threads; measured on a shared 2-core box: --fast took 236 s with 2, 18 s with 1
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
         base = dict(pretrain={"num_train_tasks": 200, "steps": 120, "n_layer": 2, "n_embd": 64, "n_head": 2,
                               "eval_tasks": 0},
-                    grpo_steps=2, grpo_seconds=25.0, prm_steps=3, value_tasks=4, value_iterations=3, value_steps=8,
-                    eval_tasks=8, budgets=[250], n_max=8, mcts_iterations=20)
+                    grpo_steps=2, grpo_seconds=20.0, prm_steps=2, prm_tasks_per_step=4, prm_rollouts=2, mc_rollouts=1,
+                    value_tasks=3, value_iterations=3, value_steps=6, eval_tasks=4, budgets=[120], n_max=6,
+                    mcts_iterations=12)
         base.update(kw)
         return cls(**base)
 
@@ -94,8 +98,10 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     from prmgym.recipes import pipeline as P
 
     torch.manual_seed(cfg.seed)
+    torch.set_num_threads(max(1, int(cfg.threads)))
     os.makedirs(out, exist_ok=True)
     t_all = time.perf_counter()
+    cpu0 = _cpu_seconds()
     stages: dict[str, float] = {}
     absent: dict[str, str] = {}
     info: dict = {}
@@ -147,7 +153,9 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         try:
             prm_dirs[kind] = P.train_offline_prm(kind, search_policy_dir, cfg.env_id, os.path.join(out, f"prm_{kind}"),
                                                  env_kwargs=cfg.env_kwargs, steps=cfg.prm_steps,
-                                                 mc_rollouts=cfg.mc_rollouts, seed=cfg.seed)
+                                                 tasks_per_step=cfg.prm_tasks_per_step,
+                                                 rollouts_per_task=cfg.prm_rollouts, mc_rollouts=cfg.mc_rollouts,
+                                                 seed=cfg.seed)
         except ImportError as e:
             absent[f"prm_{kind}"] = f"not available: {e}"
     stages["baseline_prms"] = time.perf_counter() - t
@@ -191,6 +199,9 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         "absent": absent,
         "stages_seconds": {k: round(v, 1) for k, v in stages.items()},
         "total_seconds": round(time.perf_counter() - t_all, 1),
+        # CPU seconds (user + system, this process and its children): on a shared machine
+        # wall time measures the neighbours too; on an idle 2-core box wall ~ cpu / threads.
+        "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
         "search_policy": search_policy_dir,
         "prms": prm_dirs,
         "info": info,
@@ -208,6 +219,13 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     say(f"done in {report['total_seconds']:.0f}s; report: {os.path.join(out, 'report.md')}; "
         f"TensorBoard: tensorboard --logdir {out}")
     return report
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def table(rows: list[dict], budgets) -> str:
@@ -248,7 +266,9 @@ def render_markdown(report: dict) -> str:
                    f"{r['mean_prm']:.0f} | {r['mean_seconds']:.2f} |")
     out += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in report["stages_seconds"].items()]
-    out += [f"| total | {report['total_seconds']} |", ""]
+    out += [f"| total (wall) | {report['total_seconds']} |", f"| total (CPU, user+sys) | {report['cpu_seconds']} |",
+            "", f"Machine: {report['machine']}. Wall time includes waiting for other processes on a shared "
+            "machine; CPU time does not.", ""]
     info = report.get("info", {})
     if "grpo" in info:
         g = info["grpo"]
@@ -277,6 +297,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks per method and budget")
     p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for the tiny models)")
 
 
 def run(args) -> int:
@@ -295,5 +316,8 @@ def run(args) -> int:
             raise SystemExit("prmgym quickstart: --budgets needs positive integers, e.g. 200,400,800")
     if args.grpo_seconds is not None:
         cfg.grpo_seconds = args.grpo_seconds
+    if args.threads < 1:
+        raise SystemExit("prmgym quickstart: --threads must be >= 1")
+    cfg.threads = args.threads
     quickstart(cfg, args.out)
     return 0

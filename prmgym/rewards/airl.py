@@ -8,12 +8,21 @@ Two linear heads on one LM body, read at step boundaries (see `prmgym.rewards.ba
     f(s, a, s') = g(s, a) + γ·h(s') − h(s)
     D(s, a)     = exp f / (exp f + π(a|s)) = σ(f − log π(a|s))
 
+**LM prior (``lm_prior=True``, default).** The optimal AIRL discriminator has
+``f* = log π_expert(a|s)``. The PRM's body is a copy of the policy's LM, so g starts from that
+LM's own log-probability of the step (on the scale below) plus a learned linear head:
+``g(s, a) = log p_θ(a|s) + w_g·x + b``, all in the same forward pass. At initialisation
+f − log π = 0 exactly (D = 1/2), and training moves both the head and p_θ. (Without it, g and
+h(s') are read from the same hidden state — in reasoning MDPs s' = s + a, so g(s, a) and
+h(s') are the same function class and the split of f into g and h is not identified; measured
+on corrupted-step traces, the unanchored g ranked steps worse than chance while f did not.)
+
 **Scale of log π.** ``log π(a|s)`` of a whole step is the sum of its token log-probs, tens
 of nats for a step of a dozen tokens, which would pin D at 1 for every step. We use the
 *length-normalised* log-probability by default (``logpi_scale="mean"``: the mean token
 log-prob of ``step + delimiter``); ``"sum"`` is available. On its first update the
-discriminator also sets the bias of g to the batch mean of ``log π`` (a data-dependent
-initialisation), so that D starts near 1/2 instead of saturating; `tests/test_rewards_airl.py`
+discriminator without the LM prior also sets the bias of g to the batch mean of ``log π`` (a
+data-dependent initialisation), so that D starts near 1/2 instead of saturating; `tests/test_rewards_airl.py`
 checks both.
 
 **Outputs.** ``step_rewards`` gives the RL reward ``log D − log(1 − D) = f − log π`` per step.
@@ -65,7 +74,7 @@ class AIRLPRM(ScalarHeadPRM):
     n_outputs = 2  # 0: g(s, a), 1: h(s)
 
     def __init__(self, model, tokenizer, *, gamma: float = 1.0, search_score: str = "g", logpi_scale: str = "mean",
-                 init_bias_from_data: bool = True, bias_initialised: bool = False, **kw) -> None:
+                 lm_prior: bool = True, init_bias_from_data: bool = True, bias_initialised: bool = False, **kw) -> None:
         if search_score not in SEARCH_SCORES:
             raise ValueError(f"unknown search_score {search_score!r}; valid: {', '.join(SEARCH_SCORES)}")
         if logpi_scale not in LOGPI_SCALES:
@@ -74,15 +83,34 @@ class AIRLPRM(ScalarHeadPRM):
         self.gamma = float(gamma)
         self.search_score = search_score
         self.logpi_scale = logpi_scale
+        self.lm_prior = bool(lm_prior)
         self.init_bias_from_data = bool(init_bias_from_data)
         self.bias_initialised = bool(bias_initialised)
 
     def config(self) -> dict:
         return {**super().config(), "gamma": self.gamma, "search_score": self.search_score,
-                "logpi_scale": self.logpi_scale, "init_bias_from_data": self.init_bias_from_data,
+                "logpi_scale": self.logpi_scale, "lm_prior": self.lm_prior, "init_bias_from_data": self.init_bias_from_data,
                 "bias_initialised": self.bias_initialised}
 
     # -- the pieces of f --------------------------------------------------------------------
+    def outputs(self, prompts, step_lists) -> list[torch.Tensor]:
+        """``[g, h]`` at the boundaries ``(n+1, 2)``; with ``lm_prior`` g includes the LM term."""
+        if not self.lm_prior:
+            return super().outputs(prompts, step_lists)
+        from prmgym.rewards.scalar import check_traces
+
+        check_traces(prompts, step_lists)
+        enc = [self.encoder.encode(p, s) for p, s in zip(prompts, step_lists)]
+        res = self.net.outputs_and_segment_logprobs([e[0] for e in enc], [e[1] for e in enc])
+        outs = []
+        for (ids, bounds), (out, seg_lp) in zip(enc, res):
+            if self.logpi_scale == "mean":
+                n_tok = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], dtype=seg_lp.dtype, device=seg_lp.device)
+                seg_lp = seg_lp / n_tok.clamp(min=1)
+            prior = torch.cat([seg_lp.new_zeros(1), seg_lp]).to(out.dtype)  # (n+1,) no step at the prompt
+            outs.append(torch.stack([out[:, 0] + prior, out[:, 1]], dim=1))
+        return outs
+
     def f_values(self, out: torch.Tensor) -> torch.Tensor:
         """``f`` per step from one trace's outputs ``(n+1, 2)`` -> ``(n,)``."""
         g = out[1:, 0]  # g(s_i, a_i) at the end of step i
@@ -120,6 +148,9 @@ class AIRLPRM(ScalarHeadPRM):
 
     # -- training ----------------------------------------------------------------------------
     def _init_bias(self, batch: PRMBatch) -> None:
+        if self.lm_prior:  # f already starts at the LM's log π: D starts at 1/2 without a bias
+            self.bias_initialised = True
+            return
         lp = normalised_logpi(batch.step_logprobs, batch.step_ntokens, self.logpi_scale)
         vals = [x for row in lp for x in row]
         if vals:

@@ -205,6 +205,42 @@ class LMScalarHead(nn.Module):
                 out[i] = torch.zeros_like(out[i]).index_copy(0, idx, vals)
         return out
 
+    def outputs_and_segment_logprobs(
+        self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Head outputs at ``positions`` and the LM's own log-prob of each segment, one pass.
+
+        Segment ``j`` is the tokens after ``positions[i][j-1]`` up to and including
+        ``positions[i][j]``; returns ``list[(outputs (n, n_outputs), seg_logprob (n-1,))]``.
+        Needs each trace within the model's context (no windowing).
+        """
+        limit = max_positions(self.model)
+        for ids in id_rows:
+            if limit is not None and len(ids) > limit:
+                raise ValueError(
+                    f"a trace of {len(ids)} tokens exceeds the model's context ({limit}); the LM prior needs the "
+                    "whole trace in context: shorten the trace (max_steps / max_new_tokens) or set lm_prior=False"
+                )
+        device = next(self.parameters()).device
+        out: list = [None] * len(id_rows)
+        order = sorted(range(len(id_rows)), key=lambda i: len(id_rows[i]))
+        for b in range(0, len(order), self.batch_size):
+            chunk = order[b : b + self.batch_size]
+            T = max(len(id_rows[i]) for i in chunk)
+            ids = torch.full((len(chunk), T), self.pad_token_id, dtype=torch.long, device=device)  # (B, T)
+            mask = torch.zeros_like(ids)
+            for k, i in enumerate(chunk):
+                ids[k, : len(id_rows[i])] = torch.tensor(list(id_rows[i]), dtype=torch.long, device=device)
+                mask[k, : len(id_rows[i])] = 1
+            res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = res.hidden_states[-1]  # (B, T, H) final (normed) hidden state
+            lp = torch.log_softmax(res.logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
+            for k, i in enumerate(chunk):
+                pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
+                cums = torch.cat([lp.new_zeros(1), lp[k].cumsum(0)])  # cums[p] = Σ lp[:p]; token p is lp[p-1]
+                out[i] = (self.head(hidden[k, pos]), cums[pos[1:]] - cums[pos[:-1]])
+        return out
+
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Head outputs at ``positions``: ``list[(len(positions[i]), n_outputs)]``."""
         return [self.head(h) for h in self.hidden_at(id_rows, positions)]

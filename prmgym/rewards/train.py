@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -199,7 +199,3 @@ def build_prm(kind: str, backbone: Any, **options) -> ScalarHeadPRM:
     if kind not in PRM_CLASSES:
         raise ValueError(f"unknown PRM kind {kind!r}; choose one of {', '.join(sorted(PRM_CLASSES))}")
     return PRM_CLASSES[kind].from_backbone(backbone, **options)
-
-
-def config_dict(cfg: PRMTrainConfig) -> dict:
-    return asdict(cfg)

@@ -1,12 +1,26 @@
 """Sandboxes that run untrusted code for outcome rewards.
 
 ``Job`` / ``ExecResult`` / ``Sandbox`` are the contract (``base.py``); ``LocalSandbox`` is the
-embedded default (Linux; see ``local.py``); ``DockerSandbox`` lives in ``prmgym.sandbox.docker``.
-The in-sandbox harness (``harness.py``) is standard-library only and shared by both backends.
-No torch and no other prmgym module is imported here.
+embedded default (Linux; ``local.py``); ``DockerSandbox`` (``docker.py``) is imported on first
+use so that the docker SDK is only loaded when asked for. The in-sandbox harness
+(``harness.py``) is standard-library only and shared by both backends. No torch and no other
+prmgym module is imported here.
+
+>>> from prmgym.sandbox import Job, LocalSandbox
+>>> with LocalSandbox(workers=1) as sb:
+...     sb.run(Job("def f(x):\\n    return x + 1", tests=("assert candidate(1) == 2",), entry_point="f")).status
+'passed'
 """
 
 from prmgym.sandbox.base import STATUSES, ExecResult, Job, Sandbox
 from prmgym.sandbox.local import LocalSandbox, SandboxInfraError
 
-__all__ = ["STATUSES", "ExecResult", "Job", "Sandbox", "LocalSandbox", "SandboxInfraError"]
+__all__ = ["STATUSES", "ExecResult", "Job", "Sandbox", "LocalSandbox", "SandboxInfraError", "DockerSandbox"]
+
+
+def __getattr__(name: str):
+    if name == "DockerSandbox":
+        from prmgym.sandbox.docker import DockerSandbox
+
+        return DockerSandbox
+    raise AttributeError(f"module 'prmgym.sandbox' has no attribute {name!r}")

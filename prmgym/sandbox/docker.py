@@ -1,8 +1,8 @@
 """`DockerSandbox`: untrusted code in a pool of warm, locked-down Docker containers.
 
 Each container runs one long-lived runner, ``container_agent.py``, as its PID 1. The host
-talks to it over the container's attached stdin/stdout (one JSON line per message; no
-``docker exec`` and no ``docker run`` per job). For each job the agent forks the verdict
+talks to it over the container's attached stdin/stdout (length-prefixed ASCII JSON in, one
+JSON line out; no ``docker exec`` and no ``docker run`` per job). For each job the agent forks the verdict
 harness shared with `LocalSandbox`, enforces the deadline, then kills every process the job
 left behind and wipes the writable directories before it answers.
 

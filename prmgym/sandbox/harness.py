@@ -274,15 +274,29 @@ def _program_main(rpc_in: int, rpc_out: int) -> None:
         _program_wait_quit(rpc_in)
     try:
         exec(compiled, ns)
+    except SystemExit as e:
+        if e.code is None or e.code == 0:
+            send_msg(rpc_out, ("exited0",))
+            _program_wait_quit(rpc_in)
+        _program_failed(rpc_in, rpc_out, e)
     except BaseException as e:
-        tb = _short("".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)))
-        try:
-            sys.stderr.write(tb)
-            sys.stderr.flush()
-        except BaseException:
-            pass
-        send_msg(rpc_out, ("runtime_error", type(e).__name__, tb))
-        _program_wait_quit(rpc_in)
+        _program_failed(rpc_in, rpc_out, e)
+    _program_serve(ns, rpc_in, rpc_out)
+
+
+def _program_failed(rpc_in: int, rpc_out: int, e: BaseException) -> None:
+    """The program raised at top level: show the traceback, tell the judge, wait to be dismissed."""
+    tb = _short("".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)))
+    try:
+        sys.stderr.write(tb)
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    send_msg(rpc_out, ("runtime_error", type(e).__name__, tb))
+    _program_wait_quit(rpc_in)
+
+
+def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
     manifest = {}
     for name, value in list(ns.items()):
         if name.startswith("__") or not isinstance(name, str):
@@ -454,7 +468,7 @@ def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_ou
     entry = job.get("entry_point")
     ns_base: dict = {}
     values: dict = {}
-    ready = False
+    ready = exited_early = False
     try:
         send_msg(rpc_out, ("code", job["code"]))
         msg = judge.recv()
@@ -470,11 +484,19 @@ def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_ou
             _report(report_fd, nonce, k="code", ok=True)
         elif msg[0] in ("compile_error", "runtime_error") and len(msg) == 3:
             _report(report_fd, nonce, k="code", ok=False, kind=msg[0], type=str(msg[1]), msg=str(msg[2]))
+        elif msg[0] == "exited0" and not tests:
+            exited_early = True  # a script that ends with sys.exit(0): fine when there is nothing to test
+        elif msg[0] == "exited0":
+            _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="SystemExit",
+                    msg="the program exited (sys.exit(0)) before the tests could run")
         else:
             judge.dead = "program broke the call protocol"
             raise ProgramDied(judge.dead)
     except ProgramDied as e:
-        _report(report_fd, nonce, k="code", ok=False, kind="died", type="ProgramDied", msg=str(e))
+        if tests:
+            _report(report_fd, nonce, k="code", ok=False, kind="died", type="ProgramDied", msg=str(e))
+        else:
+            exited_early = True  # decided by its exit status below
     except MemoryError:
         _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="MemoryError",
                 msg="the judge ran out of memory reading the program's namespace")
@@ -505,9 +527,17 @@ def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_ou
         send_msg(rpc_out, ("quit",))
     except OSError:
         pass
-    status = _wait_child(child, 1.0)
+    status = _wait_child(child, 2.0)
     exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
-    clean = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and judge.dead is None
+    exited_ok = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    clean = exited_ok and judge.dead is None
+    if exited_early:  # no tests, and the program ended by itself: its exit status is the verdict
+        clean = exited_ok
+        if exited_ok:
+            _report(report_fd, nonce, k="code", ok=True)
+        else:
+            _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="Exit",
+                    msg=f"the program ended with exit status {exit_code}")
     _report(report_fd, nonce, k="end", clean=clean,
             exit_code=exit_code if (exit_code is not None and exit_code >= 0) else None,
             signal=-exit_code if (exit_code is not None and exit_code < 0) else None,
@@ -580,11 +610,17 @@ def _set_limits(lim: dict, cpu_s: float) -> None:
     setl(resource.RLIMIT_CORE, 0)
 
 
-def _hidden_ancestor(path: str) -> str | None:
-    """The highest ancestor of ``path`` that other users cannot traverse, if any."""
+HIDE_DIRS = ("/home", "/work", "/srv", "/mnt", "/media", "/opt", "/var/lib", "/var/log", "/var/mail",
+             "/var/spool", "/var/backups", "/boot", "/lost+found")  # host data jobs have no business reading
+
+
+def _hidden_ancestor(path: str, hide=frozenset()) -> str | None:
+    """The highest ancestor of ``path`` that is in ``hide`` or that other users cannot traverse."""
     parts = os.path.abspath(path).split(os.sep)
     for i in range(2, len(parts) + 1):
         p = os.sep.join(parts[:i]) or os.sep
+        if p in hide:
+            return p
         try:
             if not os.stat(p).st_mode & 0o001:
                 return p
@@ -593,16 +629,23 @@ def _hidden_ancestor(path: str) -> str | None:
     return None
 
 
-def _expose(paths: list[str], stage: str) -> None:
-    """In a private mount namespace: hide each non-traversable ancestor of ``paths`` behind an
-    empty tmpfs and bind-mount only ``paths`` back (e.g. /root/.pyenv/... under /root 0700)."""
+def _expose(paths: list[str], stage: str, hide=()) -> None:
+    """In a private mount namespace: put an empty tmpfs over every directory of ``hide`` and
+    over each non-traversable ancestor of ``paths``, then bind-mount only ``paths`` back (e.g.
+    /root/.pyenv/... under /root 0700, or a virtualenv under /home)."""
+    hide = frozenset(os.path.abspath(d) for d in hide)
+    paths = [os.path.abspath(p) for p in paths if os.path.isdir(p)]
     groups: dict[str, list[str]] = {}
+    for d in hide:  # hide these unless a needed path is the directory itself or above it
+        if (os.path.isdir(d) and not os.path.islink(d)
+                and not any(p == d or d.startswith(p.rstrip(os.sep) + os.sep) for p in paths)):
+            groups.setdefault(d, [])
     for p in paths:
-        top = _hidden_ancestor(p)
-        if top and os.path.isdir(p):
+        top = _hidden_ancestor(p, hide)
+        if top and top != p and (top not in hide or top in groups):
             groups.setdefault(top, []).append(p)
     n = 0
-    for top, inner in groups.items():
+    for top, inner in sorted(groups.items()):
         inner = [p for p in inner if not any(p != q and p.startswith(q + os.sep) for q in inner)]
         staged = []
         for p in inner:
@@ -626,7 +669,7 @@ def prepare_mounts(expose: list[str], notes: dict) -> None:
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
     stage = "/tmp/.stage"
     os.mkdir(stage, 0o700)
-    _expose(expose, stage)
+    _expose(expose, stage, HIDE_DIRS)
     umount("/tmp")
     try:  # the whole tree read-only; jobs mount fresh writable tmpfs where writing is expected
         mount_setattr_rdonly("/")
@@ -744,6 +787,7 @@ def _job_main(cfg: dict, lim: dict, fds: dict) -> None:
                     pass
             os.chdir(workdir)
             _program_entry(cfg, lim, fds, stdin_r, rpc1_r, rpc2_w, timeout)  # never returns
+        _write_all(fds["report_w"], MAGIC + b" child " + json.dumps({"pid": child}).encode() + b"\n")
         os.close(rpc1_r)
         os.close(rpc2_w)
         os.close(stdin_r)
@@ -831,6 +875,7 @@ def _reap_children() -> None:
 def _program_entry(cfg, lim, fds, stdin_r, rpc_in, rpc_out, timeout) -> None:
     """C before it runs the program. Never returns."""
     try:
+        os.setsid()  # a session and process group of its own: kill(0) / killpg(0) cannot reach the judge
         os.dup2(stdin_r, 0)
         os.dup2(fds["out_w"], 1)
         os.dup2(fds["err_w"], 2)
@@ -933,7 +978,7 @@ class Server:
         self.prepared, self.prepared_notes = False, {}
         _lib()  # load libc once here, not in every forked job
         self.namespaces = namespaces != "off"
-        expose = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.abspath(__file__))}
+        expose = {sys.base_prefix, sys.prefix}  # the Python installation jobs import from
         expose.update(p for p in sys.path if p and os.path.isdir(p))
         self.expose = sorted(expose)
         try:
@@ -1058,7 +1103,7 @@ class Server:
         job_view = memoryview(payload)
         cap = int(lim["output_limit"])
         output_exceeded = False
-        killed = None
+        killed, killed_at = None, 0.0
         open_r = {out_r: out, err_r: err, report_r: report}
         deadline = t0 + float(lim["timeout_s"])
         wait_status = ru = None
@@ -1066,8 +1111,10 @@ class Server:
         while True:
             now = time.monotonic()
             if wait_status is None and killed is None and now >= deadline:
-                killed = "timeout"
+                killed, killed_at = "timeout", now
                 self._kill(pid)
+            if wait_status is None and killed is not None and now - killed_at > 10.0:
+                break  # the judge ignores SIGKILL (stuck in the kernel?): give up on it, report timeout
             if wait_status is not None and (not open_r or now - ended_at > 0.2):
                 break  # the judge is gone; writers that escaped the kill are not waited for
             rlist = list(open_r) + ([pidfd] if pidfd is not None and wait_status is None else [])
@@ -1113,7 +1160,7 @@ class Server:
                 if fd != report_r:
                     target += chunk[:max(cap + 1 - (len(out) + len(err)), 0)]
                     if len(out) + len(err) > cap and killed is None:
-                        output_exceeded, killed = True, "output_limit"
+                        output_exceeded, killed, killed_at = True, "output_limit", time.monotonic()
                         self._kill(pid)
                 elif len(target) + len(chunk) <= (64 << 20):  # only the judge writes here
                     target += chunk
@@ -1136,14 +1183,20 @@ class Server:
         stdin_view.release()
         if pidfd is not None:
             os.close(pidfd)
+        records, tampered, setup = _parse_reports(bytes(report), nonce, n_tests)
         if own_workdir is not None or killed or wait_status != 0:
-            # no PID namespace to end the tree, or an abnormal end: kill what is left of the uid
+            # no PID namespace to end the tree, or an abnormal end: kill the program's process
+            # group (it has its own session) and what is left of the uid
+            if setup.get("child"):
+                try:
+                    os.killpg(setup["child"], signal.SIGKILL)
+                except OSError:
+                    pass
             _kill_tree(pid, self.uid)
         if own_workdir is not None:
             shutil.rmtree(own_workdir, ignore_errors=True)
         self._reap_orphans()
         status = {"wait_status": wait_status if wait_status != -1 else None, "killed": killed}
-        records, tampered, setup = _parse_reports(bytes(report), nonce, n_tests)
         state, tests_passed, details = _verdict(records, tampered, status, max(n_tests, 0),
                                                 output_exceeded, False)
         end = next((r for r in records if r["k"] == "end"), {})
@@ -1164,6 +1217,10 @@ class Server:
         for k in ("namespaces_error", "mounts_error", "netns_error", "readonly_root_error"):
             if k in setup:
                 details["isolation"][k] = setup[k]
+            elif k in iso:  # what the start-up probe found (e.g. unshare not permitted)
+                details["isolation"][k] = iso[k]
+        if not self.namespaces:
+            details["isolation"]["namespaces_error"] = "disabled (namespaces='off')"
         if killed:
             details["killed"] = killed
         return {
@@ -1239,6 +1296,14 @@ def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | N
                     continue
             except ValueError:
                 pass
+        if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"child" and not records and "child" not in setup:
+            try:  # the program's pid (host view), written by the judge right after forking it
+                rec = json.loads(parts[2])
+                if isinstance(rec, dict) and type(rec.get("pid")) is int and rec["pid"] > 1:
+                    setup["child"] = rec["pid"]
+                    continue
+            except ValueError:
+                pass
         if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"infra":  # message only; the
             # verdict sandbox_error needs the judge's exit code JUDGE_INFRA_EXIT, which the program cannot set
             try:
@@ -1275,6 +1340,30 @@ def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | N
 # ---------------------------------------------------------------------------------------------
 # client helpers (used by the backends on the host side)
 # ---------------------------------------------------------------------------------------------
+UID_LOCK_DIR = "/run/prmgym-sandbox-uids"
+
+
+def claim_uid(base: int, span: int = 10000, lock_dir: str | None = None) -> tuple[int, int]:
+    """Take the first uid in ``[base, base + span)`` that no other live server holds.
+
+    Each uid has a lock file in a root-only directory; the server keeps an exclusive ``flock`` on
+    it for its lifetime (the kernel drops it when the process dies, however it dies). Returns
+    ``(uid, fd)``; keep ``fd`` open. The fd is close-on-exec and closed in every job process."""
+    import fcntl
+
+    lock_dir = lock_dir or (UID_LOCK_DIR if os.path.isdir("/run") else os.path.join(tempfile.gettempdir(),
+                                                                                      "prmgym-sandbox-uids"))
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    for uid in range(base, base + span):
+        fd = os.open(os.path.join(lock_dir, f"{uid}.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except OSError:
+            os.close(fd)
+    raise RuntimeError(f"no free sandbox uid in [{base}, {base + span}): too many sandbox servers running")
+
+
 def encode_request(job: dict, limits: dict) -> bytes:
     """Frame one job for a server. ``job`` has code/tests/entry_point/stdin; ``limits`` the header."""
     tests = list(job.get("tests") or [])
@@ -1304,6 +1393,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="answer job frames on stdin/stdout")
     s.add_argument("--uid", type=int, default=None, help="uid for jobs when running as root")
+    s.add_argument("--uid-base", type=int, default=None,
+                   help="instead of --uid: take the first free uid from uid-base on (an flock per uid, held "
+                        "while this server lives), so servers of different sandboxes never share a uid")
     s.add_argument("--namespaces", choices=("auto", "on", "off"), default="auto")
     s.add_argument("--workdir-root", default=None)
     s.add_argument("--no-warm", action="store_true", help="do not pre-import common stdlib modules")
@@ -1316,7 +1408,10 @@ def main(argv: list[str] | None = None) -> int:
                 importlib.import_module(name)
             except ImportError:
                 pass
-    server = Server(args.uid, args.namespaces, args.workdir_root)
+    uid = args.uid
+    if uid is None and args.uid_base is not None and os.getuid() == 0:
+        uid, _lock_fd = claim_uid(args.uid_base)  # the lock lives as long as this process
+    server = Server(uid, args.namespaces, args.workdir_root)
     server.enter_namespaces()
     server.serve()
     return 0

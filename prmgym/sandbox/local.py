@@ -22,6 +22,7 @@ import queue
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +42,8 @@ class SandboxInfraError(RuntimeError):
 class _Worker:
     """One fork server process and the pipes to it. Used by one thread at a time."""
 
-    def __init__(self, uid: int | None, namespaces: str, warm: bool, startup_timeout: float = 30.0):
-        self.uid, self.namespaces, self.warm = uid, namespaces, warm
+    def __init__(self, uid_base: int | None, namespaces: str, warm: bool, startup_timeout: float = 30.0):
+        self.uid_base, self.namespaces, self.warm = uid_base, namespaces, warm
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self.hello: dict = {}
@@ -51,18 +52,43 @@ class _Worker:
 
     def start(self) -> None:
         cmd = [sys.executable, "-I", str(HARNESS_PATH), "serve", "--namespaces", self.namespaces]
-        if self.uid is not None:
-            cmd += ["--uid", str(self.uid)]
+        if self.uid_base is not None:
+            cmd += ["--uid-base", str(self.uid_base)]
         if not self.warm:
             cmd.append("--no-warm")
+        self._stderr = tempfile.TemporaryFile()  # the server's own errors (it writes none normally)
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, close_fds=True,
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
         )
-        self.hello = self._read_frame(time.monotonic() + self.startup_timeout)
+        try:
+            self.hello = self._read_frame(time.monotonic() + self.startup_timeout)
+        except SandboxInfraError as e:
+            message = self.server_stderr() or "no message"
+            self.kill()
+            raise SandboxInfraError(f"{e}: {message}") from None
         if self.hello.get("hello") != harness.PROTOCOL:
             self.kill()
             raise SandboxInfraError(f"fork server spoke an unknown protocol: {self.hello!r}")
+
+    @property
+    def uid(self) -> int | None:
+        """The uid this worker's jobs run as (claimed by the server; None when not root)."""
+        return self.hello.get("uid")
+
+    def _close_stderr(self) -> None:
+        try:
+            self._stderr.close()
+        except (OSError, AttributeError):
+            pass
+
+    def server_stderr(self, limit: int = 4000) -> str:
+        """The last ``limit`` characters the fork server wrote to its stderr."""
+        try:
+            self._stderr.seek(0)
+            return self._stderr.read().decode("utf-8", "replace")[-limit:].strip()
+        except (OSError, ValueError, AttributeError):
+            return ""
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -77,6 +103,7 @@ class _Worker:
                     f.close()
                 except OSError:
                     pass
+        self._close_stderr()
 
     def restart(self) -> None:
         self.kill()
@@ -125,8 +152,10 @@ class LocalSandbox(Sandbox):
 
     Args:
         workers: number of warm fork servers (= parallel jobs in ``run_batch``); default cpu count.
-        uid_base: when running as root, worker ``i`` runs its jobs as uid ``uid_base + i``
-            (no passwd entry needed). Ignored when not root (jobs run as the current user).
+        uid_base: when running as root, each worker runs its jobs as a uid of its own: the first
+            uid from ``uid_base`` on that no other live worker (of any sandbox, in any process)
+            holds, claimed with a lock file under ``/run/prmgym-sandbox-uids``. No passwd entry
+            is needed. Ignored when not root (jobs run as the current user).
         namespaces: ``"auto"`` (use Linux namespaces when permitted, else fall back and say so
             in ``ExecResult.details["isolation"]``), ``"on"`` (fail if unavailable) or ``"off"``.
         output_limit: bytes of stdout + stderr kept; more ends the job with ``output_limit``.
@@ -154,6 +183,8 @@ class LocalSandbox(Sandbox):
             raise ValueError(f"workers must be >= 1, got {n}")
         if output_limit < 1024:
             raise ValueError(f"output_limit must be >= 1024 bytes, got {output_limit}")
+        if not 1000 <= uid_base <= 2**31 - 20000:
+            raise ValueError(f"uid_base must start an unprivileged uid range (>= 1000), got {uid_base}")
         if nproc < 4:
             raise ValueError(f"nproc must be >= 4 (the harness needs 2 processes), got {nproc}")
         self.limits = {"output_limit": int(output_limit), "nproc": int(nproc), "nofile": int(nofile),
@@ -165,8 +196,8 @@ class LocalSandbox(Sandbox):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         try:
-            for i in range(n):
-                w = _Worker(uid_base + i if root else None, namespaces, warm)
+            for _ in range(n):
+                w = _Worker(uid_base if root else None, namespaces, warm)
                 self._workers.append(w)
                 self._free.put(w)
         except BaseException:
@@ -190,7 +221,7 @@ class LocalSandbox(Sandbox):
             raise TypeError(f"LocalSandbox.run takes a prmgym.sandbox.Job, got {type(job).__name__}")
         request = self._request(job)
         failures: list[str] = []
-        for attempt in range(2):  # infrastructure failures are retried once
+        for _attempt in range(2):  # infrastructure failures are retried once
             worker = self._free.get()
             try:
                 try:

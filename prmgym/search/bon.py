@@ -66,13 +66,15 @@ class BestOfN:
             got = self._sample_wave(eng, root, k)
             if got is None:
                 break
-            sampled += k
-            finished.extend(got)
+            n_got, done = got
+            sampled += n_got
+            finished.extend(done)
         return self._choose(eng, root, finished, sampled)
 
     # -- sampling -----------------------------------------------------------------
-    def _sample_wave(self, eng: SearchEngine, root: Node, k: int) -> list[Node] | None:
-        """k traces; None when the budget allowed no sample at all."""
+    def _sample_wave(self, eng: SearchEngine, root: Node, k: int) -> tuple[int, list[Node]] | None:
+        """Up to k traces (the budget may allow fewer): (traces started, finished ones);
+        None when the budget allowed no sample at all."""
         if not self.stepwise:
             (props,) = eng.propose([root], k, stop=None, max_new_tokens=self.max_trace_tokens)
             if not props:
@@ -82,7 +84,7 @@ class BestOfN:
                 leaf = eng.replay(root, eng.split_steps(p.text)[: self.max_depth])
                 if leaf.terminal:
                     out.append(leaf)
-            return out
+            return len(props), out
         active = [root] * k
         first = True
         done: list[Node] = []
@@ -94,6 +96,7 @@ class BestOfN:
                 pairs = [(root, p) for p in props]
                 if not props:
                     return None
+                started = len(props)
                 first = False
             else:
                 lists = eng.propose(active, 1, stop=eng.delimiter, max_new_tokens=self.max_new_tokens)
@@ -103,7 +106,7 @@ class BestOfN:
                 c = eng.child(parent, p.text)
                 (done if c.terminal else nxt).append(c)
             active = nxt
-        return done
+        return started, done
 
     # -- choosing -----------------------------------------------------------------
     def _choose(self, eng: SearchEngine, root: Node, finished: list[Node], sampled: int) -> SearchResult:

@@ -81,6 +81,10 @@ def evaluate(planner, env, policy, scorer, tasks: Iterable, budget: str | dict |
     try:
         for i, task in enumerate(tasks):
             env.reset(seed=i, options={"task": task})
+            if hasattr(scorer, "clear_cache"):
+                # Each search pays for its own PRM tokens: no prefix cache carried over
+                # from earlier tasks or runs (the search engine still caches within one search).
+                scorer.clear_cache()
             b = Budget(**spec)
             res = planner.solve(env, policy, scorer, b)
             correct = bool(res.reward >= 1.0 - 1e-9)
