@@ -1,7 +1,7 @@
 """Held-out pass@1 of the tiny policy before and after N GRPO and N ReST-GRPO steps.
 
 For each environment (ChainArithmetic, Countdown) the tiny character model is pretrained
-by SFT on expert traces (`prmgym.models.tiny.pretrain`, cached), then trained from that
+by SFT on expert traces (`prmgym.recipes.tiny.pretrain`, cached), then trained from that
 same starting point with GRPO and with ReST-GRPO at equal trainer steps, for several
 seeds. Held-out pass@1 (greedy, test split, the same tasks for every run) is measured
 every ``--eval-every`` steps. Writes ``curves.png`` (mean +- std over seeds),
@@ -24,7 +24,8 @@ import torch
 
 from prmgym.agents import GRPOConfig, GRPOTrainer, ReSTGRPOConfig, ReSTGRPOTrainer
 from prmgym.config import from_dict
-from prmgym.models import TransformersPolicy, tiny
+from prmgym.models import TransformersPolicy
+from prmgym.recipes import tiny as tiny_recipe
 
 ENVS = {"chain": "prmgym/ChainArithmetic-v0", "countdown": "prmgym/Countdown-v0"}
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     for env in args.envs:
         env_id = ENVS[env]
         t = time.perf_counter()
-        policy_dir = tiny.pretrain(env_id, progress=False, **pre_kw)
+        policy_dir = tiny_recipe.pretrain(env_id, progress=False, **pre_kw)
         print(f"[{env}] tiny policy: {policy_dir} ({time.perf_counter() - t:.0f} s incl. cache check)", flush=True)
         for algo in args.algos:
             for seed in range(args.seeds):

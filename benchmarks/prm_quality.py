@@ -2,7 +2,7 @@
 
 For each environment:
 
-1. A policy: ``--policy DIR`` or the tiny SFT model (`prmgym.models.tiny.pretrain`, cached).
+1. A policy: ``--policy DIR`` or the tiny SFT model (`prmgym.recipes.tiny.pretrain`, cached).
 2. Every PRM kind is trained offline with the *same* budget (`prmgym.rewards.train`):
    ``--steps`` updates x ``--tasks-per-step`` tasks x ``--rollouts`` rollouts (MC-PRM also
    spends ``--mc-rollouts`` completions per step prefix: reported).
@@ -148,7 +148,8 @@ def main(argv=None) -> int:
     import gymnasium as gym
 
     import prmgym  # noqa: F401
-    from prmgym.models import TransformersPolicy, tiny
+    from prmgym.models import TransformersPolicy
+    from prmgym.recipes import tiny as tiny_recipe
     from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
     envs = args.env or ["prmgym/ChainArithmetic-v0"]
@@ -161,8 +162,8 @@ def main(argv=None) -> int:
             pol_dir = args.policy
         else:
             t0 = time.perf_counter()
-            pol_dir = tiny.pretrain(env_id, steps=args.pretrain_steps, num_train_tasks=args.pretrain_tasks,
-                                    corrupt_rate=args.pretrain_corrupt, eval_tasks=50, seed=args.seed, progress=False)
+            pol_dir = tiny_recipe.pretrain(env_id, steps=args.pretrain_steps, num_train_tasks=args.pretrain_tasks,
+                                           corrupt_rate=args.pretrain_corrupt, eval_tasks=50, seed=args.seed, progress=False)
             print(f"policy: {pol_dir} ({time.perf_counter() - t0:.0f}s incl. cache)", flush=True)
         policy = TransformersPolicy.from_pretrained(pol_dir)
         env_fn = lambda: gym.make(env_id, split="train")  # noqa: E731

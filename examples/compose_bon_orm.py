@@ -6,12 +6,13 @@ import gymnasium as gym
 
 import prmgym  # noqa: F401  (registers the envs)
 from prmgym.budget import Budget
-from prmgym.models import TransformersPolicy, tiny
+from prmgym.models import TransformersPolicy
+from prmgym.recipes import tiny as tiny_recipe
 from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 from prmgym.search import BestOfN
 
 ENV = "prmgym/ChainArithmetic-v0"
-policy_dir = sys.argv[1] if len(sys.argv) > 1 else tiny.pretrain(ENV)  # a policy dir, or the tiny one
+policy_dir = sys.argv[1] if len(sys.argv) > 1 else tiny_recipe.pretrain(ENV)  # a policy dir, or the tiny one
 policy = TransformersPolicy.from_pretrained(policy_dir)
 orm = build_prm("orm", policy_dir)
 OfflinePRMTrainer(orm, policy, lambda: gym.make(ENV, split="train"), PRMTrainConfig(kind="orm", steps=10)).train()

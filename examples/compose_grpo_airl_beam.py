@@ -7,12 +7,13 @@ import gymnasium as gym
 import prmgym  # noqa: F401  (registers the envs)
 from prmgym.agents import GRPOConfig, GRPOTrainer
 from prmgym.budget import Budget
-from prmgym.models import TransformersPolicy, tiny
+from prmgym.models import TransformersPolicy
+from prmgym.recipes import tiny as tiny_recipe
 from prmgym.rewards.rl import AIRLRewardProvider
 from prmgym.search import BeamSearch
 
 ENV = "prmgym/ChainArithmetic-v0"
-policy_dir = sys.argv[1] if len(sys.argv) > 1 else tiny.pretrain(ENV)  # a policy dir, or the tiny one
+policy_dir = sys.argv[1] if len(sys.argv) > 1 else tiny_recipe.pretrain(ENV)  # a policy dir, or the tiny one
 policy = TransformersPolicy.from_pretrained(policy_dir)                   # agent: tiny SFT policy
 airl = AIRLRewardProvider.from_config(policy)                             # reward: AIRL discriminator
 cfg = GRPOConfig(num_generations=4, batch_size=16, max_new_tokens=24, max_steps=10, process_reward_weight=0.5)

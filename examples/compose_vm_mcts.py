@@ -8,13 +8,14 @@ import gymnasium as gym
 import prmgym  # noqa: F401  (registers the envs)
 from prmgym.agents import Prompt
 from prmgym.budget import Budget
-from prmgym.models import TransformersPolicy, tiny
+from prmgym.models import TransformersPolicy
+from prmgym.recipes import tiny as tiny_recipe
 from prmgym.rewards import load_value_targets
 from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 from prmgym.search import MCTS, collect_value_targets
 
 ENV = "prmgym/ChainArithmetic-v0"
-policy_dir = sys.argv[1] if len(sys.argv) > 1 else tiny.pretrain(ENV)  # a policy dir, or the tiny one
+policy_dir = sys.argv[1] if len(sys.argv) > 1 else tiny_recipe.pretrain(ENV)  # a policy dir, or the tiny one
 policy = TransformersPolicy.from_pretrained(policy_dir)
 train_env, test_env = gym.make(ENV, split="train"), gym.make(ENV, split="test")
 collector = collect_value_targets(train_env, policy, train_env.unwrapped.source.tasks("train", 8), "runs/vm/targets.jsonl",

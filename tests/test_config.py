@@ -72,7 +72,7 @@ def test_example_run_configs_validate():
     import glob
     import os
 
-    from prmgym.agents.run import load_run_config
+    from prmgym.recipes.train import load_run_config
 
     root = os.path.join(os.path.dirname(__file__), "..", "examples", "configs")
     files = sorted(glob.glob(os.path.join(root, "*grpo*.yaml")))

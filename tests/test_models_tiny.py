@@ -18,6 +18,7 @@ import torch
 from prmgym.envs.task import Task
 from prmgym.envs.trace import render_trace
 from prmgym.models import TransformersPolicy, tiny
+from prmgym.recipes import tiny as tiny_recipe
 
 torch.set_num_threads(1)
 
@@ -75,19 +76,19 @@ if FAKE_ID not in gym.registry:
 
 def test_expert_examples_layout_and_corruption():
     tasks = _Source().tasks("train", 50)
-    ex = tiny.expert_examples(tasks)
+    ex = tiny_recipe.expert_examples(tasks)
     t = tasks[0]
     assert ex[0] == (t.prompt + "\n", "".join(s + "\n" for s in t.expert_steps))
     assert ex[0][0] + ex[0][1] == render_trace(t.prompt, t.expert_steps)
-    bad = tiny.expert_examples(tasks, corrupt_rate=1.0, seed=0)
+    bad = tiny_recipe.expert_examples(tasks, corrupt_rate=1.0, seed=0)
     changed = sum(a != b for a, b in zip(ex, bad))
     assert changed == len(tasks)  # every trace has a corruptible step
     for (p0, c0), (p1, c1) in zip(ex, bad):
         assert p0 == p1 and c0.splitlines()[-1] == c1.splitlines()[-1]  # the answer step is untouched
-    half = tiny.expert_examples(tasks, corrupt_rate=0.5, seed=0)
+    half = tiny_recipe.expert_examples(tasks, corrupt_rate=0.5, seed=0)
     assert 10 < sum(a != b for a, b in zip(ex, half)) < 40
     with pytest.raises(ValueError, match="expert_steps"):
-        tiny.expert_examples([Task(id="x", prompt="p")])
+        tiny_recipe.expert_examples([Task(id="x", prompt="p")])
 
 
 def test_evaluate_scores_an_expert_like_policy_and_a_random_one():
@@ -114,7 +115,7 @@ def test_pretrain_learns_caches_and_loads(tmp_path):
     out = tmp_path / "tiny"
     kw = dict(num_train_tasks=100, steps=40, batch_size=16, learning_rate=3e-3, n_layer=1, n_embd=32, n_head=2,
               n_positions=96, eval_tasks=6, warmup_steps=5)
-    path = tiny.pretrain(FAKE_ID, out, progress=False, **kw)
+    path = tiny_recipe.pretrain(FAKE_ID, out, progress=False, **kw)
     m = tiny.load_manifest(path)
     assert m["config"]["num_train_tasks"] == 100 and m["n_params"] > 0
     rows = [json.loads(line) for line in open(os.path.join(path, "logs", "metrics.jsonl"))]
@@ -132,27 +133,27 @@ def test_pretrain_learns_caches_and_loads(tmp_path):
     # cache: same arguments -> no retraining (the weights file is not rewritten)
     weights = os.path.join(path, "model.safetensors")
     mtime = os.path.getmtime(weights)
-    assert tiny.pretrain(FAKE_ID, out, progress=False, **kw) == path
+    assert tiny_recipe.pretrain(FAKE_ID, out, progress=False, **kw) == path
     assert os.path.getmtime(weights) == mtime
     with pytest.raises(FileExistsError, match="other arguments"):
-        tiny.pretrain(FAKE_ID, out, progress=False, **{**kw, "steps": 121})
+        tiny_recipe.pretrain(FAKE_ID, out, progress=False, **{**kw, "steps": 121})
     pol = TransformersPolicy.from_pretrained(path)
     assert pol.propose(["Compute 3 + 4 - 2.\n"], n=2, max_new_tokens=5, seed=0)
-    assert tiny.pretrain(FAKE_ID, out, progress=False, force=True, **{**kw, "steps": 2}) == path
+    assert tiny_recipe.pretrain(FAKE_ID, out, progress=False, force=True, **{**kw, "steps": 2}) == path
     assert tiny.load_manifest(path)["config"]["steps"] == 2
 
 
 def test_pretrain_rejects_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="unknown pretrain argument"):
-        tiny.pretrain(FAKE_ID, tmp_path / "a", num_tasks=3)
+        tiny_recipe.pretrain(FAKE_ID, tmp_path / "a", num_tasks=3)
     with pytest.raises(ValueError, match="corrupt_rate"):
-        tiny.pretrain(FAKE_ID, tmp_path / "a", corrupt_rate=2.0)
+        tiny_recipe.pretrain(FAKE_ID, tmp_path / "a", corrupt_rate=2.0)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a prmgym tiny-model directory"):
-        tiny.pretrain(FAKE_ID, tmp_path / "b", steps=1)
+        tiny_recipe.pretrain(FAKE_ID, tmp_path / "b", steps=1)
     with pytest.raises(ValueError, match="cannot make environment"):
-        tiny.pretrain("prmgym/NoSuchEnv-v0", tmp_path / "c", steps=1)
+        tiny_recipe.pretrain("prmgym/NoSuchEnv-v0", tmp_path / "c", steps=1)
 
 
 @pytest.mark.slow
@@ -161,7 +162,7 @@ def test_short_pretrain_on_chain_arithmetic_end_to_end(tmp_path):
     in the suite): it trains, loads through Hugging Face, and pass@1 is computed."""
     import prmgym  # noqa: F401
 
-    from prmgym.models.cli import add_arguments, run
+    from prmgym.recipes.pretrain_cli import add_arguments, run
 
     import argparse
 
@@ -188,7 +189,7 @@ def test_short_pretrain_on_chain_arithmetic_end_to_end(tmp_path):
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     import argparse
 
-    from prmgym.models.cli import add_arguments, run
+    from prmgym.recipes.pretrain_cli import add_arguments, run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

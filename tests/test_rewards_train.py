@@ -113,7 +113,7 @@ def test_grpo_with_airl_reward_from_cli(policy, tmp_path):
 
 @pytest.mark.parametrize("name, reward", [("grpo_airl_chain.yaml", "airl"), ("grpo_repirl_chain.yaml", "repirl")])
 def test_example_configs_validate(name, reward):
-    from prmgym.agents.run import build_reward, load_run_config
+    from prmgym.recipes.train import build_reward, load_run_config
     from prmgym.config import load_yaml
 
     cfg = load_run_config(load_yaml(os.path.join(os.path.dirname(__file__), "..", "examples", "configs", name)))

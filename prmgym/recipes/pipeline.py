@@ -1,7 +1,7 @@
 """Building blocks shared by the quickstart and the benchmarks: each one trains or loads one
 component of the loop and returns it, so a recipe is a short list of calls.
 
-* `build_policy` — the tiny SFT policy (`prmgym.models.tiny.pretrain`, cached).
+* `build_policy` — the tiny SFT policy (`prmgym.recipes.tiny.pretrain`, cached).
 * `train_grpo` — GRPO on the env, with the AIRL step reward trained online (AIRL-S) or
   outcome-only; returns the trained policy and (for AIRL) the discriminator PRM.
 * `train_offline_prm` — ORM / MC-PRM / implicit PRM from policy rollouts.
@@ -33,9 +33,9 @@ def make_env(env_id: str, split: str, env_kwargs: dict | None = None):
 
 def build_policy(env_id: str, env_kwargs: dict | None = None, out_dir: str | None = None, **overrides) -> str:
     """Directory of the tiny SFT policy (trained once, then loaded from the cache)."""
-    from prmgym.models import tiny
+    from prmgym.recipes.tiny import pretrain
 
-    return tiny.pretrain(env_id, out_dir, env_kwargs=dict(env_kwargs or {}), progress=False, **overrides)
+    return pretrain(env_id, out_dir, env_kwargs=dict(env_kwargs or {}), progress=False, **overrides)
 
 
 def deadline_callback(seconds: float):

@@ -554,14 +554,8 @@ def _wait_child(pid: int, timeout: float):
         ready, _, _ = select.select([pidfd], [], [], timeout)
         os.close(pidfd)
         if not ready:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            return os.waitpid(pid, 0)[1]
-        except ChildProcessError:
-            return None
+            return _kill_and_reap(pid)
+        return _kill_and_reap(pid, kill=False)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -571,15 +565,21 @@ def _wait_child(pid: int, timeout: float):
         if done:
             return status
         if time.monotonic() >= deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-            try:
-                return os.waitpid(pid, 0)[1]
-            except ChildProcessError:
-                return None
+            return _kill_and_reap(pid)
         time.sleep(0.001)
+
+
+def _kill_and_reap(pid: int, kill: bool = True) -> int | None:
+    """SIGKILL ``pid`` (unless ``kill`` is false) and return its wait status (None if gone)."""
+    if kill:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ policy, the optional dense reward and the trainer section:
     algorithm: grpo                  # grpo | rest_grpo
     env: prmgym/ChainArithmetic-v0
     env_kwargs: {difficulty: 1}
-    model: tiny                      # tiny (prmgym.models.tiny.pretrain for this env, cached) | a local HF directory
+    model: tiny                      # tiny (prmgym.recipes.tiny.pretrain for this env, cached) | a local HF directory
     reward: none                     # none | airl | repirl (prmgym.rewards.REWARDS)
     steps: 100
     run_dir: runs/grpo_chain
@@ -45,7 +45,7 @@ class RunConfig:
     env_kwargs: dict = _f({}, "keyword arguments for gym.make (split=train is the default)")
     eval_env_kwargs: dict = _f({"split": "test"}, "overrides of env_kwargs for held-out evaluation")
     model: str = _f("tiny", "'tiny' (pretrain the tiny character model for this env, cached) or a local HF model directory")
-    model_kwargs: dict = _f({}, "for model: tiny, PretrainConfig overrides passed to prmgym.models.tiny.pretrain")
+    model_kwargs: dict = _f({}, "for model: tiny, PretrainConfig overrides passed to prmgym.recipes.tiny.pretrain")
     reward: str = _f("none", "dense process reward: none | a name in prmgym.rewards.REWARDS (airl, repirl)")
     reward_config: dict = _f({}, "options of the process reward (see docs/rewards.md)")
     steps: int = _f(100, "trainer steps in total (a resumed run continues up to this)")
@@ -116,9 +116,9 @@ def build_policy(cfg: RunConfig, progress: bool = False):
     from prmgym.models import TransformersPolicy
 
     if cfg.model == "tiny":
-        from prmgym.models import tiny
+        from prmgym.recipes.tiny import pretrain  # lazy: the training recipe composes agents.sft
 
-        path = tiny.pretrain(cfg.env, progress=progress, **cfg.model_kwargs)
+        path = pretrain(cfg.env, progress=progress, **cfg.model_kwargs)
     else:
         path = cfg.model
     return TransformersPolicy.from_pretrained(path, device=cfg.device)

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prmgym.models.tiny import PretrainConfig, load_manifest, pretrain
+    from prmgym.models.tiny import PretrainConfig, load_manifest
+    from prmgym.recipes.tiny import pretrain
 
     try:
         env_kwargs = json.loads(args.env_kwargs)

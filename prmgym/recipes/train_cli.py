@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prmgym.agents.run import load_run_config
+    from prmgym.recipes.train import load_run_config
     from prmgym.config import ConfigError, apply_overrides, load_yaml
 
     try:
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("pass --config FILE (e.g. examples/configs/grpo_chain.yaml) or --resume RUN_DIR")
         data = apply_overrides(data, args.overrides)
         cfg = load_run_config(data)
-        from prmgym.agents.run import check_names
+        from prmgym.recipes.train import check_names
 
         check_names(cfg)
     except ConfigError as e:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def train_from_config(cfg, resume: bool = False, progress: bool = True) -> int:
     from prmgym.agents.common import NonFiniteLossError, latest_checkpoint
-    from prmgym.agents.run import build_trainer, save_run_config, truncate_metrics
+    from prmgym.recipes.train import build_trainer, save_run_config, truncate_metrics
     from prmgym.config import to_dict
     from prmgym.logging import Logger
 
