@@ -30,6 +30,21 @@ import typing
 from typing import Any, Mapping, Sequence
 
 
+def help_field(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with help text (``metadata["help"]``); dict/list defaults are copied per instance.
+
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     n: int = help_field(3, "how many")
+    >>> field_help(C)
+    {'n': 'how many'}
+    """
+    meta = {"help": help, **metadata}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and how to fix it."""
 

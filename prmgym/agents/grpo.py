@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -41,10 +41,10 @@ from prmgym.agents.common import (
     write_checkpoint,
 )
 from prmgym.agents.rollout import Prompt, RolloutCollector, Trajectory
+from prmgym.config import help_field
 
 
-def _f(default, help, **kw):  # a dataclass field with help text
-    return field(default=default, metadata={"help": help, **kw})
+_f = help_field  # a dataclass field with help text (short name: the configs below use it on every line)
 
 
 @dataclass

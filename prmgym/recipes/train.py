@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from prmgym.config import ConfigError, from_dict, to_dict
+from prmgym.config import ConfigError, from_dict, help_field, to_dict
 
 ALGORITHMS = ("grpo", "rest_grpo")
 
 
-def _f(default, help):
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+_f = help_field
 
 
 @dataclass

@@ -25,6 +25,14 @@ def _bce_metrics(z: torch.Tensor, y: torch.Tensor) -> dict:
         return {"acc": float((pred == hard).float().mean()), "p_mean": float(torch.sigmoid(z).mean())}
 
 
+def _nonempty_outputs(prm: "ScalarHeadPRM", batch: PRMBatch, who: str) -> tuple[list[int], list[torch.Tensor]]:
+    """Indices of the batch's traces with at least one step, and the PRM's outputs on them."""
+    keep = [i for i, s in enumerate(batch.step_lists) if s]
+    if not keep:
+        raise ValueError(f"{who}.update needs traces with at least one step")
+    return keep, prm.outputs([batch.prompts[i] for i in keep], [batch.step_lists[i] for i in keep])
+
+
 class ORMPRM(ScalarHeadPRM):
     """Outcome reward model: BCE on final correctness at the last step; see module docstring."""
 
@@ -36,10 +44,7 @@ class ORMPRM(ScalarHeadPRM):
 
     def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
         batch.require("labels", who="ORMPRM")
-        keep = [i for i, s in enumerate(batch.step_lists) if s]
-        if not keep:
-            raise ValueError("ORMPRM.update needs traces with at least one step")
-        outs = self.outputs([batch.prompts[i] for i in keep], [batch.step_lists[i] for i in keep])
+        keep, outs = _nonempty_outputs(self, batch, "ORMPRM")
         z = torch.stack([o[-1, 0] for o in outs])  # (B,) head at the last step
         y = torch.tensor([float(batch.labels[i]) for i in keep], dtype=z.dtype, device=z.device)
         return F.binary_cross_entropy_with_logits(z, y), _bce_metrics(z, y)
@@ -56,10 +61,7 @@ class MCPRM(ScalarHeadPRM):
 
     def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
         batch.require("step_labels", who="MCPRM")
-        keep = [i for i, s in enumerate(batch.step_lists) if s]
-        if not keep:
-            raise ValueError("MCPRM.update needs traces with at least one step")
-        outs = self.outputs([batch.prompts[i] for i in keep], [batch.step_lists[i] for i in keep])
+        keep, outs = _nonempty_outputs(self, batch, "MCPRM")
         z = torch.cat([o[1:, 0] for o in outs])  # (total steps,)
         y = torch.tensor([float(v) for i in keep for v in batch.step_labels[i]], dtype=z.dtype, device=z.device)
         return F.binary_cross_entropy_with_logits(z, y), _bce_metrics(z, y)

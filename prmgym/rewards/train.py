@@ -23,19 +23,19 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from prmgym.config import help_field
 from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, rollout, traces_to_batch
 from prmgym.rewards.scalar import PRMBatch, PRM_CLASSES, ScalarHeadPRM
 
 CHECKPOINT = "checkpoint"
 
 
-def _f(default, help):
-    return field(default=default, metadata={"help": help})
+_f = help_field
 
 
 @dataclass
