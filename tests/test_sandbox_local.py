@@ -168,6 +168,16 @@ def test_host_data_directories_are_hidden_and_root_is_read_only(sb):
     assert not os.path.exists("/etc/prmgym-write-test")
 
 
+def test_host_data_dirs_is_an_allowlist(tmp_path):
+    # a checkout or data directory anywhere outside the OS tree is hidden, whatever its name
+    for d in ("usr", "etc", "tmp", "var/tmp", "var/lib", "var/log", "farm/ci", "data", "home", "root"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "lib64").symlink_to(tmp_path / "usr")
+    (tmp_path / "notes.txt").write_text("a file, not a directory")
+    hidden = {os.path.relpath(p, tmp_path) for p in harness.host_data_dirs(str(tmp_path))}
+    assert hidden == {"farm", "data", "home", "root", "var/lib", "var/log"}
+
+
 def test_namespaces_off_still_judges_correctly():
     with LocalSandbox(workers=1, namespaces="off") as s:
         r = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))

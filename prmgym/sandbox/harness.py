@@ -610,8 +610,30 @@ def _set_limits(lim: dict, cpu_s: float) -> None:
     setl(resource.RLIMIT_CORE, 0)
 
 
-HIDE_DIRS = ("/home", "/work", "/srv", "/mnt", "/media", "/opt", "/var/lib", "/var/log", "/var/mail",
-             "/var/spool", "/var/backups", "/boot", "/lost+found")  # host data jobs have no business reading
+# An allowlist, not a blocklist: every top-level directory that is not part of the operating
+# system (a checkout in /farm/ci, data in /old_root, ...) and every directory of /var but the
+# scratch ones is covered by an empty tmpfs; only the Python installation is bound back.
+SYSTEM_DIRS = frozenset(("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/dev",
+                         "/proc", "/sys", "/run", "/tmp", "/var"))
+VAR_KEEP = frozenset(("/var/tmp", "/var/run", "/var/lock"))
+
+
+def host_data_dirs(root: str = "/") -> list[str]:
+    """The directories a job must not read: all of ``root``'s subdirectories outside
+    ``SYSTEM_DIRS``, and those of ``/var`` outside ``VAR_KEEP``. Symlinks are skipped (their
+    targets are judged by their own paths)."""
+    out = []
+    for parent, keep in ((root, SYSTEM_DIRS), (os.path.join(root, "var"), VAR_KEEP)):
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            d = os.path.join(parent, name)
+            key = "/" + os.path.relpath(d, root)
+            if key not in keep and os.path.isdir(d) and not os.path.islink(d):
+                out.append(d)
+    return sorted(out)
 
 
 def _hidden_ancestor(path: str, hide=frozenset()) -> str | None:
@@ -669,7 +691,7 @@ def prepare_mounts(expose: list[str], notes: dict) -> None:
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
     stage = "/tmp/.stage"
     os.mkdir(stage, 0o700)
-    _expose(expose, stage, HIDE_DIRS)
+    _expose(expose, stage, host_data_dirs())
     umount("/tmp")
     try:  # the whole tree read-only; jobs mount fresh writable tmpfs where writing is expected
         mount_setattr_rdonly("/")
