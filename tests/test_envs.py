@@ -173,6 +173,15 @@ def test_same_seed_same_task_and_different_seeds_differ():
     assert src.tasks("train", 30, seed=4) != src.tasks("train", 30, seed=5)
 
 
+def test_asking_for_more_distinct_tasks_than_exist():
+    src = Countdown()  # difficulty 1 holds a few thousand distinct train problems
+    with pytest.raises(ValueError, match="distinct train tasks found for n=6000; lower n or raise the difficulty"):
+        src.tasks("train", 6000)
+    got = src.tasks("train", 6000, at_most=True)
+    assert 1000 < len(got) < 6000 and len({t.prompt for t in got}) == len(got)
+    assert got[:50] == src.tasks("train", 50)  # the same draw order: a prefix of the full list
+
+
 @pytest.mark.parametrize("src", [ChainArithmetic(), Countdown(), ProgramSynthesis(), ChainArithmetic(difficulty=2)])
 def test_splits_are_disjoint(src):
     train = {t.prompt for s in range(3) for t in src.tasks("train", 300, seed=s)}

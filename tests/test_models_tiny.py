@@ -186,6 +186,15 @@ def test_short_pretrain_on_chain_arithmetic_end_to_end(tmp_path):
     assert run(args) == 0  # cached: loads
 
 
+def test_pretrain_on_a_source_with_fewer_distinct_tasks_uses_them_all(tmp_path):
+    # Countdown difficulty 1 has ~4,100 distinct train problems, fewer than the default 6000
+    path = tiny_recipe.pretrain("prmgym/Countdown-v0", tmp_path / "cd", progress=False, steps=2, n_layer=1,
+                                n_embd=16, n_head=1, eval_tasks=0)
+    m = tiny.load_manifest(path)
+    assert m["config"]["num_train_tasks"] == 6000
+    assert 1000 < m["n_examples"] < 6000, m
+
+
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     import argparse
 

@@ -171,7 +171,10 @@ class ProceduralSource(TaskSource):
             metadata=t.metadata,
         )
 
-    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Task]:
+    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
+        """``n`` distinct tasks of ``split``, deterministic in ``seed``. A difficulty with fewer
+        than ``n`` distinct problems is an error, unless ``at_most=True``: then all the
+        distinct ones found (at least one)."""
         check_split(split, self.splits)
         if n is None or n <= 0:
             raise ValueError(f"{self.name} is an infinite procedural source: pass n > 0 to tasks(split, n, seed)")
@@ -186,7 +189,7 @@ class ProceduralSource(TaskSource):
                 continue
             seen.add(t.prompt)
             out.append(self._with_split(t, split))
-        if len(out) < n:
+        if len(out) < n and not (at_most and out):
             raise ValueError(f"{self.name}: only {len(out)} distinct {split} tasks found for n={n}; lower n or raise the difficulty")
         return out
 

@@ -12,6 +12,7 @@ in ``recipes`` because it composes models with agents.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -155,7 +156,10 @@ def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str
     env = _make_env(config.env_id, "train", config.env_kwargs)
     u = env.unwrapped
     delimiter = getattr(u, "delimiter", "\n")
-    tasks = u.source.tasks("train", config.num_train_tasks, seed=config.seed)
+    # procedural sources: a small difficulty may hold fewer distinct problems (Countdown-1: ~4k);
+    # train on all of them rather than fail (the manifest records n_examples)
+    extra = {"at_most": True} if "at_most" in inspect.signature(u.source.tasks).parameters else {}
+    tasks = u.source.tasks("train", config.num_train_tasks, seed=config.seed, **extra)
     examples = expert_examples(tasks, delimiter, config.corrupt_rate, seed=config.seed)
     env.close()
     charset = sorted(set("".join(p + c for p, c in examples)))
