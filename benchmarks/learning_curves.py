@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--algos", nargs="+", default=["grpo", "rest_grpo"], choices=["grpo", "rest_grpo"])
     p.add_argument("--steps", type=int, default=60, help="trainer steps per run")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first_seed .. first_seed + seeds - 1")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--eval-tasks", type=int, default=100, help="held-out test tasks (same for all runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         policy_dir = tiny_recipe.pretrain(env_id, progress=False, **pre_kw)
         print(f"[{env}] tiny policy: {policy_dir} ({time.perf_counter() - t:.0f} s incl. cache check)", flush=True)
         for algo in args.algos:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 r = run_one(env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks, trainer_kw, {})
                 results.setdefault(env, {}).setdefault(algo, []).append(r)
                 c = r["curve"]
