@@ -95,3 +95,28 @@ def test_missing_inputs(tmp_path, capsys):
     assert "--config FILE" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_train_with_airl_reward_logs_discriminator_to_tensorboard(tmp_path, model_dir):
+    # AIRL-S from the CLI on a real procedural env (expert solutions are the positives)
+    cfg = write_config(tmp_path, model_dir, env="prmgym/ChainArithmetic-v0", reward="airl", steps=2, eval_tasks=2,
+                       reward_config={"lr": 1e-3, "updates_per_step": 2},
+                       trainer={"num_generations": 2, "batch_size": 4, "max_new_tokens": 6, "max_steps": 3,
+                                "learning_rate": 1e-3, "process_reward_weight": 0.5, "save_every": 2})
+    assert main(["train", "--config", cfg, "--no-progress"]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"prm/disc_acc", "prm/D_expert", "prm/D_policy"} <= tags, sorted(tags)
+    assert "train/process_reward_mean" in tags
+    vals = [e.value for e in acc.Scalars("prm/disc_acc")]
+    assert len(vals) == 2 and all(0.0 <= v <= 1.0 for v in vals)
+    # the discriminator is saved with the checkpoint and loads as a PRM for search
+    from prmgym.rewards import load_prm
+
+    ckpt = checkpoint_dirs(str(tmp_path / "run"))[-1]
+    prm = load_prm(os.path.join(ckpt, "process_reward"))
+    [scores] = prm.score_steps(["Compute left to right: 1+2\n"], [["1+2=3", "Answer: 3"]])
+    assert len(scores) == 2
