@@ -182,6 +182,14 @@ def test_asking_for_more_distinct_tasks_than_exist():
     assert got[:50] == src.tasks("train", 50)  # the same draw order: a prefix of the full list
 
 
+def test_at_most_on_a_finite_source(jsonl_file):
+    src = Jsonl(jsonl_file)
+    n = len(src.tasks("all"))
+    with pytest.raises(ValueError, match=f"asked for n=500 tasks but split 'all' holds {n}"):
+        src.tasks("all", 500)
+    assert src.tasks("all", 500, at_most=True) == src.tasks("all", n)
+
+
 @pytest.mark.parametrize("src", [ChainArithmetic(), Countdown(), ProgramSynthesis(), ChainArithmetic(difficulty=2)])
 def test_splits_are_disjoint(src):
     train = {t.prompt for s in range(3) for t in src.tasks("train", 300, seed=s)}

@@ -65,7 +65,9 @@ class TaskSource:
     name: str = "source"
     splits: tuple[str, ...] = SPLITS
 
-    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Task]:
+    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
+        """``n`` distinct tasks of ``split``, deterministic in ``seed``. Asking for more than
+        the split holds is an error, unless ``at_most=True``: then all it holds (at least one)."""
         raise NotImplementedError
 
     def sample(self, split: str, rng: np.random.Generator) -> Task:
@@ -87,10 +89,12 @@ class FiniteSource(TaskSource):
     def _label(self) -> str:
         return self.name
 
-    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Task]:
+    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
         tasks = self._split(split)
         if n is None:
             return list(tasks)
+        if at_most and tasks:
+            n = min(n, len(tasks))
         if not 0 < n <= len(tasks):
             raise ValueError(
                 f"{self._label()}: asked for n={n} tasks but split {split!r} holds {len(tasks)}; "
@@ -172,9 +176,6 @@ class ProceduralSource(TaskSource):
         )
 
     def tasks(self, split: str = "train", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
-        """``n`` distinct tasks of ``split``, deterministic in ``seed``. A difficulty with fewer
-        than ``n`` distinct problems is an error, unless ``at_most=True``: then all the
-        distinct ones found (at least one)."""
         check_split(split, self.splits)
         if n is None or n <= 0:
             raise ValueError(f"{self.name} is an infinite procedural source: pass n > 0 to tasks(split, n, seed)")
@@ -415,7 +416,7 @@ class ReasoningGym(TaskSource):
                 self._items.popitem(last=False)
         return t
 
-    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Task]:
+    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
         check_split(split, self.splits)
         if n is None or n <= 0:
             raise ValueError(f"{self.name}: pass n > 0 to tasks(split, n, seed)")
@@ -430,6 +431,8 @@ class ReasoningGym(TaskSource):
             out.append(t)
             if len(out) == n:
                 return out
+        if at_most and out:
+            return out
         raise ValueError(f"{self.name}: only {len(out)} distinct {split} questions among size={self.size} items; lower n or pass a larger size=")
 
     def sample(self, split: str, rng: np.random.Generator) -> Task:
@@ -483,8 +486,8 @@ class HumanEval(FiniteSource):
             )
         return self._tasks
 
-    def tasks(self, split: str = "test", n: int | None = None, seed: int = 0) -> list[Task]:
-        return super().tasks(split, n, seed)  # HumanEval's only split is "test"
+    def tasks(self, split: str = "test", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
+        return super().tasks(split, n, seed, at_most=at_most)  # HumanEval's only split is "test"
 
     def _label(self) -> str:
         return "HumanEval"

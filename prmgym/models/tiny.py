@@ -103,8 +103,8 @@ class PretrainConfig:
         env_id: a registered prmgym environment whose tasks have ``expert_steps``.
         env_kwargs: extra ``gym.make`` arguments (e.g. ``{"difficulty": 2}``).
         num_train_tasks: expert traces drawn from the train split (fewer -> lower held-out
-            pass@1; a weaker knob than ``steps`` at the default budget). A procedural
-            difficulty with fewer distinct problems (Countdown difficulty 1: ~4,100) trains on
+            pass@1; a weaker knob than ``steps`` at the default budget). A source with fewer
+            distinct problems (Countdown difficulty 1: ~4,100; a small JSONL file) trains on
             all of them.
         steps: optimizer steps. **The main knob of held-out skill** on ChainArithmetic
             difficulty 1: 200 -> 0.035, 600 (default) -> 0.32, 1200 -> 0.77 greedy pass@1

@@ -156,8 +156,9 @@ def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str
     env = _make_env(config.env_id, "train", config.env_kwargs)
     u = env.unwrapped
     delimiter = getattr(u, "delimiter", "\n")
-    # procedural sources: a small difficulty may hold fewer distinct problems (Countdown-1: ~4k);
-    # train on all of them rather than fail (the manifest records n_examples)
+    # a source may hold fewer distinct problems than asked (Countdown-1: ~4k, a small JSONL file):
+    # train on all of them rather than fail (the manifest records n_examples). A user's own source
+    # written without the at_most keyword is called as before.
     extra = {"at_most": True} if "at_most" in inspect.signature(u.source.tasks).parameters else {}
     tasks = u.source.tasks("train", config.num_train_tasks, seed=config.seed, **extra)
     examples = expert_examples(tasks, delimiter, config.corrupt_rate, seed=config.seed)
