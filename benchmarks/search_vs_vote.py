@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 BUDGETS = (150, 300)
@@ -45,22 +44,10 @@ def methods(prms=("airl_prior", "airl")):
 
 
 def table(per_seed: dict[str, list[dict]]) -> str:
-    """Markdown: one row per method, ``mean ± std`` over seeds at each budget."""
-    acc: dict[tuple[str, int], list[float]] = {}
-    for rows in per_seed.values():
-        for r in rows:
-            acc.setdefault((r["method"], r["budget"]), []).append(r["accuracy"])
-    budgets = sorted({b for _, b in acc})
-    names = list(dict.fromkeys(m for m, _ in acc))
-    lines = ["| method | " + " | ".join(f"acc @ {b} generated tok/task" for b in budgets) + " |",
-             "|" + "---|" * (len(budgets) + 1)]
-    for n in names:
-        cells = []
-        for b in budgets:
-            v = acc.get((n, b), [])
-            cells.append(f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}" if v else "-")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Markdown, mean ± std over seeds per method and budget (seed_claims.py's aggregation)."""
+    from seed_claims import aggregate_rows, md_table  # the file next to this one
+
+    return md_table(aggregate_rows(per_seed))
 
 
 def main(argv=None) -> int:
