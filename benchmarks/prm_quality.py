@@ -17,10 +17,16 @@ For each environment:
    A reference row scores steps by the policy's own mean token log-prob (no PRM training),
    so the table shows how much each learner adds to what the policy already knows. AIRL is
    reported with both search scores (g and f) from the same trained model.
+   * ``own``: the errors that matter for search are the policy's own, not random corruptions.
+     At every prefix of ``--own-tasks`` expert solutions the policy samples 8 next steps
+     (`own_proposal_set`); a proposal is right when it equals the expert's step. ``own AUC``
+     pools all proposals; ``own within`` compares right and wrong siblings of the same prefix,
+     the ranking a beam search or MCTS asks of its PRM.
 4. Speed: `score_steps` (one pass per trace) vs scoring every prefix as its own trace, on
    the same traces, cache off; ratio of wall times measured in the same run.
 
     python benchmarks/prm_quality.py --env prmgym/ChainArithmetic-v0 --steps 40
+    python benchmarks/prm_quality.py --policy DIR --kinds airl --env-kwargs '{"source_kwargs": {"min_ops": 4, "max_ops": 6, "ops": "+-"}}'
 """
 
 from __future__ import annotations
@@ -64,6 +70,56 @@ def corrupted_eval_set(env, n: int, seed: int):
                 bad.append((t.prompt, steps[:k] + [new] + steps[k + 1 :], k))
                 break
     return clean, bad
+
+
+def own_proposal_set(policy, env, n: int, seed: int, k: int = 8, max_new_tokens: int = 24):
+    """The policy's *own* next steps: at every prefix of the expert solution of ``n`` test tasks,
+    ``k`` sampled proposals (T = 1, duplicates dropped), labelled 1 when the proposal equals the
+    expert's step. Exact for tasks whose next step is unique (ChainArithmetic); elsewhere a valid
+    alternative step counts as wrong. Items: (position, prompt, steps ending in the proposal,
+    label, the policy's mean token log-prob of the proposal)."""
+    from prmgym.envs.trace import render_trace
+
+    u = env.unwrapped
+    tasks = [t for t in u.source.tasks("test", n, seed=seed) if t.expert_steps]
+    pos = [(t, i) for t in tasks for i in range(len(t.expert_steps))]
+    obs = [render_trace(t.prompt, list(t.expert_steps[:i]), u.delimiter) for t, i in pos]
+    props = policy.propose(obs, k, stop=u.delimiter, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+    items = []
+    for j, ((t, i), ps) in enumerate(zip(pos, props)):
+        seen = set()
+        for pr in ps:
+            txt = pr.text.strip()
+            if txt and txt not in seen:
+                seen.add(txt)
+                items.append((j, t.prompt, list(t.expert_steps[:i]) + [txt], float(txt == t.expert_steps[i].strip()),
+                              sum(pr.logprobs) / max(1, len(pr.logprobs))))
+    return items
+
+
+def own_metrics(scores: list[float], items) -> dict:
+    """Pooled AUC over all proposals, and within-position AUC (right vs wrong siblings of the
+    same prefix: what a beam or MCTS ranking needs)."""
+    good = [x for x, it in zip(scores, items) if it[3] == 1]
+    bad = [x for x, it in zip(scores, items) if it[3] == 0]
+    by_pos: dict = {}
+    for x, it in zip(scores, items):
+        by_pos.setdefault(it[0], []).append((x, it[3]))
+    wins = pairs = 0.0
+    for sib in by_pos.values():
+        for a, ya in sib:
+            for b, yb in sib:
+                if ya == 1 and yb == 0:
+                    wins += 1.0 if a > b else 0.5 if a == b else 0.0
+                    pairs += 1
+    return {"own_auc": auc(good, bad), "own_within": wins / pairs if pairs else float("nan"),
+            "own_items": len(items), "own_pairs": int(pairs)}
+
+
+def own_evaluate(prm, items) -> dict:
+    prm.clear_cache()
+    rows = prm.score_steps([it[1] for it in items], [it[2] for it in items])
+    return own_metrics([r[-1] for r in rows], items)
 
 
 def metrics_from_scores(s_clean, s_bad, clean, bad) -> dict:
@@ -127,6 +183,8 @@ def speed(prm, traces, repeats: int = 3) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", action="append", default=None, help="environment id (repeatable)")
+    ap.add_argument("--env-kwargs", default="{}", help="JSON gym.make arguments for every --env")
+    ap.add_argument("--own-tasks", type=int, default=40, help="test tasks whose prefixes get k=8 own proposals (0 skips)")
     ap.add_argument("--policy", default=None, help="policy dir (default: tiny.pretrain for the env)")
     ap.add_argument("--pretrain-steps", type=int, default=600)
     ap.add_argument("--pretrain-tasks", type=int, default=400)
@@ -166,15 +224,20 @@ def main(argv=None) -> int:
                                            corrupt_rate=args.pretrain_corrupt, eval_tasks=50, seed=args.seed, progress=False)
             print(f"policy: {pol_dir} ({time.perf_counter() - t0:.0f}s incl. cache)", flush=True)
         policy = TransformersPolicy.from_pretrained(pol_dir)
-        env_fn = lambda: gym.make(env_id, split="train")  # noqa: E731
-        probe = gym.make(env_id, split="test")
+        ek = json.loads(args.env_kwargs)
+        env_fn = lambda: gym.make(env_id, split="train", **ek)  # noqa: E731
+        probe = gym.make(env_id, split="test", **ek)
         delim = probe.unwrapped.delimiter
         clean, bad = corrupted_eval_set(probe, args.eval_tasks, seed=args.seed + 1)
+        own = own_proposal_set(policy, probe, args.own_tasks, seed=args.seed + 2) if args.own_tasks else []
         probe.close()
-        print(f"eval: {len(clean)} clean traces, {len(bad)} corrupted", flush=True)
+        print(f"eval: {len(clean)} clean traces, {len(bad)} corrupted; {len(own)} own proposals "
+              f"({sum(it[3] for it in own):.0f} equal the expert step)", flush=True)
         rows = {}
         ref = policy_logprob_scores(policy, clean, bad, delim)
         ref.update({"train_s": 0.0, "rollout_traces": 0, "mc_rollouts": 0})
+        if own:
+            ref.update(own_metrics([it[4] for it in own], own))
         rows["policy log-prob (reference, untrained)"] = ref
         print(f"reference policy mean log-prob: AUC={ref['auc']:.3f} loc={ref['loc']:.3f} paired={ref['paired']:.3f}", flush=True)
         for kind in kinds:
@@ -189,6 +252,8 @@ def main(argv=None) -> int:
             train_s = time.perf_counter() - t0
             trainer.close()
             res = evaluate(prm, clean, bad)
+            if own:
+                res.update(own_evaluate(prm, own))
             res.update({"train_s": train_s, "rollout_traces": trainer.stats["rollout_traces"],
                         "mc_rollouts": trainer.stats["mc_rollouts"],
                         "skipped_updates": sum(1 for h in hist if h.get("skipped")),
@@ -203,6 +268,8 @@ def main(argv=None) -> int:
                 keep = prm.search_score
                 prm.search_score = other
                 alt = evaluate(prm, clean, bad)
+                if own:
+                    alt.update(own_evaluate(prm, own))
                 prm.search_score = keep
                 rows[f"airl (search_score={other})"] = {**res, **alt}
                 rows[f"airl (search_score={keep})"] = rows.pop("airl")
@@ -216,10 +283,12 @@ def main(argv=None) -> int:
                       f"max |diff| {sp['max_abs_diff']:.2e})", flush=True)
                 report.setdefault("speed", {})[env_id] = sp
         report["envs"][env_id] = {"policy": pol_dir, "n_clean": len(clean), "n_corrupted": len(bad), "results": rows}
-        print(f"\n| PRM | AUC good vs bad step | first-bad-step loc. | paired (same prefix) | train s | policy rollouts | MC rollouts |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"\n| PRM | AUC good vs bad step | first-bad-step loc. | paired (same prefix) | own proposals: AUC "
+              f"| own: within prefix | train s | policy rollouts | MC rollouts |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for kind, r in rows.items():
-            print(f"| {kind} | {r['auc']:.3f} | {r['loc']:.3f} | {r['paired']:.3f} | {r['train_s']:.0f} | {r['rollout_traces']} | {r['mc_rollouts']} |")
+            print(f"| {kind} | {r['auc']:.3f} | {r['loc']:.3f} | {r['paired']:.3f} | {r.get('own_auc', float('nan')):.3f} "
+                  f"| {r.get('own_within', float('nan')):.3f} | {r['train_s']:.0f} | {r['rollout_traces']} | {r['mc_rollouts']} |")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
     print(f"\nwrote {os.path.join(args.out, 'results.json')}")

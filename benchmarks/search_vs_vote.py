@@ -6,9 +6,9 @@ PRM and majority vote, over seeds? Two AIRL PRMs per seed:
 
 * ``airl`` -- trained offline (`prmgym.recipes.pipeline.train_offline_prm`, ``--prm-steps``
   updates on the policy's rollouts against expert traces);
-* ``airl_prior`` -- the same model before any update: with the default LM prior its score is
-  σ(mean token log-prob of the step + an untrained linear head), i.e. the policy's own
-  confidence.
+* ``airl_prior`` -- the same model before any update: with the default LM prior and its
+  zero-initialised heads its score is exactly σ(mean token log-prob of the step), i.e. the
+  policy's own confidence.
 
 Methods: majority vote (n = 32), best-of-N (n = 32, ``min`` aggregation), beam search 2×4 and
 4×4, MCTS (AIRL-S preset, 30 iterations, 4 expansions). PRM tokens are reported, not
@@ -16,6 +16,12 @@ limited. Tasks differ per seed (``tasks("test", n, seed)``).
 
     python benchmarks/search_vs_vote.py --policy runs/tiny            # 3 seeds x 40 tasks, ~15 min
     python benchmarks/search_vs_vote.py --seeds 0 --eval-tasks 10 --budgets 150 --prm-steps 4   # smoke
+    # long chains of + and - (4-6 steps): where step-level search has room (see docs/search.md)
+    python benchmarks/search_vs_vote.py --env-kwargs '{"source_kwargs": {"min_ops": 4, "max_ops": 6, "ops": "+-"}}' \
+        --budgets 200,400 --eval-tasks 50 --seeds 0,1 --out runs/svv01 &
+    python benchmarks/search_vs_vote.py --env-kwargs '{"source_kwargs": {"min_ops": 4, "max_ops": 6, "ops": "+-"}}' \
+        --budgets 200,400 --eval-tasks 50 --seeds 2 --out runs/svv2
+    python benchmarks/search_vs_vote.py --merge runs/svv01 runs/svv2 --out runs/svv
 
 Writes ``OUT/rows.json`` (per seed) and ``OUT/results.md`` (mean ± std over seeds).
 """
@@ -43,6 +49,43 @@ def methods(prms=("airl_prior", "airl")):
     return out
 
 
+class ChainStepOracle:
+    """A rule-based step checker for ChainArithmetic (an upper bound, not a learned PRM): 1 for a
+    step ``a op b=c`` whose arithmetic is right and whose ``a`` is the previous step's result (or,
+    for the first step, the prompt's first number), 1 for ``Answer: c`` of the last result, else 0.
+    It reads only the prompt and the steps, like any PRM. ``--oracle`` adds its rows, to show how
+    much of a method's accuracy is capped by the policy rather than by the PRM."""
+
+    aggregation = "min"
+
+    def score_steps(self, prompts, step_lists):
+        import re
+
+        step_re = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(-?\d+)\s*$")
+        out = []
+        for prompt, steps in zip(prompts, step_lists):
+            first = re.search(r"(\d+)", prompt.split(":", 1)[-1])
+            last = int(first.group(1)) if first else None
+            row = []
+            for s in steps:
+                m = step_re.match(s)
+                if m:
+                    a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+                    v = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b and a % b == 0 else None}[op]
+                    row.append(1.0 if v == c and a == last else 0.0)
+                    last = c
+                else:
+                    ans = s.split(":", 1)[1].strip() if s.startswith("Answer:") else None
+                    row.append(1.0 if ans is not None and ans == str(last) else 0.0)
+            out.append(row)
+        return out
+
+    def score(self, prompts, step_lists, aggregation=None):
+        from prmgym.rewards.base import aggregate
+
+        return [aggregate(r, aggregation or self.aggregation) for r in self.score_steps(prompts, step_lists)]
+
+
 def table(per_seed: dict[str, list[dict]]) -> str:
     """Markdown, mean ± std over seeds per method and budget (seed_claims.py's aggregation)."""
     from seed_claims import aggregate_rows, md_table  # the file next to this one
@@ -50,16 +93,47 @@ def table(per_seed: dict[str, list[dict]]) -> str:
     return md_table(aggregate_rows(per_seed))
 
 
+def merge(dirs: list[str], out: str) -> int:
+    """One table from several ``rows.json`` files (their seeds must differ)."""
+    from _results import read_result_files  # the file next to this one
+
+    per_seed: dict[str, list[dict]] = {}
+    meta = []
+    for d, data in read_result_files(dirs, "rows.json", "search_vs_vote.py"):
+        for seed, rows in data["rows"].items():
+            if seed in per_seed:
+                raise SystemExit(f"--merge: seed {seed} appears in more than one of {dirs}")
+            per_seed[seed] = rows
+        meta.append({"dir": d, "args": data.get("args"), "policy": data.get("policy")})
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "rows.json"), "w") as f:
+        json.dump({"merged_from": meta, "rows": per_seed}, f, indent=1)
+    md = table(per_seed)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policy", default=None, help="policy directory (default: the cached tiny SFT policy)")
     ap.add_argument("--env", default="prmgym/ChainArithmetic-v0")
+    ap.add_argument("--env-kwargs", default="{}", help="JSON gym.make arguments, e.g. "
+                    "'{\"source_kwargs\": {\"min_ops\": 4, \"max_ops\": 6, \"ops\": \"+-\"}}'")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eval-tasks", type=int, default=40)
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--prm-steps", type=int, default=40)
     ap.add_argument("--out", default="runs/search_vs_vote")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also run every PRM method with a rule-based ChainArithmetic step checker (upper bound)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                    help="run nothing: combine the rows.json of runs made separately (e.g. one seed per core) "
+                         "into one results.md in --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
 
     import torch
 
@@ -68,7 +142,10 @@ def main(argv=None) -> int:
     from prmgym.recipes import pipeline as P
     from prmgym.rewards.train import build_prm
 
-    policy_dir = args.policy or P.build_policy(args.env)
+    env_kwargs = json.loads(args.env_kwargs) or None
+    if args.oracle and "ChainArithmetic" not in args.env:
+        raise SystemExit(f"--oracle checks ChainArithmetic steps; it cannot score {args.env}")
+    policy_dir = args.policy or P.build_policy(args.env, env_kwargs)
     budgets = [int(b) for b in args.budgets.split(",")]
     per_seed: dict[str, list[dict]] = {}
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -77,9 +154,14 @@ def main(argv=None) -> int:
         build_prm("airl", policy_dir).save(os.path.join(sdir, "airl_prior"))
         scorers = {"airl_prior": P.load_scorer(os.path.join(sdir, "airl_prior")),
                    "airl": P.load_scorer(P.train_offline_prm("airl", policy_dir, args.env, os.path.join(sdir, "airl"),
-                                                             steps=args.prm_steps, seed=seed))}
+                                                             env_kwargs=env_kwargs, steps=args.prm_steps, seed=seed))}
+        prm_names = ("airl_prior", "airl")
+        if args.oracle:
+            scorers["oracle"] = ChainStepOracle()
+            prm_names += ("oracle",)
         policy = TransformersPolicy.from_pretrained(policy_dir)
-        rows, _ = P.compare(methods(), scorers, policy, args.env, budgets=budgets, n_tasks=args.eval_tasks, seed=seed,
+        rows, _ = P.compare(methods(prm_names), scorers, policy, args.env, budgets=budgets, n_tasks=args.eval_tasks, seed=seed,
+                            env_kwargs=env_kwargs,
                             on_row=lambda r: P.say(f"seed {seed} {r['method']:<18} @ {r['budget']}: {r['accuracy']:.3f} "
                                                    f"(generated {r['mean_generated']:.0f}, PRM {r['mean_prm']:.0f})"))
         per_seed[str(seed)] = rows

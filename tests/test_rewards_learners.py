@@ -85,10 +85,11 @@ def test_airl_does_not_saturate_at_init(policy):
         prm._init_bias(batch)
         return [x for row in prm.discriminator(batch) for x in row]
 
-    # default: LM prior (f starts at the backbone's own log π, i.e. the policy's): D = 1/2 ± head noise
+    # default: LM prior (f starts at the backbone's own log π, i.e. the policy's, and the heads
+    # start at zero): D = 1/2 exactly
     for scale in ("mean", "sum"):
         D = all_D(AIRLPRM.from_backbone(policy, logpi_scale=scale))
-        assert all(abs(d - 0.5) < 0.15 for d in D), (scale, D)
+        assert D == pytest.approx([0.5] * len(D), abs=1e-5), (scale, D)
     # no prior: length-normalised log π + data-dependent bias keeps D away from 0 and 1
     D = all_D(AIRLPRM.from_backbone(policy, lm_prior=False))
     assert all(0.1 < d < 0.9 for d in D), D
@@ -98,15 +99,22 @@ def test_airl_does_not_saturate_at_init(policy):
     assert min(x for row in raw.discriminator(batch) for x in row) > 0.999
 
 
-def test_airl_lm_prior_is_the_backbone_log_prob(policy):
-    prm = AIRLPRM.from_backbone(policy, cache=False)
-    with torch.no_grad():
-        prm.net.head.weight.zero_()
+def test_airl_lm_prior_is_the_backbone_log_prob(policy, tmp_path):
+    prm = AIRLPRM.from_backbone(policy, cache=False)  # untrained: no head to zero by hand
     p, s = "Compute 1 + 2.", ["1 + 2 = 3", "Answer: 3"]
     [out] = prm.outputs([p], [s])
     lp, nt = fill_logprobs(policy, [p], [s])
-    assert out[1:, 0].tolist() == pytest.approx([a / n for a, n in zip(lp[0], nt[0])], abs=1e-4)
+    mean_lp = [a / n for a, n in zip(lp[0], nt[0])]
+    assert out[1:, 0].tolist() == pytest.approx(mean_lp, abs=1e-4)
     assert out[:, 1].abs().max() < 1e-6  # h: zero head
+    # so the untrained search score is σ(mean token log-prob): it ranks steps as the policy does
+    assert prm.score_steps([p], [s])[0] == pytest.approx(torch.sigmoid(torch.tensor(mean_lp)).tolist(), abs=1e-4)
+    # a saved, trained head is loaded over the zero initialisation
+    with torch.no_grad():
+        prm.net.head.weight.normal_(std=0.5)
+    prm.save(tmp_path / "prm")
+    again = load_prm(tmp_path / "prm")
+    assert torch.equal(again.net.head.weight, prm.net.head.weight)
 
 
 @pytest.mark.parametrize("search_score", ["g", "f"])

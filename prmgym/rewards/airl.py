@@ -80,6 +80,14 @@ class AIRLPRM(ScalarHeadPRM):
         if logpi_scale not in LOGPI_SCALES:
             raise ValueError(f"unknown logpi_scale {logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
         super().__init__(model, tokenizer, **kw)
+        if lm_prior:
+            # Zero heads: an untrained discriminator is exactly the LM prior (g = log p_θ(a|s),
+            # h = 0, so f − log π = 0 and D = 1/2). A random head would add noise of the size of
+            # the log-prob gaps between sibling steps (measured: it cut the within-position AUC of
+            # the policy's own proposals from 0.91 to 0.81). A saved PRM loads its trained head over these.
+            with torch.no_grad():
+                self.net.head.weight.zero_()
+                self.net.head.bias.zero_()
         self.gamma = float(gamma)
         self.search_score = search_score
         self.logpi_scale = logpi_scale
