@@ -76,8 +76,10 @@ def own_proposal_set(policy, env, n: int, seed: int, k: int = 8, max_new_tokens:
     """The policy's *own* next steps: at every prefix of the expert solution of ``n`` test tasks,
     ``k`` sampled proposals (T = 1, duplicates dropped), labelled 1 when the proposal equals the
     expert's step. Exact for tasks whose next step is unique (ChainArithmetic); elsewhere a valid
-    alternative step counts as wrong. Items: (position, prompt, steps ending in the proposal,
-    label, the policy's mean token log-prob of the proposal)."""
+    alternative step counts as wrong. Returns (items, right_of_k): items are (position, prompt,
+    steps ending in the proposal, label, the policy's mean token log-prob of the proposal);
+    right_of_k[j] counts the prefixes where j of the k samples equal the expert step (how
+    systematic the policy's errors are: j = 0 is an error no resampling fixes)."""
     from prmgym.envs.trace import render_trace
 
     u = env.unwrapped
@@ -86,7 +88,9 @@ def own_proposal_set(policy, env, n: int, seed: int, k: int = 8, max_new_tokens:
     obs = [render_trace(t.prompt, list(t.expert_steps[:i]), u.delimiter) for t, i in pos]
     props = policy.propose(obs, k, stop=u.delimiter, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
     items = []
+    right_of_k = [0] * (k + 1)  # positions by how many of the k samples equal the expert step
     for j, ((t, i), ps) in enumerate(zip(pos, props)):
+        right_of_k[sum(pr.text.strip() == t.expert_steps[i].strip() for pr in ps)] += 1
         seen = set()
         for pr in ps:
             txt = pr.text.strip()
@@ -94,7 +98,7 @@ def own_proposal_set(policy, env, n: int, seed: int, k: int = 8, max_new_tokens:
                 seen.add(txt)
                 items.append((j, t.prompt, list(t.expert_steps[:i]) + [txt], float(txt == t.expert_steps[i].strip()),
                               sum(pr.logprobs) / max(1, len(pr.logprobs))))
-    return items
+    return items, right_of_k
 
 
 def own_metrics(scores: list[float], items) -> dict:
@@ -229,10 +233,15 @@ def main(argv=None) -> int:
         probe = gym.make(env_id, split="test", **ek)
         delim = probe.unwrapped.delimiter
         clean, bad = corrupted_eval_set(probe, args.eval_tasks, seed=args.seed + 1)
-        own = own_proposal_set(policy, probe, args.own_tasks, seed=args.seed + 2) if args.own_tasks else []
+        own, right_of_8 = own_proposal_set(policy, probe, args.own_tasks, seed=args.seed + 2) if args.own_tasks else ([], [])
         probe.close()
         print(f"eval: {len(clean)} clean traces, {len(bad)} corrupted; {len(own)} own proposals "
               f"({sum(it[3] for it in own):.0f} equal the expert step)", flush=True)
+        if own:
+            n_pre = max(1, sum(right_of_8))
+            print(f"prefixes by how many of 8 samples equal the expert step (0..8): {right_of_8}; "
+                  f"all 8 wrong at {right_of_8[0] / n_pre:.0%} of {sum(right_of_8)} prefixes", flush=True)
+            report.setdefault("own_right_of_8", {})[env_id] = right_of_8
         rows = {}
         ref = policy_logprob_scores(policy, clean, bad, delim)
         ref.update({"train_s": 0.0, "rollout_traces": 0, "mc_rollouts": 0})

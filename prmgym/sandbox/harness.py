@@ -72,14 +72,17 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import ctypes.util
 import json
 import marshal
 import os
 import resource
 import select
+import shutil
 import signal
 import struct
 import sys
+import tempfile
 import time
 import traceback
 
@@ -117,9 +120,7 @@ def _lib():
         try:
             _libc = ctypes.CDLL("libc.so.6", use_errno=True)
         except OSError:
-            from ctypes.util import find_library  # only where libc has another name (it pulls in subprocess)
-
-            _libc = ctypes.CDLL(find_library("c"), use_errno=True)
+            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     return _libc
 
 
@@ -1003,7 +1004,7 @@ class Server:
             uid = None  # cannot switch users; run as ourselves
         self.uid = uid
         self.in_fd, self.out_fd = in_fd, out_fd
-        self.workdir_root = workdir_root  # None: the system temp dir (only used without namespaces)
+        self.workdir_root = workdir_root or tempfile.gettempdir()
         iso = probe_isolation(uid) if namespaces != "off" else {"namespaces": False, "netns": False}
         if namespaces == "on" and not iso.get("namespaces"):
             raise SystemExit(f"namespaces were required but unshare failed: {iso.get('namespaces_error')}")
@@ -1095,8 +1096,6 @@ class Server:
         iso = self.isolation
         own_workdir = None
         if not (self.namespaces and iso.get("namespaces") and iso.get("mounts")):
-            import tempfile  # only on hosts without namespaces: the lean server does not load it
-
             own_workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=self.workdir_root)
         pipes = {}
         pipes["job_r"], job_w = os.pipe()
@@ -1230,8 +1229,6 @@ class Server:
                     pass
             _kill_tree(pid, self.uid)
         if own_workdir is not None:
-            import shutil
-
             shutil.rmtree(own_workdir, ignore_errors=True)
         self._reap_orphans()
         status = {"wait_status": wait_status if wait_status != -1 else None, "killed": killed}
@@ -1389,12 +1386,8 @@ def claim_uid(base: int, span: int = 10000, lock_dir: str | None = None) -> tupl
     ``(uid, fd)``; keep ``fd`` open. The fd is close-on-exec and closed in every job process."""
     import fcntl
 
-    if lock_dir is None and os.path.isdir("/run"):
-        lock_dir = UID_LOCK_DIR
-    if lock_dir is None:
-        import tempfile
-
-        lock_dir = os.path.join(tempfile.gettempdir(), "prmgym-sandbox-uids")
+    lock_dir = lock_dir or (UID_LOCK_DIR if os.path.isdir("/run") else os.path.join(tempfile.gettempdir(),
+                                                                                      "prmgym-sandbox-uids"))
     os.makedirs(lock_dir, mode=0o700, exist_ok=True)
     for uid in range(base, base + span):
         fd = os.open(os.path.join(lock_dir, f"{uid}.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
@@ -1422,65 +1415,38 @@ def read_frame(fd: int) -> dict:
     return json.loads(_read_exact(fd, n))
 
 
-#: stdlib modules that fork servers import before serving, so that jobs which import them do
-#: not pay for it. Kept to what short programs commonly import: every module here enlarges the
-#: server, and each job pays for the server's size twice (two forks; see docs/sandbox.md).
 _WARM_MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
-                 "random", "typing", "json", "copy", "operator", "array", "enum", "textwrap", "io",
-                 "cmath", "numbers", "abc", "contextlib", "traceback", "struct", "threading")
-
-_USAGE = ("usage: harness.py serve [--uid UID | --uid-base UID] [--namespaces auto|on|off] "
-          "[--workdir-root DIR] [--path DIR]... [--no-warm]")
-
-
-def _parse_serve_args(argv: list[str]) -> dict:
-    """The ``serve`` command line (no argparse: the server stays small, see `_WARM_MODULES`).
-
-    ``--path DIR`` (repeatable) appends DIR to ``sys.path`` before anything is imported: a
-    server started with ``python -S`` gets the caller's site-packages that way, without
-    running its ``.pth`` files."""
-    if not argv or argv[0] != "serve":
-        raise SystemExit(_USAGE)
-    opts = {"uid": None, "uid_base": None, "namespaces": "auto", "workdir_root": None, "path": [], "warm": True}
-    it = iter(argv[1:])
-    for flag in it:
-        if flag == "--no-warm":
-            opts["warm"] = False
-            continue
-        key = {"--uid": "uid", "--uid-base": "uid_base", "--namespaces": "namespaces",
-               "--workdir-root": "workdir_root", "--path": "path"}.get(flag)
-        value = next(it, None)
-        if key is None or value is None:
-            raise SystemExit(f"harness.py: bad argument {flag!r}\n{_USAGE}")
-        if key in ("uid", "uid_base"):
-            try:
-                opts[key] = int(value)
-            except ValueError:
-                raise SystemExit(f"harness.py: {flag} takes an integer uid, got {value!r}") from None
-        elif key == "namespaces" and value not in ("auto", "on", "off"):
-            raise SystemExit(f"harness.py: --namespaces takes auto, on or off, got {value!r}")
-        elif key == "path":
-            opts["path"].append(value)
-        else:
-            opts[key] = value
-    return opts
+                 "random", "typing", "json", "hashlib", "fractions", "decimal", "statistics", "copy",
+                 "datetime", "operator", "array", "threading", "unittest", "dataclasses", "enum",
+                 "textwrap", "io", "cmath", "numbers", "abc", "contextlib", "traceback", "struct")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_serve_args(sys.argv[1:] if argv is None else argv)
-    for p in args["path"]:
-        if p not in sys.path:
-            sys.path.append(p)
-    if args["warm"]:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="prmgym sandbox harness (fork server)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="answer job frames on stdin/stdout")
+    s.add_argument("--uid", type=int, default=None, help="uid for jobs when running as root")
+    s.add_argument("--uid-base", type=int, default=None,
+                   help="instead of --uid: take the first free uid from uid-base on (an flock per uid, held "
+                        "while this server lives), so servers of different sandboxes never share a uid")
+    s.add_argument("--namespaces", choices=("auto", "on", "off"), default="auto")
+    s.add_argument("--workdir-root", default=None)
+    s.add_argument("--no-warm", action="store_true", help="do not pre-import common stdlib modules")
+    args = parser.parse_args(argv)
+    if not args.no_warm:
+        import importlib
+
         for name in _WARM_MODULES:
             try:
-                __import__(name)
+                importlib.import_module(name)
             except ImportError:
                 pass
-    uid = args["uid"]
-    if uid is None and args["uid_base"] is not None and os.getuid() == 0:
-        uid, _lock_fd = claim_uid(args["uid_base"])  # the lock lives as long as this process
-    server = Server(uid, args["namespaces"], args["workdir_root"])
+    uid = args.uid
+    if uid is None and args.uid_base is not None and os.getuid() == 0:
+        uid, _lock_fd = claim_uid(args.uid_base)  # the lock lives as long as this process
+    server = Server(uid, args.namespaces, args.workdir_root)
     server.enter_namespaces()
     server.serve()
     return 0

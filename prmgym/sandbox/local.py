@@ -35,14 +35,6 @@ from prmgym.sandbox.base import ExecResult, Job, Sandbox
 HARNESS_PATH = Path(harness.__file__).resolve()
 
 
-def _site_packages() -> list[str]:
-    """The interpreter's site-packages directories (a venv's own, or the system's), existing ones only."""
-    import site
-
-    dirs = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
-    return [d for d in dirs if os.path.isdir(d)]
-
-
 class SandboxInfraError(RuntimeError):
     """A worker failed (died, broke the protocol, missed the host deadline). Never the program's fault."""
 
@@ -59,11 +51,7 @@ class _Worker:
         self.start()
 
     def start(self) -> None:
-        # -S: no site module and no .pth files (a smaller server forks faster); the caller's
-        # site-packages are passed explicitly, so jobs can still import what is installed there
-        cmd = [sys.executable, "-I", "-S", str(HARNESS_PATH), "serve", "--namespaces", self.namespaces]
-        for p in _site_packages():
-            cmd += ["--path", p]
+        cmd = [sys.executable, "-I", str(HARNESS_PATH), "serve", "--namespaces", self.namespaces]
         if self.uid_base is not None:
             cmd += ["--uid-base", str(self.uid_base)]
         if not self.warm:
