@@ -12,6 +12,7 @@ every ``--eval-every`` steps. Writes ``curves.png`` (mean +- std over seeds),
     # one seed per core, then one table:
     python benchmarks/learning_curves.py --envs countdown --algos grpo --steps 300 --eval-every 50 --seeds 1 --first-seed 0 --out runs/lc0 &
     python benchmarks/learning_curves.py --envs countdown --algos grpo --steps 300 --eval-every 50 --seeds 1 --first-seed 1 --out runs/lc1
+    wait
     python benchmarks/learning_curves.py --merge runs/lc0 runs/lc1 --out runs/lc
 
 Trainer settings: ``TRAINER``, then ``ENV_TRAINER[env]`` (Countdown uses lr 2e-4), then ``--set``.
@@ -121,8 +122,8 @@ def main(argv=None) -> int:
                 c = r["curve"]
                 print(f"[{env}] {algo} seed {seed}: pass@1 {c[0][1]:.3f} -> {c[-1][1]:.3f} "
                       f"in {r['train_seconds'] / 60:.1f} min", flush=True)
-                with open(os.path.join(args.out, "results.json"), "w") as f:
-                    json.dump({"args": vars(args), "results": results}, f, indent=1)
+                with open(os.path.join(args.out, "results.json"), "w") as f:  # after every run: nothing is lost
+                    json.dump({"args": vars(args), "results": results, "complete": False}, f, indent=1)
     return write_report(results, args.out)
 
 
@@ -132,8 +133,11 @@ def merge_results(dirs: list[str]) -> dict:
     from _results import read_result_files  # the file next to this one
 
     merged: dict = {}
-    for _d, data in read_result_files(dirs, "results.json", "learning_curves.py"):
+    seen: dict = {}
+    for d, data in read_result_files(dirs, "results.json", "learning_curves.py"):
         a = data.get("args", {})
+        if data.get("complete") is False:
+            raise SystemExit(f"--merge: the run in {d} has not finished (or was stopped); finish it or leave it out")
         for env, by_algo in data["results"].items():
             for algo, runs in by_algo.items():
                 for i, r in enumerate(runs):
@@ -141,7 +145,18 @@ def merge_results(dirs: list[str]) -> dict:
                     r.setdefault("steps", a.get("steps"))
                     r.setdefault("eval_tasks", a.get("eval_tasks"))
                     r.setdefault("trainer", data.get("trainer"))
-                    merged.setdefault(env, {}).setdefault(algo, []).append(r)
+                    key = (env, algo, r["seed"])
+                    if key in seen:
+                        raise SystemExit(f"--merge: {env}/{algo} seed {r['seed']} is in both {seen[key]} and {d}")
+                    seen[key] = d
+                    runs_so_far = merged.setdefault(env, {}).setdefault(algo, [])
+                    if runs_so_far and (r["steps"], r["eval_tasks"], r["trainer"], len(r["curve"])) != (
+                            runs_so_far[0]["steps"], runs_so_far[0]["eval_tasks"], runs_so_far[0]["trainer"],
+                            len(runs_so_far[0]["curve"])):
+                        raise SystemExit(f"--merge: {env}/{algo} runs in {d} and {seen[(env, algo, runs_so_far[0]['seed'])]} "
+                                         "differ in steps, eval tasks, eval points or trainer settings; they cannot "
+                                         "share a mean")
+                    runs_so_far.append(r)
     return merged
 
 
@@ -149,7 +164,7 @@ def write_report(results: dict, out: str) -> int:
     """``results.md`` (mean ± std over seeds), ``curves.png`` and ``results.json`` in ``out``."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"results": results}, f, indent=1)
+        json.dump({"results": results, "complete": True}, f, indent=1)
     lines = ["Held-out pass@1 (greedy, the first test tasks of the split, the same for every run), tiny SFT "
              "policy; mean ± std over seeds; train minutes are wall-clock.", ""]
     lines += ["| env | algorithm | seeds | steps | eval tasks | before | after | change (points) | train minutes |",

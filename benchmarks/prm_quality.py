@@ -218,6 +218,7 @@ def main(argv=None) -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     os.makedirs(args.out, exist_ok=True)
     report = {"args": vars(args), "envs": {}}
+    ek = json.loads(args.env_kwargs)
     for env_id in envs:
         print(f"\n=== {env_id} ===", flush=True)
         if args.policy:
@@ -225,10 +226,10 @@ def main(argv=None) -> int:
         else:
             t0 = time.perf_counter()
             pol_dir = tiny_recipe.pretrain(env_id, steps=args.pretrain_steps, num_train_tasks=args.pretrain_tasks,
-                                           corrupt_rate=args.pretrain_corrupt, eval_tasks=50, seed=args.seed, progress=False)
+                                           corrupt_rate=args.pretrain_corrupt, eval_tasks=50, seed=args.seed,
+                                           env_kwargs=ek, progress=False)
             print(f"policy: {pol_dir} ({time.perf_counter() - t0:.0f}s incl. cache)", flush=True)
         policy = TransformersPolicy.from_pretrained(pol_dir)
-        ek = json.loads(args.env_kwargs)
         env_fn = lambda: gym.make(env_id, split="train", **ek)  # noqa: E731
         probe = gym.make(env_id, split="test", **ek)
         delim = probe.unwrapped.delimiter

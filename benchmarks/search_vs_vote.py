@@ -21,6 +21,7 @@ limited. Tasks differ per seed (``tasks("test", n, seed)``).
         --budgets 200,400 --eval-tasks 50 --seeds 0,1 --out runs/svv01 &
     python benchmarks/search_vs_vote.py --env-kwargs '{"source_kwargs": {"min_ops": 4, "max_ops": 6, "ops": "+-"}}' \
         --budgets 200,400 --eval-tasks 50 --seeds 2 --out runs/svv2
+    wait
     python benchmarks/search_vs_vote.py --merge runs/svv01 runs/svv2 --out runs/svv
 
 Writes ``OUT/rows.json`` (per seed) and ``OUT/results.md`` (mean ± std over seeds).
@@ -50,33 +51,40 @@ def methods(prms=("airl_prior", "airl")):
 
 
 class ChainStepOracle:
-    """A rule-based step checker for ChainArithmetic (an upper bound, not a learned PRM): 1 for a
-    step ``a op b=c`` whose arithmetic is right and whose ``a`` is the previous step's result (or,
-    for the first step, the prompt's first number), 1 for ``Answer: c`` of the last result, else 0.
-    It reads only the prompt and the steps, like any PRM. ``--oracle`` adds its rows, to show how
-    much of a method's accuracy is capped by the policy rather than by the PRM."""
+    """A rule-based step checker for ChainArithmetic (an upper bound, not a learned PRM). It reads
+    the chain from the prompt (``Compute left to right: 9-3*6``) and scores step i 1 when it is
+    exactly the solver's step i (``9-3=6``, then ``6*6=36``), the answer step 1 when it comes
+    after the last operation and gives the chain's value, and everything else 0. It reads only
+    the prompt and the steps, like any PRM. ``--oracle`` adds its rows, to show how much of a
+    method's accuracy is capped by the policy rather than by the PRM."""
 
     aggregation = "min"
 
-    def score_steps(self, prompts, step_lists):
+    @staticmethod
+    def expected_steps(prompt: str) -> list[str] | None:
+        """The solver's steps for the chain in ``prompt`` (None if it is not a chain)."""
         import re
 
-        step_re = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(-?\d+)\s*$")
+        from prmgym.envs.procedural import ChainArithmetic
+
+        m = re.search(r":\s*(\d+)((?:\s*[-+*/]\s*\d+)+)\s*$", prompt)
+        if not m:
+            return None
+        ops = [(op, int(b)) for op, b in re.findall(r"([-+*/])\s*(\d+)", m.group(2))]
+        try:
+            steps, value = ChainArithmetic.solve(int(m.group(1)), ops)
+        except ValueError:
+            return None
+        return steps + [f"Answer: {value}"]
+
+    def score_steps(self, prompts, step_lists):
         out = []
         for prompt, steps in zip(prompts, step_lists):
-            first = re.search(r"(\d+)", prompt.split(":", 1)[-1])
-            last = int(first.group(1)) if first else None
+            want = self.expected_steps(prompt) or []
             row = []
-            for s in steps:
-                m = step_re.match(s)
-                if m:
-                    a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-                    v = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b and a % b == 0 else None}[op]
-                    row.append(1.0 if v == c and a == last else 0.0)
-                    last = c
-                else:
-                    ans = s.split(":", 1)[1].strip() if s.startswith("Answer:") else None
-                    row.append(1.0 if ans is not None and ans == str(last) else 0.0)
+            for i, s in enumerate(steps):
+                ok = i < len(want) and "".join(s.split()) == "".join(want[i].split())
+                row.append(1.0 if ok else 0.0)
             out.append(row)
         return out
 
@@ -99,7 +107,19 @@ def merge(dirs: list[str], out: str) -> int:
 
     per_seed: dict[str, list[dict]] = {}
     meta = []
+    same = ("env", "env_kwargs", "eval_tasks", "budgets", "prm_steps", "oracle")
+    first = None
     for d, data in read_result_files(dirs, "rows.json", "search_vs_vote.py"):
+        a = data.get("args") or {}
+        wanted = [x.strip() for x in str(a.get("seeds", "")).split(",") if x.strip()]
+        if not data.get("complete", set(wanted) <= set(data["rows"])):
+            raise SystemExit(f"--merge: {d} holds seeds {sorted(data['rows'])} of {wanted}: that run has not "
+                             "finished (or was stopped); finish it or leave it out")
+        first = first or (d, a, data.get("policy"))
+        diff = [k for k in same if a.get(k) != first[1].get(k)]
+        if diff or data.get("policy") != first[2]:
+            raise SystemExit(f"--merge: {d} and {first[0]} were run with different settings "
+                             f"({', '.join(diff or ['policy'])}); only runs of one setting can share a table")
         for seed, rows in data["rows"].items():
             if seed in per_seed:
                 raise SystemExit(f"--merge: seed {seed} appears in more than one of {dirs}")
@@ -165,8 +185,10 @@ def main(argv=None) -> int:
                             on_row=lambda r: P.say(f"seed {seed} {r['method']:<18} @ {r['budget']}: {r['accuracy']:.3f} "
                                                    f"(generated {r['mean_generated']:.0f}, PRM {r['mean_prm']:.0f})"))
         per_seed[str(seed)] = rows
-        with open(os.path.join(args.out, "rows.json"), "w") as f:
-            json.dump({"args": vars(args), "policy": policy_dir, "rows": per_seed}, f, indent=1)
+        seeds_left = [s for s in args.seeds.split(",") if s.strip() and s.strip() not in per_seed]
+        with open(os.path.join(args.out, "rows.json"), "w") as f:  # after every seed: nothing is lost
+            json.dump({"args": vars(args), "policy": policy_dir, "rows": per_seed, "complete": not seeds_left},
+                      f, indent=1)
     md = table(per_seed)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md + "\n")
