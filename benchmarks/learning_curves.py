@@ -133,7 +133,8 @@ def merge_results(dirs: list[str]) -> dict:
     from _results import read_result_files  # the file next to this one
 
     merged: dict = {}
-    seen: dict = {}
+    seen: dict = {}  # (env, algo, seed) -> the dir it came from
+    reference: dict = {}  # (env, algo) -> (what every run of it must share, the dir of the first)
     for d, data in read_result_files(dirs, "results.json", "learning_curves.py"):
         a = data.get("args", {})
         if data.get("complete") is False:
@@ -149,14 +150,12 @@ def merge_results(dirs: list[str]) -> dict:
                     if key in seen:
                         raise SystemExit(f"--merge: {env}/{algo} seed {r['seed']} is in both {seen[key]} and {d}")
                     seen[key] = d
-                    runs_so_far = merged.setdefault(env, {}).setdefault(algo, [])
-                    if runs_so_far and (r["steps"], r["eval_tasks"], r["trainer"], len(r["curve"])) != (
-                            runs_so_far[0]["steps"], runs_so_far[0]["eval_tasks"], runs_so_far[0]["trainer"],
-                            len(runs_so_far[0]["curve"])):
-                        raise SystemExit(f"--merge: {env}/{algo} runs in {d} and {seen[(env, algo, runs_so_far[0]['seed'])]} "
-                                         "differ in steps, eval tasks, eval points or trainer settings; they cannot "
-                                         "share a mean")
-                    runs_so_far.append(r)
+                    shared = (r["steps"], r["eval_tasks"], r["trainer"], len(r["curve"]))
+                    ref, ref_dir = reference.setdefault((env, algo), (shared, d))
+                    if shared != ref:
+                        raise SystemExit(f"--merge: {env}/{algo} runs in {d} and {ref_dir} differ in steps, eval "
+                                         "tasks, eval points or trainer settings; they cannot share a mean")
+                    merged.setdefault(env, {}).setdefault(algo, []).append(r)
     return merged
 
 

@@ -106,24 +106,16 @@ def own_metrics(scores: list[float], items) -> dict:
     same prefix: what a beam or MCTS ranking needs)."""
     good = [x for x, it in zip(scores, items) if it[3] == 1]
     bad = [x for x, it in zip(scores, items) if it[3] == 0]
-    by_pos: dict = {}
+    by_pos: dict = {}  # position -> ([right siblings' scores], [wrong siblings' scores])
     for x, it in zip(scores, items):
-        by_pos.setdefault(it[0], []).append((x, it[3]))
+        by_pos.setdefault(it[0], ([], []))[0 if it[3] == 1 else 1].append(x)
     wins = pairs = 0.0
-    for sib in by_pos.values():
-        for a, ya in sib:
-            for b, yb in sib:
-                if ya == 1 and yb == 0:
-                    wins += 1.0 if a > b else 0.5 if a == b else 0.0
-                    pairs += 1
+    for right, wrong in by_pos.values():
+        if right and wrong:
+            wins += auc(right, wrong) * len(right) * len(wrong)
+            pairs += len(right) * len(wrong)
     return {"own_auc": auc(good, bad), "own_within": wins / pairs if pairs else float("nan"),
             "own_items": len(items), "own_pairs": int(pairs)}
-
-
-def own_evaluate(prm, items) -> dict:
-    prm.clear_cache()
-    rows = prm.score_steps([it[1] for it in items], [it[2] for it in items])
-    return own_metrics([r[-1] for r in rows], items)
 
 
 def metrics_from_scores(s_clean, s_bad, clean, bad) -> dict:
@@ -144,11 +136,15 @@ def metrics_from_scores(s_clean, s_bad, clean, bad) -> dict:
             "paired": sum(paired) / max(1, len(paired)), "n_good": len(good), "n_bad": len(wrong)}
 
 
-def evaluate(prm, clean, bad) -> dict:
+def evaluate(prm, clean, bad, own=()) -> dict:
+    """Corrupted-step metrics, plus the own-proposal ones when ``own`` items are given."""
     prm.clear_cache()
     s_clean = prm.score_steps([p for p, _ in clean], [s for _, s in clean])
     s_bad = prm.score_steps([p for p, _, _ in bad], [s for _, s, _ in bad])
-    return metrics_from_scores(s_clean, s_bad, clean, bad)
+    res = metrics_from_scores(s_clean, s_bad, clean, bad)
+    if own:
+        res.update(own_metrics([r[-1] for r in prm.score_steps([it[1] for it in own], [it[2] for it in own])], own))
+    return res
 
 
 def policy_logprob_scores(policy, clean, bad, delimiter):
@@ -261,9 +257,7 @@ def main(argv=None) -> int:
             hist = trainer.train()
             train_s = time.perf_counter() - t0
             trainer.close()
-            res = evaluate(prm, clean, bad)
-            if own:
-                res.update(own_evaluate(prm, own))
+            res = evaluate(prm, clean, bad, own)
             res.update({"train_s": train_s, "rollout_traces": trainer.stats["rollout_traces"],
                         "mc_rollouts": trainer.stats["mc_rollouts"],
                         "skipped_updates": sum(1 for h in hist if h.get("skipped")),
@@ -277,9 +271,7 @@ def main(argv=None) -> int:
                 other = "f" if prm.search_score == "g" else "g"
                 keep = prm.search_score
                 prm.search_score = other
-                alt = evaluate(prm, clean, bad)
-                if own:
-                    alt.update(own_evaluate(prm, own))
+                alt = evaluate(prm, clean, bad, own)
                 prm.search_score = keep
                 rows[f"airl (search_score={other})"] = {**res, **alt}
                 rows[f"airl (search_score={keep})"] = rows.pop("airl")

@@ -32,7 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+
+from prmgym.rewards.base import ProcessRewardModel  # the oracle is a PRM like any other
 
 BUDGETS = (150, 300)
 
@@ -50,7 +53,7 @@ def methods(prms=("airl_prior", "airl")):
     return out
 
 
-class ChainStepOracle:
+class ChainStepOracle(ProcessRewardModel):
     """A rule-based step checker for ChainArithmetic (an upper bound, not a learned PRM). It reads
     the chain from the prompt (``Compute left to right: 9-3*6``) and scores step i 1 when it is
     exactly the solver's step i (``9-3=6``, then ``6*6=36``), the answer step 1 when it comes
@@ -59,18 +62,18 @@ class ChainStepOracle:
     method's accuracy is capped by the policy rather than by the PRM."""
 
     aggregation = "min"
+    _chain = re.compile(r":\s*(\d+)((?:\s*[-+*/]\s*\d+)+)\s*$")
+    _op = re.compile(r"([-+*/])\s*(\d+)")
 
-    @staticmethod
-    def expected_steps(prompt: str) -> list[str] | None:
+    @classmethod
+    def expected_steps(cls, prompt: str) -> list[str] | None:
         """The solver's steps for the chain in ``prompt`` (None if it is not a chain)."""
-        import re
-
         from prmgym.envs.procedural import ChainArithmetic
 
-        m = re.search(r":\s*(\d+)((?:\s*[-+*/]\s*\d+)+)\s*$", prompt)
+        m = cls._chain.search(prompt)
         if not m:
             return None
-        ops = [(op, int(b)) for op, b in re.findall(r"([-+*/])\s*(\d+)", m.group(2))]
+        ops = [(op, int(b)) for op, b in cls._op.findall(m.group(2))]
         try:
             steps, value = ChainArithmetic.solve(int(m.group(1)), ops)
         except ValueError:
@@ -88,17 +91,26 @@ class ChainStepOracle:
             out.append(row)
         return out
 
-    def score(self, prompts, step_lists, aggregation=None):
-        from prmgym.rewards.base import aggregate
-
-        return [aggregate(r, aggregation or self.aggregation) for r in self.score_steps(prompts, step_lists)]
-
 
 def table(per_seed: dict[str, list[dict]]) -> str:
     """Markdown, mean ± std over seeds per method and budget (seed_claims.py's aggregation)."""
     from seed_claims import aggregate_rows, md_table  # the file next to this one
 
     return md_table(aggregate_rows(per_seed))
+
+
+def write_table(per_seed: dict[str, list[dict]], out: str) -> int:
+    """``out/results.md`` from the per-seed rows, and the same table on stdout."""
+    md = table(per_seed)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    return 0
+
+
+def seed_list(seeds: str) -> list[str]:
+    """``"0, 1,2"`` -> ``["0", "1", "2"]`` (the ``--seeds`` value, as rows.json keys its seeds)."""
+    return [str(int(s)) for s in str(seeds).split(",") if s.strip()]
 
 
 def merge(dirs: list[str], out: str) -> int:
@@ -108,15 +120,15 @@ def merge(dirs: list[str], out: str) -> int:
     per_seed: dict[str, list[dict]] = {}
     meta = []
     same = ("env", "env_kwargs", "eval_tasks", "budgets", "prm_steps", "oracle")
+    absent = {"oracle": False}  # options added later: what a run without them did
     first = None
     for d, data in read_result_files(dirs, "rows.json", "search_vs_vote.py"):
         a = data.get("args") or {}
-        wanted = [x.strip() for x in str(a.get("seeds", "")).split(",") if x.strip()]
+        wanted = seed_list(a.get("seeds", ""))
         if not data.get("complete", set(wanted) <= set(data["rows"])):
             raise SystemExit(f"--merge: {d} holds seeds {sorted(data['rows'])} of {wanted}: that run has not "
                              "finished (or was stopped); finish it or leave it out")
         first = first or (d, a, data.get("policy"))
-        absent = {"oracle": False}  # options added later: what a run without them did
         diff = [k for k in same if a.get(k, absent.get(k)) != first[1].get(k, absent.get(k))]
         if diff or data.get("policy") != first[2]:
             raise SystemExit(f"--merge: {d} and {first[0]} were run with different settings "
@@ -129,11 +141,7 @@ def merge(dirs: list[str], out: str) -> int:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "rows.json"), "w") as f:
         json.dump({"merged_from": meta, "rows": per_seed}, f, indent=1)
-    md = table(per_seed)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
-    return 0
+    return write_table(per_seed, out)
 
 
 def main(argv=None) -> int:
@@ -169,7 +177,8 @@ def main(argv=None) -> int:
     policy_dir = args.policy or P.build_policy(args.env, env_kwargs)
     budgets = [int(b) for b in args.budgets.split(",")]
     per_seed: dict[str, list[dict]] = {}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    seeds = seed_list(args.seeds)
+    for seed in map(int, seeds):
         sdir = os.path.join(args.out, f"seed{seed}")
         os.makedirs(sdir, exist_ok=True)
         build_prm("airl", policy_dir).save(os.path.join(sdir, "airl_prior"))
@@ -186,15 +195,10 @@ def main(argv=None) -> int:
                             on_row=lambda r: P.say(f"seed {seed} {r['method']:<18} @ {r['budget']}: {r['accuracy']:.3f} "
                                                    f"(generated {r['mean_generated']:.0f}, PRM {r['mean_prm']:.0f})"))
         per_seed[str(seed)] = rows
-        seeds_left = [s for s in args.seeds.split(",") if s.strip() and s.strip() not in per_seed]
         with open(os.path.join(args.out, "rows.json"), "w") as f:  # after every seed: nothing is lost
-            json.dump({"args": vars(args), "policy": policy_dir, "rows": per_seed, "complete": not seeds_left},
-                      f, indent=1)
-    md = table(per_seed)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
-    return 0
+            json.dump({"args": vars(args), "policy": policy_dir, "rows": per_seed,
+                       "complete": set(seeds) <= set(per_seed)}, f, indent=1)
+    return write_table(per_seed, args.out)
 
 
 if __name__ == "__main__":

@@ -162,10 +162,10 @@ def prctl(option: int, arg: int = 0) -> None:
 
 def set_process_name(name: str) -> None:
     """Name this process in ``ps``/``top``/``perf`` (prctl PR_SET_NAME; 15 bytes kept). Best effort."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])  # prctl copies it; NUL-terminated
     try:
-        _lib().prctl(ctypes.c_int(PR_SET_NAME), ctypes.c_char_p(name.encode()[:15]), ctypes.c_ulong(0),
-                     ctypes.c_ulong(0), ctypes.c_ulong(0))
-    except (OSError, AttributeError, ValueError):
+        prctl(PR_SET_NAME, ctypes.addressof(buf))
+    except OSError:
         pass
 
 
