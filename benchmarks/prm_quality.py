@@ -195,6 +195,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--mc-rollouts", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--airl-negatives", default="rollouts", help="AIRL policy steps: rollouts | prefixes | both "
+                    "(PRMTrainConfig.airl_negatives)")
+    ap.add_argument("--proposals", type=int, default=4, help="AIRL with prefixes/both: policy steps per expert prefix")
     ap.add_argument("--eval-tasks", type=int, default=100)
     ap.add_argument("--max-steps", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
@@ -251,7 +254,9 @@ def main(argv=None) -> int:
             prm = build_prm(kind, policy, lr=args.lr, delimiter=delim)
             cfg = PRMTrainConfig(kind=kind, steps=args.steps, tasks_per_step=args.tasks_per_step,
                                  rollouts_per_task=args.rollouts, mc_rollouts=args.mc_rollouts,
-                                 max_steps=args.max_steps, seed=args.seed)
+                                 max_steps=args.max_steps, seed=args.seed,
+                                 **({"airl_negatives": args.airl_negatives, "proposals_per_prefix": args.proposals}
+                                    if kind == "airl" else {}))
             trainer = OfflinePRMTrainer(prm, policy, env_fn, cfg)
             t0 = time.perf_counter()
             hist = trainer.train()
@@ -259,6 +264,7 @@ def main(argv=None) -> int:
             trainer.close()
             res = evaluate(prm, clean, bad, own)
             res.update({"train_s": train_s, "rollout_traces": trainer.stats["rollout_traces"],
+                        "prefix_proposals": trainer.stats.get("prefix_proposals", 0),
                         "mc_rollouts": trainer.stats["mc_rollouts"],
                         "skipped_updates": sum(1 for h in hist if h.get("skipped")),
                         "pos_frac": sum(h.get("positive_frac", 0) for h in hist) / max(1, len(hist))})
@@ -267,18 +273,21 @@ def main(argv=None) -> int:
                 if k in last:
                     res[f"final_{k}"] = last[k]
             rows[kind] = res
-            if kind == "airl":  # both documented search scores
+            if kind == "airl" and args.airl_negatives != "rollouts":
+                rows[f"airl [{args.airl_negatives}]"] = rows.pop("airl")
+                kind = f"airl [{args.airl_negatives}]"
+            if kind.startswith("airl"):  # both documented search scores
                 other = "f" if prm.search_score == "g" else "g"
                 keep = prm.search_score
                 prm.search_score = other
                 alt = evaluate(prm, clean, bad, own)
                 prm.search_score = keep
-                rows[f"airl (search_score={other})"] = {**res, **alt}
-                rows[f"airl (search_score={keep})"] = rows.pop("airl")
+                rows[f"{kind} (search_score={other})"] = {**res, **alt}
+                rows[f"{kind} (search_score={keep})"] = rows.pop(kind)
                 print(f"airl search_score={other}: AUC={alt['auc']:.3f} loc={alt['loc']:.3f} paired={alt['paired']:.3f}", flush=True)
             print(f"{kind:9s} AUC={res['auc']:.3f} loc={res['loc']:.3f} paired={res['paired']:.3f} train={train_s:.0f}s "
                   f"rollouts={res['rollout_traces']} mc_rollouts={res['mc_rollouts']}", flush=True)
-            if kind == kinds[0]:
+            if kind.split(" ")[0] == kinds[0]:
                 sp = speed(prm, clean + [(p, s) for p, s, _ in bad])
                 print(f"speed: one pass {sp['one_pass_s']*1e3:.1f} ms vs per-prefix {sp['per_prefix_s']*1e3:.1f} ms "
                       f"-> {sp['speedup']:.2f}x (tokens {sp['tokens_one_pass']} vs {sp['tokens_per_prefix']}, "

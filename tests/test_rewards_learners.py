@@ -153,6 +153,37 @@ def test_airl_bad_input(policy):
         PRMBatch(["p"], [["a", "b", "c"]], step_logprobs=[[0.0]])
 
 
+def test_airl_context_steps_are_state_not_examples(policy):
+    """A policy step proposed after an expert prefix is one negative; the prefix is only its state."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(2)
+    prm = AIRLPRM.from_backbone(policy, cache=False)
+    with torch.no_grad():
+        prm.net.head.weight.normal_(std=0.5)
+    prm.net.eval()  # no dropout: the two losses below must see the same logits
+    good, bad = toy_traces(2, seed=6)
+    prompts = [good[0][0], good[0][0], good[1][0]]
+    steps = [good[0][1], good[0][1][:2] + [bad[0][1][0]], good[1][1]]  # the middle one: prefix + a junk step
+    batch = PRMBatch(prompts, steps, labels=[1.0, 0.0, 1.0], step_logprobs=[[-8.0] * 3] * 3,
+                     step_ntokens=[[4] * 3] * 3, context_steps=[0, 2, 0])
+    loss, m = prm.loss(batch)
+    z = prm.logits(batch)
+    zp, zn = torch.cat([z[0], z[2]]), z[1][2:]  # only the proposed step is a policy example
+    want = 0.5 * (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
+                  + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
+    assert float(loss) == pytest.approx(float(want), abs=1e-5)
+    assert m["disc_acc_policy"] == float((zn < 0).float().mean())
+    without = prm.loss(PRMBatch(prompts, steps, labels=[1.0, 0.0, 1.0], step_logprobs=[[-8.0] * 3] * 3,
+                                step_ntokens=[[4] * 3] * 3))[0]
+    assert float(without) != pytest.approx(float(loss), abs=1e-4)  # counting the prefix changes the loss
+    # concatenation keeps the context of the batches that have one; the others have none
+    cat = PRMBatch.concat([batch, PRMBatch(prompts[:1], steps[:1], labels=[1.0])])
+    assert cat.context_steps == [0, 2, 0, 0]
+    with pytest.raises(ValueError, match="context_steps\\[0\\] is 4 for a trace of 3 steps"):
+        PRMBatch(prompts[:1], steps[:1], context_steps=[4])
+
+
 # ------------------------------------------------------------------------------- rePIRL
 def test_repirl_learns(policy):
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ import prmgym  # noqa: F401  (registers the environments)
 from prmgym.cli import main
 from prmgym.models import tiny
 from prmgym.rewards import MCPRM, load_prm
-from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, rollout
-from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
+from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout
+from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
 
 torch.set_num_threads(1)
 ENV = "prmgym/ChainArithmetic-v0"
@@ -61,6 +61,50 @@ def test_mc_step_labels(policy, tasks):
     pool.close()
 
 
+def test_prefix_proposals_sample_at_every_expert_prefix(policy, tasks):
+    experts = expert_traces(tasks)
+    props = prefix_proposals(policy, experts, k=3, seed=4, max_new_tokens=8)
+    again = prefix_proposals(policy, experts, k=3, seed=4, max_new_tokens=8)
+    assert [p.steps for p in props] == [p.steps for p in again]  # seeded
+    assert len(props) == 3 * sum(len(t.steps) for t in experts)
+    at = [(t, i) for t in experts for i in range(len(t.steps)) for _ in range(3)]
+    for p, (t, i) in zip(props, at):
+        assert p.prompt == t.prompt and p.prefix_len == i and p.steps[:i] == t.steps[:i] and len(p.steps) == i + 1
+        assert p.step_logprobs[:i] == [0.0] * i and p.step_logprobs[i] < 0 and p.step_ntokens[i] >= 1
+        assert not p.correct and p.task is t.task
+    with pytest.raises(ValueError, match="k >= 1"):
+        prefix_proposals(policy, experts, k=0)
+
+
+@pytest.mark.parametrize("mode", ["prefixes", "both"])
+def test_airl_trains_on_policy_steps_at_expert_prefixes(policy, mode):
+    env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
+    cfg = PRMTrainConfig(kind="airl", steps=2, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3,
+                         airl_negatives=mode, proposals_per_prefix=2)
+    prm = build_prm("airl", policy, lr=1e-3)
+    before = [p.detach().clone() for p in prm.parameters()]
+    tr = OfflinePRMTrainer(prm, policy, env_fn, cfg)
+    batch = tr.collect(0)
+    tasks = tr._tasks(0)
+    n_prefix = sum(len(t.expert_steps) for t in tasks)
+    ctx = batch.context_steps
+    assert batch.prompts[:2] == [t.prompt for t in tasks] and batch.labels[:2] == [1.0, 1.0] and ctx[:2] == [0, 0]
+    assert [c for c in ctx[2 : 2 + 2 * n_prefix]] == [i for t in tasks for i in range(len(t.expert_steps)) for _ in range(2)]
+    if mode == "prefixes":
+        assert len(batch) == 2 + 2 * n_prefix and tr.stats["rollout_traces"] == 0
+    else:  # rollouts too, each a whole trace (no context)
+        assert len(batch) > 2 + 2 * n_prefix and set(ctx[2 + 2 * n_prefix :]) == {0}
+    hist = tr.train()
+    assert len(hist) == 2 and "disc_acc" in hist[-1]
+    assert any(not torch.equal(a, b) for a, b in zip(before, prm.parameters()))
+    tr.close()
+    with pytest.raises(ValueError, match="airl_negatives must be one of"):
+        PRMTrainConfig(kind="airl", airl_negatives="expert")
+    assert PRMTrainConfig(kind="orm", airl_negatives="prefixes").kind == "orm"  # other kinds ignore it
+    with pytest.raises(ValueError, match="use_expert=True"):
+        PRMTrainConfig(kind="airl", airl_negatives="prefixes", use_expert=False)
+
+
 def test_offline_trainer_checkpoints_and_resumes(policy, tmp_path):
     env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
     cfg = PRMTrainConfig(kind="airl", steps=2, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3)
@@ -90,6 +134,22 @@ def test_cli_train_mc_prm(policy, tmp_path):
     assert rc == 0
     prm = load_prm(out)
     assert isinstance(prm, MCPRM) and prm.updates == 1
+
+
+def test_cli_train_airl_on_prefix_proposals(policy, tmp_path, capsys):
+    pdir = str(tmp_path / "pol")
+    policy.save(pdir)
+    out = str(tmp_path / "airl")
+    rc = main(["train-prm", "--kind", "airl", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
+               "--tasks-per-step", "2", "--airl-negatives", "prefixes", "--proposals-per-prefix", "2",
+               "--max-new-tokens", "8", "--quiet"])
+    prm = load_prm(out)
+    assert rc == 0 and prm.updates == 1
+    assert prm.lr == 1e-5  # the offline AIRL default (OFFLINE_LR); other kinds keep their learner's 1e-4
+    assert offline_lr("airl") == {"lr": 1e-5} and offline_lr("orm") == {} and offline_lr("airl", 3e-4) == {"lr": 3e-4}
+    rc = main(["train-prm", "--kind", "airl", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
+               "--airl-negatives", "prefixes", "--no-expert", "--quiet"])
+    assert rc == 2 and "use_expert=True" in capsys.readouterr().err
 
 
 @pytest.mark.slow

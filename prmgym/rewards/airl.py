@@ -32,8 +32,18 @@ the score is ``σ(g)`` (resp. ``σ(f)``) in [0, 1], so ``prod``/``min`` aggregat
 
 Training batch (`PRMBatch`): ``labels`` 1 for expert steps (expert solutions and the policy's
 verified-correct rollouts), 0 for policy steps; ``step_logprobs``/``step_ntokens`` from the
-current policy (`prmgym.rewards.data.fill_logprobs`). Loss: class-balanced binary
-cross-entropy on the logit ``f − log π``.
+current policy (`prmgym.rewards.data.fill_logprobs`); optional ``context_steps``: leading steps
+that are only the state of a trace (an expert prefix before one proposed policy step) and are
+left out of the loss. Loss: class-balanced binary cross-entropy on the logit ``f − log π``.
+
+**Where the policy's steps come from** (`prmgym.rewards.train.PRMTrainConfig.airl_negatives`).
+The optimum ``f* − log π = log π_E(a|s) − log π(a|s)`` holds when expert and policy steps are
+taken in the same states. Steps of whole policy rollouts (``"rollouts"``) are taken in the
+policy's own states, which after its first error the expert never visits; the discriminator can
+then separate the classes by the state alone. Steps the policy proposes at the prefixes of the
+expert's solutions (``"prefixes"``, `prmgym.rewards.data.prefix_proposals`) share the expert's
+states, so the only thing left to tell them apart is the step itself: the ranking of sibling
+steps that beam search and MCTS ask of a PRM. Neither uses a step label.
 """
 
 from __future__ import annotations
@@ -171,6 +181,8 @@ class AIRLPRM(ScalarHeadPRM):
         if self.init_bias_from_data and not self.bias_initialised:
             self._init_bias(batch)
         z = self.logits(batch)
+        if batch.context_steps is not None:  # leading context steps are the state, not examples
+            z = [zi[int(c):] for zi, c in zip(z, batch.context_steps)]
         pos = [zi for zi, y in zip(z, batch.labels) if y >= 0.5 and len(zi)]
         neg = [zi for zi, y in zip(z, batch.labels) if y < 0.5 and len(zi)]
         if not pos or not neg:

@@ -31,11 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-rollouts", type=int, default=4, help="MC-PRM completions per step prefix")
     p.add_argument("--mc-labels", choices=("hard", "soft"), default="soft")
     p.add_argument("--batch-size", type=int, default=32, help="value model: targets per update")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-5 for airl, 1e-4 for the others; "
+                   "see prmgym.rewards.train.OFFLINE_LR)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--max-steps", type=int, default=12)
     p.add_argument("--no-expert", action="store_true", help="do not add the tasks' expert solutions as positives")
+    p.add_argument("--airl-negatives", choices=("rollouts", "prefixes", "both"), default=None,
+                   help="AIRL: the policy steps it learns against: whole rollouts, steps proposed at expert prefixes, "
+                        "or both (default: PRMTrainConfig's; docs/rewards.md)")
+    p.add_argument("--proposals-per-prefix", type=int, default=None, help="AIRL with prefixes/both: samples per expert prefix")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the head")
     p.add_argument("--search-score", choices=("g", "f"), default="g", help="AIRL: what score_steps returns")
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from prmgym.logging import Logger
     from prmgym.rewards.scalar import load_prm
-    from prmgym.rewards.train import CHECKPOINT, OfflinePRMTrainer, PRMTrainConfig, build_prm
+    from prmgym.rewards.train import CHECKPOINT, OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
 
     if args.kind != "value" and not args.env:
         print("prmgym train-prm: --env is required for --kind " + args.kind, file=sys.stderr)
@@ -75,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             use_expert=not args.no_expert, mc_rollouts=args.mc_rollouts, mc_labels=args.mc_labels,
             temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_steps=args.max_steps,
             batch_size=args.batch_size, seed=args.seed, save_every=args.save_every,
+            **{k: v for k, v in (("airl_negatives", args.airl_negatives), ("proposals_per_prefix", args.proposals_per_prefix))
+               if v is not None},
         )
     except ValueError as e:
         print(f"prmgym train-prm: {e}", file=sys.stderr)
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"resuming {prm.kind} PRM from {ckpt} at update {prm.updates}")
     else:
-        opts = {"lr": args.lr, "delimiter": delimiter, "train_backbone": not args.freeze_backbone}
+        opts = {**offline_lr(args.kind, args.lr), "delimiter": delimiter, "train_backbone": not args.freeze_backbone}
         if args.kind == "airl":
             opts["search_score"] = args.search_score
         prm = build_prm(args.kind, args.backbone or policy, **opts)

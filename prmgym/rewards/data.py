@@ -117,6 +117,30 @@ def rollout(
     return traces
 
 
+def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter: str = "\n", seed: int = 0,
+                     temperature: float = 1.0, max_new_tokens: int = 32) -> list[Trace]:
+    """At every prefix of every trace (before step 0, ..., before its last step), ``k`` next
+    steps sampled from ``policy``: one `Trace` per sample, ``steps = prefix + [sample]``,
+    ``prefix_len = len(prefix)`` (the prefix is context: its log-probs are left at 0), the
+    sample's summed log-prob and token count filled in. Samples are kept as drawn, duplicates
+    and copies of the trace's own step included: they are draws from π(·|s), the policy class
+    of an AIRL discriminator. No environment is stepped and no outcome is known (``correct`` is
+    False, ``reward`` 0)."""
+    if k < 1:
+        raise ValueError(f"prefix_proposals needs k >= 1 samples per prefix, got {k}")
+    where = [(tr, i) for tr in traces for i in range(len(tr.steps))]
+    if not where:
+        return []
+    obs = [render_trace(tr.prompt, list(tr.steps[:i]), delimiter) for tr, i in where]
+    props = policy.propose(obs, n=k, stop=delimiter, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    out = []
+    for (tr, i), group in zip(where, props):
+        for p in group:
+            out.append(Trace(tr.prompt, list(tr.steps[:i]) + [p.text], [0.0] * i + [float(sum(p.logprobs))],
+                             [0] * i + [len(p.token_ids)], task=tr.task, prefix_len=i))
+    return out
+
+
 def _finish(tr: Trace, reward: float, info: Any) -> None:
     tr.reward = float(reward)
     verdict = info.get("verdict") if isinstance(info, dict) else None
@@ -143,13 +167,18 @@ def fill_logprobs(policy: Any, prompts: Sequence[str], step_lists: Sequence[Sequ
 
 
 def traces_to_batch(positives: Sequence[Trace], negatives: Sequence[Trace], policy: Any = None,
-                    delimiter: str = "\n") -> PRMBatch:
-    """Label-1 / label-0 batch; missing log-probs are computed with ``policy``."""
+                    delimiter: str = "\n", context_prefixes: bool = False) -> PRMBatch:
+    """Label-1 / label-0 batch; missing log-probs are computed with ``policy``.
+
+    A trace's replayed prefix (``prefix_len`` steps) is normally part of the trace and its
+    log-probs are recomputed; with ``context_prefixes`` it is the state only
+    (``PRMBatch.context_steps``), left out of the loss and not recomputed."""
     traces = list(positives) + list(negatives)
     labels = [1.0] * len(positives) + [0.0] * len(negatives)
     lps: list = [t.step_logprobs for t in traces]
     nts: list = [t.step_ntokens for t in traces]
-    need = [i for i, t in enumerate(traces) if t.step_logprobs is None or (t.prefix_len and policy is not None)]
+    need = [i for i, t in enumerate(traces)
+            if t.step_logprobs is None or (t.prefix_len and policy is not None and not context_prefixes)]
     if need and policy is not None:
         lp, nt = fill_logprobs(policy, [traces[i].prompt for i in need], [traces[i].steps for i in need], delimiter)
         for i, a, b in zip(need, lp, nt):
@@ -161,6 +190,7 @@ def traces_to_batch(positives: Sequence[Trace], negatives: Sequence[Trace], poli
         labels=labels,
         step_logprobs=lps if have else None,
         step_ntokens=nts if have else None,
+        context_steps=[t.prefix_len for t in traces] if context_prefixes else None,
     )
 
 

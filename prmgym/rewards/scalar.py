@@ -75,6 +75,9 @@ class PRMBatch:
             ``step + delimiter`` under the current policy (AIRL, rePIRL).
         step_ntokens: the number of those tokens per step (for length normalisation).
         weights: optional per-trace loss weights (value model: visit counts).
+        context_steps: optional, per trace, how many leading steps are context only: they are
+            read (the state) but are not training examples (AIRL: a policy step proposed after an
+            expert prefix is one negative, the prefix is not).
     """
 
     prompts: list[str]
@@ -84,16 +87,22 @@ class PRMBatch:
     step_logprobs: list[list[float]] | None = None
     step_ntokens: list[list[int]] | None = None
     weights: list[float] | None = None
+    context_steps: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.prompts = list(self.prompts)
         self.step_lists = [list(s) for s in self.step_lists]
         check_traces(self.prompts, self.step_lists)
         n = len(self.prompts)
-        for name in ("labels", "weights"):
+        for name in ("labels", "weights", "context_steps"):
             v = getattr(self, name)
             if v is not None and len(v) != n:
                 raise ValueError(f"PRMBatch.{name} has {len(v)} entries for {n} traces")
+        if self.context_steps is not None:
+            for i, (c, steps) in enumerate(zip(self.context_steps, self.step_lists)):
+                if not 0 <= int(c) <= len(steps):
+                    raise ValueError(f"PRMBatch.context_steps[{i}] is {c} for a trace of {len(steps)} steps; "
+                                     "it counts leading steps and must be between 0 and the step count")
         for name in ("step_labels", "step_logprobs", "step_ntokens"):
             v = getattr(self, name)
             if v is None:
@@ -124,6 +133,8 @@ class PRMBatch:
             prompts=[p for b in batches for p in b.prompts],
             step_lists=[s for b in batches for s in b.step_lists],
             **{n: cat(n) for n in ("labels", "step_labels", "step_logprobs", "step_ntokens", "weights")},
+            context_steps=None if all(b.context_steps is None for b in batches)
+            else [c for b in batches for c in (b.context_steps or [0] * len(b))],  # none given = no context steps
         )
 
 

@@ -6,8 +6,8 @@ task, and builds the learner's batch from the *same* data for every kind:
 
 | kind       | positives / labels                                                     |
 | ---        | ---                                                                    |
-| `airl`     | expert solutions + verified-correct rollouts (label 1) vs other rollouts (0); log π from the policy |
-| `repirl`   | same as AIRL                                                           |
+| `airl`     | expert solutions + verified-correct rollouts (label 1) vs other rollouts (0); log π from the policy. With ``airl_negatives="prefixes"``: expert solutions (1) vs ``proposals_per_prefix`` policy steps sampled at every expert prefix (0, the prefix as context); ``"both"``: the union |
+| `repirl`   | same as AIRL with ``airl_negatives="rollouts"``                        |
 | `orm`      | expert solutions (1) + rollouts labelled by correctness                |
 | `implicit` | same as ORM                                                            |
 | `mc`       | expert steps labelled 1; rollout steps labelled by ``mc_rollouts`` completions per prefix (hard/soft) |
@@ -29,10 +29,24 @@ from typing import Any, Callable
 import numpy as np
 
 from prmgym.config import help_field
-from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, rollout, traces_to_batch
+from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout, traces_to_batch
 from prmgym.rewards.scalar import PRMBatch, PRM_CLASSES, ScalarHeadPRM
 
 CHECKPOINT = "checkpoint"
+AIRL_NEGATIVES = ("rollouts", "prefixes", "both")
+# Offline learning rates where the learner's own default (1e-4) is not the measured best. AIRL:
+# the body is a copy of the policy and its LM log-prob is the prior; at 1e-4, 40 updates lowered
+# the within-prefix AUC of the policy's own proposals below the untrained prior on both
+# ChainArithmetic policies (0.885 -> 0.855, 0.805 -> 0.781), at 1e-5 they raised it (docs/rewards.md).
+OFFLINE_LR = {"airl": 1e-5}
+
+
+def offline_lr(kind: str, lr: float | None = None) -> dict:
+    """The ``lr`` option for an offline PRM of ``kind``: ``lr`` if given, else `OFFLINE_LR`'s
+    entry, else nothing (the learner's default)."""
+    if lr is not None:
+        return {"lr": float(lr)}
+    return {"lr": OFFLINE_LR[kind]} if kind in OFFLINE_LR else {}
 
 
 _f = help_field
@@ -47,6 +61,9 @@ class PRMTrainConfig:
     tasks_per_step: int = _f(8, "training tasks per update")
     rollouts_per_task: int = _f(4, "policy rollouts per task")
     use_expert: bool = _f(True, "add the tasks' expert solutions as positives")
+    airl_negatives: str = _f("rollouts", "AIRL only: its policy steps: rollouts (whole policy traces) | prefixes "
+                             "(steps proposed at expert prefixes: the expert's states) | both")
+    proposals_per_prefix: int = _f(4, "AIRL with prefixes/both: policy steps sampled per expert prefix")
     mc_rollouts: int = _f(4, "MC-PRM: completions per step prefix (Math-Shepherd used 8)")
     mc_labels: str = _f("soft", "MC-PRM: hard (any correct) | soft (fraction correct)")
     temperature: float = _f(1.0, "rollout sampling temperature")
@@ -60,7 +77,13 @@ class PRMTrainConfig:
     def __post_init__(self) -> None:
         if self.kind not in PRM_CLASSES:
             raise ValueError(f"unknown PRM kind {self.kind!r}; choose one of {', '.join(sorted(PRM_CLASSES))}")
-        for name in ("steps", "tasks_per_step", "rollouts_per_task", "mc_rollouts", "max_new_tokens", "max_steps", "batch_size", "log_every"):
+        if self.airl_negatives not in AIRL_NEGATIVES:
+            raise ValueError(f"airl_negatives must be one of {', '.join(AIRL_NEGATIVES)}, got {self.airl_negatives!r}")
+        if self.kind == "airl" and self.airl_negatives != "rollouts" and not self.use_expert:
+            raise ValueError(f"airl_negatives={self.airl_negatives!r} samples at expert prefixes: it needs use_expert=True "
+                             "(or airl_negatives='rollouts')")
+        for name in ("steps", "tasks_per_step", "rollouts_per_task", "mc_rollouts", "max_new_tokens", "max_steps", "batch_size",
+                     "log_every", "proposals_per_prefix"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mc_labels not in ("hard", "soft"):
@@ -116,6 +139,8 @@ class OfflinePRMTrainer:
             return targets_to_batch(chosen, weight_by_visits=getattr(self.prm, "weight_by_visits", False))
         tasks = self._tasks(step)
         delim = self.pool.delimiter
+        if cfg.kind == "airl" and cfg.airl_negatives != "rollouts":
+            return self._airl_prefix_batch(tasks, step, delim)
         rolls = rollout(self.pool, self.policy, tasks, n=cfg.rollouts_per_task, seed=cfg.seed * 10_007 + step,
                         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps)
         rolls = [r for r in rolls if r.steps]
@@ -138,6 +163,24 @@ class OfflinePRMTrainer:
             step_labels = [[1.0] * len(t.steps) for t in experts] + labels
             return PRMBatch([t.prompt for t in traces], [t.steps for t in traces], step_labels=step_labels)
         raise ValueError(f"no offline data recipe for kind {cfg.kind!r}")
+
+    def _airl_prefix_batch(self, tasks: list, step: int, delim: str) -> PRMBatch:
+        """Expert solutions (1) against policy steps proposed at their prefixes (0); with
+        ``both`` also the rollout data of the default recipe."""
+        cfg = self.config
+        experts = expert_traces(tasks)
+        props = prefix_proposals(self.policy, experts, k=cfg.proposals_per_prefix, delimiter=delim,
+                                 seed=cfg.seed * 10_007 + step, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
+        pos, neg = list(experts), list(props)
+        if cfg.airl_negatives == "both":
+            rolls = [r for r in rollout(self.pool, self.policy, tasks, n=cfg.rollouts_per_task, seed=cfg.seed * 10_007 + step,
+                                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                        max_steps=cfg.max_steps) if r.steps]
+            self.stats["rollout_traces"] += len(rolls)
+            pos += [r for r in rolls if r.correct]
+            neg += [r for r in rolls if not r.correct]
+        return traces_to_batch(pos, neg, policy=self.policy, delimiter=delim, context_prefixes=True)
 
     def step(self) -> dict:
         t0 = time.perf_counter()
