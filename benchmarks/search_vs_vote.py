@@ -160,7 +160,11 @@ def merge(dirs: list[str], out: str) -> int:
             raise SystemExit(f"--merge: {d} holds seeds {sorted(data['rows'])} of {wanted}: that run has not "
                              "finished (or was stopped); finish it or leave it out")
         first = first or (d, a, data.get("policy"))
-        diff = [k for k in same if a.get(k, absent.get(k)) != first[1].get(k, absent.get(k))]
+        def setting(args, k):
+            v = args.get(k, absent.get(k))
+            return tuple(sorted(x.strip() for x in v.split(",") if x.strip())) if k == "prms" else v
+
+        diff = [k for k in same if setting(a, k) != setting(first[1], k)]
         if diff or data.get("policy") != first[2]:
             raise SystemExit(f"--merge: {d} and {first[0]} were run with different settings "
                              f"({', '.join(diff or ['policy'])}); only runs of one setting can share a table")

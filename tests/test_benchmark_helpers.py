@@ -87,6 +87,13 @@ def test_search_vs_vote_merge_refuses_unfinished_or_mixed_runs(tmp_path):
         search_vs_vote.merge([write("c", "3,4", ["3"])], str(tmp_path / "m2"))
     with pytest.raises(SystemExit, match="different settings"):
         search_vs_vote.merge([write("d", "5", ["5"]), write("e", "6", ["6"], eval_tasks=9)], str(tmp_path / "m3"))
+    # a file written before --prm-lr / --airl-negatives existed trained at 1e-4 on rollouts: not like a new default run
+    with pytest.raises(SystemExit, match="prm_lr, airl_negatives"):
+        search_vs_vote.merge([write("f", "7", ["7"]), write("g", "8", ["8"], prm_lr=1e-5, airl_negatives="prefixes")],
+                             str(tmp_path / "m4"))
+    # the same PRMs listed in another order are the same setting
+    assert search_vs_vote.merge([write("h", "9", ["9"], prms="airl,airl_prior"), write("i", "10", ["10"])],
+                                str(tmp_path / "m5")) == 0
 
 
 def test_search_vs_vote_gaps_are_paired_per_seed():

@@ -177,6 +177,13 @@ def test_airl_context_steps_are_state_not_examples(policy):
     without = prm.loss(PRMBatch(prompts, steps, labels=[1.0, 0.0, 1.0], step_logprobs=[[-8.0] * 3] * 3,
                                 step_ntokens=[[4] * 3] * 3))[0]
     assert float(without) != pytest.approx(float(loss), abs=1e-4)  # counting the prefix changes the loss
+    # without the LM prior the first update sets g's bias to the mean log π of the *examples*:
+    # the context steps' placeholder log-probs (0) do not count
+    plain = AIRLPRM.from_backbone(policy, lm_prior=False)
+    placeholders = PRMBatch(prompts, steps, labels=[1.0, 0.0, 1.0], step_ntokens=[[4] * 3] * 3, context_steps=[0, 2, 0],
+                            step_logprobs=[[-8.0] * 3, [0.0, 0.0, -8.0], [-8.0] * 3])
+    plain._init_bias(placeholders)
+    assert float(plain.net.head.bias[0]) == pytest.approx(-2.0)  # −8 / 4 tokens, every example
     # concatenation keeps the context of the batches that have one; the others have none
     cat = PRMBatch.concat([batch, PRMBatch(prompts[:1], steps[:1], labels=[1.0])])
     assert cat.context_steps == [0, 2, 0, 0]

@@ -1,5 +1,6 @@
 """Offline PRM data and training on a real environment; the AIRL-S GRPO run from the CLI."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -98,6 +99,12 @@ def test_airl_trains_on_policy_steps_at_expert_prefixes(policy, mode):
     assert len(hist) == 2 and "disc_acc" in hist[-1]
     assert any(not torch.equal(a, b) for a, b in zip(before, prm.parameters()))
     tr.close()
+    # a task source without expert solutions: a clear error, not updates skipped one by one
+    no_expert = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, cfg)
+    no_expert._tasks = lambda step: [dataclasses.replace(t, expert_steps=None) for t in tasks]
+    with pytest.raises(ValueError, match="none of this update's 2 training tasks has one"):
+        no_expert.collect(0)
+    no_expert.close()
     with pytest.raises(ValueError, match="airl_negatives must be one of"):
         PRMTrainConfig(kind="airl", airl_negatives="expert")
     assert PRMTrainConfig(kind="orm", airl_negatives="prefixes").kind == "orm"  # other kinds ignore it
@@ -145,11 +152,16 @@ def test_cli_train_airl_on_prefix_proposals(policy, tmp_path, capsys):
                "--max-new-tokens", "8", "--quiet"])
     prm = load_prm(out)
     assert rc == 0 and prm.updates == 1
+    logged = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert any("prm/disc_acc" in m for m in logged) and not any(m.get("prm/skipped") for m in logged)  # a real update
     assert prm.lr == 1e-5  # the offline AIRL default (OFFLINE_LR); other kinds keep their learner's 1e-4
     assert offline_lr("airl") == {"lr": 1e-5} and offline_lr("orm") == {} and offline_lr("airl", 3e-4) == {"lr": 3e-4}
     rc = main(["train-prm", "--kind", "airl", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
                "--airl-negatives", "prefixes", "--no-expert", "--quiet"])
     assert rc == 2 and "use_expert=True" in capsys.readouterr().err
+    rc = main(["train-prm", "--kind", "orm", "--policy", pdir, "--env", ENV, "--out", str(tmp_path / "orm"), "--steps", "1",
+               "--airl-negatives", "prefixes", "--quiet"])
+    assert rc == 2 and "only apply to --kind airl" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -170,7 +170,8 @@ class AIRLPRM(ScalarHeadPRM):
             self.bias_initialised = True
             return
         lp = normalised_logpi(batch.step_logprobs, batch.step_ntokens, self.logpi_scale)
-        vals = [x for row in lp for x in row]
+        ctx = batch.context_steps or [0] * len(lp)
+        vals = [x for row, c in zip(lp, ctx) for x in row[int(c):]]  # context steps carry placeholder log-probs
         if vals:
             with torch.no_grad():
                 self.net.head.bias[0] = float(sum(vals) / len(vals))

