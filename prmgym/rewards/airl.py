@@ -170,8 +170,7 @@ class AIRLPRM(ScalarHeadPRM):
             self.bias_initialised = True
             return
         lp = normalised_logpi(batch.step_logprobs, batch.step_ntokens, self.logpi_scale)
-        ctx = batch.context_steps or [0] * len(lp)
-        vals = [x for row, c in zip(lp, ctx) for x in row[int(c):]]  # context steps carry placeholder log-probs
+        vals = [x for row in batch.drop_context(lp) for x in row]  # context steps carry placeholder log-probs
         if vals:
             with torch.no_grad():
                 self.net.head.bias[0] = float(sum(vals) / len(vals))
@@ -181,9 +180,7 @@ class AIRLPRM(ScalarHeadPRM):
         batch.require("labels", "step_logprobs", who="AIRLPRM")
         if self.init_bias_from_data and not self.bias_initialised:
             self._init_bias(batch)
-        z = self.logits(batch)
-        if batch.context_steps is not None:  # leading context steps are the state, not examples
-            z = [zi[int(c):] for zi, c in zip(z, batch.context_steps)]
+        z = batch.drop_context(self.logits(batch))  # leading context steps are the state, not examples
         pos = [zi for zi, y in zip(z, batch.labels) if y >= 0.5 and len(zi)]
         neg = [zi for zi, y in zip(z, batch.labels) if y < 0.5 and len(zi)]
         if not pos or not neg:

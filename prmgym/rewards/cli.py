@@ -74,11 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "value" and not args.targets:
         print("prmgym train-prm: --kind value trains from --targets FILE (JSONL, see docs/rewards.md)", file=sys.stderr)
         return 2
-    airl_only = [f for f, v in (("--airl-negatives", args.airl_negatives), ("--proposals-per-prefix", args.proposals_per_prefix))
-                 if v is not None]
-    if airl_only and args.kind != "airl":
-        print(f"prmgym train-prm: {' and '.join(airl_only)} only apply to --kind airl, not {args.kind}; leave them out",
-              file=sys.stderr)
+    airl_opts = {k: getattr(args, k) for k in ("airl_negatives", "proposals_per_prefix") if getattr(args, k) is not None}
+    if airl_opts and args.kind != "airl":
+        flags = " and ".join("--" + k.replace("_", "-") for k in airl_opts)
+        print(f"prmgym train-prm: {flags} only apply to --kind airl, not {args.kind}; leave them out", file=sys.stderr)
         return 2
     try:
         cfg = PRMTrainConfig(
@@ -86,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
             use_expert=not args.no_expert, mc_rollouts=args.mc_rollouts, mc_labels=args.mc_labels,
             temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_steps=args.max_steps,
             batch_size=args.batch_size, seed=args.seed, save_every=args.save_every,
-            **{k: v for k, v in (("airl_negatives", args.airl_negatives), ("proposals_per_prefix", args.proposals_per_prefix))
-               if v is not None},
+            **airl_opts,
         )
     except ValueError as e:
         print(f"prmgym train-prm: {e}", file=sys.stderr)

@@ -116,6 +116,13 @@ class PRMBatch:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def drop_context(self, rows: Sequence[Sequence[Any]]) -> list:
+        """Per-trace step rows (values, logits, the steps themselves) without their leading
+        ``context_steps``: what is left are the training examples."""
+        if self.context_steps is None:
+            return list(rows)
+        return [row[int(c):] for row, c in zip(rows, self.context_steps)]
+
     def require(self, *names: str, who: str = "this PRM") -> None:
         missing = [n for n in names if getattr(self, n) is None]
         if missing:

@@ -139,17 +139,28 @@ class OfflinePRMTrainer:
             return targets_to_batch(chosen, weight_by_visits=getattr(self.prm, "weight_by_visits", False))
         tasks = self._tasks(step)
         delim = self.pool.delimiter
-        if cfg.kind == "airl" and cfg.airl_negatives != "rollouts":
-            return self._airl_prefix_batch(tasks, step, delim)
-        rolls = rollout(self.pool, self.policy, tasks, n=cfg.rollouts_per_task, seed=cfg.seed * 10_007 + step,
-                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps)
-        rolls = [r for r in rolls if r.steps]
-        self.stats["rollout_traces"] += len(rolls)
         experts = expert_traces(tasks) if cfg.use_expert else []
+        at_prefixes = cfg.kind == "airl" and cfg.airl_negatives != "rollouts"
+        if at_prefixes and not experts:
+            raise ValueError(f"airl_negatives={cfg.airl_negatives!r} samples at the prefixes of expert solutions, but none of "
+                             f"this update's {len(tasks)} training tasks has one (Task.expert_steps); use "
+                             "airl_negatives='rollouts' for a task source without expert solutions")
+        rolls = []
+        if not (at_prefixes and cfg.airl_negatives == "prefixes"):
+            rolls = rollout(self.pool, self.policy, tasks, n=cfg.rollouts_per_task, seed=cfg.seed * 10_007 + step,
+                            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps)
+            rolls = [r for r in rolls if r.steps]
+            self.stats["rollout_traces"] += len(rolls)
         if cfg.kind in ("airl", "repirl"):
             pos = experts + [r for r in rolls if r.correct]
             neg = [r for r in rolls if not r.correct]
-            return traces_to_batch(pos, neg, policy=self.policy, delimiter=delim)
+            if at_prefixes:  # policy steps proposed at the expert's prefixes, the prefix as context
+                props = prefix_proposals(self.policy, experts, k=cfg.proposals_per_prefix, delimiter=delim,
+                                         seed=cfg.seed * 10_007 + step, temperature=cfg.temperature,
+                                         max_new_tokens=cfg.max_new_tokens)
+                self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
+                neg = props + neg
+            return traces_to_batch(pos, neg, policy=self.policy, delimiter=delim, context_prefixes=at_prefixes)
         if cfg.kind in ("orm", "implicit"):
             traces = experts + rolls
             return PRMBatch([t.prompt for t in traces], [t.steps for t in traces],
@@ -163,28 +174,6 @@ class OfflinePRMTrainer:
             step_labels = [[1.0] * len(t.steps) for t in experts] + labels
             return PRMBatch([t.prompt for t in traces], [t.steps for t in traces], step_labels=step_labels)
         raise ValueError(f"no offline data recipe for kind {cfg.kind!r}")
-
-    def _airl_prefix_batch(self, tasks: list, step: int, delim: str) -> PRMBatch:
-        """Expert solutions (1) against policy steps proposed at their prefixes (0); with
-        ``both`` also the rollout data of the default recipe."""
-        cfg = self.config
-        experts = expert_traces(tasks)
-        if not experts:
-            raise ValueError(f"airl_negatives={cfg.airl_negatives!r} samples at the prefixes of expert solutions, but none of "
-                             f"this update's {len(tasks)} training tasks has one (Task.expert_steps); use "
-                             "airl_negatives='rollouts' for a task source without expert solutions")
-        props = prefix_proposals(self.policy, experts, k=cfg.proposals_per_prefix, delimiter=delim,
-                                 seed=cfg.seed * 10_007 + step, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-        self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
-        pos, neg = list(experts), list(props)
-        if cfg.airl_negatives == "both":
-            rolls = [r for r in rollout(self.pool, self.policy, tasks, n=cfg.rollouts_per_task, seed=cfg.seed * 10_007 + step,
-                                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                        max_steps=cfg.max_steps) if r.steps]
-            self.stats["rollout_traces"] += len(rolls)
-            pos += [r for r in rolls if r.correct]
-            neg += [r for r in rolls if not r.correct]
-        return traces_to_batch(pos, neg, policy=self.policy, delimiter=delim, context_prefixes=True)
 
     def step(self) -> dict:
         t0 = time.perf_counter()
@@ -203,8 +192,7 @@ class OfflinePRMTrainer:
         metrics["time/update_s"] = time.perf_counter() - t1
         metrics["traces"] = float(len(batch))
         if batch.labels is not None and self.config.kind != "value":
-            ctx = batch.context_steps or [0] * len(batch)
-            n = [len(st) - int(c) for st, c in zip(batch.step_lists, ctx)]  # training steps per trace
+            n = [len(st) for st in batch.drop_context(batch.step_lists)]  # training steps per trace
             metrics["positive_frac"] = float(sum(k for k, y in zip(n, batch.labels) if y >= 0.5) / max(1, sum(n)))
         return metrics
 
