@@ -163,6 +163,82 @@ def test_program_cannot_signal_the_judge(sb):
         assert not r.passed
 
 
+def test_value_codec_round_trips_plain_data_exactly():
+    # what crosses the judge <-> program pipes: JSON in a tagged form, decoded without marshal
+    import json
+
+    values = [None, True, False, 0, -1, 2**63 - 1, 2**63, -(2**200), 10**5000, 1.5, -0.0, float("inf"), "",
+              "\ud800 snowman \u2603", b"\x00\xff", 3 - 4j, (), (1, (2.0, "x")), [1, [2, [3]]],
+              {1: "a", (1, 2): [3], "k": {frozenset({1}): None}}, {1, "a", (2,)}, frozenset({b"x"})]
+    for v in values:
+        back = harness.decode_plain(json.loads(json.dumps(harness.encode_plain(v))))
+        assert back == v and type(back) is type(v), v
+        if isinstance(v, float) and v == 0:
+            assert str(back) == str(v)  # the sign of zero survives
+    nan = harness.decode_plain(json.loads(json.dumps(harness.encode_plain(float("nan")))))
+    assert nan != nan
+    assert type(harness.decode_plain(harness.encode_plain(True))) is bool  # not confused with int 1
+
+    class Int(int):
+        pass
+
+    for bad in (Int(3), [Int(3)], {"k": object()}, range(3), (i for i in ())):
+        with pytest.raises(TypeError, match="not plain data"):
+            harness.encode_plain(bad)
+    for junk in ({"x": 1}, {"t": 1}, {"d": [[1]]}, {"d": [[[1], 2]]}, {"s": [[1]]}, {"b": "zz"},
+                 {"c": [1, "2"]}, {"i": 5}, {"t": [], "s": []}):
+        with pytest.raises((ValueError, TypeError)):
+            harness.decode_plain(junk)
+
+
+def test_one_judge_serves_many_jobs_and_is_replaced_after_a_kill():
+    with LocalSandbox(workers=1) as s:
+        rs = [s.run(Job(ADD, tests=(f"assert candidate(1, 2) == {k}",), entry_point="add", timeout_s=5))
+              for k in (3, 4, 3)]
+        assert [r.status for r in rs] == ["passed", "failed", "passed"]
+        pids = {r.details["judge"]["pid"] for r in rs}
+        assert len(pids) == 1 and [r.details["judge"]["jobs"] for r in rs] == [1, 2, 3]
+        # a job that times out takes its judge with it (it may have been inside a test) ...
+        r = s.run(Job("def add(a, b):\n    while True:\n        pass\n", tests=("assert candidate(1, 2) == 3",),
+                      entry_point="add", timeout_s=1))
+        assert r.status == "timeout" and r.details["judge"]["replaced"].startswith("killed")
+        # ... and the next job gets a fresh one and is judged as usual
+        r2 = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))
+        assert r2.passed and r2.details["judge"]["pid"] not in pids and r2.details["judge"]["jobs"] == 1
+        # a program that breaks the call protocol (raw bytes on its reply pipe) fails; the judge
+        # either survives it or is replaced, and later verdicts are unaffected
+        code = ("import os\n"
+                "def add(a, b):\n"
+                "    for fd in range(3, 40):\n"
+                "        try:\n"
+                "            os.write(fd, b'\\x10\\x00\\x00\\x00{\"op\":\"ret\",\"value\":5}')\n"
+                "        except OSError:\n"
+                "            pass\n"
+                "    return a + b + 1\n")
+        r3 = s.run(Job(code, tests=("assert candidate(2, 3) == 5",), entry_point="add"))
+        assert r3.status == "failed", r3
+        assert s.run(Job(ADD, tests=("assert candidate(2, 3) == 5",), entry_point="add")).passed
+        assert s.run(Job(ADD, tests=("assert candidate(2, 3) == 6",), entry_point="add")).status == "failed"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="uid switching needs root")
+def test_judge_runs_as_a_uid_of_its_own(sb):
+    # the program's uid differs from the judge's: no signal or rlimit of the job can reach it,
+    # even where there is no PID namespace
+    for w in sb._workers:
+        assert w.hello["judge_uid"] not in (None, 0, w.uid)
+    r = run(sb, "import os\nUIDS = list(os.getresuid())", ["assert UIDS[0] == UIDS[1] == UIDS[2] != 0"])
+    assert r.passed, r.details
+    job_uid = r.details["isolation"]["uid"]
+    judge_uids = {w.hello["judge_uid"] for w in sb._workers}
+    assert job_uid not in judge_uids
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "uid=,comm=", "-p", str(r.details["judge"]["pid"])], capture_output=True,
+                         text=True).stdout.split()
+    assert out[1] == "prmgym-judge" and int(out[0]) in judge_uids
+
+
 def test_host_data_directories_are_hidden_and_root_is_read_only(sb):
     repo_file = os.path.abspath(__file__)  # world-readable on the host
     code = (f"import os\nSEEN = os.path.exists({repo_file!r})\nHOME = os.listdir('/home') if os.path.isdir('/home') else []\n"

@@ -177,7 +177,10 @@ def main() -> int:
             __import__(name)
         except ImportError:
             pass
-    server = harness.Server(uid=None, namespaces="auto", workdir_root="/work", in_fd=0, out_fd=1)
+    # One judge per job: the sweep after each job kills every other process of this uid, and
+    # a judge that outlived its job would be one of them (and counted as left behind).
+    server = harness.Server(uid=None, namespaces="auto", workdir_root="/work", in_fd=0, out_fd=1,
+                            persistent_judge=False)
     baseline = own_state()
     buf = bytearray()
     while True:

@@ -74,12 +74,12 @@ import builtins
 import ctypes
 import ctypes.util
 import json
-import marshal
 import os
 import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -99,7 +99,8 @@ DEFAULT_LIMITS = {
 }
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset)
 _PLAIN = frozenset(PLAIN_TYPES)
-JUDGE_INFRA_EXIT = 70  # the judge (R) exits with this only when the harness itself failed
+JUDGE_INFRA_EXIT = 70  # the judge (J) exits with this only when the harness itself failed
+PROGRAM_SETUP_EXIT = 71  # the program process (C) exits with this when its setup failed (before any untrusted code)
 _MAX_TEXT = 4000  # characters of an error message kept in a record
 
 # ---------------------------------------------------------------------------------------------
@@ -199,16 +200,83 @@ def _read_all(fd: int) -> bytes:
         chunks.append(b)
 
 
-def send_msg(fd: int, obj) -> None:
-    data = marshal.dumps(obj)
+# Values cross the judge <-> program pipes as length-prefixed JSON in a tagged form that
+# `decode_plain` turns back into exactly the plain builtin value. The judge parses what the
+# program wrote with `json.loads` and this small decoder, never with `marshal` or `pickle`: the
+# judge lives across jobs, so nothing a program sends may be able to corrupt it.
+_BIG_INT = 1 << 63
+_SEQ_TAGS = {"t": tuple, "s": set, "f": frozenset}
+
+
+def encode_plain(value, depth: int = 0):
+    """Plain builtin data -> a JSON-able form that `decode_plain` reverses exactly. Raises
+    TypeError for anything else (a subclass of a builtin included)."""
+    t = type(value)
+    if value is None or t is bool or t is str or t is float:
+        return value
+    if t is int:
+        return value if -_BIG_INT <= value < _BIG_INT else {"i": format(value, "x")}
+    if depth > 400:
+        raise TypeError("value is nested too deeply")
+    d = depth + 1
+    if t is list:
+        return [encode_plain(v, d) for v in value]
+    if t is tuple:
+        return {"t": [encode_plain(v, d) for v in value]}
+    if t is dict:
+        return {"d": [[encode_plain(k, d), encode_plain(v, d)] for k, v in value.items()]}
+    if t is set:
+        return {"s": [encode_plain(v, d) for v in value]}
+    if t is frozenset:
+        return {"f": [encode_plain(v, d) for v in value]}
+    if t is bytes:
+        return {"b": value.hex()}
+    if t is complex:
+        return {"c": [value.real, value.imag]}
+    raise TypeError(f"value of type {t.__name__} is not plain data")
+
+
+def decode_plain(obj):
+    """The inverse of `encode_plain`, applied to ``json.loads`` output. Raises ValueError or
+    TypeError (e.g. an unhashable set element) on anything malformed."""
+    t = type(obj)
+    if obj is None or t is bool or t is int or t is float or t is str:
+        return obj
+    if t is list:
+        return [decode_plain(v) for v in obj]
+    if t is dict and len(obj) == 1:
+        ((tag, x),) = obj.items()
+        if tag in _SEQ_TAGS and type(x) is list:
+            return _SEQ_TAGS[tag](decode_plain(v) for v in x)
+        if tag == "d" and type(x) is list:
+            out = {}
+            for pair in x:
+                if type(pair) is not list or len(pair) != 2:
+                    raise ValueError("malformed dict entry")
+                out[decode_plain(pair[0])] = decode_plain(pair[1])
+            return out
+        if tag == "b" and type(x) is str:
+            return bytes.fromhex(x)
+        if tag == "c" and type(x) is list and len(x) == 2 and all(type(v) in (int, float) for v in x):
+            return complex(x[0], x[1])
+        if tag == "i" and type(x) is str and len(x) <= (1 << 22):
+            return int(x, 16)
+    raise ValueError("malformed value")
+
+
+def send_msg(fd: int, obj: dict) -> None:
+    data = json.dumps(obj, separators=(",", ":")).encode()
     _write_all(fd, struct.pack("<I", len(data)) + data)
 
 
-def recv_msg(fd: int, limit: int = 1 << 30):
+def recv_msg(fd: int, limit: int = 1 << 30) -> dict:
     (n,) = struct.unpack("<I", _read_exact(fd, 4))
     if n > limit:
         raise ValueError(f"message of {n} bytes exceeds the limit of {limit}")
-    return marshal.loads(_read_exact(fd, n))
+    msg = json.loads(_read_exact(fd, n))
+    if type(msg) is not dict or type(msg.get("op")) is not str:
+        raise ValueError("not a message")
+    return msg
 
 
 def _close_fds_except(keep) -> None:
@@ -225,26 +293,8 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "...[truncated]"
 
 
-def check_plain(value, max_items: int = 10_000_000) -> None:
-    """Raise TypeError unless ``value`` is plain builtin data (exact types, recursively)."""
-    stack, seen = [value], 0
-    while stack:
-        v = stack.pop()
-        seen += 1
-        if seen > max_items:
-            raise TypeError("value has too many elements")
-        t = type(v)
-        if t not in _PLAIN:
-            raise TypeError(f"value of type {t.__name__} is not plain data")
-        if t is dict:
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif t in (tuple, list, set, frozenset):
-            stack.extend(v)
-
-
 # ---------------------------------------------------------------------------------------------
-# C: the program process
+# C: the program process: running the candidate and answering the judge
 # ---------------------------------------------------------------------------------------------
 def _to_plain(value, depth: int = 0):
     """Best-effort conversion of well-known numeric containers (numpy) to plain data, in C.
@@ -272,21 +322,20 @@ def _to_plain(value, depth: int = 0):
 def _program_main(rpc_in: int, rpc_out: int) -> None:
     """Runs in C after privileges are dropped. Never returns."""
     try:
-        msg = recv_msg(rpc_in)
+        code = recv_msg(rpc_in)["code"]
     except BaseException:
         os._exit(3)
-    code = msg[1]
     ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
         compiled = compile(code, "<program>", "exec")
     except BaseException as e:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
-        send_msg(rpc_out, ("compile_error", type(e).__name__, _short(str(e))))
+        send_msg(rpc_out, {"op": "compile_error", "type": type(e).__name__, "msg": _short(str(e))})
         _program_wait_quit(rpc_in)
     try:
         exec(compiled, ns)
     except SystemExit as e:
         if e.code is None or e.code == 0:
-            send_msg(rpc_out, ("exited0",))
+            send_msg(rpc_out, {"op": "exited0"})
             _program_wait_quit(rpc_in)
         _program_failed(rpc_in, rpc_out, e)
     except BaseException as e:
@@ -302,46 +351,47 @@ def _program_failed(rpc_in: int, rpc_out: int, e: BaseException) -> None:
         sys.stderr.flush()
     except BaseException:
         pass
-    send_msg(rpc_out, ("runtime_error", type(e).__name__, tb))
+    send_msg(rpc_out, {"op": "runtime_error", "type": type(e).__name__, "msg": tb})
     _program_wait_quit(rpc_in)
 
 
+_NOT_PLAIN = ("the program returned a value that is not plain data "
+              "(None/bool/int/float/complex/str/bytes/tuple/list/dict/set/frozenset)")
+
+
 def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
-    manifest = {}
+    names = {}
     for name, value in list(ns.items()):
-        if name.startswith("__") or not isinstance(name, str):
+        if not isinstance(name, str) or name.startswith("__"):
             continue
         if callable(value) and not isinstance(value, type(sys)):
-            manifest[name] = ("callable",)
+            names[name] = "callable"
             continue
         try:
-            v = _to_plain(value)
-            data = marshal.dumps(v)
-            if len(data) < (1 << 20):
-                manifest[name] = ("value", data)
+            text = json.dumps(encode_plain(_to_plain(value)), separators=(",", ":"))
+            if len(text) < (1 << 20):
+                names[name] = {"json": text}
         except BaseException:
             pass
-    send_msg(rpc_out, ("ready", manifest))
+    send_msg(rpc_out, {"op": "ready", "names": names})
     while True:
         try:
             msg = recv_msg(rpc_in)
         except BaseException:
             os._exit(4)
-        if msg[0] == "quit":
+        if msg["op"] == "quit":
             _program_quit()
-        _, name, args_data, kwargs = msg
         try:
-            args = marshal.loads(args_data)
-            fn = ns[name]
-            result = _to_plain(fn(*args, **kwargs))
-            out = marshal.dumps(result)
-            after = marshal.dumps(args)
-            reply = ("ret", out, after if after != args_data else None)
+            args = decode_plain(msg["args"])
+            result = ns[msg["name"]](*args, **decode_plain(msg["kwargs"]))
+            try:
+                value = encode_plain(_to_plain(result))
+                after = encode_plain(args)
+            except TypeError:
+                raise TypeError(_NOT_PLAIN) from None
+            reply = {"op": "ret", "value": value, "args": after if after != msg["args"] else None}
         except BaseException as e:  # includes SystemExit from sys.exit() inside the candidate
-            if isinstance(e, ValueError) and "unmarshallable" in str(e):
-                e = TypeError("the program returned a value that is not plain data "
-                              "(None/bool/int/float/complex/str/bytes/tuple/list/dict/set/frozenset)")
-            reply = ("exc", type(e).__name__, _short(str(e)))
+            reply = {"op": "exc", "type": type(e).__name__, "msg": _short(str(e))}
         try:
             send_msg(rpc_out, reply)
         except BaseException:
@@ -350,7 +400,7 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
 
 def _program_wait_quit(rpc_in: int) -> None:
     try:
-        while recv_msg(rpc_in)[0] != "quit":
+        while recv_msg(rpc_in)["op"] != "quit":
             pass
     except BaseException:
         os._exit(4)
@@ -367,7 +417,7 @@ def _program_quit() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# R: the judge (after its setup, see _job_main)
+# J: the judge (a long-lived fork of S; never runs untrusted code)
 # ---------------------------------------------------------------------------------------------
 class RemoteError(Exception):
     """The program raised an exception whose type is not a builtin exception."""
@@ -383,53 +433,48 @@ class _Judge:
         self.dead: str | None = None
         self.errors: list[str] = []  # exception type names reported by the program
 
-    def recv(self):
+    def recv(self) -> dict:
         try:
-            msg = recv_msg(self.rpc_in, self.limit)
+            return recv_msg(self.rpc_in, self.limit)
         except MemoryError:
             raise
-        except BaseException as e:
-            self.dead = self.dead or f"program stopped answering ({type(e).__name__}: {e})"
-            raise ProgramDied(self.dead) from None
-        if not isinstance(msg, tuple) or not msg or type(msg[0]) is not str:
-            self.dead = "program broke the call protocol"
-            raise ProgramDied(self.dead)
-        return msg
+        except EOFError as e:
+            self.dead = self.dead or f"program stopped answering ({e})"
+        except BaseException as e:  # noqa: BLE001  (malformed data, an over-long message, ...)
+            self.dead = self.dead or f"program broke the call protocol ({type(e).__name__}: {_short(str(e))})"
+        raise ProgramDied(self.dead)
 
     def call(self, name: str, args: tuple, kwargs: dict):
         if self.dead:
             raise ProgramDied(self.dead)
         try:
-            args_data = marshal.dumps(args)
-            check_plain(kwargs)
-            for k in kwargs:
-                if type(k) is not str:
-                    raise TypeError("keyword names must be str")
-        except (ValueError, TypeError) as e:
+            if any(type(k) is not str for k in kwargs):
+                raise TypeError("keyword names must be str")
+            msg = {"op": "call", "name": name, "args": encode_plain(args), "kwargs": encode_plain(kwargs)}
+        except (ValueError, TypeError, RecursionError) as e:
             raise TypeError(f"arguments passed to the program must be plain data: {e}") from None
         try:
-            send_msg(self.rpc_out, ("call", name, args_data, kwargs))
+            send_msg(self.rpc_out, msg)
         except OSError:
             self.dead = "program stopped answering (pipe closed)"
             raise ProgramDied(self.dead) from None
         msg = self.recv()
-        if msg[0] == "ret" and len(msg) == 3 and type(msg[1]) is bytes:
+        if msg["op"] == "ret" and "value" in msg:
             try:
-                result = marshal.loads(msg[1])
-                check_plain(result)
-                if msg[2] is not None:
-                    _sync_args(args, marshal.loads(msg[2]))
+                result = decode_plain(msg["value"])
+                if msg.get("args") is not None:
+                    _sync_args(args, decode_plain(msg["args"]))
             except MemoryError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001
                 raise TypeError(f"the program's result was rejected: {e}") from None
             return result
-        if msg[0] == "exc" and len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is str:
-            self.errors.append(msg[1])
-            cls = getattr(builtins, msg[1], None)
+        if msg["op"] == "exc" and type(msg.get("type")) is str and type(msg.get("msg")) is str:
+            self.errors.append(msg["type"][:100])
+            cls = getattr(builtins, msg["type"], None)
             if isinstance(cls, type) and issubclass(cls, Exception):
-                raise cls(msg[2])
-            raise RemoteError(f"{msg[1]}: {msg[2]}")
+                raise cls(msg["msg"])
+            raise RemoteError(f"{msg['type'][:100]}: {msg['msg']}")
         self.dead = "program broke the call protocol"
         raise ProgramDied(self.dead)
 
@@ -447,7 +492,6 @@ def _sync_args(args: tuple, new) -> None:
     if type(new) is not tuple or len(new) != len(args):
         return
     for old, fresh in zip(args, new):
-        check_plain(fresh)
         if type(old) is list and type(fresh) is list:
             old[:] = fresh
         elif type(old) is dict and type(fresh) is dict:
@@ -463,40 +507,38 @@ def _report(fd: int, nonce: str, **record) -> None:
     _write_all(fd, line)
 
 
-def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_out: int,
-                child: int, limit: int) -> int:
-    """Runs in the judge after C was forked. Returns its exit code."""
-    nonce = _read_all(secret_fd).decode("ascii", "replace").strip()
-    os.close(secret_fd)
-    payload = _read_all(job_fd)
-    os.close(job_fd)
-    job = json.loads(payload)
-    del payload
+def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int, limit: int) -> None:
+    """Judge one job: send the code to the program, run each test here with the program's
+    callables as stubs, report every step on ``report_fd``, then dismiss the program. The
+    program's exit status is collected by the server, which forked it."""
     _report(report_fd, nonce, k="start")
     judge = _Judge(rpc_in, rpc_out, limit)
     tests = job.get("tests") or []
     entry = job.get("entry_point")
     ns_base: dict = {}
     values: dict = {}
-    ready = exited_early = False
+    ready = False
     try:
-        send_msg(rpc_out, ("code", job["code"]))
+        try:
+            send_msg(rpc_out, {"op": "code", "code": job["code"]})
+        except OSError as e:
+            judge.dead = f"program stopped answering ({e})"
+            raise ProgramDied(judge.dead) from None
         msg = judge.recv()
-        if msg[0] == "ready" and len(msg) == 2 and type(msg[1]) is dict:
+        op = msg["op"]
+        if op == "ready" and type(msg.get("names")) is dict:
             ready = True
-            for name, spec in msg[1].items():
-                if type(name) is not str or type(spec) is not tuple or not spec:
-                    continue
-                if spec[0] == "callable":
+            for name, spec in msg["names"].items():
+                if spec == "callable":
                     ns_base[name] = judge.stub(name)
-                elif spec[0] == "value" and len(spec) == 2 and type(spec[1]) is bytes:
-                    values[name] = spec[1]
+                elif type(spec) is dict and type(spec.get("json")) is str:
+                    values[name] = spec["json"]
             _report(report_fd, nonce, k="code", ok=True)
-        elif msg[0] in ("compile_error", "runtime_error") and len(msg) == 3:
-            _report(report_fd, nonce, k="code", ok=False, kind=msg[0], type=str(msg[1]), msg=str(msg[2]))
-        elif msg[0] == "exited0" and not tests:
-            exited_early = True  # a script that ends with sys.exit(0): fine when there is nothing to test
-        elif msg[0] == "exited0":
+        elif op in ("compile_error", "runtime_error") and type(msg.get("type")) is str and type(msg.get("msg")) is str:
+            _report(report_fd, nonce, k="code", ok=False, kind=op, type=msg["type"][:100], msg=_short(msg["msg"]))
+        elif op == "exited0" and not tests:  # a script that ends with sys.exit(0): fine when there is nothing to test
+            _report(report_fd, nonce, k="code", ok=True, exited=True)
+        elif op == "exited0":
             _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="SystemExit",
                     msg="the program exited (sys.exit(0)) before the tests could run")
         else:
@@ -505,8 +547,8 @@ def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_ou
     except ProgramDied as e:
         if tests:
             _report(report_fd, nonce, k="code", ok=False, kind="died", type="ProgramDied", msg=str(e))
-        else:
-            exited_early = True  # decided by its exit status below
+        else:  # no tests: the program's exit status decides (the server has it)
+            _report(report_fd, nonce, k="code", ok=True, exited=True)
     except MemoryError:
         _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="MemoryError",
                 msg="the judge ran out of memory reading the program's namespace")
@@ -515,12 +557,10 @@ def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_ou
             ns_base["candidate"] = judge.stub(entry)
         for i, src in enumerate(tests):
             ns = {"__name__": "__main__", "__builtins__": builtins}
-            for name, data in values.items():
+            for name, text in values.items():
                 try:
-                    v = marshal.loads(data)
-                    check_plain(v)
-                    ns[name] = v
-                except Exception:
+                    ns[name] = decode_plain(json.loads(text))  # a fresh copy for every test
+                except Exception:  # noqa: BLE001
                     pass
             ns.update(ns_base)
             try:
@@ -532,68 +572,87 @@ def _judge_main(job_fd: int, secret_fd: int, report_fd: int, rpc_in: int, rpc_ou
     else:
         for i in range(len(tests)):
             _report(report_fd, nonce, k="test", i=i, ok=False, type="NotRun", msg="the program did not load")
-    # Ask the program to exit, then collect its status.
-    try:
-        send_msg(rpc_out, ("quit",))
+    try:  # dismiss the program; the server collects its exit status
+        send_msg(rpc_out, {"op": "quit"})
     except OSError:
         pass
-    status = _wait_child(child, 2.0)
-    exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
-    exited_ok = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    clean = exited_ok and judge.dead is None
-    if exited_early:  # no tests, and the program ended by itself: its exit status is the verdict
-        clean = exited_ok
-        if exited_ok:
-            _report(report_fd, nonce, k="code", ok=True)
-        else:
-            _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="Exit",
-                    msg=f"the program ended with exit status {exit_code}")
-    _report(report_fd, nonce, k="end", clean=clean,
-            exit_code=exit_code if (exit_code is not None and exit_code >= 0) else None,
-            signal=-exit_code if (exit_code is not None and exit_code < 0) else None,
-            died=judge.dead, program_errors=judge.errors[:50])
-    return 0
+    _report(report_fd, nonce, k="end", died=judge.dead, program_errors=judge.errors[:50])
 
 
-def _wait_child(pid: int, timeout: float):
+def _judge_process(sock_fd: int, uid: int | None, isolate_net: bool) -> None:
+    """J: the worker's judge, forked once from the server (and again after a job it could not
+    finish). Never returns. It drops to a uid of its own (not the jobs' uid), turns
+    non-dumpable and cannot fork; it never runs untrusted code. Each job arrives on ``sock_fd``
+    as a header carrying the two pipe ends to that job's program (SCM_RIGHTS) and the payload;
+    the records go back on the same socket."""
+    code = JUDGE_INFRA_EXIT
+    nonce = "-"
     try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        pidfd = None
-    if pidfd is not None:
-        ready, _, _ = select.select([pidfd], [], [], timeout)
-        os.close(pidfd)
-        if not ready:
-            return _kill_and_reap(pid)
-        return _kill_and_reap(pid, kill=False)
-    deadline = time.monotonic() + timeout
-    while True:
+        set_process_name("prmgym-judge")
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        _close_fds_except([0, 1, 2, sock_fd])
+        os.chdir("/")
+        if isolate_net:  # the server did not already move itself into an empty network namespace
+            try:
+                unshare(CLONE_NEWNET)
+            except OSError:
+                pass
+        parent = os.getppid()
+        _drop_privileges(uid)
+        for res, value in ((resource.RLIMIT_NPROC, 0), (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_CORE, 0)):
+            try:
+                resource.setrlimit(res, (value, value))
+            except (ValueError, OSError):
+                pass
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_DUMPABLE, 0)
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return status
-        if time.monotonic() >= deadline:
-            return _kill_and_reap(pid)
-        time.sleep(0.001)
-
-
-def _kill_and_reap(pid: int, kill: bool = True) -> int | None:
-    """SIGKILL ``pid`` (unless ``kill`` is false) and return its wait status (None if gone)."""
-    if kill:
-        try:
-            os.kill(pid, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except OSError:
             pass
-    try:
-        return os.waitpid(pid, 0)[1]
-    except ChildProcessError:
-        return None
+        if os.getppid() != parent:  # the server died before the death signal was armed
+            os._exit(0)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        sock = socket.socket(fileno=sock_fd)
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 4, 2)
+            if not data:
+                os._exit(0)  # the server closed the socket
+            if len(data) < 4:
+                data += _read_exact(sock_fd, 4 - len(data))
+            (n,) = struct.unpack("<I", data)
+            header = json.loads(_read_exact(sock_fd, n))
+            nonce = header["nonce"]
+            if len(fds) != 2:
+                raise RuntimeError(f"expected the program's two pipe ends, got {len(fds)} descriptors")
+            rpc_out, rpc_in = fds
+            job = json.loads(_read_exact(sock_fd, int(header["size"])))
+            with open("/proc/self/statm", "rb") as f:
+                vm = int(f.read().split()[0]) * page
+            try:  # room for the program's values on top of what the judge already maps
+                resource.setrlimit(resource.RLIMIT_AS, (vm + (int(header["memory_mb"]) << 20),
+                                                        resource.getrlimit(resource.RLIMIT_AS)[1]))
+            except (ValueError, OSError):
+                pass
+            _judge_job(job, nonce, sock_fd, rpc_in, rpc_out, int(header["memory_mb"]) << 20)
+            del job
+            os.close(rpc_in)
+            os.close(rpc_out)
+    except BaseException as e:  # a harness failure: report it as infrastructure
+        try:
+            os.write(sock_fd, MAGIC + b" infra " + json.dumps({"k": "infra", "msg": _short(
+                "".join(traceback.format_exception(e)))}).encode() + b"\n")
+        except BaseException:
+            pass
+    os._exit(code)
 
 
 # ---------------------------------------------------------------------------------------------
-# isolation pieces used by S and R
+# isolation pieces used by S, J and C
 # ---------------------------------------------------------------------------------------------
 def _drop_privileges(uid: int | None) -> None:
     if uid is None:
@@ -752,33 +811,37 @@ def probe_isolation(uid: int | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# R: the job process (fork of S): isolation setup, then the judge
+# C: the program process (fork of S): isolation setup, then the program
 # ---------------------------------------------------------------------------------------------
-def _job_main(cfg: dict, lim: dict, fds: dict) -> None:
-    """R: the fork of S for one job. Never returns.
+def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
+    """C: the fork of S for one job. Never returns.
 
-    As root (when available): new session, new PID/mount/IPC (and network) namespaces, fresh
-    tmpfs work dir; forks C, which becomes PID 1 of the new PID namespace; then drops to the
-    job's uid, turns non-dumpable and becomes the judge (`_judge_main`). R stays in S's PID
-    namespace, so nothing in the job can see, signal or trace it. R's exit code is the harness's
-    own: 0, or `JUDGE_INFRA_EXIT` when the harness failed."""
-    code = JUDGE_INFRA_EXIT
+    When the host allows it, S forked it as PID 1 of a new PID namespace. As root, C gives
+    itself new mount and IPC namespaces and a fresh tmpfs work dir, mounts a /proc that shows
+    only the job, writes what it applied on the setup pipe, then drops to the job's uid, sets
+    its rlimits, clears its environment and runs the program (`_program_main`). The setup pipe
+    is closed before any untrusted code runs; if the setup fails, C reports why there and
+    exits, and the job is an infrastructure failure (`sandbox_error`)."""
     notes: dict = {}
+    setup_w = fds["setup_w"]
     try:
-        set_process_name("prmgym-judge")
-        os.setsid()
+        set_process_name("prmgym-program")
+        os.setsid()  # a session and process group of its own
+        _wipe(payload)  # our copy only: the program must not find the tests in memory
         iso = cfg["isolation"]
-        use_ns = cfg["namespaces"] and iso.get("namespaces")
+        use_ns = bool(cfg["pidns"])
         use_mounts = use_ns and iso.get("mounts")
         prepared = bool(cfg.get("prepared"))  # S already sits in a private read-only mount ns + empty net ns
         workdir = cfg.get("workdir")
         if use_ns:
             try:
-                unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | (0 if prepared else CLONE_NEWNET))
+                unshare(CLONE_NEWNS | CLONE_NEWIPC | (0 if prepared else CLONE_NEWNET))
             except OSError as e:
                 use_ns = use_mounts = False
                 notes["namespaces_error"] = str(e)
-        elif cfg["namespaces"] and iso.get("netns"):
+        elif cfg.get("pidns_error"):
+            notes["namespaces_error"] = cfg["pidns_error"]
+        if not use_ns and cfg["namespaces"] and iso.get("netns") and not prepared:
             try:
                 unshare(CLONE_NEWNET)
                 notes["netns"] = True
@@ -797,6 +860,10 @@ def _job_main(cfg: dict, lim: dict, fds: dict) -> None:
                         mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=1777")
                 workdir = "/tmp/work"
                 os.mkdir(workdir, 0o700)
+                try:  # C is PID 1 of the new namespace: a /proc that shows only the job
+                    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                except OSError:
+                    pass
             except OSError as e:
                 notes["mounts_error"] = str(e)
                 use_mounts = False
@@ -804,47 +871,38 @@ def _job_main(cfg: dict, lim: dict, fds: dict) -> None:
             raise OSError("no work directory: mounts failed and the server made none")
         if cfg["uid"] is not None:
             os.chown(workdir, cfg["uid"], cfg["uid"])
-        notes.update(pidns=bool(use_ns), mountns=bool(use_mounts))
-        _write_all(fds["report_w"], MAGIC + b" setup " + json.dumps(notes).encode() + b"\n")
-        rpc1_r, rpc1_w = os.pipe()  # judge -> program
-        rpc2_r, rpc2_w = os.pipe()  # program -> judge
-        # stdin: a pipe S feeds (a process that unshared its PID namespace cannot start threads)
+        notes.update(pidns=use_ns, mountns=bool(use_mounts))
+        os.chdir(workdir)
         stdin_r = fds["stdin_r"] if fds.get("stdin_r") is not None else os.open(os.devnull, os.O_RDONLY)
-        timeout = float(lim["timeout_s"])
-        child = os.fork()
-        if child == 0:
-            if use_ns and use_mounts:
-                try:  # C is PID 1 of the new namespace: a /proc that shows only the job
-                    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-                except OSError:
-                    pass
-            os.chdir(workdir)
-            _program_entry(cfg, lim, fds, stdin_r, rpc1_r, rpc2_w, timeout)  # never returns
-        _write_all(fds["report_w"], MAGIC + b" child " + json.dumps({"pid": child}).encode() + b"\n")
-        os.close(rpc1_r)
-        os.close(rpc2_w)
-        os.close(stdin_r)
-        os.close(fds["out_w"])
-        os.close(fds["err_w"])
-        _close_fds_except([0, 1, 2, fds["job_r"], fds["secret_r"], fds["report_w"], rpc1_w, rpc2_r])
-        os.chdir("/")
-        _set_limits(lim, timeout + 1)
+        os.dup2(stdin_r, 0)
+        os.dup2(fds["out_w"], 1)
+        os.dup2(fds["err_w"], 2)
+        rpc_in, rpc_out = fds["prog_r"], fds["prog_w"]
+        _close_fds_except([0, 1, 2, rpc_in, rpc_out, setup_w])
+        os.environ.clear()
+        _set_limits(lim, float(lim["timeout_s"]))
         _drop_privileges(cfg["uid"])
-        prctl(PR_SET_DUMPABLE, 0)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
         try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the server
         except OSError:
             pass
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        code = _judge_main(fds["job_r"], fds["secret_r"], fds["report_w"], rpc2_r, rpc1_w, child,
-                           int(lim["memory_mb"]) << 20)
-    except BaseException as e:  # a harness failure: report it as infrastructure
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False, buffering=1)
+        sys.stderr = open(2, "w", closefd=False, buffering=1)
+        _write_all(setup_w, json.dumps({"ok": True, **notes}).encode())
+        os.close(setup_w)
+    except BaseException as e:
         try:
-            os.write(fds["report_w"], MAGIC + b" infra " + json.dumps({"k": "infra", "msg": _short(
-                "".join(traceback.format_exception(e)))}).encode() + b"\n")
+            os.write(setup_w, json.dumps({"ok": False, "error": _short("".join(traceback.format_exception(e))),
+                                          **notes}).encode())
         except BaseException:
             pass
-    os._exit(code)
+        os._exit(PROGRAM_SETUP_EXIT)
+    _program_main(rpc_in, rpc_out)
+    os._exit(0)
 
 
 def _kill_tree(pid: int, uid: int | None) -> None:
@@ -905,40 +963,13 @@ def _reap_children() -> None:
             return
 
 
-def _program_entry(cfg, lim, fds, stdin_r, rpc_in, rpc_out, timeout) -> None:
-    """C before it runs the program. Never returns."""
-    try:
-        set_process_name("prmgym-program")
-        os.setsid()  # a session and process group of its own: kill(0) / killpg(0) cannot reach the judge
-        os.dup2(stdin_r, 0)
-        os.dup2(fds["out_w"], 1)
-        os.dup2(fds["err_w"], 2)
-        _close_fds_except([0, 1, 2, rpc_in, rpc_out])
-        os.environ.clear()
-        _set_limits(lim, timeout)
-        _drop_privileges(cfg["uid"])
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
-        try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
-            signal.signal(s, signal.SIG_DFL)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False, buffering=1)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)
-    except BaseException:
-        os._exit(71)
-    _program_main(rpc_in, rpc_out)
-    os._exit(0)
-
-
 # ---------------------------------------------------------------------------------------------
 # S: the server
 # ---------------------------------------------------------------------------------------------
 def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
-             output_exceeded: bool, host_deadline: bool) -> tuple[str, int, dict]:
-    """Decide (status, tests_passed, details) from the judge's records and its exit status."""
+             output_exceeded: bool) -> tuple[str, int, dict]:
+    """Decide (status, tests_passed, details) from the judge's records, the program's wait
+    status (collected by the server) and what the server saw of the judge and the setup."""
     details: dict = {}
     by_kind: dict = {}
     test_ok = [False] * n_tests
@@ -952,9 +983,11 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
     passed_n = sum(test_ok)
     end = (by_kind.get("end") or [None])[0]
     code = (by_kind.get("code") or [None])[0]
-    ws = status.get("wait_status")
-    judge_exit = os.waitstatus_to_exitcode(ws) if ws is not None else None
-    killed = status.get("killed")
+    ps = status.get("program_status")
+    prog_exit = os.waitstatus_to_exitcode(ps) if ps is not None else None
+    js = status.get("judge_status")
+    judge_exit = os.waitstatus_to_exitcode(js) if js is not None else None
+    setup = status.get("setup") or {}
     if tampered:
         details["tampered"] = tampered
     if end:
@@ -963,24 +996,32 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
             details["program_died"] = end["died"]
     if output_exceeded:
         return "output_limit", passed_n, details
-    if killed == "timeout" or host_deadline:
+    if status.get("killed") == "timeout":
         return "timeout", passed_n, details
-    if judge_exit == JUDGE_INFRA_EXIT:  # the judge's own failure (an exit code the program cannot cause)
-        details["infra"] = (by_kind.get("infra") or [{}])[0].get("msg") or "the judge process failed"
+    if setup.get("ok") is not True:  # the program process failed before any untrusted code ran
+        details["infra"] = setup.get("error") or f"the program process ended during its setup (exit {prog_exit})"
         return "sandbox_error", passed_n, details
-    sig = end.get("signal") if end else None
+    if judge_exit == JUDGE_INFRA_EXIT or (not tampered and not by_kind.get("start")):
+        # the judge's own failure (an exit code the program cannot cause), or it never began the job
+        details["infra"] = ((by_kind.get("infra") or [{}])[0].get("msg") or status.get("judge_lost")
+                            or "the judge process failed")
+        return "sandbox_error", passed_n, details
     if tampered:
         return "failed", passed_n, details
+    if prog_exit == -signal.SIGXCPU:
+        return "timeout", passed_n, details
     if end is None:
-        if judge_exit is not None and judge_exit == -signal.SIGXCPU:
-            return "timeout", passed_n, details
-        details["judge_exit"] = judge_exit
+        details["judge_lost"] = status.get("judge_lost")
         if code is None:
             return "runtime_error", passed_n, details
         return "failed", passed_n, details
-    if sig in (signal.SIGXCPU,):
-        return "timeout", passed_n, details
     errors = set(end.get("program_errors") or [])
+    if code and code.get("exited"):  # nothing to test: the program's own exit status is the verdict
+        if prog_exit == 0 and n_tests == 0:
+            return "passed", 0, details
+        details["error"] = {"kind": "runtime_error", "type": "Exit",
+                            "msg": f"the program ended with exit status {prog_exit}"}
+        return "runtime_error", 0, details
     if code and not code.get("ok"):
         details["error"] = {"kind": code.get("kind"), "type": code.get("type"), "msg": code.get("msg")}
         if code.get("kind") == "compile_error":
@@ -988,7 +1029,8 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
         if code.get("type") == "MemoryError" or "MemoryError" in errors:
             return "memory", 0, details
         return "runtime_error", 0, details
-    if all(test_ok) and end.get("clean") and judge_exit == 0 and len(by_kind.get("test", [])) == n_tests:
+    clean = prog_exit == 0 and not end.get("died")
+    if all(test_ok) and clean and len(by_kind.get("test", [])) == n_tests:
         return "passed", passed_n, details
     if "MemoryError" in errors:
         return "memory", passed_n, details
@@ -996,13 +1038,20 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
 
 
 class Server:
-    """One warm worker. ``serve()`` answers frames on ``in_fd``/``out_fd`` until EOF."""
+    """One warm worker. ``serve()`` answers frames on ``in_fd``/``out_fd`` until EOF.
+
+    ``judge_uid``: the uid of the judge process (default: ``uid``); a uid other than the jobs'
+    keeps the judge out of their reach even without a PID namespace. ``persistent_judge``:
+    keep one judge for many jobs (it is replaced after any job it could not finish normally);
+    False starts one per job (the Docker agent, whose sweep after each job kills every process)."""
 
     def __init__(self, uid: int | None, namespaces: str = "auto", workdir_root: str | None = None,
-                 in_fd: int = 0, out_fd: int = 1):
+                 in_fd: int = 0, out_fd: int = 1, judge_uid: int | None = None, persistent_judge: bool = True):
         if os.getuid() != 0:
-            uid = None  # cannot switch users; run as ourselves
+            uid = judge_uid = None  # cannot switch users; run as ourselves
         self.uid = uid
+        self.judge_uid = judge_uid if judge_uid is not None else uid
+        self.persistent_judge = persistent_judge
         self.in_fd, self.out_fd = in_fd, out_fd
         self.workdir_root = workdir_root or tempfile.gettempdir()
         iso = probe_isolation(uid) if namespaces != "off" else {"namespaces": False, "netns": False}
@@ -1015,6 +1064,14 @@ class Server:
         expose = {sys.base_prefix, sys.prefix}  # the Python installation jobs import from
         expose.update(p for p in sys.path if p and os.path.isdir(p))
         self.expose = sorted(expose)
+        self._own_pidns = None  # our PID namespace, to return to after forking a job into a new one
+        if self.namespaces and iso.get("namespaces"):
+            try:
+                self._own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                self.isolation["pidns_error"] = str(e)
+        self._judge: dict | None = None
+        self.judges_started = 0
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError:
@@ -1043,7 +1100,8 @@ class Server:
         return True
 
     def hello(self) -> dict:
-        return {"hello": PROTOCOL, "pid": os.getpid(), "uid": self.uid, "isolation": self.isolation}
+        return {"hello": PROTOCOL, "pid": os.getpid(), "uid": self.uid, "judge_uid": self.judge_uid,
+                "isolation": self.isolation}
 
     def serve(self) -> None:
         import gc
@@ -1086,6 +1144,75 @@ class Server:
         data = json.dumps(obj).encode()
         _write_all(self.out_fd, struct.pack("<I", len(data)) + data)
 
+    # -- the judge ------------------------------------------------------------------------------
+    def _judge_alive(self) -> bool:
+        j = self._judge
+        if j is None:
+            return False
+        if j["pidfd"] is not None:
+            if not select.select([j["pidfd"]], [], [], 0)[0]:
+                return True
+        else:
+            try:
+                if os.waitpid(j["pid"], os.WNOHANG)[0] == 0:
+                    return True
+            except ChildProcessError:
+                pass
+        self.stop_judge()
+        return False
+
+    def _start_judge(self) -> dict:
+        self.stop_judge()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.detach()
+                _judge_process(theirs.detach(), self.judge_uid,
+                               bool(self.namespaces and self.isolation.get("netns", self.isolation.get("namespaces"))
+                                    and not self.prepared and os.getuid() == 0))
+            finally:
+                os._exit(JUDGE_INFRA_EXIT)
+        theirs.close()
+        ours.setblocking(False)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+        self.judges_started += 1
+        self._judge = {"pid": pid, "pidfd": pidfd, "sock": ours, "jobs": 0, "status": None}
+        return self._judge
+
+    def stop_judge(self) -> int | None:
+        """Kill and reap the judge (if any); returns its wait status when we reaped it."""
+        j, self._judge = self._judge, None
+        if j is None:
+            return None
+        status = j.get("status")
+        if status is None:
+            try:
+                os.kill(j["pid"], signal.SIGKILL)  # not reaped yet, so the pid is still the judge's
+            except OSError:
+                pass
+            try:
+                status = os.waitpid(j["pid"], 0)[1]
+            except ChildProcessError:
+                status = None
+        j["sock"].close()
+        if j["pidfd"] is not None:
+            os.close(j["pidfd"])
+        return status
+
+    def _reset_pidns(self) -> None:
+        if _lib().setns(ctypes.c_int(self._own_pidns), ctypes.c_int(CLONE_NEWPID)) != 0:
+            # our next children would land in a dead job's namespace: this server cannot go on
+            e = ctypes.get_errno()
+            try:
+                os.write(2, f"prmgym sandbox server: setns back to its PID namespace failed: {os.strerror(e)}\n".encode())
+            finally:
+                os._exit(1)
+
+    # -- one job --------------------------------------------------------------------------------
     def run(self, header: dict, payload) -> dict:
         """Run one job; ``payload`` is the job JSON (bytes-like). Returns the result dict."""
         lim = {**DEFAULT_LIMITS, **{k: v for k, v in header.items() if k in DEFAULT_LIMITS}}
@@ -1097,82 +1224,118 @@ class Server:
         own_workdir = None
         if not (self.namespaces and iso.get("namespaces") and iso.get("mounts")):
             own_workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=self.workdir_root)
-        pipes = {}
-        pipes["job_r"], job_w = os.pipe()
-        pipes["secret_r"], secret_w = os.pipe()
-        report_r, pipes["report_w"] = os.pipe()
-        out_r, pipes["out_w"] = os.pipe()
-        err_r, pipes["err_w"] = os.pipe()
-        pipes["stdin_r"], stdin_w = os.pipe() if stdin_data else (None, None)
+        judge = self._judge if self._judge_alive() else self._start_judge()
+        fds: dict = {}
+        fds["prog_r"], judge_w = os.pipe()   # judge -> program
+        judge_r, fds["prog_w"] = os.pipe()   # program -> judge
+        setup_r, fds["setup_w"] = os.pipe()
+        out_r, fds["out_w"] = os.pipe()
+        err_r, fds["err_w"] = os.pipe()
+        fds["stdin_r"], stdin_w = os.pipe() if stdin_data else (None, None)
+        pidns, pidns_error = False, None
+        if self._own_pidns is not None:
+            try:
+                unshare(CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+                pidns = True
+            except OSError as e:
+                pidns_error = str(e)
         cfg = {"uid": self.uid, "isolation": iso, "namespaces": self.namespaces, "workdir": own_workdir,
-               "expose": self.expose, "prepared": self.prepared, "prepared_notes": self.prepared_notes}
-        pid = os.fork()
+               "expose": self.expose, "prepared": self.prepared, "prepared_notes": self.prepared_notes,
+               "pidns": pidns, "pidns_error": pidns_error}
+        try:
+            pid = os.fork()
+        except BaseException:
+            if pidns:
+                self._reset_pidns()
+            raise
         if pid == 0:
             try:
-                _wipe(payload)  # our copy only: the program must not find the tests in memory
-                keep = [v for v in pipes.values() if v is not None]
-                devnull = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(devnull, fd)
-                _close_fds_except([0, 1, 2] + keep)
-                _job_main(cfg, lim, pipes)
+                _program_process(cfg, lim, fds, payload)
             finally:
-                os._exit(JUDGE_INFRA_EXIT)
-        for v in pipes.values():
+                os._exit(PROGRAM_SETUP_EXIT)
+        if pidns:
+            self._reset_pidns()
+        for v in fds.values():
             if v is not None:
                 os.close(v)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
             pidfd = None
-        nonce = os.urandom(16).hex()  # drawn after the fork: no process of the job ever held it in memory
+        # drawn after the fork: no process of the job ever held it in memory
+        nonce = os.urandom(16).hex()
+        sock = judge["sock"]
+        job_view = memoryview(payload)
+        judge_lost = None
         try:
-            _write_all(secret_w, nonce.encode())
-        except OSError:
-            pass
-        os.close(secret_w)
-        for fd in (job_w, out_r, err_r, report_r) + ((stdin_w,) if stdin_w is not None else ()):
+            head = json.dumps({"nonce": nonce, "size": len(job_view), "memory_mb": int(lim["memory_mb"])}).encode()
+            socket.send_fds(sock, [struct.pack("<I", len(head)) + head], [judge_w, judge_r])
+        except OSError as e:
+            judge_lost = f"could not hand the job to the judge: {e}"
+            job_view = job_view[:0]
+        os.close(judge_w)
+        os.close(judge_r)
+        judge["jobs"] += 1
+        sock_fd = sock.fileno()
+        for fd in (out_r, err_r, setup_r) + ((stdin_w,) if stdin_w is not None else ()):
             os.set_blocking(fd, False)
         stdin_view = memoryview(stdin_data)
-        out, err, report = bytearray(), bytearray(), bytearray()
-        job_view = memoryview(payload)
+        out, err, report, setup_data = bytearray(), bytearray(), bytearray(), bytearray()
+        end_marker = MAGIC + b" " + nonce.encode() + b' {"k": "end"'
         cap = int(lim["output_limit"])
         output_exceeded = False
         killed, killed_at = None, 0.0
-        open_r = {out_r: out, err_r: err, report_r: report}
+        open_r = {out_r: out, err_r: err, setup_r: setup_data}
         deadline = t0 + float(lim["timeout_s"])
-        wait_status = ru = None
+        status = ru = None  # the program's wait status and rusage
+        judge_done = judge_lost is not None  # the judge wrote the end record (or is gone)
+        judge_status = None
         ended_at = None
+        judged_at = t0
+        scan = 0
         while True:
             now = time.monotonic()
-            if wait_status is None and killed is None and now >= deadline:
+            if killed is None and now >= deadline and (status is None or not judge_done):
                 killed, killed_at = "timeout", now
-                self._kill(pid)
-            if wait_status is None and killed is not None and now - killed_at > 10.0:
-                break  # the judge ignores SIGKILL (stuck in the kernel?): give up on it, report timeout
-            if wait_status is not None and (not open_r or now - ended_at > 0.2):
-                break  # the judge is gone; writers that escaped the kill are not waited for
-            rlist = list(open_r) + ([pidfd] if pidfd is not None and wait_status is None else [])
-            wlist = [fd for fd in (job_w, stdin_w) if fd is not None]
-            wait = max(0.0, deadline - now) if killed is None else 0.05
-            if pidfd is None:
+                self._kill(pid, status is None)
+            if killed is not None and not judge_done:
+                judge_status = self.stop_judge()  # it may be inside a test: replace it
+                judge_done, judge_lost, judged_at = True, judge_lost or f"killed ({killed})", now
+            if judge_lost and killed is None:  # no judge left to answer the program: end it
+                killed, killed_at = "judge_lost", now
+                self._kill(pid, status is None)
+            if status is None and judge_done and killed is None and now - judged_at > 2.0:
+                killed, killed_at = "no_exit", now  # the program ignores the judge's quit
+                self._kill(pid, True)
+            if status is None and killed is not None and now - killed_at > 10.0:
+                break  # the program ignores SIGKILL (stuck in the kernel?): give up on it
+            if status is not None and judge_done and (not open_r or now - ended_at > 0.2):
+                break  # writers that escaped the kill are not waited for
+            rlist = list(open_r)
+            if not judge_done:
+                rlist.append(sock_fd)
+                if judge["pidfd"] is not None:
+                    rlist.append(judge["pidfd"])
+            if pidfd is not None and status is None:
+                rlist.append(pidfd)
+            wlist = ([sock_fd] if len(job_view) and not judge_done else []) + ([stdin_w] if stdin_w is not None else [])
+            if killed is not None or judge_done:
+                wait = 0.05
+            else:
+                wait = max(0.0, deadline - now)
+            if pidfd is None or judge["pidfd"] is None:
                 wait = min(wait, 0.005)
             r, w, _ = select.select(rlist, wlist, [], min(wait, 1.0))
-            if job_w is not None and job_w in w:
+            if sock_fd in w:
                 try:
-                    n = os.write(job_w, job_view[:65536])
-                    job_view = job_view[n:]
+                    job_view = job_view[os.write(sock_fd, job_view[:65536]):]
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError:
                     job_view = job_view[:0]
-                if not len(job_view):
-                    os.close(job_w)
-                    job_w = None
             if stdin_w is not None and stdin_w in w:
                 try:
-                    n = os.write(stdin_w, stdin_view[:65536])
-                    stdin_view = stdin_view[n:]
+                    stdin_view = stdin_view[os.write(stdin_w, stdin_view[:65536]):]
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError:  # the program closed its stdin
@@ -1181,7 +1344,7 @@ class Server:
                     os.close(stdin_w)
                     stdin_w = None
             for fd in r:
-                if fd == pidfd:
+                if fd not in open_r:
                     continue
                 try:
                     chunk = os.read(fd, 1 << 16)
@@ -1192,49 +1355,83 @@ class Server:
                     os.close(fd)
                     continue
                 target = open_r[fd]
-                if fd != report_r:
-                    target += chunk[:max(cap + 1 - (len(out) + len(err)), 0)]
-                    if len(out) + len(err) > cap and killed is None:
-                        output_exceeded, killed, killed_at = True, "output_limit", time.monotonic()
-                        self._kill(pid)
-                elif len(target) + len(chunk) <= (64 << 20):  # only the judge writes here
-                    target += chunk
-            if wait_status is None and ((pidfd is not None and pidfd in r) or pidfd is None):
-                if pidfd is not None:
-                    self._kill(pid)  # the judge has exited but is not reaped yet: its pgid is still ours
+                if fd == setup_r:
+                    if len(target) < (1 << 16):
+                        target += chunk
+                    continue
+                target += chunk[:max(cap + 1 - (len(out) + len(err)), 0)]
+                if len(out) + len(err) > cap and killed is None:
+                    output_exceeded, killed, killed_at = True, "output_limit", time.monotonic()
+                    self._kill(pid, status is None)
+            if not judge_done and sock_fd in r:
+                try:
+                    chunk = sock.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    chunk = None
+                except OSError:
+                    chunk = b""
+                if chunk == b"":
+                    judge_status = self.stop_judge()
+                    judge_done, judge_lost, judged_at = True, "the judge closed its socket", time.monotonic()
+                elif chunk:
+                    if len(report) + len(chunk) <= (64 << 20):
+                        report += chunk
+                    if report.endswith(b"\n") and report.find(end_marker, max(scan - len(end_marker), 0)) >= 0:
+                        judge_done, judged_at = True, time.monotonic()
+                    scan = len(report)
+            if not judge_done and judge["pidfd"] is not None and judge["pidfd"] in r:
+                while True:  # the judge died: take its last records first
+                    try:
+                        chunk = sock.recv(1 << 16)
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    report += chunk[:max((64 << 20) - len(report), 0)]
+                judge_status = self.stop_judge()
+                judge_done, judge_lost, judged_at = True, "the judge died", time.monotonic()
+            if status is None and (pidfd is None or pidfd in r):
                 try:
                     done, st, rus = os.wait4(pid, os.WNOHANG)
                 except ChildProcessError:
                     done, st, rus = pid, None, None
                 if done:
-                    wait_status, ru, ended_at = (st if st is not None else -1), rus, time.monotonic()
+                    status, ru, ended_at = (st if st is not None else -1), rus, time.monotonic()
         wall = (ended_at or time.monotonic()) - t0
         for fd in list(open_r):
+            if fd == setup_r:
+                try:
+                    setup_data += os.read(fd, 1 << 16)
+                except OSError:
+                    pass
             os.close(fd)
-        for fd in (job_w, stdin_w):
-            if fd is not None:
-                os.close(fd)
+        if stdin_w is not None:
+            os.close(stdin_w)
         job_view.release()
         stdin_view.release()
         if pidfd is not None:
             os.close(pidfd)
-        records, tampered, setup = _parse_reports(bytes(report), nonce, n_tests)
-        if own_workdir is not None or killed or wait_status != 0:
+        records, tampered = _parse_reports(bytes(report), nonce, n_tests)
+        try:
+            setup = json.loads(bytes(setup_data)) if setup_data else {}
+            setup = setup if isinstance(setup, dict) else {}
+        except ValueError:
+            setup = {}
+        if own_workdir is not None or killed or status != 0:
             # no PID namespace to end the tree, or an abnormal end: kill the program's process
             # group (it has its own session) and what is left of the uid
-            if setup.get("child"):
-                try:
-                    os.killpg(setup["child"], signal.SIGKILL)
-                except OSError:
-                    pass
             _kill_tree(pid, self.uid)
         if own_workdir is not None:
             shutil.rmtree(own_workdir, ignore_errors=True)
+        if judge_lost is None and (tampered or not any(r["k"] == "end" for r in records)):
+            judge_status, judge_lost = self.stop_judge(), "it did not finish the job"
+        if not self.persistent_judge and self._judge is not None:
+            self.stop_judge()
         self._reap_orphans()
-        status = {"wait_status": wait_status if wait_status != -1 else None, "killed": killed}
-        state, tests_passed, details = _verdict(records, tampered, status, max(n_tests, 0),
-                                                output_exceeded, False)
-        end = next((r for r in records if r["k"] == "end"), {})
+        state, tests_passed, details = _verdict(
+            records, tampered, {"program_status": status if status != -1 else None, "killed": killed,
+                                "judge_status": judge_status, "judge_lost": judge_lost, "setup": setup},
+            max(n_tests, 0), output_exceeded)
         truncated = output_exceeded
         stdout = bytes(out)
         stderr = bytes(err)
@@ -1243,7 +1440,7 @@ class Server:
             stderr = stderr[: max(cap - len(stdout), 0)]
             stdout = stdout[:cap]
         details["isolation"] = {
-            "network_namespace": bool(setup.get("pidns") or setup.get("netns")),
+            "network_namespace": bool(setup.get("pidns") or setup.get("netns") or self.prepared),
             "pid_namespace": bool(setup.get("pidns")),
             "mount_namespace": bool(setup.get("mountns")),
             "readonly_root": bool(setup.get("readonly_root")),
@@ -1256,14 +1453,18 @@ class Server:
                 details["isolation"][k] = iso[k]
         if not self.namespaces:
             details["isolation"]["namespaces_error"] = "disabled (namespaces='off')"
+        details["judge"] = {"pid": judge["pid"], "jobs": judge["jobs"]}
+        if judge_lost:
+            details["judge"]["replaced"] = judge_lost
         if killed:
             details["killed"] = killed
+        exit_code = os.waitstatus_to_exitcode(status) if status not in (None, -1) else None
         return {
             "status": state,
             "tests_passed": tests_passed,
             "tests_total": max(n_tests, 0),
-            "exit_code": end.get("exit_code"),
-            "signal": end.get("signal"),
+            "exit_code": exit_code if (exit_code is not None and exit_code >= 0) else None,
+            "signal": -exit_code if (exit_code is not None and exit_code < 0) else None,
             "stdout": stdout.decode("utf-8", "replace"),
             "stderr": stderr.decode("utf-8", "replace"),
             "truncated": truncated,
@@ -1273,10 +1474,15 @@ class Server:
         }
 
     @staticmethod
-    def _kill(pid: int) -> None:
-        """SIGKILL the judge's process group (the judge and the program; the program also dies
-        with its parent through PR_SET_PDEATHSIG, and with it its PID namespace). Only called
-        while the judge is not yet reaped, so the ids cannot have been reused."""
+    def _kill(pid: int, alive: bool) -> None:
+        """SIGKILL the program (PID 1 of its namespace: the kernel then kills everything in it)
+        and its process group. Only while it is not reaped (``alive``) may its pid be named;
+        the group id stays valid while members remain."""
+        if alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
@@ -1312,10 +1518,9 @@ def _wipe(buf) -> None:
         _wipe(buf.obj)
 
 
-def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | None, dict]:
+def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | None]:
     """Accept only well-formed, nonce'd records in the expected order."""
     records: list = []
-    setup: dict = {}
     tampered = None
     expect_test = 0
     stage = "start"
@@ -1323,24 +1528,8 @@ def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | N
         if not line:
             continue
         parts = line.split(b" ", 2)
-        if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"setup" and not records and not setup:
-            try:  # isolation notes written by the judge before the program existed (informational)
-                rec = json.loads(parts[2])
-                if isinstance(rec, dict):
-                    setup = rec
-                    continue
-            except ValueError:
-                pass
-        if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"child" and not records and "child" not in setup:
-            try:  # the program's pid (host view), written by the judge right after forking it
-                rec = json.loads(parts[2])
-                if isinstance(rec, dict) and type(rec.get("pid")) is int and rec["pid"] > 1:
-                    setup["child"] = rec["pid"]
-                    continue
-            except ValueError:
-                pass
         if len(parts) == 3 and parts[0] == MAGIC and parts[1] == b"infra":  # message only; the
-            # verdict sandbox_error needs the judge's exit code JUDGE_INFRA_EXIT, which the program cannot set
+            # verdict sandbox_error needs the judge's exit code JUDGE_INFRA_EXIT
             try:
                 rec = json.loads(parts[2])
                 if rec.get("k") == "infra":
@@ -1369,7 +1558,7 @@ def _parse_reports(data: bytes, nonce: str, n_tests: int) -> tuple[list, str | N
             tampered = tampered or f"an out-of-order report record ({k!r})"
             continue
         records.append(rec)
-    return records, tampered, setup
+    return records, tampered
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1431,6 +1620,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--uid-base", type=int, default=None,
                    help="instead of --uid: take the first free uid from uid-base on (an flock per uid, held "
                         "while this server lives), so servers of different sandboxes never share a uid")
+    s.add_argument("--judge-uid", type=int, default=None,
+                   help="uid for the judge when running as root (default: with --uid-base a second free uid, "
+                        "else --uid)")
     s.add_argument("--namespaces", choices=("auto", "on", "off"), default="auto")
     s.add_argument("--workdir-root", default=None)
     s.add_argument("--no-warm", action="store_true", help="do not pre-import common stdlib modules")
@@ -1443,10 +1635,12 @@ def main(argv: list[str] | None = None) -> int:
                 importlib.import_module(name)
             except ImportError:
                 pass
-    uid = args.uid
+    uid, judge_uid = args.uid, args.judge_uid
     if uid is None and args.uid_base is not None and os.getuid() == 0:
-        uid, _lock_fd = claim_uid(args.uid_base)  # the lock lives as long as this process
-    server = Server(uid, args.namespaces, args.workdir_root)
+        uid, _lock_fd = claim_uid(args.uid_base)  # the locks live as long as this process
+        if judge_uid is None:  # the judge gets a uid of its own: no job can signal it or count against it
+            judge_uid, _judge_lock_fd = claim_uid(args.uid_base)
+    server = Server(uid, args.namespaces, args.workdir_root, judge_uid=judge_uid)
     server.enter_namespaces()
     server.serve()
     return 0
