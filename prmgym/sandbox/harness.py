@@ -74,6 +74,7 @@ import builtins
 import ctypes
 import ctypes.util
 import json
+import marshal
 import os
 import resource
 import select
@@ -200,35 +201,34 @@ def _read_all(fd: int) -> bytes:
         chunks.append(b)
 
 
-# Values cross the judge <-> program pipes as length-prefixed JSON in a tagged form that
-# `decode_plain` turns back into exactly the plain builtin value. The judge parses what the
-# program wrote with `json.loads` and this small decoder, never with `marshal` or `pickle`: the
-# judge lives across jobs, so nothing a program sends may be able to corrupt it.
+# Values cross the judge <-> program pipes as JSON in a tagged form: every JSON object on the
+# wire is a one-key tag (``{"t": [...]}`` a tuple, ``{"d": [[k, v], ...]}`` a dict, ``"s"``/``"f"``
+# sets, ``"b"`` bytes, ``"c"`` complex, ``"i"`` a big int), and `json.loads` with `_untag` as its
+# object hook rebuilds exactly the plain builtin value, rejecting anything else. The judge
+# parses what the program wrote only this way, never with `marshal` or `pickle`: the judge
+# lives across jobs, so nothing a program sends may be able to corrupt it.
 _BIG_INT = 1 << 63
+_SCALARS = frozenset((str, float, bool, type(None)))
 _SEQ_TAGS = {"t": tuple, "s": set, "f": frozenset}
 
 
 def encode_plain(value, depth: int = 0):
-    """Plain builtin data -> a JSON-able form that `decode_plain` reverses exactly. Raises
+    """Plain builtin data -> a JSON-able form that `loads_plain` reverses exactly. Raises
     TypeError for anything else (a subclass of a builtin included)."""
     t = type(value)
-    if value is None or t is bool or t is str or t is float:
+    if t in _SCALARS:
         return value
     if t is int:
         return value if -_BIG_INT <= value < _BIG_INT else {"i": format(value, "x")}
     if depth > 400:
         raise TypeError("value is nested too deeply")
     d = depth + 1
-    if t is list:
-        return [encode_plain(v, d) for v in value]
-    if t is tuple:
-        return {"t": [encode_plain(v, d) for v in value]}
+    if t is list or t is tuple or t is set or t is frozenset:
+        items = [v if (type(v) in _SCALARS or (type(v) is int and -_BIG_INT <= v < _BIG_INT))
+                 else encode_plain(v, d) for v in value]
+        return items if t is list else {"t" if t is tuple else "s" if t is set else "f": items}
     if t is dict:
         return {"d": [[encode_plain(k, d), encode_plain(v, d)] for k, v in value.items()]}
-    if t is set:
-        return {"s": [encode_plain(v, d) for v in value]}
-    if t is frozenset:
-        return {"f": [encode_plain(v, d) for v in value]}
     if t is bytes:
         return {"b": value.hex()}
     if t is complex:
@@ -236,24 +236,18 @@ def encode_plain(value, depth: int = 0):
     raise TypeError(f"value of type {t.__name__} is not plain data")
 
 
-def decode_plain(obj):
-    """The inverse of `encode_plain`, applied to ``json.loads`` output. Raises ValueError or
-    TypeError (e.g. an unhashable set element) on anything malformed."""
-    t = type(obj)
-    if obj is None or t is bool or t is int or t is float or t is str:
-        return obj
-    if t is list:
-        return [decode_plain(v) for v in obj]
-    if t is dict and len(obj) == 1:
+def _untag(obj: dict):
+    """`json.loads` object hook: one tagged value (its contents are already decoded)."""
+    if len(obj) == 1:
         ((tag, x),) = obj.items()
         if tag in _SEQ_TAGS and type(x) is list:
-            return _SEQ_TAGS[tag](decode_plain(v) for v in x)
+            return _SEQ_TAGS[tag](x)
         if tag == "d" and type(x) is list:
             out = {}
             for pair in x:
                 if type(pair) is not list or len(pair) != 2:
                     raise ValueError("malformed dict entry")
-                out[decode_plain(pair[0])] = decode_plain(pair[1])
+                out[pair[0]] = pair[1]
             return out
         if tag == "b" and type(x) is str:
             return bytes.fromhex(x)
@@ -264,17 +258,28 @@ def decode_plain(obj):
     raise ValueError("malformed value")
 
 
-def send_msg(fd: int, obj: dict) -> None:
-    data = json.dumps(obj, separators=(",", ":")).encode()
+_DECODER = json.JSONDecoder(object_hook=_untag)  # built once: json.loads(..., object_hook=) builds one per call
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def loads_plain(data) -> object:
+    """JSON text (str or UTF-8 bytes) in the tagged form -> the plain value. Raises
+    ValueError/TypeError (e.g. an unhashable set element or dict key) on anything else."""
+    return _DECODER.decode(data if type(data) is str else bytes(data).decode("utf-8"))
+
+
+def send_msg(fd: int, msg: list) -> None:
+    data = _ENCODER.encode(msg).encode()
     _write_all(fd, struct.pack("<I", len(data)) + data)
 
 
-def recv_msg(fd: int, limit: int = 1 << 30) -> dict:
+def recv_msg(fd: int, limit: int = 1 << 30) -> list:
+    """One message: a JSON array whose first item is the operation name (a str)."""
     (n,) = struct.unpack("<I", _read_exact(fd, 4))
     if n > limit:
         raise ValueError(f"message of {n} bytes exceeds the limit of {limit}")
-    msg = json.loads(_read_exact(fd, n))
-    if type(msg) is not dict or type(msg.get("op")) is not str:
+    msg = loads_plain(_read_exact(fd, n))
+    if type(msg) is not list or not msg or type(msg[0]) is not str:
         raise ValueError("not a message")
     return msg
 
@@ -322,20 +327,20 @@ def _to_plain(value, depth: int = 0):
 def _program_main(rpc_in: int, rpc_out: int) -> None:
     """Runs in C after privileges are dropped. Never returns."""
     try:
-        code = recv_msg(rpc_in)["code"]
+        code = recv_msg(rpc_in)[1]
     except BaseException:
         os._exit(3)
     ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
         compiled = compile(code, "<program>", "exec")
     except BaseException as e:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
-        send_msg(rpc_out, {"op": "compile_error", "type": type(e).__name__, "msg": _short(str(e))})
+        send_msg(rpc_out, ["compile_error", type(e).__name__, _short(str(e))])
         _program_wait_quit(rpc_in)
     try:
         exec(compiled, ns)
     except SystemExit as e:
         if e.code is None or e.code == 0:
-            send_msg(rpc_out, {"op": "exited0"})
+            send_msg(rpc_out, ["exited0"])
             _program_wait_quit(rpc_in)
         _program_failed(rpc_in, rpc_out, e)
     except BaseException as e:
@@ -351,7 +356,7 @@ def _program_failed(rpc_in: int, rpc_out: int, e: BaseException) -> None:
         sys.stderr.flush()
     except BaseException:
         pass
-    send_msg(rpc_out, {"op": "runtime_error", "type": type(e).__name__, "msg": tb})
+    send_msg(rpc_out, ["runtime_error", type(e).__name__, tb])
     _program_wait_quit(rpc_in)
 
 
@@ -368,30 +373,31 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
             names[name] = "callable"
             continue
         try:
-            text = json.dumps(encode_plain(_to_plain(value)), separators=(",", ":"))
+            text = _ENCODER.encode(encode_plain(_to_plain(value)))
             if len(text) < (1 << 20):
-                names[name] = {"json": text}
+                names[name] = (text,)
         except BaseException:
             pass
-    send_msg(rpc_out, {"op": "ready", "names": names})
+    send_msg(rpc_out, ["ready", encode_plain(names)])
     while True:
         try:
             msg = recv_msg(rpc_in)
         except BaseException:
             os._exit(4)
-        if msg["op"] == "quit":
+        if msg[0] == "quit":
             _program_quit()
         try:
-            args = decode_plain(msg["args"])
-            result = ns[msg["name"]](*args, **decode_plain(msg["kwargs"]))
+            _, name, args, kwargs = msg
+            before = marshal.dumps(args)  # only to notice in-place changes; nothing is ever loaded with marshal
+            result = ns[name](*args, **kwargs)
             try:
                 value = encode_plain(_to_plain(result))
-                after = encode_plain(args)
-            except TypeError:
+                after = encode_plain(args) if marshal.dumps(args) != before else None
+            except (TypeError, ValueError):
                 raise TypeError(_NOT_PLAIN) from None
-            reply = {"op": "ret", "value": value, "args": after if after != msg["args"] else None}
+            reply = ["ret", value, after]
         except BaseException as e:  # includes SystemExit from sys.exit() inside the candidate
-            reply = {"op": "exc", "type": type(e).__name__, "msg": _short(str(e))}
+            reply = ["exc", type(e).__name__, _short(str(e))]
         try:
             send_msg(rpc_out, reply)
         except BaseException:
@@ -400,7 +406,7 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
 
 def _program_wait_quit(rpc_in: int) -> None:
     try:
-        while recv_msg(rpc_in)["op"] != "quit":
+        while recv_msg(rpc_in)[0] != "quit":
             pass
     except BaseException:
         os._exit(4)
@@ -433,7 +439,7 @@ class _Judge:
         self.dead: str | None = None
         self.errors: list[str] = []  # exception type names reported by the program
 
-    def recv(self) -> dict:
+    def recv(self) -> list:
         try:
             return recv_msg(self.rpc_in, self.limit)
         except MemoryError:
@@ -450,7 +456,7 @@ class _Judge:
         try:
             if any(type(k) is not str for k in kwargs):
                 raise TypeError("keyword names must be str")
-            msg = {"op": "call", "name": name, "args": encode_plain(args), "kwargs": encode_plain(kwargs)}
+            msg = ["call", name, encode_plain(args), encode_plain(kwargs)]
         except (ValueError, TypeError, RecursionError) as e:
             raise TypeError(f"arguments passed to the program must be plain data: {e}") from None
         try:
@@ -458,23 +464,17 @@ class _Judge:
         except OSError:
             self.dead = "program stopped answering (pipe closed)"
             raise ProgramDied(self.dead) from None
-        msg = self.recv()
-        if msg["op"] == "ret" and "value" in msg:
-            try:
-                result = decode_plain(msg["value"])
-                if msg.get("args") is not None:
-                    _sync_args(args, decode_plain(msg["args"]))
-            except MemoryError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise TypeError(f"the program's result was rejected: {e}") from None
-            return result
-        if msg["op"] == "exc" and type(msg.get("type")) is str and type(msg.get("msg")) is str:
-            self.errors.append(msg["type"][:100])
-            cls = getattr(builtins, msg["type"], None)
+        msg = self.recv()  # already decoded: plain data only, or the recv failed
+        if msg[0] == "ret" and len(msg) == 3:
+            if msg[2] is not None:
+                _sync_args(args, msg[2])
+            return msg[1]
+        if msg[0] == "exc" and len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is str:
+            self.errors.append(msg[1][:100])
+            cls = getattr(builtins, msg[1], None)
             if isinstance(cls, type) and issubclass(cls, Exception):
-                raise cls(msg["msg"])
-            raise RemoteError(f"{msg['type'][:100]}: {msg['msg']}")
+                raise cls(msg[2])
+            raise RemoteError(f"{msg[1][:100]}: {msg[2]}")
         self.dead = "program broke the call protocol"
         raise ProgramDied(self.dead)
 
@@ -520,22 +520,24 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
     ready = False
     try:
         try:
-            send_msg(rpc_out, {"op": "code", "code": job["code"]})
+            send_msg(rpc_out, ["code", job["code"]])
         except OSError as e:
             judge.dead = f"program stopped answering ({e})"
             raise ProgramDied(judge.dead) from None
         msg = judge.recv()
-        op = msg["op"]
-        if op == "ready" and type(msg.get("names")) is dict:
+        op = msg[0]
+        if op == "ready" and len(msg) == 2 and type(msg[1]) is dict:
             ready = True
-            for name, spec in msg["names"].items():
+            for name, spec in msg[1].items():
+                if type(name) is not str:
+                    continue
                 if spec == "callable":
                     ns_base[name] = judge.stub(name)
-                elif type(spec) is dict and type(spec.get("json")) is str:
-                    values[name] = spec["json"]
+                elif type(spec) is tuple and len(spec) == 1 and type(spec[0]) is str:
+                    values[name] = spec[0]
             _report(report_fd, nonce, k="code", ok=True)
-        elif op in ("compile_error", "runtime_error") and type(msg.get("type")) is str and type(msg.get("msg")) is str:
-            _report(report_fd, nonce, k="code", ok=False, kind=op, type=msg["type"][:100], msg=_short(msg["msg"]))
+        elif op in ("compile_error", "runtime_error") and len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is str:
+            _report(report_fd, nonce, k="code", ok=False, kind=op, type=msg[1][:100], msg=_short(msg[2]))
         elif op == "exited0" and not tests:  # a script that ends with sys.exit(0): fine when there is nothing to test
             _report(report_fd, nonce, k="code", ok=True, exited=True)
         elif op == "exited0":
@@ -559,7 +561,7 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
             ns = {"__name__": "__main__", "__builtins__": builtins}
             for name, text in values.items():
                 try:
-                    ns[name] = decode_plain(json.loads(text))  # a fresh copy for every test
+                    ns[name] = loads_plain(text)  # a fresh copy for every test
                 except Exception:  # noqa: BLE001
                     pass
             ns.update(ns_base)
@@ -573,7 +575,7 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
         for i in range(len(tests)):
             _report(report_fd, nonce, k="test", i=i, ok=False, type="NotRun", msg="the program did not load")
     try:  # dismiss the program; the server collects its exit status
-        send_msg(rpc_out, {"op": "quit"})
+        send_msg(rpc_out, ["quit"])
     except OSError:
         pass
     _report(report_fd, nonce, k="end", died=judge.dead, program_errors=judge.errors[:50])
@@ -813,6 +815,21 @@ def probe_isolation(uid: int | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # C: the program process (fork of S): isolation setup, then the program
 # ---------------------------------------------------------------------------------------------
+def _job_stdio() -> None:
+    """Point sys.stdin/stdout/stderr at fds 0-2 (now the job's), line-buffered. The server's own
+    stream objects already wrap those fds and were never used (it speaks through os.read and
+    os.write), so they are reused: building new ones costs page faults in every job."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        stream = getattr(sys, name)
+        try:
+            if stream.fileno() != fd:
+                raise ValueError
+            if fd:
+                stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError, OSError):
+            setattr(sys, name, open(fd, mode, closefd=False, buffering=1 if fd else -1))
+
+
 def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
     """C: the fork of S for one job. Never returns.
 
@@ -889,9 +906,7 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
             pass
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False, buffering=1)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)
+        _job_stdio()
         _write_all(setup_w, json.dumps({"ok": True, **notes}).encode())
         os.close(setup_w)
     except BaseException as e:
