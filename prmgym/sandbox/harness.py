@@ -4,65 +4,73 @@ Standard library only and runnable as a standalone script (``python -I harness.p
 so the same file serves the local backend (a root fork server on the host) and the Docker
 backend (a runner inside a container). Nothing here imports prmgym.
 
-Processes of one job
---------------------
+Processes of one worker
+-----------------------
 ::
 
-    S  server        long-lived, warm (pre-imported stdlib, gc.freeze); reads job frames, forks
-    |                per job, feeds stdin, enforces the wall-clock deadline and the output cap,
-    |                reaps, decides the verdict from the judge's records.
-    +- R  judge      set up as root when available: new session; new PID, mount and IPC (and
-       |             network) namespaces; fresh tmpfs work dir. Then drops to the job's uid,
-       |             turns non-dumpable and holds the per-run secret; runs the *tests*; never
-       |             runs untrusted code. It stays in S's PID namespace: nothing in the job can
-       |             see, signal or trace it.
-       +- C  program PID 1 of the job's PID namespace (when available; its exit ends every
-                     process left in it); non-root uid, rlimits, empty environment, no network,
-                     cwd = work dir; runs the *candidate code* and answers R's calls over a pipe.
+    S  server        long-lived, warm (pre-imported stdlib, gc.freeze), root when available, in a
+    |                private read-only mount namespace and an empty network namespace of its
+    |                own. Reads job frames; per job it mounts a fresh tmpfs /tmp (the work dir)
+    |                and scratch dirs, forks C, hands the job to J, feeds stdin, enforces the
+    |                wall-clock deadline and the output cap, reaps C, decides the verdict from
+    |                J's records and C's exit status.
+    +- J  judge      forked once (and again after any job it could not finish: a timeout, the
+    |                output cap, lost records); a uid of its own (neither root nor the jobs'),
+    |                non-dumpable, no new privileges, cannot fork. Runs the *tests*; never runs
+    |                untrusted code. In S's PID namespace: nothing in a job can see, signal or
+    |                trace it.
+    +- C  program    one per job, forked by S as PID 1 of a new PID namespace (unshare, fork,
+                     setns back), with a new IPC namespace; when it exits the kernel ends every
+                     process left in the namespace. Drops to the worker's job uid, rlimits,
+                     empty environment, no network, cwd = /tmp/work; runs the *candidate code*
+                     and answers J's calls over two pipes.
 
-The tests never run in the process that runs the candidate. R executes each test source in a
+The tests never run in the process that runs the candidate. J executes each test source in a
 fresh namespace whose ``candidate`` (and every other top-level callable of the program, e.g.
 HumanEval's ``encode_cyclic``) is a stub that sends the call's arguments to C and returns C's
-result. Arguments and results cross the pipe as ``marshal`` data and R accepts only exact plain
-builtin types (None, bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset,
-recursively), so objects whose ``__eq__`` is always true, patched builtins, a patched
-``unittest`` or ``assert`` helper in C cannot influence a comparison made in R. Top-level plain
-values of the program (``x = 3``) are copied to the test namespace too. In-place mutation of
-list/dict/set arguments is copied back. An exception raised by the candidate is re-raised in R
-as the builtin exception of the same name (or ``RemoteError``). A program that exits or dies
-makes every remaining test fail.
+result. Arguments and results cross the pipes as JSON in a tagged form (`encode_plain`), and J
+decodes what C sends with one `json.loads` whose object hook accepts only the tags of exact
+plain builtin types (None, bool, int, float, complex, str, bytes, tuple, list, dict, set,
+frozenset, recursively), so objects whose ``__eq__`` is always true, patched builtins, a patched
+``unittest`` or ``assert`` helper in C cannot influence a comparison made in J, and no byte C
+writes reaches `marshal` or `pickle` in the long-lived judge. Top-level plain values of the
+program (``x = 3``) are copied to the test namespace too. In-place mutation of list/dict/set
+arguments is copied back. An exception raised by the candidate is re-raised in J as the builtin
+exception of the same name (or ``RemoteError``). A program that exits or dies makes every
+remaining test fail.
 
 Protocol (server stdin/stdout; all integers little-endian)
 ----------------------------------------------------------
-* On start the server writes one frame: ``{"hello": PROTOCOL, "isolation": {...}}``.
+* On start the server writes one frame: ``{"hello": PROTOCOL, "uid", "judge_uid", "isolation": {...}}``.
 * Request: ``u32 n`` + header JSON (n bytes) + ``u32 m`` + payload JSON (m bytes); the
   ``Server.run(header, payload)`` method takes the same two parts (used by the Docker agent).
   header = ``{"timeout_s", "memory_mb", "output_limit"(bytes), "nproc", "nofile",
   "fsize_mb", "workdir_mb", "n_tests", "stdin": str|null}`` (missing limits take
   `DEFAULT_LIMITS`) or ``{"op": "ping"}``. Build it with `encode_request`.
   payload = ``{"code": str, "tests": [str, ...], "entry_point": str|null}``.
-  The server copies the payload to R through a buffer that it zeroes afterwards and never
-  parses it, so later jobs forked from the same warm server do not inherit earlier tests.
+  S never parses the payload: it copies it to J over their socket and zeroes its buffer after
+  the job; C zeroes its inherited copy before anything else, so no program finds the tests.
 * Response: ``u32 n`` + result JSON with exactly the fields of ``ExecResult``:
   ``status, tests_passed, tests_total, exit_code, signal, stdout, stderr, truncated, wall_s,
   cpu_s, details``.
 
 The per-run secret
 ------------------
-For each job S draws a fresh 128-bit nonce (``os.urandom``) *after* forking R and writes it to
-a pipe only R holds; R reads it after forking C, so no process of the job except the judge ever
-held it. R writes one line per event to a report pipe that C never inherited::
+For each job S draws a fresh 128-bit nonce (``os.urandom``) *after* forking C and sends it to J
+with the job, over a socket C never had; so no process that runs untrusted code ever held it.
+J writes one line per event back on that socket::
 
     PRMGYM1 <nonce hex> <json>\n      json.k in {"start", "code", "test", "end"}
 
-(plus ``PRMGYM1 setup {...}`` isolation notes and ``PRMGYM1 infra {...}`` error text, which are
-informational only). S accepts only well-formed lines carrying the nonce, in order: ``start``,
-``code``, one ``test`` per expected test (indices 0..n-1, once each), ``end``. Anything else
-marks the run as tampered (failed). A job passes only if every expected test reported success,
-the ``end`` record is present, R exited 0 and the program exited cleanly when asked to. Stdout
-is never a channel. ``sandbox_error`` requires R's exit code `JUDGE_INFRA_EXIT`, which the
-program cannot cause. S never parses the payload (code and tests); R zeroes its inherited copy
-and reads the payload only after forking C, so the program cannot find the tests in memory.
+(plus ``PRMGYM1 infra {...}`` error text, informational only). S accepts only well-formed lines
+carrying this job's nonce, in order: ``start``, ``code``, one ``test`` per expected test
+(indices 0..n-1, once each), ``end``. Anything else marks the run as tampered (failed), and a
+judge that did not finish a job cleanly is replaced before the next. A job passes only if every
+expected test reported success, the ``end`` record is present and the program exited 0 when
+dismissed. Stdout is never a channel. ``sandbox_error`` needs J's exit code
+`JUDGE_INFRA_EXIT`, J never starting the job, or C failing its setup before any untrusted code
+ran (reported on a pipe C closes before it runs the program): none of these can the program
+cause.
 
 Statuses: passed, failed, timeout, memory, output_limit, runtime_error, compile_error,
 sandbox_error (the harness itself failed; the caller retries once).
@@ -274,11 +282,22 @@ def send_msg(fd: int, msg: list) -> None:
 
 
 def recv_msg(fd: int, limit: int = 1 << 30) -> list:
-    """One message: a JSON array whose first item is the operation name (a str)."""
-    (n,) = struct.unpack("<I", _read_exact(fd, 4))
+    """One message: a JSON array whose first item is the operation name (a str). The two sides
+    take turns (one message in flight), so a small message usually arrives in one read."""
+    data = os.read(fd, 1 << 16)
+    if len(data) < 4:
+        if not data:
+            raise EOFError("pipe closed")
+        data += _read_exact(fd, 4 - len(data))
+    (n,) = struct.unpack("<I", data[:4])
     if n > limit:
         raise ValueError(f"message of {n} bytes exceeds the limit of {limit}")
-    msg = loads_plain(_read_exact(fd, n))
+    body = data[4:]
+    if len(body) < n:
+        body += _read_exact(fd, n - len(body))
+    elif len(body) > n:
+        raise ValueError("bytes after the message: the other side broke the turn-taking")
+    msg = loads_plain(body)
     if type(msg) is not list or not msg or type(msg[0]) is not str:
         raise ValueError("not a message")
     return msg
@@ -360,6 +379,7 @@ def _program_failed(rpc_in: int, rpc_out: int, e: BaseException) -> None:
     _program_wait_quit(rpc_in)
 
 
+_MUTABLE = (list, dict, set)
 _NOT_PLAIN = ("the program returned a value that is not plain data "
               "(None/bool/int/float/complex/str/bytes/tuple/list/dict/set/frozenset)")
 
@@ -388,11 +408,14 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
             _program_quit()
         try:
             _, name, args, kwargs = msg
-            before = marshal.dumps(args)  # only to notice in-place changes; nothing is ever loaded with marshal
+            # in-place changes of list/dict/set arguments are copied back; noticed by comparing
+            # marshal.dumps before and after (only ever dumps: nothing is loaded with marshal)
+            mutable = any(type(a) in _MUTABLE for a in args)
+            before = marshal.dumps(args) if mutable else None
             result = ns[name](*args, **kwargs)
             try:
                 value = encode_plain(_to_plain(result))
-                after = encode_plain(args) if marshal.dumps(args) != before else None
+                after = encode_plain(args) if mutable and marshal.dumps(args) != before else None
             except (TypeError, ValueError):
                 raise TypeError(_NOT_PLAIN) from None
             reply = ["ret", value, after]
@@ -850,9 +873,10 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
         use_mounts = use_ns and iso.get("mounts")
         prepared = bool(cfg.get("prepared"))  # S already sits in a private read-only mount ns + empty net ns
         workdir = cfg.get("workdir")
+        fresh = bool(cfg.get("fresh_tmp"))  # S mounted this job's /tmp and scratch dirs in its own namespace
         if use_ns:
             try:
-                unshare(CLONE_NEWNS | CLONE_NEWIPC | (0 if prepared else CLONE_NEWNET))
+                unshare(CLONE_NEWIPC if fresh else CLONE_NEWNS | CLONE_NEWIPC | (0 if prepared else CLONE_NEWNET))
             except OSError as e:
                 use_ns = use_mounts = False
                 notes["namespaces_error"] = str(e)
@@ -864,7 +888,10 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
                 notes["netns"] = True
             except OSError as e:
                 notes["netns_error"] = str(e)
-        if use_mounts:
+        if use_mounts and fresh:
+            notes.update(cfg.get("prepared_notes") or {})
+            workdir = "/tmp/work"
+        elif use_mounts:
             try:
                 if prepared:
                     notes.update(cfg.get("prepared_notes") or {})
@@ -900,6 +927,9 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
         _set_limits(lim, float(lim["timeout_s"]))
         _drop_privileges(cfg["uid"])
         prctl(PR_SET_NO_NEW_PRIVS, 1)
+        # (non-dumpable, as dropping root left it: its /proc/self/mem, which holds freed copies of
+        # the server's memory, stays closed to the program; its forks that do not exec are then
+        # hidden from the job's /proc like every process the job's uid may not trace)
         try:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the server
         except OSError:
@@ -1079,6 +1109,9 @@ class Server:
         expose = {sys.base_prefix, sys.prefix}  # the Python installation jobs import from
         expose.update(p for p in sys.path if p and os.path.isdir(p))
         self.expose = sorted(expose)
+        self.scratch = [d for d in SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+        self.shared_mounts = False  # jobs use this server's prepared mount namespace (see enter_namespaces)
+        self._tmp_mounts: list[str] = []
         self._own_pidns = None  # our PID namespace, to return to after forking a job into a new one
         if self.namespaces and iso.get("namespaces"):
             try:
@@ -1112,7 +1145,39 @@ class Server:
             self.isolation["prepare_error"] = str(e)
             return False
         self.prepared, self.prepared_notes = True, notes
+        try:  # jobs share this namespace (one at a time): a /proc that shows a job only its own uid's processes
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+            self.shared_mounts = True
+        except OSError as e:  # each job then makes a mount namespace and a /proc of its own
+            self.isolation["shared_mounts_error"] = str(e)
         return True
+
+    def _fresh_tmp(self, size_mb: int) -> bool:
+        """Mount an empty tmpfs on /tmp (with the work dir) and on each scratch dir for the next
+        job, in this server's own private mount namespace, which its jobs share one at a time.
+        Cheaper than a mount namespace per job; `_release_tmp` unmounts them after the job."""
+        self._release_tmp()
+        try:
+            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,nr_inodes=4096,mode=1777")
+            self._tmp_mounts.append("/tmp")
+            for d in self.scratch:
+                mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=1777")
+                self._tmp_mounts.append(d)
+            os.mkdir("/tmp/work", 0o700)
+            return True
+        except OSError as e:
+            self.isolation["fresh_tmp_error"] = str(e)
+            self._release_tmp()
+            return False
+
+    def _release_tmp(self) -> None:
+        """Unmount the last job's /tmp and scratch dirs (its processes are gone by now)."""
+        while self._tmp_mounts:
+            d = self._tmp_mounts.pop()
+            try:
+                umount(d)
+            except OSError:
+                pass
 
     def hello(self) -> dict:
         return {"hello": PROTOCOL, "pid": os.getpid(), "uid": self.uid, "judge_uid": self.judge_uid,
@@ -1256,7 +1321,8 @@ class Server:
                 pidns_error = str(e)
         cfg = {"uid": self.uid, "isolation": iso, "namespaces": self.namespaces, "workdir": own_workdir,
                "expose": self.expose, "prepared": self.prepared, "prepared_notes": self.prepared_notes,
-               "pidns": pidns, "pidns_error": pidns_error}
+               "pidns": pidns, "pidns_error": pidns_error,
+               "fresh_tmp": self.shared_mounts and pidns and self._fresh_tmp(int(lim["workdir_mb"]))}
         try:
             pid = os.fork()
         except BaseException:
@@ -1438,6 +1504,7 @@ class Server:
             _kill_tree(pid, self.uid)
         if own_workdir is not None:
             shutil.rmtree(own_workdir, ignore_errors=True)
+        self._release_tmp()
         if judge_lost is None and (tampered or not any(r["k"] == "end" for r in records)):
             judge_status, judge_lost = self.stop_judge(), "it did not finish the job"
         if not self.persistent_judge and self._judge is not None:
@@ -1641,6 +1708,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--namespaces", choices=("auto", "on", "off"), default="auto")
     s.add_argument("--workdir-root", default=None)
     s.add_argument("--no-warm", action="store_true", help="do not pre-import common stdlib modules")
+    s.add_argument("--cpu", type=int, default=None,
+                   help="run this server, its judge and its jobs on this CPU only (sched_setaffinity)")
     args = parser.parse_args(argv)
     if not args.no_warm:
         import importlib
@@ -1656,6 +1725,12 @@ def main(argv: list[str] | None = None) -> int:
         if judge_uid is None:  # the judge gets a uid of its own: no job can signal it or count against it
             judge_uid, _judge_lock_fd = claim_uid(args.uid_base)
     server = Server(uid, args.namespaces, args.workdir_root, judge_uid=judge_uid)
+    if args.cpu is not None:
+        try:  # inherited by the judge and every job process
+            os.sched_setaffinity(0, {args.cpu})
+            server.isolation["cpu"] = args.cpu
+        except OSError as e:
+            server.isolation["cpu_error"] = str(e)
     server.enter_namespaces()
     server.serve()
     return 0

@@ -42,8 +42,9 @@ class SandboxInfraError(RuntimeError):
 class _Worker:
     """One fork server process and the pipes to it. Used by one thread at a time."""
 
-    def __init__(self, uid_base: int | None, namespaces: str, warm: bool, startup_timeout: float = 30.0):
-        self.uid_base, self.namespaces, self.warm = uid_base, namespaces, warm
+    def __init__(self, uid_base: int | None, namespaces: str, warm: bool, cpu: int | None = None,
+                 startup_timeout: float = 30.0):
+        self.uid_base, self.namespaces, self.warm, self.cpu = uid_base, namespaces, warm, cpu
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self.hello: dict = {}
@@ -56,6 +57,8 @@ class _Worker:
             cmd += ["--uid-base", str(self.uid_base)]
         if not self.warm:
             cmd.append("--no-warm")
+        if self.cpu is not None:
+            cmd += ["--cpu", str(self.cpu)]
         self._stderr = tempfile.TemporaryFile()  # the server's own errors (it writes none normally)
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, close_fds=True,
@@ -162,6 +165,11 @@ class LocalSandbox(Sandbox):
         nproc, nofile, fsize_mb, workdir_mb: rlimits (processes+threads, open files, largest
             file) and the size of the private tmpfs work dir.
         warm: pre-import common stdlib modules in the fork servers (faster jobs).
+        pin_cpus: keep each worker (its server, judge and every job it forks) on one CPU of this
+            process's allowed set, round-robin over the workers. A job's judge and program take
+            turns on every call; on one CPU each turn is a local switch instead of a cross-CPU
+            wake-up (HumanEval: +16% jobs/s on 2 cores, benchmarks/sandbox_throughput.py).
+            Programs may still change their own affinity.
 
     Example:
         >>> sb = LocalSandbox(workers=2)
@@ -173,7 +181,7 @@ class LocalSandbox(Sandbox):
 
     def __init__(self, workers: int | None = None, *, uid_base: int = 61000, namespaces: str = "auto",
                  output_limit: int = 1 << 20, nproc: int = 64, nofile: int = 128, fsize_mb: int = 16,
-                 workdir_mb: int = 64, warm: bool = True):
+                 workdir_mb: int = 64, warm: bool = True, pin_cpus: bool = True):
         if not sys.platform.startswith("linux"):
             raise RuntimeError("LocalSandbox needs Linux (namespaces, prctl, pidfd); use DockerSandbox elsewhere")
         if namespaces not in ("auto", "on", "off"):
@@ -196,8 +204,9 @@ class LocalSandbox(Sandbox):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         try:
-            for _ in range(n):
-                w = _Worker(uid_base if root else None, namespaces, warm)
+            cpus = sorted(os.sched_getaffinity(0)) if pin_cpus else []
+            for i in range(n):
+                w = _Worker(uid_base if root else None, namespaces, warm, cpus[i % len(cpus)] if cpus else None)
                 self._workers.append(w)
                 self._free.put(w)
         except BaseException:
