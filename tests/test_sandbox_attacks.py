@@ -654,6 +654,33 @@ def test_deadlines_enforced_from_outside(attack_run):
         assert r.wall_s < TIMEOUT + 3.0, f"{name} ran {r.wall_s:.1f}s past a {TIMEOUT}s deadline"
 
 
+IPC_MAKE = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+MADE = [libc.shmget(0x5047, 4096, 0o1000 | 0o666) >= 0, libc.msgget(0x5047, 0o1000 | 0o666) >= 0,
+        libc.semget(0x5047, 1, 0o1000 | 0o666) >= 0]
+libc.mq_open.restype = ctypes.c_int
+MQ = libc.mq_open(b"/prmgym-left", 0o100 | 0o2, 0o600, None)  # O_CREAT | O_RDWR
+"""
+IPC_LOOK = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+FOUND = [libc.shmget(0x5047, 0, 0) >= 0, libc.msgget(0x5047, 0) >= 0, libc.semget(0x5047, 0, 0) >= 0]
+libc.mq_open.restype = ctypes.c_int
+MQ = libc.mq_open(b"/prmgym-left", 0o2)  # O_RDWR, no O_CREAT
+"""
+
+
+def test_no_ipc_object_outlives_its_job(backend):
+    # System V shared memory, message queues and semaphores that a job leaves are gone before any
+    # later job runs, and POSIX message queues cannot be made at all: no channel between samples
+    _, sb, _ = backend
+    make = Job(IPC_MAKE, tests=("assert MADE == [True, True, True], MADE", "assert MQ == -1, MQ"))
+    look = Job(IPC_LOOK, tests=("assert FOUND == [False, False, False], FOUND", "assert MQ == -1, MQ"))
+    rs = sb.run_batch([make, make]) + sb.run_batch([look] * 6)
+    assert all(r.passed for r in rs), [(r.status, r.details.get("test_errors")) for r in rs]
+
+
 def test_output_capped(attack_run):
     for name in ("huge_stdout", "huge_stderr_in_candidate"):
         r, _ = attack_run["results"][name]

@@ -221,6 +221,44 @@ def test_one_judge_serves_many_jobs_and_is_replaced_after_a_kill():
         assert s.run(Job(ADD, tests=("assert candidate(2, 3) == 6",), entry_point="add")).status == "failed"
 
 
+def _children_named(pid: int, name: str) -> list[int]:
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if line.split()[1:] == [name]]
+
+
+def test_spawner_forks_every_program_and_is_replaced_if_it_dies():
+    import signal as sig
+
+    with LocalSandbox(workers=1) as s:
+        server = s._workers[0].proc.pid
+        spawners = _children_named(server, "prmgym-spawner")
+        assert len(spawners) == 1
+        # the program is the spawner's child, not the server's
+        results: list = []
+        t = threading.Thread(target=lambda: results.append(s.run(Job("import time\ntime.sleep(1)\nX = 1",
+                                                                     tests=("assert X == 1",)))))
+        t.start()
+        time.sleep(0.5)
+        programs = _children_named(spawners[0], "prmgym-program")
+        t.join()
+        assert len(programs) == 1 and not _children_named(server, "prmgym-program") and results[0].passed
+        os.kill(spawners[0], sig.SIGKILL)  # between jobs: the next job starts a new one
+        time.sleep(0.2)
+        r = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))
+        assert r.passed and "retried_after" not in r.details, r.details
+        new = _children_named(server, "prmgym-spawner")
+        assert len(new) == 1 and new != spawners
+        # during a job: the program dies with it, the job is an infrastructure failure, retried
+        killer = threading.Timer(0.5, lambda: os.kill(new[0], sig.SIGKILL))
+        killer.start()
+        r = s.run(Job("import time\ntime.sleep(1.5)\n" + ADD, tests=("assert candidate(1, 2) == 3",),
+                      entry_point="add", timeout_s=5))
+        killer.join()
+        assert r.passed and any("spawner" in str(m) for m in r.details["retried_after"]), r.details
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="uid switching needs root")
 def test_judge_runs_as_a_uid_of_its_own(sb):
     # the program's uid differs from the judge's: no signal or rlimit of the job can reach it,

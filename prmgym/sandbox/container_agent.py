@@ -235,6 +235,7 @@ def _serve_one(server, header: dict, payload, m: int, baseline: dict, rid) -> No
         payload.release()
     t1 = time.monotonic()
     leftover = sweep()
+    ipc_left = harness.Server._clean_ipc()  # System V IPC objects would reach the next job in this container
     clean = wipe()
     changed = sorted(k for k, v in own_state().items() if baseline.get(k) != v)
     oom_after = oom_kills()
@@ -261,6 +262,7 @@ def _serve_one(server, header: dict, payload, m: int, baseline: dict, rid) -> No
         details["harness_killed"] = details.pop("infra")
     _send({"id": rid, "op": "result", "result": result,
            "health": {"leftover_processes": leftover, "clean": clean and not changed, "oom": oom,
+                      "ipc_objects_removed": ipc_left,
                       "agent_tampered": changed,
                       "harness_s": round(t1 - t0, 6), "cleanup_s": round(t2 - t1, 6)}})
 

@@ -702,6 +702,7 @@ def _set_limits(lim: dict, cpu_s: float) -> None:
     setl(resource.RLIMIT_NOFILE, int(lim["nofile"]))
     setl(resource.RLIMIT_NPROC, int(lim["nproc"]))
     setl(resource.RLIMIT_CORE, 0)
+    setl(resource.RLIMIT_MSGQUEUE, 0)  # no POSIX message queues (SysV IPC objects are removed after each job)
 
 
 # An allowlist, not a blocklist: every top-level directory that is not part of the operating
@@ -873,10 +874,12 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
         use_mounts = use_ns and iso.get("mounts")
         prepared = bool(cfg.get("prepared"))  # S already sits in a private read-only mount ns + empty net ns
         workdir = cfg.get("workdir")
-        fresh = bool(cfg.get("fresh_tmp"))  # S mounted this job's /tmp and scratch dirs in its own namespace
-        if use_ns:
+        # fresh: S mounted this job's /tmp and scratch dirs in its own mount namespace, and its IPC
+        # namespace is the worker's own, emptied after every job: nothing to unshare here
+        fresh = bool(cfg.get("fresh_tmp"))
+        if use_ns and not fresh:
             try:
-                unshare(CLONE_NEWIPC if fresh else CLONE_NEWNS | CLONE_NEWIPC | (0 if prepared else CLONE_NEWNET))
+                unshare(CLONE_NEWNS | CLONE_NEWIPC | (0 if prepared else CLONE_NEWNET))
             except OSError as e:
                 use_ns = use_mounts = False
                 notes["namespaces_error"] = str(e)
@@ -1043,6 +1046,9 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
         return "output_limit", passed_n, details
     if status.get("killed") == "timeout":
         return "timeout", passed_n, details
+    if status.get("spawner_lost"):  # the process that forks programs died: nothing the program did
+        details["infra"] = status["spawner_lost"]
+        return "sandbox_error", passed_n, details
     if setup.get("ok") is not True:  # the program process failed before any untrusted code ran
         details["infra"] = setup.get("error") or f"the program process ended during its setup (exit {prog_exit})"
         return "sandbox_error", passed_n, details
@@ -1080,6 +1086,201 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
     if "MemoryError" in errors:
         return "memory", passed_n, details
     return "failed", passed_n, details
+
+
+class _DirectChild:
+    """A program process this server forked itself."""
+
+    def __init__(self, pid: int):
+        self.pid, self.status, self.cpu, self.lost = pid, None, 0.0, None
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd = None
+        self.fds = [self.pidfd] if self.pidfd is not None else []
+        self._reaped = False
+
+    def poll(self, ready) -> bool:
+        """True once the program has exited (its status and CPU time are then set)."""
+        if self._reaped:
+            return True
+        if self.pidfd is not None and self.pidfd not in ready:
+            return False
+        try:
+            done, st, ru = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            done, st, ru = self.pid, None, None
+        if done:
+            self._reaped, self.status = True, st
+            self.cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+        return self._reaped
+
+    def kill(self) -> None:
+        """SIGKILL the program (PID 1 of its namespace: the kernel then kills everything in it)
+        and its process group. Its pid is named only while it is not reaped; the group id stays
+        valid while members remain."""
+        if not self._reaped:
+            try:
+                self._signal_program()
+            except OSError:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _signal_program(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class _SpawnedChild(_DirectChild):
+    """A program process forked by the spawner: killed through a pidfd the spawner passed us,
+    its exit status sent by the spawner, which reaps it."""
+
+    def __init__(self, spawner: "_Spawner", pid: int, pidfd: int | None):
+        self.pid, self.status, self.cpu, self.lost = pid, None, 0.0, None
+        self.pidfd, self._spawner, self._reaped = pidfd, spawner, False
+        self.fds = [spawner.sock.fileno()]
+
+    def poll(self, ready) -> bool:
+        if self._reaped or self.fds[0] not in ready:
+            return self._reaped
+        try:
+            data = self._spawner.sock.recv(1 << 12)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        try:
+            msg = json.loads(data) if data else None
+        except ValueError:
+            msg = None
+        if not (isinstance(msg, dict) and msg.get("pid") == self.pid and "exit" in msg):
+            self.lost = f"the spawner died or broke its protocol ({data[:200]!r})"
+            self._spawner.stop()
+            msg = {"exit": None, "cpu": 0.0}
+        self._reaped, self.status, self.cpu = True, msg["exit"], float(msg.get("cpu") or 0.0)
+        return True
+
+    def _signal_program(self) -> None:  # not our child: only its pidfd names it safely
+        if self.pidfd is not None:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+
+class _Spawner:
+    """The server's spawner process: forked from the warm server before any job, root like it,
+    in its namespaces. For each job the server sends it the job's config and the program's pipe
+    ends (SCM_RIGHTS, a SOCK_SEQPACKET pair); it forks the program (`Server._fork_program`),
+    answers with the program's pid and a pidfd for it, reaps it and reports its exit status and
+    CPU time. It never sees a payload, a record or a secret."""
+
+    def __init__(self, server: "Server"):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.close()
+                self._main(server, theirs)
+            finally:
+                os._exit(JUDGE_INFRA_EXIT)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd = None
+
+    @staticmethod
+    def _main(server: "Server", sock) -> None:
+        set_process_name("prmgym-spawner")
+        parent = os.getppid()
+        try:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of programs without a PID namespace come to us
+        except OSError:
+            pass
+        if os.getppid() != parent:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        keep = [0, 1, 2, sock.fileno()] + ([server._own_pidns] if server._own_pidns is not None else [])
+        _close_fds_except(keep)
+        while True:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 8)
+            if not data:
+                os._exit(0)
+            req = json.loads(data)
+            names = req["fds"]
+            if len(fds) != len(names):
+                raise RuntimeError(f"expected {len(names)} descriptors, got {len(fds)}")
+            child_fds = dict(zip(names, fds))
+            child_fds.setdefault("stdin_r", None)
+            try:
+                pid = server._fork_program(req["cfg"], req["lim"], child_fds, None)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            try:
+                pidfd = [os.pidfd_open(pid)]
+            except OSError:
+                pidfd = []
+            socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], pidfd)
+            for fd in pidfd:
+                os.close(fd)
+            _, status, ru = os.wait4(pid, 0)
+            sock.send(json.dumps({"pid": pid, "exit": status, "cpu": ru.ru_utime + ru.ru_stime}).encode())
+            _reap_children()
+
+    def spawn(self, cfg: dict, lim: dict, fds: dict) -> _SpawnedChild:
+        names = [k for k, v in fds.items() if v is not None]
+        self.sock.setblocking(True)
+        try:
+            socket.send_fds(self.sock, [json.dumps({"cfg": cfg, "lim": lim, "fds": names}).encode()],
+                            [fds[k] for k in names])
+            if not select.select([self.sock], [], [], 10.0)[0]:
+                raise OSError("the spawner did not answer within 10 s")
+            data, pidfds, _flags, _addr = socket.recv_fds(self.sock, 1 << 12, 1)
+            if not data:
+                raise OSError("the spawner exited")
+            pid = json.loads(data)["pid"]
+        except (OSError, ValueError, KeyError) as e:
+            self.stop()
+            raise RuntimeError(f"the spawner failed: {e}") from None
+        finally:
+            if self.sock.fileno() >= 0:
+                self.sock.setblocking(False)
+        return _SpawnedChild(self, pid, pidfds[0] if pidfds else None)
+
+    def alive(self) -> bool:
+        if self.sock.fileno() < 0:
+            return False
+        if self.pidfd is not None:
+            return not select.select([self.pidfd], [], [], 0)[0]
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
+
+    def stop(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 class Server:
@@ -1120,6 +1321,7 @@ class Server:
                 self.isolation["pidns_error"] = str(e)
         self._judge: dict | None = None
         self.judges_started = 0
+        self._spawner: _Spawner | None = None
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError:
@@ -1135,7 +1337,7 @@ class Server:
             return False
         notes: dict = {}
         try:
-            unshare(CLONE_NEWNS | CLONE_NEWNET)
+            unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
         except OSError as e:
             self.isolation["prepare_error"] = str(e)
             return False
@@ -1170,6 +1372,33 @@ class Server:
             self._release_tmp()
             return False
 
+    @staticmethod
+    def _clean_ipc() -> int:
+        """Remove every System V shared memory segment, message queue and semaphore set in this
+        server's IPC namespace (its jobs', one at a time; POSIX queues are ruled out by
+        RLIMIT_MSGQUEUE = 0 and POSIX shm lives in the per-job /dev/shm). Returns how many."""
+        n = 0
+        for kind in ("shm", "msg", "sem"):
+            try:
+                with open(f"/proc/sysvipc/{kind}", "rb") as f:
+                    lines = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                try:
+                    ident = int(line.split()[1])
+                except (IndexError, ValueError):
+                    continue
+                lib = _lib()
+                if kind == "shm":
+                    lib.shmctl(ctypes.c_int(ident), ctypes.c_int(0), None)  # IPC_RMID
+                elif kind == "msg":
+                    lib.msgctl(ctypes.c_int(ident), ctypes.c_int(0), None)
+                else:
+                    lib.semctl(ctypes.c_int(ident), ctypes.c_int(0), ctypes.c_int(0))
+                n += 1
+        return n
+
     def _release_tmp(self) -> None:
         """Unmount the last job's /tmp and scratch dirs (its processes are gone by now)."""
         while self._tmp_mounts:
@@ -1189,6 +1418,7 @@ class Server:
         set_process_name("prmgym-sandbox")
         gc.collect()
         gc.freeze()  # forked children then do not copy every page just to run the collector
+        self.start_spawner()
         self._send(self.hello())
         buf = bytearray()
         while True:
@@ -1292,6 +1522,39 @@ class Server:
             finally:
                 os._exit(1)
 
+    def _fork_program(self, cfg: dict, lim: dict, fds: dict, payload) -> int:
+        """Fork C, as PID 1 of a new PID namespace when the host allows it; returns its pid."""
+        cfg["pidns"], cfg["pidns_error"] = False, None
+        if self._own_pidns is not None:
+            try:
+                unshare(CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+                cfg["pidns"] = True
+            except OSError as e:
+                cfg["pidns_error"] = str(e)
+        try:
+            pid = os.fork()
+        except BaseException:
+            if cfg["pidns"]:
+                self._reset_pidns()
+            raise
+        if pid == 0:
+            try:
+                _program_process(cfg, lim, fds, payload)
+            finally:
+                os._exit(PROGRAM_SETUP_EXIT)
+        if cfg["pidns"]:
+            self._reset_pidns()
+        return pid
+
+    def start_spawner(self) -> None:
+        """Fork the spawner: a copy of this warm server, made before any job, that from then on
+        forks every program (`_Spawner`). This server then never forks per job, so its own
+        work during a job costs no copy-on-write faults, and no program's memory is a copy of a
+        process that ever held another job's payload, records or secret."""
+        if self._spawner is not None:
+            self._spawner.stop()
+        self._spawner = _Spawner(self)
+
     # -- one job --------------------------------------------------------------------------------
     def run(self, header: dict, payload) -> dict:
         """Run one job; ``payload`` is the job JSON (bytes-like). Returns the result dict."""
@@ -1305,6 +1568,8 @@ class Server:
         if not (self.namespaces and iso.get("namespaces") and iso.get("mounts")):
             own_workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=self.workdir_root)
         judge = self._judge if self._judge_alive() else self._start_judge()
+        if self._spawner is not None and not self._spawner.alive():
+            self.start_spawner()
         fds: dict = {}
         fds["prog_r"], judge_w = os.pipe()   # judge -> program
         judge_r, fds["prog_w"] = os.pipe()   # program -> judge
@@ -1312,37 +1577,20 @@ class Server:
         out_r, fds["out_w"] = os.pipe()
         err_r, fds["err_w"] = os.pipe()
         fds["stdin_r"], stdin_w = os.pipe() if stdin_data else (None, None)
-        pidns, pidns_error = False, None
-        if self._own_pidns is not None:
-            try:
-                unshare(CLONE_NEWPID)  # our next child is PID 1 of a new namespace
-                pidns = True
-            except OSError as e:
-                pidns_error = str(e)
         cfg = {"uid": self.uid, "isolation": iso, "namespaces": self.namespaces, "workdir": own_workdir,
                "expose": self.expose, "prepared": self.prepared, "prepared_notes": self.prepared_notes,
-               "pidns": pidns, "pidns_error": pidns_error,
-               "fresh_tmp": self.shared_mounts and pidns and self._fresh_tmp(int(lim["workdir_mb"]))}
+               "fresh_tmp": (self.shared_mounts and self._own_pidns is not None
+                             and self._fresh_tmp(int(lim["workdir_mb"])))}
         try:
-            pid = os.fork()
-        except BaseException:
-            if pidns:
-                self._reset_pidns()
-            raise
-        if pid == 0:
-            try:
-                _program_process(cfg, lim, fds, payload)
-            finally:
-                os._exit(PROGRAM_SETUP_EXIT)
-        if pidns:
-            self._reset_pidns()
-        for v in fds.values():
-            if v is not None:
-                os.close(v)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            pidfd = None
+            if self._spawner is not None:
+                child = self._spawner.spawn(cfg, lim, fds)
+            else:
+                child = _DirectChild(self._fork_program(cfg, lim, fds, payload))
+        finally:
+            for v in fds.values():
+                if v is not None:
+                    os.close(v)
+        pid = child.pid
         # drawn after the fork: no process of the job ever held it in memory
         nonce = os.urandom(16).hex()
         sock = judge["sock"]
@@ -1368,7 +1616,7 @@ class Server:
         killed, killed_at = None, 0.0
         open_r = {out_r: out, err_r: err, setup_r: setup_data}
         deadline = t0 + float(lim["timeout_s"])
-        status = ru = None  # the program's wait status and rusage
+        status = None  # the program's wait status
         judge_done = judge_lost is not None  # the judge wrote the end record (or is gone)
         judge_status = None
         ended_at = None
@@ -1378,16 +1626,16 @@ class Server:
             now = time.monotonic()
             if killed is None and now >= deadline and (status is None or not judge_done):
                 killed, killed_at = "timeout", now
-                self._kill(pid, status is None)
+                child.kill()
             if killed is not None and not judge_done:
                 judge_status = self.stop_judge()  # it may be inside a test: replace it
                 judge_done, judge_lost, judged_at = True, judge_lost or f"killed ({killed})", now
             if judge_lost and killed is None:  # no judge left to answer the program: end it
                 killed, killed_at = "judge_lost", now
-                self._kill(pid, status is None)
+                child.kill()
             if status is None and judge_done and killed is None and now - judged_at > 2.0:
                 killed, killed_at = "no_exit", now  # the program ignores the judge's quit
-                self._kill(pid, True)
+                child.kill()
             if status is None and killed is not None and now - killed_at > 10.0:
                 break  # the program ignores SIGKILL (stuck in the kernel?): give up on it
             if status is not None and judge_done and (not open_r or now - ended_at > 0.2):
@@ -1397,14 +1645,14 @@ class Server:
                 rlist.append(sock_fd)
                 if judge["pidfd"] is not None:
                     rlist.append(judge["pidfd"])
-            if pidfd is not None and status is None:
-                rlist.append(pidfd)
+            if status is None:
+                rlist += child.fds
             wlist = ([sock_fd] if len(job_view) and not judge_done else []) + ([stdin_w] if stdin_w is not None else [])
             if killed is not None or judge_done:
                 wait = 0.05
             else:
                 wait = max(0.0, deadline - now)
-            if pidfd is None or judge["pidfd"] is None:
+            if (status is None and not child.fds) or judge["pidfd"] is None:
                 wait = min(wait, 0.005)
             r, w, _ = select.select(rlist, wlist, [], min(wait, 1.0))
             if sock_fd in w:
@@ -1443,7 +1691,7 @@ class Server:
                 target += chunk[:max(cap + 1 - (len(out) + len(err)), 0)]
                 if len(out) + len(err) > cap and killed is None:
                     output_exceeded, killed, killed_at = True, "output_limit", time.monotonic()
-                    self._kill(pid, status is None)
+                    child.kill()
             if not judge_done and sock_fd in r:
                 try:
                     chunk = sock.recv(1 << 16)
@@ -1471,13 +1719,8 @@ class Server:
                     report += chunk[:max((64 << 20) - len(report), 0)]
                 judge_status = self.stop_judge()
                 judge_done, judge_lost, judged_at = True, "the judge died", time.monotonic()
-            if status is None and (pidfd is None or pidfd in r):
-                try:
-                    done, st, rus = os.wait4(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done, st, rus = pid, None, None
-                if done:
-                    status, ru, ended_at = (st if st is not None else -1), rus, time.monotonic()
+            if status is None and child.poll(r):
+                status, ended_at = (child.status if child.status is not None else -1), time.monotonic()
         wall = (ended_at or time.monotonic()) - t0
         for fd in list(open_r):
             if fd == setup_r:
@@ -1490,8 +1733,7 @@ class Server:
             os.close(stdin_w)
         job_view.release()
         stdin_view.release()
-        if pidfd is not None:
-            os.close(pidfd)
+        child.close()
         records, tampered = _parse_reports(bytes(report), nonce, n_tests)
         try:
             setup = json.loads(bytes(setup_data)) if setup_data else {}
@@ -1504,7 +1746,9 @@ class Server:
             _kill_tree(pid, self.uid)
         if own_workdir is not None:
             shutil.rmtree(own_workdir, ignore_errors=True)
-        self._release_tmp()
+        if cfg["fresh_tmp"]:
+            self._release_tmp()
+            self._clean_ipc()
         if judge_lost is None and (tampered or not any(r["k"] == "end" for r in records)):
             judge_status, judge_lost = self.stop_judge(), "it did not finish the job"
         if not self.persistent_judge and self._judge is not None:
@@ -1512,7 +1756,8 @@ class Server:
         self._reap_orphans()
         state, tests_passed, details = _verdict(
             records, tampered, {"program_status": status if status != -1 else None, "killed": killed,
-                                "judge_status": judge_status, "judge_lost": judge_lost, "setup": setup},
+                                "judge_status": judge_status, "judge_lost": judge_lost, "setup": setup,
+                                "spawner_lost": child.lost},
             max(n_tests, 0), output_exceeded)
         truncated = output_exceeded
         stdout = bytes(out)
@@ -1551,24 +1796,9 @@ class Server:
             "stderr": stderr.decode("utf-8", "replace"),
             "truncated": truncated,
             "wall_s": round(wall, 6),
-            "cpu_s": round((ru.ru_utime + ru.ru_stime) if ru else 0.0, 6),
+            "cpu_s": round(child.cpu, 6),
             "details": details,
         }
-
-    @staticmethod
-    def _kill(pid: int, alive: bool) -> None:
-        """SIGKILL the program (PID 1 of its namespace: the kernel then kills everything in it)
-        and its process group. Only while it is not reaped (``alive``) may its pid be named;
-        the group id stays valid while members remain."""
-        if alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
     def _infra(self, msg: str, t0: float) -> dict:
         return {"status": "sandbox_error", "tests_passed": 0, "tests_total": 0, "exit_code": None,
