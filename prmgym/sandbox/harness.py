@@ -80,20 +80,19 @@ from __future__ import annotations
 
 import builtins
 import ctypes
-import ctypes.util
 import json
 import marshal
 import os
 import resource
-import select
-import shutil
 import signal
 import socket
 import struct
 import sys
-import tempfile
 import time
-import traceback
+
+# select, shutil, tempfile and traceback are imported where they are used: the spawner is forked
+# from the server before any job, and every module it holds makes every program's fork and exit
+# dearer (each loaded extension adds mappings the kernel copies and tears down per job).
 
 PROTOCOL = 1
 MAGIC = b"PRMGYM1"
@@ -130,7 +129,9 @@ def _lib():
         try:
             _libc = ctypes.CDLL("libc.so.6", use_errno=True)
         except OSError:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            from ctypes import util  # (imports shutil, subprocess, tempfile: only when libc.so.6 is not found)
+
+            _libc = ctypes.CDLL(util.find_library("c"), use_errno=True)
     return _libc
 
 
@@ -369,6 +370,8 @@ def _program_main(rpc_in: int, rpc_out: int) -> None:
 
 def _program_failed(rpc_in: int, rpc_out: int, e: BaseException) -> None:
     """The program raised at top level: show the traceback, tell the judge, wait to be dismissed."""
+    import traceback
+
     tb = _short("".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)))
     try:
         sys.stderr.write(tb)
@@ -669,6 +672,8 @@ def _judge_process(sock_fd: int, uid: int | None, isolate_net: bool) -> None:
             os.close(rpc_out)
     except BaseException as e:  # a harness failure: report it as infrastructure
         try:
+            import traceback
+
             os.write(sock_fd, MAGIC + b" infra " + json.dumps({"k": "infra", "msg": _short(
                 "".join(traceback.format_exception(e)))}).encode() + b"\n")
         except BaseException:
@@ -944,6 +949,8 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
         os.close(setup_w)
     except BaseException as e:
         try:
+            import traceback
+
             os.write(setup_w, json.dumps({"ok": False, "error": _short("".join(traceback.format_exception(e))),
                                           **notes}).encode())
         except BaseException:
@@ -1243,6 +1250,8 @@ class _Spawner:
         try:
             socket.send_fds(self.sock, [json.dumps({"cfg": cfg, "lim": lim, "fds": names}).encode()],
                             [fds[k] for k in names])
+            import select
+
             if not select.select([self.sock], [], [], 10.0)[0]:
                 raise OSError("the spawner did not answer within 10 s")
             data, pidfds, _flags, _addr = socket.recv_fds(self.sock, 1 << 12, 1)
@@ -1261,6 +1270,8 @@ class _Spawner:
         if self.sock.fileno() < 0:
             return False
         if self.pidfd is not None:
+            import select
+
             return not select.select([self.pidfd], [], [], 0)[0]
         try:
             return os.waitpid(self.pid, os.WNOHANG)[0] == 0
@@ -1299,7 +1310,7 @@ class Server:
         self.judge_uid = judge_uid if judge_uid is not None else uid
         self.persistent_judge = persistent_judge
         self.in_fd, self.out_fd = in_fd, out_fd
-        self.workdir_root = workdir_root or tempfile.gettempdir()
+        self.workdir_root = workdir_root  # None: tempfile.gettempdir(), looked up when first needed
         iso = probe_isolation(uid) if namespaces != "off" else {"namespaces": False, "netns": False}
         if namespaces == "on" and not iso.get("namespaces"):
             raise SystemExit(f"namespaces were required but unshare failed: {iso.get('namespaces_error')}")
@@ -1379,9 +1390,12 @@ class Server:
         RLIMIT_MSGQUEUE = 0 and POSIX shm lives in the per-job /dev/shm). Returns how many."""
         n = 0
         for kind in ("shm", "msg", "sem"):
-            try:
-                with open(f"/proc/sysvipc/{kind}", "rb") as f:
-                    lines = f.read().splitlines()[1:]
+            try:  # (os-level: a buffered open costs twice the system calls, in every job)
+                fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
+                try:
+                    lines = _read_all(fd).splitlines()[1:]
+                finally:
+                    os.close(fd)
             except OSError:
                 continue
             for line in lines:
@@ -1443,6 +1457,8 @@ class Server:
             try:
                 result = self.run(header, view)
             except Exception as e:  # the server's own failure: infrastructure
+                import traceback
+
                 result = {"status": "sandbox_error", "details": {"infra": _short(traceback.format_exc())},
                           "error": str(e)}
             finally:
@@ -1460,6 +1476,8 @@ class Server:
         if j is None:
             return False
         if j["pidfd"] is not None:
+            import select
+
             if not select.select([j["pidfd"]], [], [], 0)[0]:
                 return True
         else:
@@ -1558,6 +1576,10 @@ class Server:
     # -- one job --------------------------------------------------------------------------------
     def run(self, header: dict, payload) -> dict:
         """Run one job; ``payload`` is the job JSON (bytes-like). Returns the result dict."""
+        import select
+        import shutil
+        import tempfile
+
         lim = {**DEFAULT_LIMITS, **{k: v for k, v in header.items() if k in DEFAULT_LIMITS}}
         n_tests = int(header.get("n_tests", -1))
         stdin_data = header.get("stdin")
@@ -1887,8 +1909,12 @@ def claim_uid(base: int, span: int = 10000, lock_dir: str | None = None) -> tupl
     ``(uid, fd)``; keep ``fd`` open. The fd is close-on-exec and closed in every job process."""
     import fcntl
 
-    lock_dir = lock_dir or (UID_LOCK_DIR if os.path.isdir("/run") else os.path.join(tempfile.gettempdir(),
-                                                                                      "prmgym-sandbox-uids"))
+    if lock_dir is None and os.path.isdir("/run"):
+        lock_dir = UID_LOCK_DIR
+    elif lock_dir is None:
+        import tempfile
+
+        lock_dir = os.path.join(tempfile.gettempdir(), "prmgym-sandbox-uids")
     os.makedirs(lock_dir, mode=0o700, exist_ok=True)
     for uid in range(base, base + span):
         fd = os.open(os.path.join(lock_dir, f"{uid}.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
@@ -1916,32 +1942,68 @@ def read_frame(fd: int) -> dict:
     return json.loads(_read_exact(fd, n))
 
 
+# What a program may import for free. Pure-Python modules cost a fork little; each extension
+# module adds mappings that every job's fork and exit pay for (about 50 us per job each here), so
+# rarely used ones (hashlib, decimal, datetime, statistics, cmath, array) are left to import.
 _WARM_MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
-                 "random", "typing", "json", "hashlib", "fractions", "decimal", "statistics", "copy",
-                 "datetime", "operator", "array", "threading", "unittest", "dataclasses", "enum",
-                 "textwrap", "io", "cmath", "numbers", "abc", "contextlib", "traceback", "struct")
+                 "random", "typing", "json", "copy", "operator", "io", "abc", "contextlib", "struct",
+                 "enum", "dataclasses", "textwrap", "numbers", "traceback", "threading")
+
+
+_SERVE_USAGE = """usage: harness.py serve [--uid UID | --uid-base UID] [--judge-uid UID]
+                        [--namespaces {auto,on,off}] [--workdir-root DIR] [--no-warm] [--cpu N]
+
+Answer job frames on stdin/stdout (the fork server of one LocalSandbox worker).
+  --uid UID          uid for jobs when running as root
+  --uid-base UID     instead of --uid: take the first free uid from UID on (a lock per uid, held
+                     while this server lives), so servers of different sandboxes never share one
+  --judge-uid UID    uid for the judge (default: with --uid-base a second free uid, else --uid)
+  --namespaces M     auto (use them when permitted), on (fail without them) or off
+  --workdir-root DIR where work dirs go when there is no mount namespace
+  --no-warm          do not pre-import common stdlib modules
+  --cpu N            run this server, its judge and its jobs on CPU N only (sched_setaffinity)
+"""
+
+
+def _parse_serve_args(argv: list[str]) -> dict:
+    """The ``serve`` command line. Parsed by hand: argparse would load shutil and its compression
+    modules into the server, and from there into the spawner and every program."""
+    if not argv or argv[0] != "serve":
+        raise SystemExit(_SERVE_USAGE + "\nerror: the only command is 'serve'")
+    opts = {"uid": None, "uid_base": None, "judge_uid": None, "namespaces": "auto", "workdir_root": None,
+            "no_warm": False, "cpu": None}
+    ints = {"--uid": "uid", "--uid-base": "uid_base", "--judge-uid": "judge_uid", "--cpu": "cpu"}
+    args = list(argv[1:])
+    while args:
+        flag = args.pop(0)
+        if flag in ("-h", "--help"):
+            sys.stdout.write(_SERVE_USAGE)
+            raise SystemExit(0)
+        if flag == "--no-warm":
+            opts["no_warm"] = True
+            continue
+        if flag not in ints and flag not in ("--namespaces", "--workdir-root"):
+            raise SystemExit(_SERVE_USAGE + f"\nerror: unknown option {flag!r}")
+        if not args:
+            raise SystemExit(_SERVE_USAGE + f"\nerror: {flag} needs a value")
+        value = args.pop(0)
+        if flag in ints:
+            try:
+                opts[ints[flag]] = int(value)
+            except ValueError:
+                raise SystemExit(_SERVE_USAGE + f"\nerror: {flag} takes an integer, got {value!r}") from None
+        elif flag == "--namespaces":
+            if value not in ("auto", "on", "off"):
+                raise SystemExit(_SERVE_USAGE + f"\nerror: --namespaces must be auto, on or off, got {value!r}")
+            opts["namespaces"] = value
+        else:
+            opts["workdir_root"] = value
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="prmgym sandbox harness (fork server)")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="answer job frames on stdin/stdout")
-    s.add_argument("--uid", type=int, default=None, help="uid for jobs when running as root")
-    s.add_argument("--uid-base", type=int, default=None,
-                   help="instead of --uid: take the first free uid from uid-base on (an flock per uid, held "
-                        "while this server lives), so servers of different sandboxes never share a uid")
-    s.add_argument("--judge-uid", type=int, default=None,
-                   help="uid for the judge when running as root (default: with --uid-base a second free uid, "
-                        "else --uid)")
-    s.add_argument("--namespaces", choices=("auto", "on", "off"), default="auto")
-    s.add_argument("--workdir-root", default=None)
-    s.add_argument("--no-warm", action="store_true", help="do not pre-import common stdlib modules")
-    s.add_argument("--cpu", type=int, default=None,
-                   help="run this server, its judge and its jobs on this CPU only (sched_setaffinity)")
-    args = parser.parse_args(argv)
-    if not args.no_warm:
+    args = _parse_serve_args(sys.argv[1:] if argv is None else list(argv))
+    if not args["no_warm"]:
         import importlib
 
         for name in _WARM_MODULES:
@@ -1949,16 +2011,16 @@ def main(argv: list[str] | None = None) -> int:
                 importlib.import_module(name)
             except ImportError:
                 pass
-    uid, judge_uid = args.uid, args.judge_uid
-    if uid is None and args.uid_base is not None and os.getuid() == 0:
-        uid, _lock_fd = claim_uid(args.uid_base)  # the locks live as long as this process
+    uid, judge_uid = args["uid"], args["judge_uid"]
+    if uid is None and args["uid_base"] is not None and os.getuid() == 0:
+        uid, _lock_fd = claim_uid(args["uid_base"])  # the locks live as long as this process
         if judge_uid is None:  # the judge gets a uid of its own: no job can signal it or count against it
-            judge_uid, _judge_lock_fd = claim_uid(args.uid_base)
-    server = Server(uid, args.namespaces, args.workdir_root, judge_uid=judge_uid)
-    if args.cpu is not None:
-        try:  # inherited by the judge and every job process
-            os.sched_setaffinity(0, {args.cpu})
-            server.isolation["cpu"] = args.cpu
+            judge_uid, _judge_lock_fd = claim_uid(args["uid_base"])
+    server = Server(uid, args["namespaces"], args["workdir_root"], judge_uid=judge_uid)
+    if args["cpu"] is not None:
+        try:  # inherited by the judge, the spawner and every job process
+            os.sched_setaffinity(0, {args["cpu"]})
+            server.isolation["cpu"] = args["cpu"]
         except OSError as e:
             server.isolation["cpu_error"] = str(e)
     server.enter_namespaces()
