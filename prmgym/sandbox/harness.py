@@ -1009,6 +1009,38 @@ def _live_processes_of(uid: int) -> list[int]:
     return found
 
 
+def _pidfd_or_none(pid: int) -> int | None:
+    """A pidfd for our unreaped child ``pid`` (None where the kernel has no pidfd_open)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _child_alive(pid: int, pidfd: int | None) -> bool:
+    """Whether our child ``pid`` is still running (reaps nothing when a pidfd answers)."""
+    if pidfd is not None:
+        import select
+
+        return not select.select([pidfd], [], [], 0)[0]
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        return False
+
+
+def _kill_and_reap(pid: int) -> int | None:
+    """SIGKILL our unreaped child ``pid`` and reap it; its wait status (None if already reaped)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
+
+
 def _reap_children() -> None:
     while True:
         try:
@@ -1100,10 +1132,7 @@ class _DirectChild:
 
     def __init__(self, pid: int):
         self.pid, self.status, self.cpu, self.lost = pid, None, 0.0, None
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except OSError:
-            self.pidfd = None
+        self.pidfd = _pidfd_or_none(pid)
         self.fds = [self.pidfd] if self.pidfd is not None else []
         self._reaped = False
 
@@ -1196,11 +1225,7 @@ class _Spawner:
             finally:
                 os._exit(JUDGE_INFRA_EXIT)
         theirs.close()
-        self.pid, self.sock = pid, ours
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except OSError:
-            self.pidfd = None
+        self.pid, self.sock, self.pidfd = pid, ours, _pidfd_or_none(pid)
 
     @staticmethod
     def _main(server: "Server", sock) -> None:
@@ -1233,10 +1258,7 @@ class _Spawner:
             finally:
                 for fd in fds:
                     os.close(fd)
-            try:
-                pidfd = [os.pidfd_open(pid)]
-            except OSError:
-                pidfd = []
+            pidfd = [fd for fd in (_pidfd_or_none(pid),) if fd is not None]
             socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], pidfd)
             for fd in pidfd:
                 os.close(fd)
@@ -1267,28 +1289,12 @@ class _Spawner:
         return _SpawnedChild(self, pid, pidfds[0] if pidfds else None)
 
     def alive(self) -> bool:
-        if self.sock.fileno() < 0:
-            return False
-        if self.pidfd is not None:
-            import select
-
-            return not select.select([self.pidfd], [], [], 0)[0]
-        try:
-            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
-        except ChildProcessError:
-            return False
+        return self.sock.fileno() >= 0 and _child_alive(self.pid, self.pidfd)
 
     def stop(self) -> None:
         if self.sock.fileno() >= 0:
             self.sock.close()
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        _kill_and_reap(self.pid)
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -1331,7 +1337,6 @@ class Server:
             except OSError as e:
                 self.isolation["pidns_error"] = str(e)
         self._judge: dict | None = None
-        self.judges_started = 0
         self._spawner: _Spawner | None = None
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -1473,19 +1478,8 @@ class Server:
     # -- the judge ------------------------------------------------------------------------------
     def _judge_alive(self) -> bool:
         j = self._judge
-        if j is None:
-            return False
-        if j["pidfd"] is not None:
-            import select
-
-            if not select.select([j["pidfd"]], [], [], 0)[0]:
-                return True
-        else:
-            try:
-                if os.waitpid(j["pid"], os.WNOHANG)[0] == 0:
-                    return True
-            except ChildProcessError:
-                pass
+        if j is not None and _child_alive(j["pid"], j["pidfd"]):
+            return True
         self.stop_judge()
         return False
 
@@ -1503,12 +1497,7 @@ class Server:
                 os._exit(JUDGE_INFRA_EXIT)
         theirs.close()
         ours.setblocking(False)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            pidfd = None
-        self.judges_started += 1
-        self._judge = {"pid": pid, "pidfd": pidfd, "sock": ours, "jobs": 0, "status": None}
+        self._judge = {"pid": pid, "pidfd": _pidfd_or_none(pid), "sock": ours, "jobs": 0}
         return self._judge
 
     def stop_judge(self) -> int | None:
@@ -1516,16 +1505,7 @@ class Server:
         j, self._judge = self._judge, None
         if j is None:
             return None
-        status = j.get("status")
-        if status is None:
-            try:
-                os.kill(j["pid"], signal.SIGKILL)  # not reaped yet, so the pid is still the judge's
-            except OSError:
-                pass
-            try:
-                status = os.waitpid(j["pid"], 0)[1]
-            except ChildProcessError:
-                status = None
+        status = _kill_and_reap(j["pid"])  # not reaped yet, so the pid is still the judge's
         j["sock"].close()
         if j["pidfd"] is not None:
             os.close(j["pidfd"])
@@ -1827,15 +1807,7 @@ class Server:
                 "signal": None, "stdout": "", "stderr": "", "truncated": False,
                 "wall_s": time.monotonic() - t0, "cpu_s": 0.0, "details": {"infra": msg}}
 
-    @staticmethod
-    def _reap_orphans() -> None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+    _reap_orphans = staticmethod(_reap_children)  # (the Docker agent's reaper too)
 
 
 def _wipe(buf) -> None:
