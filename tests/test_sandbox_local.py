@@ -540,3 +540,60 @@ def test_programs_see_the_servers_sys_path_and_site_builtins(sb):
     assert r.passed, r
     r = run(sb, "exit()\nX = 1\n", ["assert X == 1"])  # site's exit(): the program ends before the tests
     assert r.status == "runtime_error" and r.details["error"]["type"] == "SystemExit" and not r.passed, r
+
+
+def test_nothing_a_job_leaves_in_its_scratch_space_reaches_the_next(sb):
+    """The worker's tmpfs mounts are emptied after each job, not remade: deep trees, unreadable
+    directories, symlinks, FIFOs, sockets and hard links must all be gone for the next job."""
+    if not sb.isolation.get("mounts"):
+        pytest.skip("needs mount namespaces (root)")
+    code = ("import os, socket\n"
+            "SEEN = sorted(os.listdir('/tmp')) + sorted(os.listdir('/dev/shm')) + sorted(os.listdir('/var/tmp'))\n"
+            "p = '/tmp/deep'\n"
+            "for i in range(300):\n    p += '/d'\n"
+            "os.makedirs(p)\nopen(p + '/f', 'w').write('x' * 5000)\n"
+            "os.makedirs('/tmp/locked/inner')\nopen('/tmp/locked/inner/f', 'w').write('x')\n"
+            "os.chmod('/tmp/locked/inner', 0)\nos.chmod('/tmp/locked', 0)\n"
+            "os.symlink('/etc', '/tmp/link')\nos.symlink('/tmp/deep', '/dev/shm/dirlink')\nos.mkfifo('/var/tmp/fifo')\n"
+            "s = socket.socket(socket.AF_UNIX)\ns.bind('/tmp/work/sock')\n"
+            "open('/tmp/work/a', 'w').write('x')\nos.link('/tmp/work/a', '/tmp/hard')\n")
+    for _ in range(3):
+        r = run(sb, code, ["assert SEEN == ['work'], SEEN"])
+        assert r.passed, r.details
+
+
+def test_scratch_mounts_that_cannot_be_emptied_are_replaced():
+    """If emptying cannot prove a mount empty (here something is mounted inside it), the server
+    unmounts them all, so the next job gets new ones. Runs in a forked child: it needs a
+    private mount namespace."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mount)")
+    base = tempfile.mkdtemp()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            harness.unshare(harness.CLONE_NEWNS)
+            harness.mount(None, "/", None, harness.MS_REC | harness.MS_PRIVATE)
+            srv = harness.Server.__new__(harness.Server)
+            srv._tmp_mounts, srv._tmp_size = [], 1
+            for name in ("a", "b"):
+                d = os.path.join(base, name)
+                os.mkdir(d)
+                harness.mount("tmpfs", d, "tmpfs", 0, "size=1m,nr_inodes=64")
+                srv._tmp_mounts.append(d)
+            os.makedirs(os.path.join(base, "a", "x", "y"))
+            open(os.path.join(base, "a", "x", "f"), "w").write("data")
+            srv._empty_tmp()  # plain files and dirs: emptied, the mounts stay
+            ok1 = srv._tmp_mounts == [os.path.join(base, "a"), os.path.join(base, "b")] and not os.listdir(srv._tmp_mounts[0])
+            os.mkdir(os.path.join(base, "b", "m"))
+            harness.mount("tmpfs", os.path.join(base, "b", "m"), "tmpfs", 0, "size=1m")  # rmdir: EBUSY
+            srv._empty_tmp()
+            ok2 = srv._tmp_mounts == [] and srv._tmp_size is None and not os.path.ismount(os.path.join(base, "b"))
+            code = 0 if ok1 and ok2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
