@@ -597,3 +597,16 @@ def test_scratch_mounts_that_cannot_be_emptied_are_replaced():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_judge_reuses_compiled_tests_without_sharing_state():
+    """The judge compiles a test once for all jobs that carry it (a GRPO group shares tests);
+    every run still starts from a fresh namespace and judges its own program."""
+    test = ("def bucket(acc=[]):\n    acc.append(1)\n    return acc\n"
+            "RUNS = globals().get('RUNS', 0) + 1\n"
+            "assert RUNS == 1 and bucket() == [1]\nassert candidate(2) == 4\n")
+    good, bad = "def sq(x):\n    return x * x\n", "def sq(x):\n    return x + x + 1\n"
+    with LocalSandbox(workers=1) as s:
+        rs = [s.run(Job(code, tests=(test,), entry_point="sq")) for code in (good, bad, good, good, bad)]
+        assert [r.status for r in rs] == ["passed", "failed", "passed", "passed", "failed"], [r.details for r in rs]
+        assert rs[-1].details["judge"]["jobs"] == 5  # one judge served them all

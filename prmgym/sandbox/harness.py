@@ -535,6 +535,26 @@ def _report(fd: int, nonce: str, **record) -> None:
     _write_all(fd, line)
 
 
+_TEST_CODE: dict = {}  # (index, source) -> code object, in the long-lived judge
+_TEST_CODE_MAX = 512
+
+
+def _compiled_test(src: str, i: int):
+    """A test's code object, compiled once per judge: RL samples many completions per problem
+    (a GRPO group), whose jobs carry the same tests. Code objects are immutable and every run
+    gets a fresh namespace, so sharing one between jobs shares no state."""
+    key = (i, src)
+    code = _TEST_CODE.get(key)
+    if code is None:
+        code = compile(src, f"<test {i}>", "exec")
+        if len(src) > (1 << 16):
+            return code  # big tests are not kept
+        if len(_TEST_CODE) >= _TEST_CODE_MAX:
+            del _TEST_CODE[next(iter(_TEST_CODE))]  # the oldest
+        _TEST_CODE[key] = code
+    return code
+
+
 def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int, limit: int) -> None:
     """Judge one job: send the code to the program, run each test here with the program's
     callables as stubs, report every step on ``report_fd``, then dismiss the program. The
@@ -594,7 +614,7 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
                     pass
             ns.update(ns_base)
             try:
-                exec(compile(src, f"<test {i}>", "exec"), ns)
+                exec(_compiled_test(src, i), ns)
                 _report(report_fd, nonce, k="test", i=i, ok=True)
             except BaseException as e:  # noqa: BLE001  (a test's outcome, whatever it is)
                 _report(report_fd, nonce, k="test", i=i, ok=False, type=type(e).__name__,
@@ -1482,7 +1502,14 @@ class Server:
         otherwise (anything that could not be deleted) all of them are unmounted, and the next
         job gets new ones."""
         try:
+            try:
+                os.rmdir("/tmp/work")  # the usual case: the job left only its (empty) work dir
+            except OSError:
+                pass
             for d in self._tmp_mounts:
+                st = os.statvfs(d)
+                if st.f_files - st.f_ffree == 1 and st.f_bfree == st.f_blocks:
+                    continue  # already empty
                 for root, dirs, files, root_fd in os.fwalk(d, topdown=False):
                     for name in files:
                         os.unlink(name, dir_fd=root_fd)
