@@ -610,3 +610,15 @@ def test_judge_reuses_compiled_tests_without_sharing_state():
         rs = [s.run(Job(code, tests=(test,), entry_point="sq")) for code in (good, bad, good, good, bad)]
         assert [r.status for r in rs] == ["passed", "failed", "passed", "passed", "failed"], [r.details for r in rs]
         assert rs[-1].details["judge"]["jobs"] == 5  # one judge served them all
+
+
+def test_programs_get_the_program_warm_set_and_fresh_random_state(sb):
+    """The spawner pre-imports what solutions commonly import (typing, re, ...), not what mostly
+    tests use (random, copy, threading: those stay importable); every job draws its own
+    random numbers."""
+    code = ("import sys\nM = {m: m in sys.modules for m in ('typing', 're', 'math', 'random', 'copy', 'threading')}\n"
+            "import random, copy, threading\nprint(random.getrandbits(64))\n")
+    rs = [run(sb, code, ["assert M == {'typing': True, 're': True, 'math': True, 'random': False, "
+                         "'copy': False, 'threading': False}, M"]) for _ in range(3)]
+    assert all(r.passed for r in rs), [r.details for r in rs]
+    assert len({r.stdout for r in rs}) == 3, [r.stdout for r in rs]

@@ -2025,12 +2025,16 @@ def read_frame(fd: int) -> dict:
     return json.loads(_read_exact(fd, n))
 
 
-# What a program may import for free. Pure-Python modules cost a fork little; each extension
-# module adds mappings that every job's fork and exit pay for (about 50 us per job each here), so
-# rarely used ones (hashlib, decimal, datetime, statistics, cmath, array) are left to import.
+# What the tests (in the judge) and the programs may import for free. Each module the spawner
+# holds makes every program's fork and exit dearer (its objects are pages the kernel copies and
+# tears down; an extension module adds mappings, about 50 us per job each here), so rarely used
+# ones (hashlib, decimal, datetime, statistics, cmath, array, dataclasses) are left to import, and
+# programs do not get the modules that mostly tests use (random, copy, threading: HumanEval's
+# tests import random and copy, its solutions neither; a program that does pays about 1 ms).
 _WARM_MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
                  "random", "typing", "json", "copy", "operator", "io", "abc", "contextlib", "struct",
                  "enum", "textwrap", "numbers", "traceback", "threading")
+_PROGRAM_WARM_MODULES = tuple(m for m in _WARM_MODULES if m not in ("random", "copy", "threading"))
 
 
 _SERVE_USAGE = """usage: harness.py serve [--uid UID | --uid-base UID] [--judge-uid UID]
@@ -2084,10 +2088,10 @@ def _parse_serve_args(argv: list[str]) -> dict:
     return opts
 
 
-def _warm_up() -> None:
+def _warm_up(modules: tuple = _WARM_MODULES) -> None:
     import importlib
 
-    for name in _WARM_MODULES:
+    for name in modules:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -2103,7 +2107,7 @@ def _spawner_main(argv: list[str]) -> int:
     import site  # -S: no path changes, no .pth files; the builtins site would add
     site.setquit(); site.setcopyright(); site.sethelper()
     if conf["warm"]:
-        _warm_up()
+        _warm_up(_PROGRAM_WARM_MODULES)
     import gc
     gc.collect()
     gc.freeze()
