@@ -87,7 +87,7 @@ import marshal
 import os
 import resource
 import signal
-import socket
+import _socket
 import struct
 import sys
 import time
@@ -210,6 +210,29 @@ def _read_all(fd: int) -> bytes:
         if not b:
             return b"".join(chunks)
         chunks.append(b)
+
+
+# Unix sockets through the C module: socket.py would bring selectors, select and array into the
+# spawner, and from there into every program (more memory and mappings per fork and exit).
+def _socketpair(kind: int):
+    return _socket.socketpair(_socket.AF_UNIX, kind)
+
+
+def send_fds(sock, data: bytes, fds) -> None:
+    """One message with ``fds`` attached (SCM_RIGHTS)."""
+    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
+    sock.sendmsg([data], anc)
+
+
+def recv_fds(sock, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """One message and the descriptors attached to it (at most ``maxfds``)."""
+    data, anc, _flags, _addr = sock.recvmsg(bufsize, _socket.CMSG_LEN(maxfds * 4))
+    fds: list[int] = []
+    for level, kind, cdata in anc:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            n = len(cdata) // 4
+            fds.extend(struct.unpack(f"{n}i", cdata[:n * 4]))
+    return data, fds
 
 
 # Values cross the judge <-> program pipes as JSON in a tagged form: every JSON object on the
@@ -666,10 +689,10 @@ def _judge_process(sock_fd: int, uid: int | None, isolate_net: bool) -> None:
         if os.getppid() != parent:  # the server died before the death signal was armed
             os._exit(0)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        sock = socket.socket(fileno=sock_fd)
+        sock = _socket.socket(fileno=sock_fd)
         page = os.sysconf("SC_PAGE_SIZE")
         while True:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 4, 2)
+            data, fds = recv_fds(sock, 4, 2)
             if not data:
                 os._exit(0)  # the server closed the socket
             if len(data) < 4:
@@ -1288,7 +1311,7 @@ class _Spawner:
     and exit cheaper."""
 
     def __init__(self, server: "Server"):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = _socketpair(_socket.SOCK_SEQPACKET)
         if server._code_fd is None:
             server._code_fd = os.memfd_create("prmgym-harness", os.MFD_CLOEXEC)
             _write_all(server._code_fd, marshal.dumps(compile(server._source, os.path.abspath(__file__), "exec")))
@@ -1336,7 +1359,7 @@ class _Spawner:
         _close_fds_except(keep)
         sock.send(b"ready")
         while True:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 8)
+            data, fds = recv_fds(sock, 1 << 16, 8)
             if not data:
                 os._exit(0)
             req = json.loads(data)
@@ -1351,7 +1374,7 @@ class _Spawner:
                 for fd in fds:
                     os.close(fd)
             pidfd = [fd for fd in (_pidfd_or_none(pid),) if fd is not None]
-            socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], pidfd)
+            send_fds(sock, json.dumps({"pid": pid}).encode(), pidfd)
             for fd in pidfd:
                 os.close(fd)
             _, status, ru = os.wait4(pid, 0)
@@ -1362,13 +1385,12 @@ class _Spawner:
         names = [k for k, v in fds.items() if v is not None]
         self.sock.setblocking(True)
         try:
-            socket.send_fds(self.sock, [json.dumps({"cfg": cfg, "lim": lim, "fds": names}).encode()],
-                            [fds[k] for k in names])
+            send_fds(self.sock, json.dumps({"cfg": cfg, "lim": lim, "fds": names}).encode(), [fds[k] for k in names])
             import select
 
             if not select.select([self.sock], [], [], 10.0)[0]:
                 raise OSError("the spawner did not answer within 10 s")
-            data, pidfds, _flags, _addr = socket.recv_fds(self.sock, 1 << 12, 1)
+            data, pidfds = recv_fds(self.sock, 1 << 12, 1)
             if not data:
                 raise OSError("the spawner exited")
             pid = json.loads(data)["pid"]
@@ -1622,7 +1644,7 @@ class Server:
 
     def _start_judge(self) -> dict:
         self.stop_judge()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _socketpair(_socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
             try:
@@ -1711,7 +1733,7 @@ class Server:
         judge_lost = None
         try:
             head = json.dumps({"nonce": nonce, "size": len(job_view), "memory_mb": int(lim["memory_mb"])}).encode()
-            socket.send_fds(sock, [struct.pack("<I", len(head)) + head], [judge_w, judge_r])
+            send_fds(sock, struct.pack("<I", len(head)) + head, [judge_w, judge_r])
         except OSError as e:
             judge_lost = f"could not hand the job to the judge: {e}"
             job_view = job_view[:0]
@@ -2112,7 +2134,7 @@ def _spawner_main(argv: list[str]) -> int:
     gc.collect()
     gc.freeze()
     _lib().malloc_trim(0)
-    sock = socket.socket(fileno=sock_fd)
+    sock = _socket.socket(fileno=sock_fd)
     try:
         _Spawner._main(pidns_fd if pidns_fd >= 0 else None, sock)
     finally:
