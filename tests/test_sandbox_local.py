@@ -560,8 +560,9 @@ def test_programs_see_the_servers_sys_path_and_site_builtins(sb):
 
 
 def test_nothing_a_job_leaves_in_its_scratch_space_reaches_the_next(sb):
-    """The worker's tmpfs mounts are emptied after each job, not remade: deep trees, unreadable
-    directories, symlinks, FIFOs, sockets and hard links must all be gone for the next job."""
+    """The worker keeps its tmpfs mounts only after jobs that left them empty: deep trees,
+    unreadable directories, symlinks, FIFOs, sockets and hard links must all be gone for the
+    next job."""
     if not sb.isolation.get("mounts"):
         pytest.skip("needs mount namespaces (root)")
     code = ("import os, socket\n"

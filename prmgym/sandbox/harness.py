@@ -1311,7 +1311,8 @@ mod._spawner_main(sys.argv[2:])
 class _Spawner:
     """The server's spawner process: a fresh interpreter (``python -I -S -c _SPAWNER_BOOT``) that
     the server forks and execs before any job, root like it and in its namespaces, with the
-    server's ``sys.path`` and the warm modules. For each job the server sends it the job's config
+    server's ``sys.path`` and the programs' warm modules (or, if that cannot start before the
+    first job, a fork of the server: ``fresh=False``). For each job the server sends it the job's config
     and the program's pipe ends (SCM_RIGHTS, a SOCK_SEQPACKET pair); it forks the program
     (`_fork_program`), answers with the program's pid and a pidfd for it, reaps it and reports
     its exit status and CPU time. It never sees a payload, a record or a secret, and since it was
@@ -1505,22 +1506,17 @@ class Server:
     def _fresh_tmp(self, size_mb: int) -> bool:
         """Give the next job an empty tmpfs on /tmp (with a new work dir) and on each scratch
         dir, in this server's own private mount namespace, which its jobs share one at a time.
-        The tmpfs mounts are made once and emptied after every job (`_empty_tmp`); they are
-        made anew only when emptying could not prove them empty or the size changed."""
-        if not (self._tmp_mounts and self._tmp_size == size_mb):
-            self._release_tmp()
-            try:
+        The mounts are kept from the last job when `_empty_tmp` proved that job left them empty
+        and the size is the same; otherwise they are made anew."""
+        try:
+            if not (self._tmp_mounts and self._tmp_size == size_mb):
+                self._release_tmp()
                 mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,nr_inodes=4096,mode=1777")
                 self._tmp_mounts.append("/tmp")
                 for d in self.scratch:
                     mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=1777")
                     self._tmp_mounts.append(d)
                 self._tmp_size = size_mb
-            except OSError as e:
-                self.isolation["fresh_tmp_error"] = str(e)
-                self._release_tmp()
-                return False
-        try:
             os.mkdir("/tmp/work", 0o700)
             return True
         except OSError as e:
@@ -1575,7 +1571,8 @@ class Server:
         return n
 
     def _release_tmp(self) -> None:
-        """Unmount the last job's /tmp and scratch dirs (its processes are gone by now)."""
+        """Unmount the worker's /tmp and scratch tmpfs mounts (lazily: a process of the job that
+        is still alive after an abnormal end keeps only its detached copy)."""
         self._tmp_size = None
         while self._tmp_mounts:
             d = self._tmp_mounts.pop()
