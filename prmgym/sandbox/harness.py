@@ -561,9 +561,24 @@ def _sync_args(args: tuple, new) -> None:
             old.update(fresh)
 
 
-def _report(fd: int, nonce: str, **record) -> None:
-    line = MAGIC + b" " + nonce.encode() + b" " + json.dumps(record).encode() + b"\n"
-    _write_all(fd, line)
+class _Reports:
+    """The judge's records of one job, written to the server in as few writes (server wake-ups)
+    as the verdict allows. ``start`` goes out at once, before the program gets its code: from
+    then on a death of the judge is not infrastructure (the program may have caused it).
+    Records of tests 0..i-1 go out before test i begins, so a job killed inside a test keeps
+    the results of the tests before it; everything else waits for the next write, and ``end``
+    is written before the program is dismissed."""
+
+    def __init__(self, fd: int, nonce: str):
+        self.fd, self.prefix, self.pending = fd, MAGIC + b" " + nonce.encode() + b" ", []
+
+    def add(self, **record) -> None:
+        self.pending.append(self.prefix + json.dumps(record).encode() + b"\n")
+
+    def flush(self) -> None:
+        if self.pending:
+            data, self.pending = b"".join(self.pending), []
+            _write_all(self.fd, data)
 
 
 _TEST_CODE: dict = {}  # (index, source) -> code object, in the long-lived judge
@@ -590,7 +605,9 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
     """Judge one job: send the code to the program, run each test here with the program's
     callables as stubs, report every step on ``report_fd``, then dismiss the program. The
     program's exit status is collected by the server (from the spawner, which forked it)."""
-    _report(report_fd, nonce, k="start")
+    reports = _Reports(report_fd, nonce)
+    reports.add(k="start")
+    reports.flush()
     judge = _Judge(rpc_in, rpc_out, limit)
     tests = job.get("tests") or []
     entry = job.get("entry_point")
@@ -614,24 +631,24 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
                     ns_base[name] = judge.stub(name)
                 elif type(spec) is tuple and len(spec) == 1 and type(spec[0]) is str:
                     values[name] = spec[0]
-            _report(report_fd, nonce, k="code", ok=True)
+            reports.add(k="code", ok=True)
         elif op in ("compile_error", "runtime_error") and len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is str:
-            _report(report_fd, nonce, k="code", ok=False, kind=op, type=msg[1][:100], msg=_short(msg[2]))
+            reports.add(k="code", ok=False, kind=op, type=msg[1][:100], msg=_short(msg[2]))
         elif op == "exited0" and not tests:  # a script that ends with sys.exit(0): fine when there is nothing to test
-            _report(report_fd, nonce, k="code", ok=True, exited=True)
+            reports.add(k="code", ok=True, exited=True)
         elif op == "exited0":
-            _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="SystemExit",
+            reports.add(k="code", ok=False, kind="runtime_error", type="SystemExit",
                     msg="the program exited (sys.exit(0)) before the tests could run")
         else:
             judge.dead = "program broke the call protocol"
             raise ProgramDied(judge.dead)
     except ProgramDied as e:
         if tests:
-            _report(report_fd, nonce, k="code", ok=False, kind="died", type="ProgramDied", msg=str(e))
+            reports.add(k="code", ok=False, kind="died", type="ProgramDied", msg=str(e))
         else:  # no tests: the program's exit status decides (the server has it)
-            _report(report_fd, nonce, k="code", ok=True, exited=True)
+            reports.add(k="code", ok=True, exited=True)
     except MemoryError:
-        _report(report_fd, nonce, k="code", ok=False, kind="runtime_error", type="MemoryError",
+        reports.add(k="code", ok=False, kind="runtime_error", type="MemoryError",
                 msg="the judge ran out of memory reading the program's namespace")
     if ready:
         if entry:
@@ -644,20 +661,23 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
                 except Exception:  # noqa: BLE001
                     pass
             ns.update(ns_base)
+            if i:
+                reports.flush()
             try:
                 exec(_compiled_test(src, i), ns)
-                _report(report_fd, nonce, k="test", i=i, ok=True)
+                reports.add(k="test", i=i, ok=True)
             except BaseException as e:  # noqa: BLE001  (a test's outcome, whatever it is)
-                _report(report_fd, nonce, k="test", i=i, ok=False, type=type(e).__name__,
+                reports.add(k="test", i=i, ok=False, type=type(e).__name__,
                         msg=_short(f"{type(e).__name__}: {e}"))
     else:
         for i in range(len(tests)):
-            _report(report_fd, nonce, k="test", i=i, ok=False, type="NotRun", msg="the program did not load")
+            reports.add(k="test", i=i, ok=False, type="NotRun", msg="the program did not load")
+    reports.add(k="end", died=judge.dead, program_errors=judge.errors[:50])
+    reports.flush()
     try:  # dismiss the program; the server collects its exit status
         send_msg(rpc_out, ["quit"])
     except OSError:
         pass
-    _report(report_fd, nonce, k="end", died=judge.dead, program_errors=judge.errors[:50])
 
 
 def _judge_process(sock_fd: int, uid: int | None, isolate_net: bool) -> None:
@@ -912,6 +932,27 @@ def _job_stdio() -> None:
             setattr(sys, name, open(fd, mode, closefd=False, buffering=1 if fd else -1))
 
 
+def _program_signals_and_stdio() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
+        signal.signal(s, signal.SIG_DFL)
+    _job_stdio()
+
+
+_PROGRAM_PRESET: dict | None = None
+
+
+def _preset_programs() -> None:
+    """In the exec'd spawner, once: apply to itself what every program it forks would otherwise
+    set up again after the fork (each costs copy-on-write faults there): an empty environment,
+    no_new_privs (the spawner never execs), default signal dispositions and line-buffered
+    stdout/stderr (never written by the spawner). The programs inherit all of it."""
+    global _PROGRAM_PRESET
+    os.environ.clear()
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _program_signals_and_stdio()
+    _PROGRAM_PRESET = {"name": ctypes.create_string_buffer(b"prmgym-program")}
+
+
 def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
     """C: the program process of one job (forked by Z, or by S in the Docker agent). Never returns.
 
@@ -924,8 +965,12 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
     exits, and the job is an infrastructure failure (`sandbox_error`)."""
     notes: dict = {}
     setup_w = fds["setup_w"]
+    preset = _PROGRAM_PRESET  # what the spawner already applied to itself (`_preset_programs`)
     try:
-        set_process_name("prmgym-program")
+        if preset:
+            prctl(PR_SET_NAME, ctypes.addressof(preset["name"]))
+        else:
+            set_process_name("prmgym-program")
         os.setsid()  # a session and process group of its own
         _wipe(payload)  # our copy only: the program must not find the tests in memory
         iso = cfg["isolation"]
@@ -985,10 +1030,12 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
         os.dup2(fds["err_w"], 2)
         rpc_in, rpc_out = fds["prog_r"], fds["prog_w"]
         _close_fds_except([0, 1, 2, rpc_in, rpc_out, setup_w])
-        os.environ.clear()
+        if not preset:
+            os.environ.clear()
         _set_limits(lim, float(lim["timeout_s"]))
         _drop_privileges(cfg["uid"])
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if not preset:
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
         # (non-dumpable, as dropping root left it: its /proc/self/mem, which holds freed copies of
         # the server's memory, stays closed to the program; its forks that do not exec are then
         # hidden from the job's /proc like every process the job's uid may not trace)
@@ -996,9 +1043,8 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the server
         except OSError:
             pass
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
-            signal.signal(s, signal.SIG_DFL)
-        _job_stdio()
+        if not preset:
+            _program_signals_and_stdio()
         _write_all(setup_w, json.dumps({"ok": True, **notes}).encode())
         os.close(setup_w)
     except BaseException as e:
@@ -1308,6 +1354,11 @@ mod._spawner_main(sys.argv[2:])
 """
 
 
+# job config keys that are the server's settings, not the job's: `_Spawner.spawn` sends them only
+# when they differ from what it sent last
+_STATIC_CFG = ("uid", "isolation", "namespaces", "expose", "prepared", "prepared_notes")
+
+
 class _Spawner:
     """The server's spawner process: a fresh interpreter (``python -I -S -c _SPAWNER_BOOT``) that
     the server forks and execs before any job, root like it and in its namespaces, with the
@@ -1321,6 +1372,7 @@ class _Spawner:
     and exit cheaper."""
 
     def __init__(self, server: "Server", fresh: bool = True):
+        self._static: dict | None = None  # the part of the job config last sent (`spawn`)
         ours, theirs = _socketpair(_socket.SOCK_SEQPACKET)
         if fresh and server._code_fd is None:
             server._code_fd = os.memfd_create("prmgym-harness", os.MFD_CLOEXEC)
@@ -1370,18 +1422,20 @@ class _Spawner:
         keep = [0, 1, 2, sock.fileno()] + ([own_pidns] if own_pidns is not None else [])
         _close_fds_except(keep)
         sock.send(b"ready")
+        static: dict = {}
         while True:
             data, fds = recv_fds(sock, 1 << 16, 8)
             if not data:
                 os._exit(0)
             req = json.loads(data)
+            static = req.get("static", static)
             names = req["fds"]
             if len(fds) != len(names):
                 raise RuntimeError(f"expected {len(names)} descriptors, got {len(fds)}")
             child_fds = dict(zip(names, fds))
             child_fds.setdefault("stdin_r", None)
             try:
-                pid = _fork_program(own_pidns, req["cfg"], req["lim"], child_fds, None)
+                pid = _fork_program(own_pidns, {**static, **req["cfg"]}, req["lim"], child_fds, None)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -1395,9 +1449,14 @@ class _Spawner:
 
     def spawn(self, cfg: dict, lim: dict, fds: dict) -> _SpawnedChild:
         names = [k for k, v in fds.items() if v is not None]
+        req = {"cfg": {k: v for k, v in cfg.items() if k not in _STATIC_CFG}, "lim": lim, "fds": names}
+        static = {k: cfg[k] for k in _STATIC_CFG}
+        if static != self._static:  # the server's settings: sent again only when they change
+            req["static"] = static
         self.sock.setblocking(True)
         try:
-            send_fds(self.sock, json.dumps({"cfg": cfg, "lim": lim, "fds": names}).encode(), [fds[k] for k in names])
+            send_fds(self.sock, json.dumps(req).encode(), [fds[k] for k in names])
+            self._static = json.loads(json.dumps(static))  # (a copy: later changes are noticed)
             import select
 
             if not select.select([self.sock], [], [], 10.0)[0]:
@@ -1751,15 +1810,24 @@ class Server:
         os.close(judge_r)
         judge["jobs"] += 1
         sock_fd = sock.fileno()
+        if len(job_view):  # usually all of it fits in the socket's buffer: no turn of the loop for it
+            try:
+                job_view = job_view[os.write(sock_fd, job_view):]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                job_view = job_view[:0]
         for fd in (out_r, err_r, setup_r) + ((stdin_w,) if stdin_w is not None else ()):
             os.set_blocking(fd, False)
         stdin_view = memoryview(stdin_data)
-        out, err, report, setup_data = bytearray(), bytearray(), bytearray(), bytearray()
+        out, err, report = bytearray(), bytearray(), bytearray()
         end_marker = MAGIC + b" " + nonce.encode() + b' {"k": "end"'
         cap = int(lim["output_limit"])
         output_exceeded = False
         killed, killed_at = None, 0.0
-        open_r = {out_r: out, err_r: err, setup_r: setup_data}
+        # (setup_r is not watched: C writes its one small report and closes the pipe before any
+        # untrusted code runs; it is read once C has ended, which saves a wake-up or two per job)
+        open_r = {out_r: out, err_r: err}
         deadline = t0 + float(lim["timeout_s"])
         status = None  # the program's wait status
         judge_done = judge_lost is not None  # the judge wrote the end record (or is gone)
@@ -1829,10 +1897,6 @@ class Server:
                     os.close(fd)
                     continue
                 target = open_r[fd]
-                if fd == setup_r:
-                    if len(target) < (1 << 16):
-                        target += chunk
-                    continue
                 target += chunk[:max(cap + 1 - (len(out) + len(err)), 0)]
                 if len(out) + len(err) > cap and killed is None:
                     output_exceeded, killed, killed_at = True, "output_limit", time.monotonic()
@@ -1868,12 +1932,12 @@ class Server:
                 status, ended_at = (child.status if child.status is not None else -1), time.monotonic()
         wall = (ended_at or time.monotonic()) - t0
         for fd in list(open_r):
-            if fd == setup_r:
-                try:
-                    setup_data += os.read(fd, 1 << 16)
-                except OSError:
-                    pass
             os.close(fd)
+        try:  # (non-blocking: empty if C never wrote it, or is stuck with the pipe open)
+            setup_data = os.read(setup_r, 1 << 16)
+        except OSError:
+            setup_data = b""
+        os.close(setup_r)
         if stdin_w is not None:
             os.close(stdin_w)
         job_view.release()
@@ -2144,6 +2208,7 @@ def _spawner_main(argv: list[str]) -> int:
     site.setquit(); site.setcopyright(); site.sethelper()
     if conf["warm"]:
         _warm_up(_PROGRAM_WARM_MODULES)
+    _preset_programs()
     import gc
     gc.collect()
     gc.freeze()
