@@ -148,7 +148,7 @@ def _check(ret: int, what: str) -> None:
 
 
 def unshare(flags: int) -> None:
-    _check(_lib().unshare(ctypes.c_int(flags)), "unshare")
+    _check(_lib().unshare(flags), "unshare")
 
 
 def mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -300,19 +300,46 @@ def _untag(obj: dict):
     raise ValueError("malformed value")
 
 
+_json_str = json.encoder.encode_basestring_ascii  # str -> a quoted JSON string (C)
 _DECODER = json.JSONDecoder(object_hook=_untag)  # built once: json.loads(..., object_hook=) builds one per call
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+# the C scanner and encoder behind `_DECODER` and `_ENCODER`, called directly: the json module's
+# Python wrappers around them cost more than they do on the small messages of a call
+_SCAN = json.scanner.c_make_scanner(_DECODER) if json.scanner.c_make_scanner else None
+_C_ENCODE = (json.encoder.c_make_encoder(None, _ENCODER.default, _json_str, None, ":", ",", False, False, True)
+             if json.encoder.c_make_encoder else None)
+
+
+def dumps_compact(obj) -> bytes:
+    """``obj`` (already in the tagged form) -> compact JSON, as ``_ENCODER`` writes it."""
+    if _C_ENCODE is None:
+        return _ENCODER.encode(obj).encode()
+    return "".join(_C_ENCODE(obj, 0)).encode()
 
 
 def loads_plain(data) -> object:
     """JSON text (str or UTF-8 bytes) in the tagged form -> the plain value. Raises
     ValueError/TypeError (e.g. an unhashable set element or dict key) on anything else."""
-    return _DECODER.decode(data if type(data) is str else bytes(data).decode("utf-8"))
+    text = data if type(data) is str else bytes(data).decode("utf-8")
+    if _SCAN is None:
+        return _DECODER.decode(text)
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration as e:
+        raise ValueError(f"malformed JSON at character {e.value}") from None
+    if end != len(text):
+        raise ValueError(f"extra data after the JSON value at character {end}")
+    return value
 
 
 def send_msg(fd: int, msg: list) -> None:
-    data = _ENCODER.encode(msg).encode()
-    _write_all(fd, struct.pack("<I", len(data)) + data)
+    data = dumps_compact(msg)
+    frame = struct.pack("<I", len(data)) + data
+    n = os.write(fd, frame)
+    if n < len(frame):
+        _write_all(fd, frame[n:])
 
 
 def recv_msg(fd: int, limit: int = 1 << 30) -> list:
@@ -429,7 +456,7 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
             names[name] = "callable"
             continue
         try:
-            text = _ENCODER.encode(encode_plain(_to_plain(value)))
+            text = dumps_compact(encode_plain(_to_plain(value))).decode()
             if len(text) < (1 << 20):
                 names[name] = (text,)
         except BaseException:
@@ -444,13 +471,18 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
             _program_quit()
         try:
             _, name, args, kwargs = msg
+            args = tuple(args)
+            if kwargs is None:
+                kwargs = {}
             # in-place changes of list/dict/set arguments are copied back; noticed by comparing
             # marshal.dumps before and after (only ever dumps: nothing is loaded with marshal)
             mutable = any(type(a) in _MUTABLE for a in args)
             before = marshal.dumps(args) if mutable else None
             result = ns[name](*args, **kwargs)
             try:
-                value = encode_plain(_to_plain(result))
+                t = type(result)
+                value = (result if t in _SCALARS or (t is int and -_BIG_INT <= result < _BIG_INT)
+                         else encode_plain(_to_plain(result)))
                 after = encode_plain(args) if mutable and marshal.dumps(args) != before else None
             except (TypeError, ValueError):
                 raise TypeError(_NOT_PLAIN) from None
@@ -513,9 +545,10 @@ class _Judge:
         if self.dead:
             raise ProgramDied(self.dead)
         try:
-            if any(type(k) is not str for k in kwargs):
+            if kwargs and any(type(k) is not str for k in kwargs):
                 raise TypeError("keyword names must be str")
-            msg = ["call", name, encode_plain(args), encode_plain(kwargs)]
+            # the arguments as a JSON array (the program makes them a tuple), no keywords as null
+            msg = ["call", name, encode_plain(list(args)), encode_plain(kwargs) if kwargs else None]
         except (ValueError, TypeError, RecursionError) as e:
             raise TypeError(f"arguments passed to the program must be plain data: {e}") from None
         try:
@@ -765,15 +798,17 @@ def _drop_privileges(uid: int | None) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def _set_limits(lim: dict, cpu_s: float) -> None:
-    def setl(res, value):
-        try:
-            resource.setrlimit(res, (value, value))
-        except (ValueError, OSError):
-            soft, hard = resource.getrlimit(res)
-            v = value if hard == resource.RLIM_INFINITY else min(value, hard)
-            resource.setrlimit(res, (v, v))
+def _setl(res: int, value: int) -> None:
+    try:
+        resource.setrlimit(res, (value, value))
+    except (ValueError, OSError):  # above the hard limit (not root): the hard limit
+        soft, hard = resource.getrlimit(res)
+        v = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(res, (v, v))
 
+
+def _set_limits(lim: dict, cpu_s: float) -> None:
+    setl = _setl
     setl(resource.RLIMIT_AS, int(lim["memory_mb"]) << 20)
     setl(resource.RLIMIT_CPU, max(1, int(cpu_s + 0.999)))
     setl(resource.RLIMIT_FSIZE, int(lim["fsize_mb"]) << 20)
@@ -932,6 +967,15 @@ def _job_stdio() -> None:
             setattr(sys, name, open(fd, mode, closefd=False, buffering=1 if fd else -1))
 
 
+def _flat_json(d: dict) -> bytes:
+    """JSON of a flat dict of str keys and bool/int/None/str values, as `json.dumps` writes it
+    but with a fraction of the objects touched (it runs in every fresh program process, where
+    each page it writes costs a copy-on-write fault)."""
+    esc = _json_str
+    return ("{" + ", ".join(esc(k) + ": " + (esc(v) if type(v) is str else "true" if v is True else "false" if v is False
+                                           else "null" if v is None else str(int(v))) for k, v in d.items()) + "}").encode()
+
+
 def _program_signals_and_stdio() -> None:
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
         signal.signal(s, signal.SIG_DFL)
@@ -968,7 +1012,7 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
     preset = _PROGRAM_PRESET  # what the spawner already applied to itself (`_preset_programs`)
     try:
         if preset:
-            prctl(PR_SET_NAME, ctypes.addressof(preset["name"]))
+            _lib().prctl(PR_SET_NAME, preset["name"], 0, 0, 0)
         else:
             set_process_name("prmgym-program")
         os.setsid()  # a session and process group of its own
@@ -1020,12 +1064,14 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
                 use_mounts = False
         if workdir is None:
             raise OSError("no work directory: mounts failed and the server made none")
-        if cfg["uid"] is not None:
+        if cfg["uid"] is not None and not fresh:  # (S made a fresh work dir for the job's uid)
             os.chown(workdir, cfg["uid"], cfg["uid"])
         notes.update(pidns=use_ns, mountns=bool(use_mounts))
         os.chdir(workdir)
-        stdin_r = fds["stdin_r"] if fds.get("stdin_r") is not None else os.open(os.devnull, os.O_RDONLY)
-        os.dup2(stdin_r, 0)
+        if fds.get("stdin_r") is not None:
+            os.dup2(fds["stdin_r"], 0)
+        elif not preset:  # (the spawner's fd 0 is /dev/null, read-only: nothing to do there)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(fds["out_w"], 1)
         os.dup2(fds["err_w"], 2)
         rpc_in, rpc_out = fds["prog_r"], fds["prog_w"]
@@ -1039,13 +1085,11 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
         # (non-dumpable, as dropping root left it: its /proc/self/mem, which holds freed copies of
         # the server's memory, stays closed to the program; its forks that do not exec are then
         # hidden from the job's /proc like every process the job's uid may not trace)
-        try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the server
-        except OSError:
-            pass
+        _lib().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the server (best effort)
         if not preset:
             _program_signals_and_stdio()
-        _write_all(setup_w, json.dumps({"ok": True, **notes}).encode())
+        notes["ok"] = True
+        _write_all(setup_w, _flat_json(notes))
         os.close(setup_w)
     except BaseException as e:
         try:
@@ -1228,7 +1272,7 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
 
 
 def _reset_pidns(own_pidns: int) -> None:
-    if _lib().setns(ctypes.c_int(own_pidns), ctypes.c_int(CLONE_NEWPID)) != 0:
+    if _lib().setns(own_pidns, CLONE_NEWPID) != 0:
         # our next children would land in a dead job's namespace: this process cannot go on
         e = ctypes.get_errno()
         try:
@@ -1327,15 +1371,12 @@ class _SpawnedChild(_DirectChild):
             return False
         except OSError:
             data = b""
-        try:
-            msg = json.loads(data) if data else None
-        except ValueError:
-            msg = None
-        if not (isinstance(msg, dict) and msg.get("pid") == self.pid and "exit" in msg):
+        pid, status, cpu = _EXITED.unpack(data) if len(data) == _EXITED.size else (None, None, 0.0)
+        if pid != self.pid:
             self.lost = f"the spawner died or broke its protocol ({data[:200]!r})"
             self._spawner.stop()
-            msg = {"exit": None, "cpu": 0.0}
-        self._reaped, self.status, self.cpu = True, msg["exit"], float(msg.get("cpu") or 0.0)
+            status, cpu = None, 0.0
+        self._reaped, self.status, self.cpu = True, status, cpu
         return True
 
     def _signal_program(self) -> None:  # not our child: only its pidfd names it safely
@@ -1353,6 +1394,9 @@ exec(code, mod.__dict__); del code
 mod._spawner_main(sys.argv[2:])
 """
 
+
+# the spawner's replies: the program's pid (with its pidfd), then (pid, wait status, CPU seconds)
+_SPAWNED, _EXITED = struct.Struct("<i"), struct.Struct("<iid")
 
 # job config keys that are the server's settings, not the job's: `_Spawner.spawn` sends them only
 # when they differ from what it sent last
@@ -1416,36 +1460,41 @@ class _Spawner:
             pass
         if os.getppid() != parent:
             os._exit(0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
+        for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):  # (fd 0: the programs'
+            devnull = os.open(os.devnull, mode)                                 # stdin when a job has none)
             os.dup2(devnull, fd)
+            os.close(devnull)
         keep = [0, 1, 2, sock.fileno()] + ([own_pidns] if own_pidns is not None else [])
         _close_fds_except(keep)
         sock.send(b"ready")
         static: dict = {}
+        # (the loop runs after every fork, when each page it writes costs a fault: marshal from the
+        # server, struct replies, few objects)
         while True:
             data, fds = recv_fds(sock, 1 << 16, 8)
             if not data:
                 os._exit(0)
-            req = json.loads(data)
+            req = marshal.loads(data)  # from the server, which never runs untrusted code
             static = req.get("static", static)
             names = req["fds"]
             if len(fds) != len(names):
                 raise RuntimeError(f"expected {len(names)} descriptors, got {len(fds)}")
             child_fds = dict(zip(names, fds))
             child_fds.setdefault("stdin_r", None)
+            cfg = {**static, **req["cfg"]}
             try:
-                pid = _fork_program(own_pidns, {**static, **req["cfg"]}, req["lim"], child_fds, None)
+                pid = _fork_program(own_pidns, cfg, req["lim"], child_fds, None)
             finally:
                 for fd in fds:
                     os.close(fd)
             pidfd = [fd for fd in (_pidfd_or_none(pid),) if fd is not None]
-            send_fds(sock, json.dumps({"pid": pid}).encode(), pidfd)
+            send_fds(sock, _SPAWNED.pack(pid), pidfd)
             for fd in pidfd:
                 os.close(fd)
             _, status, ru = os.wait4(pid, 0)
-            sock.send(json.dumps({"pid": pid, "exit": status, "cpu": ru.ru_utime + ru.ru_stime}).encode())
-            _reap_children()
+            sock.send(_EXITED.pack(pid, status, ru.ru_utime + ru.ru_stime))
+            if not cfg["pidns"]:  # (in its own PID namespace nothing of the job outlives it)
+                _reap_children()
 
     def spawn(self, cfg: dict, lim: dict, fds: dict) -> _SpawnedChild:
         names = [k for k, v in fds.items() if v is not None]
@@ -1455,16 +1504,16 @@ class _Spawner:
             req["static"] = static
         self.sock.setblocking(True)
         try:
-            send_fds(self.sock, json.dumps(req).encode(), [fds[k] for k in names])
+            send_fds(self.sock, marshal.dumps(req), [fds[k] for k in names])
             self._static = json.loads(json.dumps(static))  # (a copy: later changes are noticed)
             import select
 
             if not select.select([self.sock], [], [], 10.0)[0]:
                 raise OSError("the spawner did not answer within 10 s")
             data, pidfds = recv_fds(self.sock, 1 << 12, 1)
-            if not data:
-                raise OSError("the spawner exited")
-            pid = json.loads(data)["pid"]
+            if len(data) != _SPAWNED.size:
+                raise OSError("the spawner exited" if not data else f"the spawner sent {data[:100]!r}")
+            (pid,) = _SPAWNED.unpack(data)
         except (OSError, ValueError, KeyError) as e:
             self.stop()
             raise RuntimeError(f"the spawner failed: {e}") from None
@@ -1577,6 +1626,8 @@ class Server:
                     self._tmp_mounts.append(d)
                 self._tmp_size = size_mb
             os.mkdir("/tmp/work", 0o700)
+            if self.uid is not None:
+                os.chown("/tmp/work", self.uid, self.uid)
             return True
         except OSError as e:
             self.isolation["fresh_tmp_error"] = str(e)
