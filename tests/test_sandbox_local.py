@@ -64,6 +64,23 @@ def test_syntax_error_is_compile_error(sb):
     assert r.status == "compile_error" and r.details["error"]["type"] == "SyntaxError"
 
 
+def test_program_is_compiled_as_its_own_module(sb):
+    # the judge compiles the program: without the harness's `from __future__ import annotations`
+    # (annotations are objects, not strings), and the compiler's warnings reach the program's stderr
+    code = "def f(x: int) -> int:\n    return x\nNAMES = sorted(v.__name__ for v in f.__annotations__.values())\n" \
+           "if NAMES is 1:\n    pass\n"
+    r = run(sb, code, ["assert NAMES == ['int', 'int'], NAMES"])
+    assert r.passed, r.details
+    assert '<program>:4: SyntaxWarning: "is" with a literal' in r.stderr
+
+
+def test_program_args_keep_aliasing_and_mutations(sb):
+    code = "def f(a, b):\n    a.append(1)\n    return a is b\n"
+    r = run(sb, code, ["x = [0]\nassert candidate(x, x) is True\nassert x == [0, 1], x",
+                       "assert candidate([0], [0]) is False"], "f")
+    assert r.passed, r.details
+
+
 def test_timeout(sb):
     r = run(sb, "def f():\n    while True:\n        pass\n", ["candidate()"], "f", timeout_s=1)
     assert r.status == "timeout" and r.details["killed"] == "timeout"

@@ -342,9 +342,29 @@ def send_msg(fd: int, msg: list) -> None:
         _write_all(fd, frame[n:])
 
 
+def send_trusted(fd: int, msg: list) -> None:
+    """J -> C only: a message in `marshal` (C reads it with `recv_trusted`; J never loads what
+    C sends with anything but `recv_msg`). It can carry a code object: J compiles the program."""
+    data = marshal.dumps(msg)
+    _write_all(fd, struct.pack("<I", len(data)) + data)
+
+
+def recv_trusted(fd: int) -> list:
+    """C's side of `send_trusted`."""
+    return marshal.loads(_recv_frame(fd, 1 << 40))
+
+
 def recv_msg(fd: int, limit: int = 1 << 30) -> list:
-    """One message: a JSON array whose first item is the operation name (a str). The two sides
-    take turns (one message in flight), so a small message usually arrives in one read."""
+    """One message: a JSON array whose first item is the operation name (a str)."""
+    msg = loads_plain(_recv_frame(fd, limit))
+    if type(msg) is not list or not msg or type(msg[0]) is not str:
+        raise ValueError("not a message")
+    return msg
+
+
+def _recv_frame(fd: int, limit: int) -> bytes:
+    """The body of one ``u32 n`` + n bytes frame. The two sides take turns (one message in
+    flight), so a small message usually arrives in one read."""
     data = os.read(fd, 1 << 16)
     if len(data) < 4:
         if not data:
@@ -358,10 +378,7 @@ def recv_msg(fd: int, limit: int = 1 << 30) -> list:
         body += _read_exact(fd, n - len(body))
     elif len(body) > n:
         raise ValueError("bytes after the message: the other side broke the turn-taking")
-    msg = loads_plain(body)
-    if type(msg) is not list or not msg or type(msg[0]) is not str:
-        raise ValueError("not a message")
-    return msg
+    return body
 
 
 def _close_fds_except(keep) -> None:
@@ -405,17 +422,22 @@ def _to_plain(value, depth: int = 0):
 
 
 def _program_main(rpc_in: int, rpc_out: int) -> None:
-    """Runs in C after privileges are dropped. Never returns."""
+    """Runs in C after privileges are dropped. Never returns. J sends the program compiled
+    (compiling in this fresh process would cost it copy-on-write faults all over the parser),
+    with the text of the warnings the compiler gave; or dismisses C when it did not compile."""
     try:
-        code = recv_msg(rpc_in)[1]
+        msg = recv_trusted(rpc_in)
     except BaseException:
         os._exit(3)
+    if msg[0] != "code":
+        _program_quit()
+    _, compiled, warned = msg
     ns = {"__name__": "__main__", "__builtins__": builtins}
-    try:
-        compiled = compile(code, "<program>", "exec")
-    except BaseException as e:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
-        send_msg(rpc_out, ["compile_error", type(e).__name__, _short(str(e))])
-        _program_wait_quit(rpc_in)
+    if warned:
+        try:
+            sys.stderr.write(warned)
+        except BaseException:
+            pass
     try:
         exec(compiled, ns)
     except SystemExit as e:
@@ -464,16 +486,13 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
     send_msg(rpc_out, ["ready", encode_plain(names)])
     while True:
         try:
-            msg = recv_msg(rpc_in)
+            msg = recv_trusted(rpc_in)
         except BaseException:
             os._exit(4)
         if msg[0] == "quit":
             _program_quit()
         try:
             _, name, args, kwargs = msg
-            args = tuple(args)
-            if kwargs is None:
-                kwargs = {}
             # in-place changes of list/dict/set arguments are copied back; noticed by comparing
             # marshal.dumps before and after (only ever dumps: nothing is loaded with marshal)
             mutable = any(type(a) in _MUTABLE for a in args)
@@ -497,7 +516,7 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
 
 def _program_wait_quit(rpc_in: int) -> None:
     try:
-        while recv_msg(rpc_in)[0] != "quit":
+        while recv_trusted(rpc_in)[0] != "quit":
             pass
     except BaseException:
         os._exit(4)
@@ -547,12 +566,14 @@ class _Judge:
         try:
             if kwargs and any(type(k) is not str for k in kwargs):
                 raise TypeError("keyword names must be str")
-            # the arguments as a JSON array (the program makes them a tuple), no keywords as null
-            msg = ["call", name, encode_plain(list(args)), encode_plain(kwargs) if kwargs else None]
+            encode_plain(args)  # (raises unless plain data: what marshal sends must be no more)
+            if kwargs:
+                encode_plain(kwargs)
+            data = marshal.dumps(["call", name, args, kwargs])
         except (ValueError, TypeError, RecursionError) as e:
             raise TypeError(f"arguments passed to the program must be plain data: {e}") from None
         try:
-            send_msg(self.rpc_out, msg)
+            _write_all(self.rpc_out, struct.pack("<I", len(data)) + data)
         except OSError:
             self.dead = "program stopped answering (pipe closed)"
             raise ProgramDied(self.dead) from None
@@ -625,13 +646,29 @@ def _compiled_test(src: str, i: int):
     key = (i, src)
     code = _TEST_CODE.get(key)
     if code is None:
-        code = compile(src, f"<test {i}>", "exec")
+        code = compile(src, f"<test {i}>", "exec", dont_inherit=True)
         if len(src) > (1 << 16):
             return code  # big tests are not kept
         if len(_TEST_CODE) >= _TEST_CODE_MAX:
             del _TEST_CODE[next(iter(_TEST_CODE))]  # the oldest
         _TEST_CODE[key] = code
     return code
+
+
+def _compile_program(source: str) -> tuple:
+    """The program's code object and the text of the compiler's warnings (as C would have
+    printed them on its stderr), or ``(("compile_error", type, message), "")``. Compiled here in
+    the long-lived judge, where the parser's memory is already its own; like the tests, without
+    the harness's own ``from __future__`` features."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            code = compile(source, "<program>", "exec", dont_inherit=True)
+    except BaseException as e:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
+        return ("compile_error", type(e).__name__, _short(str(e))), ""
+    return code, _short("".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, None)
+                                for w in caught))
 
 
 def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int, limit: int) -> None:
@@ -647,13 +684,17 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
     ns_base: dict = {}
     values: dict = {}
     ready = False
+    compiled, warned = _compile_program(job["code"])
     try:
-        try:
-            send_msg(rpc_out, ["code", job["code"]])
-        except OSError as e:
-            judge.dead = f"program stopped answering ({e})"
-            raise ProgramDied(judge.dead) from None
-        msg = judge.recv()
+        if type(compiled) is not tuple:
+            try:
+                send_trusted(rpc_out, ["code", compiled, warned])
+            except OSError as e:
+                judge.dead = f"program stopped answering ({e})"
+                raise ProgramDied(judge.dead) from None
+            msg = judge.recv()
+        else:  # ("compile_error", type, message): C is dismissed below without running anything
+            msg = list(compiled)
         op = msg[0]
         if op == "ready" and len(msg) == 2 and type(msg[1]) is dict:
             ready = True
@@ -708,7 +749,7 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
     reports.add(k="end", died=judge.dead, program_errors=judge.errors[:50])
     reports.flush()
     try:  # dismiss the program; the server collects its exit status
-        send_msg(rpc_out, ["quit"])
+        send_trusted(rpc_out, ["quit"])
     except OSError:
         pass
 
