@@ -1145,13 +1145,15 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
     os._exit(0)
 
 
-def _kill_tree(pid: int, uid: int | None) -> None:
+def _kill_tree(pid: int | None, uid: int | None) -> None:
     """Kill the job's process group (``pid`` is its reaped leader: the group id stays valid
-    while members remain) and, when the job has a uid of its own and we are root, every process
-    of that uid (``kill(-1)`` as that uid, repeated until a /proc scan finds none). With a PID
-    namespace the program is its PID 1, so killing it ends everything in the namespace."""
+    while members remain; None if the spawner was lost before it told the pid) and, when the
+    job has a uid of its own and we are root, every process of that uid (``kill(-1)`` as that
+    uid, repeated until a /proc scan finds none). With a PID namespace the program is its PID 1,
+    so killing it ends everything in the namespace."""
     try:
-        os.killpg(pid, signal.SIGKILL)
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
     if uid is not None and os.getuid() == 0 and uid != 0:
@@ -1396,29 +1398,66 @@ class _DirectChild:
 
 class _SpawnedChild(_DirectChild):
     """A program process forked by the spawner: killed through a pidfd the spawner passed us,
-    its exit status sent by the spawner, which reaps it."""
+    its exit status sent by the spawner, which reaps it. The spawner's two messages (the pid
+    with a pidfd, then the exit) are read as they come, in `poll`: the server does not wait
+    for the fork before handing the job to the judge; `kill` waits for the pid if need be."""
 
-    def __init__(self, spawner: "_Spawner", pid: int, pidfd: int | None):
-        self.pid, self.status, self.cpu, self.lost = pid, None, 0.0, None
-        self.pidfd, self._spawner, self._reaped = pidfd, spawner, False
+    def __init__(self, spawner: "_Spawner"):
+        self.pid, self.status, self.cpu, self.lost = None, None, 0.0, None
+        self.pidfd, self._spawner, self._reaped = None, spawner, False
         self.fds = [spawner.sock.fileno()]
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        self._spawner.stop()
+        self._reaped, self.status, self.cpu = True, None, 0.0
+
+    def _read(self) -> bool:
+        """Take one message from the spawner; False if none is there yet."""
+        try:
+            data, fds = recv_fds(self._spawner.sock, 1 << 12, 1)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data, fds = b"", []
+        if self.pid is None:  # the pid (and its pidfd) first
+            if len(data) == _SPAWNED.size:
+                (self.pid,) = _SPAWNED.unpack(data)
+                self.pidfd = fds[0] if fds else None
+                return True
+            for fd in fds:
+                os.close(fd)
+            self._lose("the spawner exited" if not data else f"the spawner broke its protocol ({data[:200]!r})")
+            return True
+        pid, status, cpu = _EXITED.unpack(data) if len(data) == _EXITED.size else (None, None, 0.0)
+        for fd in fds:
+            os.close(fd)
+        if pid != self.pid:
+            self._lose(f"the spawner died or broke its protocol ({data[:200]!r})")
+        else:
+            self._reaped, self.status, self.cpu = True, status, cpu
+        return True
 
     def poll(self, ready) -> bool:
         if self._reaped or self.fds[0] not in ready:
             return self._reaped
-        try:
-            data = self._spawner.sock.recv(1 << 12)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            data = b""
-        pid, status, cpu = _EXITED.unpack(data) if len(data) == _EXITED.size else (None, None, 0.0)
-        if pid != self.pid:
-            self.lost = f"the spawner died or broke its protocol ({data[:200]!r})"
-            self._spawner.stop()
-            status, cpu = None, 0.0
-        self._reaped, self.status, self.cpu = True, status, cpu
-        return True
+        while not self._reaped and self._read():
+            pass
+        return self._reaped
+
+    def kill(self) -> None:
+        if self.pid is None and not self._reaped:
+            import select
+
+            deadline = time.monotonic() + 10.0
+            while self.pid is None and not self._reaped:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select(self.fds, [], [], left)[0]:
+                    self._lose("the spawner did not answer within 10 s")
+                    break
+                self._read()
+        if self.pid is not None:
+            super().kill()
 
     def _signal_program(self) -> None:  # not our child: only its pidfd names it safely
         if self.pidfd is not None:
@@ -1547,21 +1586,13 @@ class _Spawner:
         try:
             send_fds(self.sock, marshal.dumps(req), [fds[k] for k in names])
             self._static = json.loads(json.dumps(static))  # (a copy: later changes are noticed)
-            import select
-
-            if not select.select([self.sock], [], [], 10.0)[0]:
-                raise OSError("the spawner did not answer within 10 s")
-            data, pidfds = recv_fds(self.sock, 1 << 12, 1)
-            if len(data) != _SPAWNED.size:
-                raise OSError("the spawner exited" if not data else f"the spawner sent {data[:100]!r}")
-            (pid,) = _SPAWNED.unpack(data)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError) as e:
             self.stop()
             raise RuntimeError(f"the spawner failed: {e}") from None
         finally:
             if self.sock.fileno() >= 0:
                 self.sock.setblocking(False)
-        return _SpawnedChild(self, pid, pidfds[0] if pidfds else None)
+        return _SpawnedChild(self)
 
     def alive(self) -> bool:
         return self.sock.fileno() >= 0 and _child_alive(self.pid, self.pidfd)
@@ -1886,8 +1917,8 @@ class Server:
             for v in fds.values():
                 if v is not None:
                     os.close(v)
-        pid = child.pid
-        # drawn after the fork: no process of the job ever held it in memory
+        # no process of the job ever holds it: programs are copies of the spawner (which never
+        # sees it) or, without one, forks of this server made before it is drawn
         nonce = os.urandom(16).hex()
         sock = judge["sock"]
         job_view = memoryview(payload)
@@ -1927,11 +1958,35 @@ class Server:
         ended_at = None
         judged_at = t0
         scan = 0
+
+        def drain() -> None:
+            """Take what the judge has written (its records are read lazily: while the program
+            runs the server wakes for them only every 0.25 s, see below)."""
+            nonlocal judge_done, judge_lost, judged_at, judge_status, scan
+            while not judge_done:
+                try:
+                    chunk = sock.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    judge_status = self.stop_judge()
+                    judge_done, judge_lost, judged_at = True, "the judge closed its socket", time.monotonic()
+                    return
+                if len(report) + len(chunk) <= (64 << 20):
+                    report.extend(chunk)
+                if report.endswith(b"\n") and report.find(end_marker, max(scan - len(end_marker), 0)) >= 0:
+                    judge_done, judged_at = True, time.monotonic()
+                scan = len(report)
+
         while True:
             now = time.monotonic()
             if killed is None and now >= deadline and (status is None or not judge_done):
                 killed, killed_at = "timeout", now
                 child.kill()
+            if killed is not None and not judge_done:
+                drain()  # the records of the tests that finished before the kill count
             if killed is not None and not judge_done:
                 judge_status = self.stop_judge()  # it may be inside a test: replace it
                 judge_done, judge_lost, judged_at = True, judge_lost or f"killed ({killed})", now
@@ -1947,7 +2002,13 @@ class Server:
                 break  # writers that escaped the kill are not waited for
             rlist = list(open_r)
             if not judge_done:
-                rlist.append(sock_fd)
+                # the judge's socket is watched only once the program has ended: until then its
+                # records (start, ..., end, in two writes for most jobs) would each wake the
+                # server for nothing; they are drained on every wake-up and at least every 0.25 s
+                # (so that a judge with a full socket buffer never waits long, and a program
+                # that ignores the judge's quit is noticed)
+                if status is not None or killed is not None:
+                    rlist.append(sock_fd)
                 if judge["pidfd"] is not None:
                     rlist.append(judge["pidfd"])
             if status is None:
@@ -1957,6 +2018,8 @@ class Server:
                 wait = 0.05
             else:
                 wait = max(0.0, deadline - now)
+                if status is None:
+                    wait = min(wait, 0.25)
             if (status is None and not child.fds) or judge["pidfd"] is None:
                 wait = min(wait, 0.005)
             r, w, _ = select.select(rlist, wlist, [], min(wait, 1.0))
@@ -1993,22 +2056,8 @@ class Server:
                 if len(out) + len(err) > cap and killed is None:
                     output_exceeded, killed, killed_at = True, "output_limit", time.monotonic()
                     child.kill()
-            if not judge_done and sock_fd in r:
-                try:
-                    chunk = sock.recv(1 << 16)
-                except (BlockingIOError, InterruptedError):
-                    chunk = None
-                except OSError:
-                    chunk = b""
-                if chunk == b"":
-                    judge_status = self.stop_judge()
-                    judge_done, judge_lost, judged_at = True, "the judge closed its socket", time.monotonic()
-                elif chunk:
-                    if len(report) + len(chunk) <= (64 << 20):
-                        report += chunk
-                    if report.endswith(b"\n") and report.find(end_marker, max(scan - len(end_marker), 0)) >= 0:
-                        judge_done, judged_at = True, time.monotonic()
-                    scan = len(report)
+            if not judge_done:
+                drain()
             if not judge_done and judge["pidfd"] is not None and judge["pidfd"] in r:
                 while True:  # the judge died: take its last records first
                     try:
@@ -2044,7 +2093,7 @@ class Server:
         if own_workdir is not None or killed or status != 0:
             # no PID namespace to end the tree, or an abnormal end: kill the program's process
             # group (it has its own session) and what is left of the uid
-            _kill_tree(pid, self.uid)
+            _kill_tree(child.pid, self.uid)
         if own_workdir is not None:
             shutil.rmtree(own_workdir, ignore_errors=True)
         if cfg["fresh_tmp"]:
