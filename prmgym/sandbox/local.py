@@ -17,6 +17,7 @@ docs/sandbox.md for what is and is not isolated.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import select
@@ -112,36 +113,43 @@ class _Worker:
         self.kill()
         self.start()
 
-    def _read_exact(self, n: int, deadline: float) -> bytes:
+    def _read_some(self, n: int, deadline: float) -> bytes:
+        """Up to ``n`` bytes (at least one) from the server, waiting until ``deadline``."""
         fd = self.proc.stdout.fileno()
-        chunks, got = [], 0
-        while got < n:
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SandboxInfraError("the fork server missed the host deadline")
-            r, _, _ = select.select([fd], [], [], remaining)
-            if not r:
-                continue
-            b = os.read(fd, n - got)
-            if not b:
-                raise SandboxInfraError(f"the fork server exited (code {self.proc.poll()})")
-            chunks.append(b)
-            got += len(b)
-        return b"".join(chunks)
+            if select.select([fd], [], [], remaining)[0]:
+                b = os.read(fd, n)
+                if not b:
+                    raise SandboxInfraError(f"the fork server exited (code {self.proc.poll()})")
+                return b
 
     def _read_frame(self, deadline: float) -> dict:
-        import json
-        import struct
-
-        (n,) = struct.unpack("<I", self._read_exact(4, deadline))
-        return json.loads(self._read_exact(n, deadline))
+        """One ``u32 n`` + n bytes JSON frame. The server sends nothing unasked and writes each
+        frame at once, so the first read usually holds all of it."""
+        data = self._read_some(1 << 16, deadline)
+        while len(data) < 4:
+            data += self._read_some(4 - len(data), deadline)
+        n = int.from_bytes(data[:4], "little")
+        body = [data[4:]]
+        got = len(data) - 4
+        while got < n:
+            b = self._read_some(n - got, deadline)
+            body.append(b)
+            got += len(b)
+        if got > n:
+            raise SandboxInfraError("the fork server wrote more than one frame")
+        return json.loads(b"".join(body))
 
     def run(self, request: bytes, timeout_s: float) -> dict:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         try:
-            self.proc.stdin.write(request)
-            self.proc.stdin.flush()
+            fd, view = self.proc.stdin.fileno(), memoryview(request)
+            while view:
+                view = view[os.write(fd, view):]
         except OSError as e:
             raise SandboxInfraError(f"could not send the job to the fork server: {e}") from None
         # the server enforces the job deadline itself; this is the backstop if the server hangs
