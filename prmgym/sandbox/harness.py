@@ -31,15 +31,18 @@ Processes of one worker
                      network, cwd = /tmp/work; runs the *candidate code* and answers J's calls
                      over two pipes.
 
-The tests never run in the process that runs the candidate. J executes each test source in a
-fresh namespace whose ``candidate`` (and every other top-level callable of the program, e.g.
-HumanEval's ``encode_cyclic``) is a stub that sends the call's arguments to C and returns C's
-result. Arguments and results cross the pipes as JSON in a tagged form (`encode_plain`), and J
-decodes what C sends with one `json.loads` whose object hook accepts only the tags of exact
-plain builtin types (None, bool, int, float, complex, str, bytes, tuple, list, dict, set,
-frozenset, recursively), so objects whose ``__eq__`` is always true, patched builtins, a patched
-``unittest`` or ``assert`` helper in C cannot influence a comparison made in J, and no byte C
-writes reaches `marshal` or `pickle` in the long-lived judge. Top-level plain values of the
+The tests never run in the process that runs the candidate. J compiles the program (a fresh C
+would pay copy-on-write faults all over the parser) and sends C the code object; J executes
+each test source in a fresh namespace whose ``candidate`` (and every other top-level callable
+of the program, e.g. HumanEval's ``encode_cyclic``) is a stub that sends the call's arguments
+to C and returns C's result. J's messages to C are `marshal` (C only runs what J sends); what C
+sends back is JSON in a tagged form (`encode_plain`), which J decodes with json's scanner and an
+object hook that accepts only the tags of exact plain builtin types (None, bool, int, float,
+complex, str, bytes, tuple, list, dict, set, frozenset, recursively), so objects whose
+``__eq__`` is always true, patched builtins, a patched ``unittest`` or ``assert`` helper in C
+cannot influence a comparison made in J, and no byte C writes reaches `marshal` or `pickle` in
+the long-lived judge. Arguments are checked to be plain data before they are sent (as
+`marshal` they keep their aliasing: ``candidate(x, x)`` gets one list twice). Top-level plain values of the
 program (``x = 3``) are copied to the test namespace too. In-place mutation of list/dict/set
 arguments is copied back. An exception raised by the candidate is re-raised in J as the builtin
 exception of the same name (or ``RemoteError``). A program that exits or dies makes every
@@ -62,9 +65,12 @@ Protocol (server stdin/stdout; all integers little-endian)
 
 The per-run secret
 ------------------
-For each job S draws a fresh 128-bit nonce (``os.urandom``) *after* forking C and sends it to J
-with the job, over a socket C never had; so no process that runs untrusted code ever held it.
-J writes one line per event back on that socket::
+For each job S draws a fresh 128-bit nonce (``os.urandom``) and sends it to J with the job,
+over a socket C never had. No process that runs untrusted code ever holds it: C is a copy of Z,
+which never sees it (or, without Z, a fork of S made before the nonce is drawn). J writes one
+line per event back on that socket, ``start`` at once and the others in as few writes as the
+verdict allows (`_Reports`); S reads them once C has ended, and drains them at least every
+0.25 s before::
 
     PRMGYM1 <nonce hex> <json>\n      json.k in {"start", "code", "test", "end"}
 
