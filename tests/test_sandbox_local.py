@@ -81,6 +81,31 @@ def test_program_args_keep_aliasing_and_mutations(sb):
     assert r.passed, r.details
 
 
+def test_judge_state_and_compiler_warnings_do_not_leak_between_jobs():
+    with LocalSandbox(workers=1) as one:  # one judge serves both jobs
+        r = run(one, "x = 1\n", ["import warnings\nwarnings.simplefilter('error')\nassert x == 1"])
+        assert r.passed, r.details
+        warns = "x = 1\n" + "if x is 1:\n    pass\n" * 20000  # a SyntaxWarning per line
+        r = run(one, warns, ["assert x == 1"])
+        assert r.passed, r.details  # (not a compile_error: the judge compiles with pristine filters)
+        assert r.stderr.count("SyntaxWarning") < 100  # the warnings text is capped
+
+
+def test_unprintable_exception_message_is_a_failed_test(sb):
+    # str() of an int of 5000 digits raises ValueError; formatting the test's error must not
+    # take the judge down (that would be a sandbox_error the program chose)
+    r = run(sb, "def f():\n    return 10 ** 5000\n", ["assert candidate() == 1, candidate()"], "f")
+    assert r.status == "failed" and r.details["test_errors"][0]["type"] == "AssertionError"
+
+
+def test_many_tests_with_long_messages_do_not_stall(sb):
+    # thousands of records, each with a long message: the judge must never wait on a full
+    # socket for the server's next look (that would turn a quick job into a timeout)
+    tests = [f"assert candidate({i}) == -1, 'x' * 3000" for i in range(3000)]
+    r = run(sb, "def f(i):\n    return i\n", tests, "f", timeout_s=10)
+    assert r.status == "failed" and (r.tests_passed, r.tests_total) == (0, 3000)
+
+
 def test_timeout(sb):
     r = run(sb, "def f():\n    while True:\n        pass\n", ["candidate()"], "f", timeout_s=1)
     assert r.status == "timeout" and r.details["killed"] == "timeout"

@@ -249,8 +249,8 @@ def recv_fds(sock, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-# Values cross the judge <-> program pipes as JSON in a tagged form: every JSON object on the
-# wire is a one-key tag (``{"t": [...]}`` a tuple, ``{"d": [[k, v], ...]}`` a dict, ``"s"``/``"f"``
+# Values the program sends the judge are JSON in a tagged form (the judge sends the program
+# marshal, which only the program loads): every JSON object on the wire is a one-key tag (``{"t": [...]}`` a tuple, ``{"d": [[k, v], ...]}`` a dict, ``"s"``/``"f"``
 # sets, ``"b"`` bytes, ``"c"`` complex, ``"i"`` a big int), and `json.loads` with `_untag` as its
 # object hook rebuilds exactly the plain builtin value, rejecting anything else. The judge
 # parses what the program wrote only this way, never with `marshal` or `pickle`: the judge
@@ -500,7 +500,7 @@ def _program_serve(ns: dict, rpc_in: int, rpc_out: int) -> None:
         try:
             _, name, args, kwargs = msg
             # in-place changes of list/dict/set arguments are copied back; noticed by comparing
-            # marshal.dumps before and after (only ever dumps: nothing is loaded with marshal)
+            # marshal.dumps before and after
             mutable = any(type(a) in _MUTABLE for a in args)
             before = marshal.dumps(args) if mutable else None
             result = ns[name](*args, **kwargs)
@@ -625,9 +625,9 @@ class _Reports:
     """The judge's records of one job, written to the server in as few writes (server wake-ups)
     as the verdict allows. ``start`` goes out at once, before the program gets its code: from
     then on a death of the judge is not infrastructure (the program may have caused it).
-    Records of tests 0..i-1 go out before test i begins, so a job killed inside a test keeps
-    the results of the tests before it; everything else waits for the next write, and ``end``
-    is written before the program is dismissed."""
+    Everything before test i goes out before test i begins, so a job killed inside a test keeps
+    the results of the tests before it; the rest goes with ``end``, which is written before the
+    program is dismissed. (While the program runs the server does not wake for these writes.)"""
 
     def __init__(self, fd: int, nonce: str):
         self.fd, self.prefix, self.pending = fd, MAGIC + b" " + nonce.encode() + b" ", []
@@ -661,6 +661,16 @@ def _compiled_test(src: str, i: int):
     return code
 
 
+def _describe(e: BaseException) -> str:
+    """``Type: message`` of a test's exception, shortened. Formatting it can itself fail (the
+    message may hold a value of the program's, e.g. an int too long to print): the judge must
+    not fail with it."""
+    try:
+        return _short(f"{type(e).__name__}: {e}")
+    except BaseException:  # noqa: BLE001
+        return f"{type(e).__name__} (its message could not be formatted)"
+
+
 def _compile_program(source: str) -> tuple:
     """The program's code object and the text of the compiler's warnings (as C would have
     printed them on its stderr), or ``(("compile_error", type, message), "")``. Compiled here in
@@ -668,13 +678,32 @@ def _compile_program(source: str) -> tuple:
     the harness's own ``from __future__`` features."""
     import warnings
 
+    global _PRISTINE_WARNING_FILTERS
+    if _PRISTINE_WARNING_FILTERS is None:  # (the first job: no test has run in this judge yet)
+        _PRISTINE_WARNING_FILTERS = list(warnings.filters)
+    shown: list = []
+    size = [0]
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if size[0] < _MAX_TEXT:  # (a program can make the compiler warn without end)
+            text = warnings.formatwarning(message, category, filename, lineno, None)
+            shown.append(text)
+            size[0] += len(text)
+
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
+            warnings.filters[:] = _PRISTINE_WARNING_FILTERS  # (tests may have changed them)
+            warnings.showwarning = show
             code = compile(source, "<program>", "exec", dont_inherit=True)
+        return code, _short("".join(shown))
     except BaseException as e:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
-        return ("compile_error", type(e).__name__, _short(str(e))), ""
-    return code, _short("".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, None)
-                                for w in caught))
+        try:
+            return ("compile_error", type(e).__name__, _short(str(e))), ""
+        except BaseException:  # noqa: BLE001
+            return ("compile_error", type(e).__name__, "(the message could not be formatted)"), ""
+
+
+_PRISTINE_WARNING_FILTERS: list | None = None
 
 
 def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int, limit: int) -> None:
@@ -741,14 +770,12 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
                 except Exception:  # noqa: BLE001
                     pass
             ns.update(ns_base)
-            if i:
-                reports.flush()
+            reports.flush()
             try:
                 exec(_compiled_test(src, i), ns)
                 reports.add(k="test", i=i, ok=True)
             except BaseException as e:  # noqa: BLE001  (a test's outcome, whatever it is)
-                reports.add(k="test", i=i, ok=False, type=type(e).__name__,
-                        msg=_short(f"{type(e).__name__}: {e}"))
+                reports.add(k="test", i=i, ok=False, type=type(e).__name__, msg=_describe(e))
     else:
         for i in range(len(tests)):
             reports.add(k="test", i=i, ok=False, type="NotRun", msg="the program did not load")
@@ -1115,10 +1142,8 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
             os.chown(workdir, cfg["uid"], cfg["uid"])
         notes.update(pidns=use_ns, mountns=bool(use_mounts))
         os.chdir(workdir)
-        if fds.get("stdin_r") is not None:
-            os.dup2(fds["stdin_r"], 0)
-        elif not preset:  # (the spawner's fd 0 is /dev/null, read-only: nothing to do there)
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        # (a /dev/null of its own: one shared open file would carry flags and flock()s between jobs)
+        os.dup2(fds["stdin_r"] if fds.get("stdin_r") is not None else os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(fds["out_w"], 1)
         os.dup2(fds["err_w"], 2)
         rpc_in, rpc_out = fds["prog_r"], fds["prog_w"]
@@ -1415,8 +1440,8 @@ class _SpawnedChild(_DirectChild):
 
     def _lose(self, why: str) -> None:
         self.lost = why
-        self._spawner.stop()
-        self._reaped, self.status, self.cpu = True, None, 0.0
+        self._spawner.stop()  # (closes the socket: no longer one of our fds to watch)
+        self._reaped, self.status, self.cpu, self.fds = True, None, 0.0, []
 
     def _read(self) -> bool:
         """Take one message from the spawner; False if none is there yet."""
@@ -1484,6 +1509,9 @@ mod._spawner_main(sys.argv[2:])
 # the spawner's replies: the program's pid (with its pidfd), then (pid, wait status, CPU seconds)
 _SPAWNED, _EXITED = struct.Struct("<i"), struct.Struct("<iid")
 
+_SO_SNDBUFFORCE = 32  # (Linux; not in the socket module)
+_JUDGE_MAX_JOBS = 10000
+
 # job config keys that are the server's settings, not the job's: `_Spawner.spawn` sends them only
 # when they differ from what it sent last
 _STATIC_CFG = ("uid", "isolation", "namespaces", "expose", "prepared", "prepared_notes")
@@ -1522,7 +1550,10 @@ class _Spawner:
                 os.set_inheritable(server._code_fd, True)
                 if server._own_pidns is not None:
                     os.set_inheritable(server._own_pidns, True)
-                os.execv(sys.executable, argv)
+                # (LD_BIND_NOW: the dynamic linker resolves every symbol now, in the spawner, not
+                # at first use in each program, where each lookup costs copy-on-write faults; the
+                # spawner empties its environment before any program, see `_preset_programs`)
+                os.execve(sys.executable, argv, {**os.environ, "LD_BIND_NOW": "1"})
             finally:
                 os._exit(JUDGE_INFRA_EXIT)
         theirs.close()
@@ -1546,10 +1577,9 @@ class _Spawner:
             pass
         if os.getppid() != parent:
             os._exit(0)
-        for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):  # (fd 0: the programs'
-            devnull = os.open(os.devnull, mode)                                 # stdin when a job has none)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-            os.close(devnull)
         keep = [0, 1, 2, sock.fileno()] + ([own_pidns] if own_pidns is not None else [])
         _close_fds_except(keep)
         sock.send(b"ready")
@@ -1591,7 +1621,7 @@ class _Spawner:
         self.sock.setblocking(True)
         try:
             send_fds(self.sock, marshal.dumps(req), [fds[k] for k in names])
-            self._static = json.loads(json.dumps(static))  # (a copy: later changes are noticed)
+            self._static = marshal.loads(marshal.dumps(static))  # (an exact copy: later changes are noticed)
         except (OSError, ValueError) as e:
             self.stop()
             raise RuntimeError(f"the spawner failed: {e}") from None
@@ -1829,6 +1859,14 @@ class Server:
     def _start_judge(self) -> dict:
         self.stop_judge()
         ours, theirs = _socketpair(_socket.SOCK_STREAM)
+        # room for many records: the server reads them lazily (see `run`); every small write
+        # is charged at its full buffer size, so the default fills after a few hundred tests
+        for opt in (_SO_SNDBUFFORCE, _socket.SO_SNDBUF):  # (the first needs root)
+            try:
+                theirs.setsockopt(_socket.SOL_SOCKET, opt, 32 << 20)
+                break
+            except OSError:
+                continue
         pid = os.fork()
         if pid == 0:
             try:
@@ -1895,7 +1933,10 @@ class Server:
         own_workdir = None
         if not (self.namespaces and iso.get("namespaces") and iso.get("mounts")):
             own_workdir = tempfile.mkdtemp(prefix="prmgym-job-", dir=self.workdir_root)
-        judge = self._judge if self._judge_alive() else self._start_judge()
+        # (a judge is replaced after many jobs: what it compiled, e.g. names interned for good on
+        # Python 3.12, must not grow without end)
+        judge = (self._judge if self._judge_alive() and self._judge["jobs"] < _JUDGE_MAX_JOBS
+                 else self._start_judge())
         fds: dict = {}
         fds["prog_r"], judge_w = os.pipe()   # judge -> program
         judge_r, fds["prog_w"] = os.pipe()   # program -> judge
@@ -2008,12 +2049,11 @@ class Server:
                 break  # writers that escaped the kill are not waited for
             rlist = list(open_r)
             if not judge_done:
-                # the judge's socket is watched only once the program has ended: until then its
-                # records (start, ..., end, in two writes for most jobs) would each wake the
-                # server for nothing; they are drained on every wake-up and at least every 0.25 s
-                # (so that a judge with a full socket buffer never waits long, and a program
-                # that ignores the judge's quit is noticed)
-                if status is not None or killed is not None:
+                # the judge's socket is watched once the program has ended (or once 16 KB of
+                # records came: a job with many tests streams them); until then its few writes
+                # would each wake the server for nothing. They are drained on every wake-up and
+                # at least every 0.25 s, so a program that ignores the judge's quit is noticed.
+                if status is not None or killed is not None or len(report) >= (16 << 10):
                     rlist.append(sock_fd)
                 if judge["pidfd"] is not None:
                     rlist.append(judge["pidfd"])
