@@ -340,19 +340,19 @@ def loads_plain(data) -> object:
     return value
 
 
+def _send_frame(fd: int, data: bytes) -> None:
+    """``u32 n`` + the n bytes of ``data`` (`_recv_frame` reads it)."""
+    _write_all(fd, struct.pack("<I", len(data)) + data)
+
+
 def send_msg(fd: int, msg: list) -> None:
-    data = dumps_compact(msg)
-    frame = struct.pack("<I", len(data)) + data
-    n = os.write(fd, frame)
-    if n < len(frame):
-        _write_all(fd, frame[n:])
+    _send_frame(fd, dumps_compact(msg))
 
 
 def send_trusted(fd: int, msg: list) -> None:
     """J -> C only: a message in `marshal` (C reads it with `recv_trusted`; J never loads what
     C sends with anything but `recv_msg`). It can carry a code object: J compiles the program."""
-    data = marshal.dumps(msg)
-    _write_all(fd, struct.pack("<I", len(data)) + data)
+    _send_frame(fd, marshal.dumps(msg))
 
 
 def recv_trusted(fd: int) -> list:
@@ -579,7 +579,7 @@ class _Judge:
         except (ValueError, TypeError, RecursionError) as e:
             raise TypeError(f"arguments passed to the program must be plain data: {e}") from None
         try:
-            _write_all(self.rpc_out, struct.pack("<I", len(data)) + data)
+            _send_frame(self.rpc_out, data)
         except OSError:
             self.dead = "program stopped answering (pipe closed)"
             raise ProgramDied(self.dead) from None
@@ -882,14 +882,13 @@ def _setl(res: int, value: int) -> None:
 
 
 def _set_limits(lim: dict, cpu_s: float) -> None:
-    setl = _setl
-    setl(resource.RLIMIT_AS, int(lim["memory_mb"]) << 20)
-    setl(resource.RLIMIT_CPU, max(1, int(cpu_s + 0.999)))
-    setl(resource.RLIMIT_FSIZE, int(lim["fsize_mb"]) << 20)
-    setl(resource.RLIMIT_NOFILE, int(lim["nofile"]))
-    setl(resource.RLIMIT_NPROC, int(lim["nproc"]))
-    setl(resource.RLIMIT_CORE, 0)
-    setl(resource.RLIMIT_MSGQUEUE, 0)  # no POSIX message queues (SysV IPC objects are removed after each job)
+    _setl(resource.RLIMIT_AS, int(lim["memory_mb"]) << 20)
+    _setl(resource.RLIMIT_CPU, max(1, int(cpu_s + 0.999)))
+    _setl(resource.RLIMIT_FSIZE, int(lim["fsize_mb"]) << 20)
+    _setl(resource.RLIMIT_NOFILE, int(lim["nofile"]))
+    _setl(resource.RLIMIT_NPROC, int(lim["nproc"]))
+    _setl(resource.RLIMIT_CORE, 0)
+    _setl(resource.RLIMIT_MSGQUEUE, 0)  # no POSIX message queues (SysV IPC objects are removed after each job)
 
 
 # An allowlist, not a blocklist: every top-level directory that is not part of the operating
@@ -1041,15 +1040,6 @@ def _job_stdio() -> None:
             setattr(sys, name, open(fd, mode, closefd=False, buffering=1 if fd else -1))
 
 
-def _flat_json(d: dict) -> bytes:
-    """JSON of a flat dict of str keys and bool/int/None/str values, as `json.dumps` writes it
-    but with a fraction of the objects touched (it runs in every fresh program process, where
-    each page it writes costs a copy-on-write fault)."""
-    esc = _json_str
-    return ("{" + ", ".join(esc(k) + ": " + (esc(v) if type(v) is str else "true" if v is True else "false" if v is False
-                                           else "null" if v is None else str(int(v))) for k, v in d.items()) + "}").encode()
-
-
 def _program_signals_and_stdio() -> None:
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
         signal.signal(s, signal.SIG_DFL)
@@ -1161,7 +1151,7 @@ def _program_process(cfg: dict, lim: dict, fds: dict, payload) -> None:
         if not preset:
             _program_signals_and_stdio()
         notes["ok"] = True
-        _write_all(setup_w, _flat_json(notes))
+        _write_all(setup_w, dumps_compact(notes))  # (json's C encoder: few objects touched in C)
         os.close(setup_w)
     except BaseException as e:
         try:
@@ -2105,14 +2095,7 @@ class Server:
             if not judge_done:
                 drain()
             if not judge_done and judge["pidfd"] is not None and judge["pidfd"] in r:
-                while True:  # the judge died: take its last records first
-                    try:
-                        chunk = sock.recv(1 << 16)
-                    except OSError:
-                        break
-                    if not chunk:
-                        break
-                    report += chunk[:max((64 << 20) - len(report), 0)]
+                # the judge died (`drain` above has taken its last records)
                 judge_status = self.stop_judge()
                 judge_done, judge_lost, judged_at = True, "the judge died", time.monotonic()
             if status is None and child.poll(r):

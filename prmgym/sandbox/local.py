@@ -147,9 +147,7 @@ class _Worker:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         try:
-            fd, view = self.proc.stdin.fileno(), memoryview(request)
-            while view:
-                view = view[os.write(fd, view):]
+            harness._write_all(self.proc.stdin.fileno(), request)
         except OSError as e:
             raise SandboxInfraError(f"could not send the job to the fork server: {e}") from None
         # the server enforces the job deadline itself; this is the backstop if the server hangs
