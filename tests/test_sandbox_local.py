@@ -106,6 +106,16 @@ def test_many_tests_with_long_messages_do_not_stall(sb):
     assert r.status == "failed" and (r.tests_passed, r.tests_total) == (0, 3000)
 
 
+def test_cpu_limit_is_a_backstop_behind_the_deadline_and_counts_as_timeout():
+    soft, hard = harness.cpu_limits(1.0)
+    assert 1.0 < soft < hard  # a single-threaded program cannot reach it before the wall deadline
+    records = [{"k": "start"}, {"k": "code", "ok": True}]  # the program died inside the test
+    status = {"program_status": 9, "killed": None, "judge_status": None, "judge_lost": None,
+              "setup": {"ok": True}, "spawner_lost": None}  # wait status 9: SIGKILL
+    assert harness._verdict(records, None, dict(status, cpu_limit_hit=True), 1, False)[0] == "timeout"
+    assert harness._verdict(records, None, dict(status, cpu_limit_hit=False), 1, False)[0] == "failed"
+
+
 def test_timeout(sb):
     r = run(sb, "def f():\n    while True:\n        pass\n", ["candidate()"], "f", timeout_s=1)
     assert r.status == "timeout" and r.details["killed"] == "timeout"

@@ -872,18 +872,30 @@ def _drop_privileges(uid: int | None) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def _setl(res: int, value: int) -> None:
+def _setl(res: int, value: int, hard_value: int | None = None) -> None:
+    """Soft limit ``value``, hard limit ``hard_value`` (default: the same)."""
+    hard_value = value if hard_value is None else hard_value
     try:
-        resource.setrlimit(res, (value, value))
+        resource.setrlimit(res, (value, hard_value))
     except (ValueError, OSError):  # above the hard limit (not root): the hard limit
         soft, hard = resource.getrlimit(res)
-        v = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(res, (v, v))
+        if hard != resource.RLIM_INFINITY:
+            value, hard_value = min(value, hard), min(hard_value, hard)
+        resource.setrlimit(res, (value, hard_value))
+
+
+def cpu_limits(timeout_s: float) -> tuple[int, int]:
+    """The program's RLIMIT_CPU (soft, hard) in seconds: a backstop a second past the wall-clock
+    deadline (which the server enforces, and which a single-threaded program cannot outrun, so
+    the deadline wins that race), SIGXCPU at the soft limit, SIGKILL a second later. A program
+    ended by either timed out (`_verdict`), also when its threads outran the wall clock."""
+    soft = int(timeout_s + 0.999) + 1
+    return soft, soft + 1
 
 
 def _set_limits(lim: dict, cpu_s: float) -> None:
     _setl(resource.RLIMIT_AS, int(lim["memory_mb"]) << 20)
-    _setl(resource.RLIMIT_CPU, max(1, int(cpu_s + 0.999)))
+    _setl(resource.RLIMIT_CPU, *cpu_limits(cpu_s))
     _setl(resource.RLIMIT_FSIZE, int(lim["fsize_mb"]) << 20)
     _setl(resource.RLIMIT_NOFILE, int(lim["nofile"]))
     _setl(resource.RLIMIT_NPROC, int(lim["nproc"]))
@@ -1306,7 +1318,7 @@ def _verdict(records: list, tampered: str | None, status: dict, n_tests: int,
         return "sandbox_error", passed_n, details
     if tampered:
         return "failed", passed_n, details
-    if prog_exit == -signal.SIGXCPU:
+    if prog_exit == -signal.SIGXCPU or (prog_exit == -signal.SIGKILL and status.get("cpu_limit_hit")):
         return "timeout", passed_n, details
     if end is None:
         details["judge_lost"] = status.get("judge_lost")
@@ -2139,7 +2151,9 @@ class Server:
         state, tests_passed, details = _verdict(
             records, tampered, {"program_status": status if status != -1 else None, "killed": killed,
                                 "judge_status": judge_status, "judge_lost": judge_lost, "setup": setup,
-                                "spawner_lost": child.lost},
+                                "spawner_lost": child.lost,
+                                # (the kernel kills at the hard CPU limit; its clock ticks, so a little early counts)
+                                "cpu_limit_hit": child.cpu >= cpu_limits(float(lim["timeout_s"]))[1] - 0.05},
             max(n_tests, 0), output_exceeded)
         truncated = output_exceeded
         stdout = bytes(out)
