@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--docker-run-n", type=int, default=24, help="problems for the docker-run-per-job baseline")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--passes", type=int, default=3, help="times each method runs the whole problem set; the methods "
-                    "take turns pass by pass (load drift hits every method alike)")
+                    "take turns batch by batch (load drift hits every method alike)")
     ap.add_argument("--slices", type=int, default=1, help="cut each pass into this many interleaved batches (each adds "
                     "a barrier at its end; 1: one batch per pass)")
     ap.add_argument("--reuse", action="store_true", help="give every pass the same test code, so that from the second "

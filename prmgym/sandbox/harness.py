@@ -2036,9 +2036,9 @@ class Server:
                 child.kill()
             if killed is not None and not judge_done:
                 drain()  # the records of the tests that finished before the kill count
-            if killed is not None and not judge_done:
-                judge_status = self.stop_judge()  # it may be inside a test: replace it
-                judge_done, judge_lost, judged_at = True, judge_lost or f"killed ({killed})", now
+                if not judge_done:
+                    judge_status = self.stop_judge()  # it may be inside a test: replace it
+                    judge_done, judge_lost, judged_at = True, judge_lost or f"killed ({killed})", now
             if judge_lost and killed is None:  # no judge left to answer the program: end it
                 killed, killed_at = "judge_lost", now
                 child.kill()
@@ -2301,11 +2301,6 @@ def encode_request(job: dict, limits: dict) -> bytes:
     payload = json.dumps({"code": job["code"], "tests": tests, "entry_point": job.get("entry_point")}).encode()
     h = json.dumps(header).encode()
     return struct.pack("<I", len(h)) + h + struct.pack("<I", len(payload)) + payload
-
-
-def read_frame(fd: int) -> dict:
-    (n,) = struct.unpack("<I", _read_exact(fd, 4))
-    return json.loads(_read_exact(fd, n))
 
 
 # What the tests (in the judge) and the programs may import for free. Each module the spawner
