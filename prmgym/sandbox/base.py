@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import atexit
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -99,3 +101,26 @@ class Sandbox(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Sandboxes not closed yet; the interpreter closes them at exit (weak references: a sandbox that
+# is garbage-collected earlier closes itself in ``__del__``).
+_OPEN: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
+
+
+def close_at_exit(sandbox: Sandbox) -> None:
+    """Have ``sandbox.close()`` run when the interpreter exits (``sys.exit``, an uncaught
+    exception, the end of the script) if the caller never closed it. Every backend calls this in
+    its constructor, so a script that forgets ``close()`` exits promptly without leaving
+    containers or server processes behind. It runs before the interpreter tears down its
+    threads, while the backend's clean-up may still use them."""
+    _OPEN.add(sandbox)
+
+
+@atexit.register
+def _close_open_sandboxes() -> None:
+    for sandbox in list(_OPEN):
+        try:
+            sandbox.close()
+        except Exception:  # noqa: BLE001  (exit goes on; the next DockerSandbox sweeps stale containers)
+            pass
