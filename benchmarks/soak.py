@@ -351,7 +351,36 @@ def _leaks_after_close(backend: Backend, exclude: set[int], before: dict[str, se
         time.sleep(0.5)
     leaks = {"processes": [f"{p} {_cmdline(p)}" for p in procs], "containers": containers}
     leaks.update(added)
+    leaks["mounts"], others = _not_of_other_containers(leaks["mounts"])
+    if others:
+        print(f"   ({len(others)} new mounts belong to live containers of other processes; not counted)")
     return leaks
+
+
+def _not_of_other_containers(mounts: list[str]) -> tuple[list[str], list[str]]:
+    """Split new mount lines into (unexplained, of a live container another process owns). Other
+    users of the engine start containers meanwhile, and their overlay and network-namespace mounts
+    show in /proc/mounts; this sandbox's containers are all gone by now (counted above)."""
+    docker_mounts = [m for m in mounts if "/var/lib/docker/" in m or "/run/docker/" in m]
+    if not docker_mounts:
+        return mounts, []
+    from prmgym.sandbox.docker import docker_client
+
+    client = docker_client()
+    owned_paths: set[str] = set()
+    for c in client.api.containers():
+        try:
+            info = client.api.inspect_container(c["Id"])
+        except Exception:  # removed meanwhile
+            continue
+        if (info["Config"].get("Labels") or {}).get("prmgym.sandbox.owner_pid") == str(os.getpid()):
+            continue
+        for path in ((info.get("GraphDriver", {}).get("Data") or {}).get("MergedDir"),
+                     info.get("NetworkSettings", {}).get("SandboxKey")):  # /var/run/docker/netns/...
+            if path:
+                owned_paths.add(os.path.realpath(path))
+    others = [m for m in docker_mounts if m.split()[1] in owned_paths]
+    return [m for m in mounts if m not in others], others
 
 
 def _cmdline(pid: int) -> str:
