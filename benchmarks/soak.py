@@ -165,6 +165,8 @@ def check_batch(specs: Sequence[Spec], results: Sequence[ExecResult], tally: Tal
 
 def _check_correct(spec: Spec, r: ExecResult, tally: Tally) -> None:
     tally.correct += 1
+    if r.status == "sandbox_error":  # counted as such; the program may not have run at all
+        return
     ids = [int(m) for m in _ID.findall(r.stdout)]
     if ids != [spec.index]:
         tally.misattributed += 1
@@ -176,7 +178,7 @@ def _check_correct(spec: Spec, r: ExecResult, tally: Tally) -> None:
         tally.seen.add(i)
     if r.passed:
         tally.correct_passed += 1
-    elif r.status != "sandbox_error":
+    else:
         tally.correct_not_passed += 1
         tally.note(f"job {spec.index} ({spec.name}): canonical solution {r.status} {r.stderr[-200:]!r}")
 
