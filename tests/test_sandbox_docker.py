@@ -433,18 +433,9 @@ raise RuntimeError("the script died without closing its sandbox")
 @pytest.mark.docker
 @pytest.mark.parametrize("ending", ["exit", "raise"])
 def test_a_sandbox_never_closed_neither_hangs_the_exit_nor_leaves_containers(client, ending):
-    child = subprocess.Popen([sys.executable, "-c", _FORGETS_CLOSE, _IMAGE[0], ending],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = child.stdout.readline().split()  # the jobs ran; from here the script only ends
-        t0 = time.monotonic()
-        code = child.wait(timeout=60)
-        exit_s = time.monotonic() - t0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    err = child.stderr.read()
+    from test_sandbox_exit import run_until_exit
+
+    line, code, exit_s, err = run_until_exit([sys.executable, "-c", _FORGETS_CLOSE, _IMAGE[0], ending])
     assert len(line) == 4 and line[3] == "4", err
     pid, ids = line[0], line[1:3]
     assert code == 1, err

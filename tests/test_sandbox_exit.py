@@ -28,6 +28,22 @@ raise RuntimeError("the script died without closing its sandbox")
 """
 
 
+def run_until_exit(args: list[str], env: dict | None = None, timeout_s: float = 60) -> tuple[list[str], int, float, str]:
+    """Run a child script that prints one line when its jobs ran, then ends on its own.
+    Returns that line's words, the exit code, the seconds from the line to the exit, stderr."""
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = child.stdout.readline().split()  # the jobs ran; from here the script only ends
+        t0 = time.monotonic()
+        code = child.wait(timeout=timeout_s)
+        exit_s = time.monotonic() - t0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return line, code, exit_s, child.stderr.read()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -39,18 +55,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("ending", ["exit", "raise"])
 def test_a_local_sandbox_never_closed_exits_promptly_and_leaves_no_server(ending):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    child = subprocess.Popen([sys.executable, "-c", _FORGETS_CLOSE, ending], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = child.stdout.readline().split()
-        t0 = time.monotonic()
-        code = child.wait(timeout=60)
-        exit_s = time.monotonic() - t0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    err = child.stderr.read()
+    line, code, exit_s, err = run_until_exit([sys.executable, "-c", _FORGETS_CLOSE, ending], env)
     assert line and line[0] == "4", err
     servers = [int(p) for p in line[1:]]
     assert len(servers) >= 2, line  # two fork servers (and their helpers)
