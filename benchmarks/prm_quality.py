@@ -207,9 +207,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    import gymnasium as gym
-
     import prmgym  # noqa: F401
+    from prmgym.envs import make
     from prmgym.models import TransformersPolicy
     from prmgym.recipes import tiny as tiny_recipe
     from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
@@ -230,8 +229,8 @@ def main(argv=None) -> int:
                                            env_kwargs=ek, progress=False)
             print(f"policy: {pol_dir} ({time.perf_counter() - t0:.0f}s incl. cache)", flush=True)
         policy = TransformersPolicy.from_pretrained(pol_dir)
-        env_fn = lambda: gym.make(env_id, split="train", **ek)  # noqa: E731
-        probe = gym.make(env_id, split="test", **ek)
+        env_fn = lambda: make(env_id, split="train", **ek)  # noqa: E731
+        probe = make(env_id, split="test", **ek)
         delim = probe.unwrapped.delimiter
         clean, bad = corrupted_eval_set(probe, args.eval_tasks, seed=args.seed + 1)
         own, right_of_8 = own_proposal_set(policy, probe, args.own_tasks, seed=args.seed + 2) if args.own_tasks else ([], [])

@@ -29,6 +29,7 @@ from prmgym.envs import (
     TaskList,
     countdown_solve,
     extract_answer,
+    make,
     register_reasoning_env,
     render_trace,
 )
@@ -428,7 +429,7 @@ def test_register_reasoning_env_helper():
     envs.reset(seed=0)
     assert envs.step(("Answer: Paris", "Answer: Rome"))[1].tolist() == [1.0, 0.0]
     assert DESCRIPTIONS["testlab/Capitals-v0"] == "capitals"
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="already registered with a different spec"):
         register_reasoning_env("testlab/Capitals-v0", src)
     with pytest.raises(ValueError, match="unknown verifier"):
         register_reasoning_env("testlab/Other-v0", src, "fuzzy")
@@ -502,3 +503,78 @@ def test_math_verifier_pathological_answer_off_main_thread_does_not_hang():
     th.start()
     th.join(60)
     assert out[1].correct  # and the helper still serves
+
+
+_CELL = """
+import random
+from prmgym.envs import ProceduralSource, Task, TaskList, format_answer, register_reasoning_env
+
+class Double(ProceduralSource):
+    name = "double"
+
+    def generate(self, rng: random.Random) -> Task:
+        x = rng.randint(1, 9)
+        return Task(id="d", prompt=f"Double {x}.", answer=str(OFFSET + 2 * x), expert_steps=(format_answer(str(OFFSET + 2 * x)),))
+
+register_reasoning_env("testlab/Double-v0", Double, "exact", description="double a digit", max_steps=3)
+register_reasoning_env("testlab/Fixed-v0", TaskList(train=[Task(id="f", prompt="1+1?", answer="2")]), "exact")
+"""
+
+
+def test_running_the_same_registration_cell_twice_is_a_no_op_and_a_changed_one_says_how_to_fix():
+    env_ids = ("testlab/Double-v0", "testlab/Fixed-v0")
+    try:
+        exec(_CELL.replace("OFFSET", "0"), {"__name__": "__main__"})
+        first = {i: gym.registry[i] for i in env_ids}
+        exec(_CELL.replace("OFFSET", "0"), {"__name__": "__main__"})  # the notebook cell, run again
+        assert all(gym.registry[i] is first[i] for i in env_ids)
+        env = make("testlab/Double-v0")
+        env.reset(seed=0)
+        assert env.step(env.unwrapped.task.expert_steps[0])[1] == 1.0
+        with pytest.raises(ValueError) as err:  # the cell edited: the class computes another answer
+            exec(_CELL.replace("OFFSET", "1"), {"__name__": "__main__"})
+        msg = str(err.value)
+        assert "'testlab/Double-v0' is already registered with a different spec" in msg
+        assert "replace=True" in msg and "'testlab/Double-v1'" in msg
+        assert gym.registry["testlab/Double-v0"] is first["testlab/Double-v0"]  # nothing changed
+        with pytest.raises(ValueError, match="different spec"):  # other data under the same id
+            register_reasoning_env("testlab/Fixed-v0", TaskList(train=[Task(id="f", prompt="1+1?", answer="3")]), "exact")
+        register_reasoning_env("testlab/Fixed-v0", TaskList(train=[Task(id="f", prompt="1+1?", answer="3")]), "exact",
+                               replace=True)
+        env = make("testlab/Fixed-v0")
+        env.reset(seed=0)
+        assert env.step("Answer: 3")[1] == 1.0
+    finally:
+        for i in env_ids:
+            gym.registry.pop(i, None)
+            DESCRIPTIONS.pop(i, None)
+
+
+def test_builtin_envs_register_through_register_reasoning_env_and_again_is_a_no_op():
+    from prmgym.envs import registration
+
+    ids = [i for i in gym.registry if i.startswith("prmgym/")]
+    assert len(ids) >= 6
+    for i in ids:  # every built-in carries the spec register_reasoning_env records, and a description
+        assert getattr(gym.registry[i], "prmgym_spec", None) is not None and DESCRIPTIONS[i]
+    before = {i: gym.registry[i] for i in ids}
+    with open(registration.__file__) as f:
+        builtins = f.read().split("# " + "-" * 77 + " the built-in envs")[1]
+    assert builtins.count("register_reasoning_env(") == len(ids)  # all of them, in one place
+    exec(builtins, vars(registration))  # every built-in registration again, as a module reload runs them
+    assert all(gym.registry[i] is before[i] for i in ids)
+    with pytest.raises(ValueError, match="different spec"):
+        register_reasoning_env("prmgym/Countdown-v0", builder="prmgym.envs.registration:make_chain_arithmetic")
+    with pytest.raises(TypeError, match="either source= .* or builder="):
+        register_reasoning_env("testlab/Both-v0", ChainArithmetic(), builder=registration.make_countdown)
+
+
+def test_make_names_an_unknown_keyword_and_lists_the_ones_the_env_takes():
+    with pytest.raises(TypeError) as err:
+        make("prmgym/Countdown-v0", dificulty=2)
+    msg = str(err.value)
+    assert msg.startswith("prmgym/Countdown-v0 takes no keyword 'dificulty'; it takes: split, difficulty,")
+    assert "max_steps" in msg  # the ReasoningEnv keywords every builder passes on
+    assert make("prmgym/Countdown-v0", difficulty=2, max_steps=3).unwrapped.max_steps == 3
+    with pytest.raises(TypeError, match="env id string"):
+        make(3)

@@ -271,3 +271,55 @@ def test_step_batch_verifies_code_submissions_in_one_batch():
     assert [e.step(a)[1:3] for e, a in zip(envs, actions)] == [r[1:3] for r in results]
     with pytest.raises(ValueError, match="one action per env"):
         step_batch(envs, actions[:2])
+
+
+def test_missing_entry_point_verdict_names_it_and_what_was_defined(local_box):
+    task = Task(id="sub/0", prompt="Write sub(a, b).", tests=("assert candidate(3, 1) == 2", "assert sub(1, 1) == 0"),
+                metadata={"entry_point": "sub"})
+    ver = CodeVerifier(sandbox=local_box)
+    program = "import math\n\ndef add(a, b):\n    return a + b\n\nclass Helper:\n    pass\n"
+    for v in (ver.score(task, program), ver.score_batch([task], [program])[0]):
+        assert not v.correct and v.reward == 0.0
+        assert "does not define 'sub'" in v.details["reason"]
+        assert "it defines: math, add, Helper" in v.details["reason"]
+        errors = v.details["test_errors"]  # the judge's per-test errors reach the env's verdict
+        assert [e["test"] for e in errors] == [0, 1] and all("sub" in e["msg"] for e in errors)
+    # a program that defines the function gets no such reason, and keeps its failed test's error
+    v = ver.score(task, "def sub(a, b):\n    return a + b\n")
+    assert not v.correct and "reason" not in v.details
+    assert [e["test"] for e in v.details["test_errors"]] == [0, 1]
+    assert ver.score(task, "def sub(a, b):\n    return a - b\n").correct
+
+
+def test_missing_entry_point_reason_is_not_given_when_the_name_is_bound_or_unrelated():
+    from prmgym.envs.verifiers import missing_entry_point
+
+    err = [{"msg": "KeyError: \"'sub'\""}]
+    assert missing_entry_point("from operator import sub\n", "sub", err) is None
+    assert missing_entry_point("sub = lambda a, b: a - b\n", "sub", err) is None
+    assert missing_entry_point("def add(a, b):\n    return a + b\n", "sub", [{"msg": "AssertionError"}]) is None
+    assert missing_entry_point("def (:\n", "sub", err) is None  # does not parse: the compile error says it
+    assert "nothing at module level" in missing_entry_point("print(1)\n", "sub", err)
+
+
+def test_task_refuses_a_bare_string_of_tests_or_steps_and_says_how_to_wrap_it():
+    with pytest.raises(TypeError, match=r"tests must be a sequence of strings.*16 characters.*tests=\('assert f\(1\) == 1',\)"):
+        Task(id="t", prompt="p", tests="assert f(1) == 1")
+    with pytest.raises(TypeError, match=r"expert_steps must be a sequence of strings.*expert_steps=\('Answer: 5',\)"):
+        Task(id="t", prompt="p", answer="5", expert_steps="Answer: 5")
+    with pytest.raises(TypeError, match=r"tests\[1\] must be a string, got int"):
+        Task(id="t", prompt="p", tests=["assert f(1) == 1", 2])
+    t = Task(id="t", prompt="p", tests=["assert f(1) == 1"], expert_steps=["Answer: 5"])
+    assert t.tests == ("assert f(1) == 1",) and t.expert_steps == ("Answer: 5",)
+
+
+def test_jsonl_takes_a_single_string_of_tests_as_one_test(tmp_path):
+    from prmgym.envs import Jsonl
+
+    check = "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(2) == 3\n\ncheck(inc)\n"
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "inc", "tests": check, "entry_point": "inc", "split": "train"}) + "\n")
+    (task,) = Jsonl(str(path)).tasks("train")
+    assert task.tests == (check,)
+    v = CodeVerifier(sandbox=FakeSandbox()).score(task, "def inc(x):\n    return x + 1\n")
+    assert v.correct and v.details["tests_total"] == 1

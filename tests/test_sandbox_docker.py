@@ -417,6 +417,36 @@ def test_close_removes_the_containers(client):
         sb.run(Job("x = 1"))
 
 
+_FORGETS_CLOSE = """
+import os, sys
+from prmgym.sandbox import Job
+from prmgym.sandbox.docker import DockerSandbox
+sb = DockerSandbox(pool_size=2, image=sys.argv[1])
+ok = [r.status for r in sb.run_batch([Job("x = 1", tests=("assert x == 1",))] * 4)]  # starts the batch pool's threads
+print(os.getpid(), " ".join(sb.containers()), ok.count("passed"), flush=True)
+if sys.argv[2] == "exit":
+    sys.exit(1)
+raise RuntimeError("the script died without closing its sandbox")
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("ending", ["exit", "raise"])
+def test_a_sandbox_never_closed_neither_hangs_the_exit_nor_leaves_containers(client, ending):
+    from test_sandbox_exit import run_until_exit
+
+    line, code, exit_s, err = run_until_exit([sys.executable, "-c", _FORGETS_CLOSE, _IMAGE[0], ending])
+    assert len(line) == 4 and line[3] == "4", err
+    pid, ids = line[0], line[1:3]
+    assert code == 1, err
+    assert exit_s < 30, f"the interpreter took {exit_s:.1f} s to exit"
+    if ending == "raise":
+        assert "the script died without closing its sandbox" in err
+    alive = {c["Id"] for c in client.api.containers(all=True)}
+    assert not set(ids) & alive, "the containers outlived their process"
+    assert not client.api.containers(all=True, filters={"label": f"prmgym.sandbox.owner_pid={pid}"})
+
+
 @pytest.mark.docker
 def test_missing_image_error_says_how_to_build_it(client):
     from prmgym.sandbox.docker import DockerSandbox, DockerUnavailableError

@@ -208,7 +208,7 @@ class Jsonl(FiniteSource):
 
     Fields: ``prompt`` (required), ``answer`` (required unless ``tests`` is given; numbers are
     turned into text), ``tests`` (list of test programs: makes it a code task, verified in a
-    sandbox), ``entry_point`` (function under test), ``code_prefix`` (code placed before the
+    sandbox; a single string is one test, as in HumanEval/MBPP files), ``entry_point`` (function under test), ``code_prefix`` (code placed before the
     written lines, e.g. a signature; default none), ``expert_steps`` (list of steps whose last
     one submits the answer), ``id`` (default ``"<file stem>/<line>"``), ``split``
     (``"train"``/``"test"``; lines without one are split by a stable hash of the prompt with

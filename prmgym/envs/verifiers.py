@@ -338,6 +338,42 @@ def shared_sandbox(kind: str) -> Any:
         return box
 
 
+def _top_level_names(program: str) -> list[str] | None:
+    """Names a program binds at module level (functions, classes, assignments, imports), in
+    order; None if it does not parse."""
+    try:
+        tree = ast.parse(program)
+    except (SyntaxError, ValueError):
+        return None
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names += [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return list(dict.fromkeys(names))
+
+
+def missing_entry_point(program: str, entry_point: str, test_errors: Sequence[dict] = ()) -> str | None:
+    """The reason to show when the tests could not find ``entry_point`` in the program (the
+    judge then reports only ``KeyError: "'sub'"`` or a ``NameError``): the program does not
+    define it at module level, and a test error names it. None otherwise.
+
+    >>> missing_entry_point("def add(a, b): return a + b", "sub", [{"msg": "NameError: name 'sub' is not defined"}])
+    "the program does not define 'sub', the function the tests call (entry point); it defines: add"
+    """
+    names = _top_level_names(program)
+    if names is None or entry_point in names:
+        return None
+    if test_errors and not any(entry_point in str(e.get("msg", "")) for e in test_errors if isinstance(e, dict)):
+        return None
+    defined = ", ".join(names[:20]) if names else "nothing at module level"
+    return f"the program does not define {entry_point!r}, the function the tests call (entry point); it defines: {defined}"
+
+
 class CodeVerifier(Verifier):
     """Runs the candidate program against ``task.tests`` in a sandbox.
 
@@ -348,8 +384,11 @@ class CodeVerifier(Verifier):
     Reward: with ``reward="fraction"`` (default) the fraction of tests passed
     (``tests_passed / tests_total``); with ``reward="binary"`` 1.0 iff the run passed.
     ``correct`` is always "every test passed and the run ended cleanly" (status ``passed``).
-    ``details`` holds ``status``, ``tests_passed``, ``tests_total``, ``fraction`` and
-    ``sandbox_error`` (True when the infrastructure failed: reward 0, mask it in training).
+    ``details`` holds ``status``, ``tests_passed``, ``tests_total``, ``fraction``,
+    ``sandbox_error`` (True when the infrastructure failed: reward 0, mask it in training), the
+    judge's ``test_errors`` (which test failed and its message) and ``program_errors`` when
+    there are any, and ``reason`` when the program lacks the entry point the tests call
+    (``"the program does not define 'sub', ...; it defines: add"``).
 
     Args:
         sandbox: ``"local"`` (default, a process-wide shared `LocalSandbox`), ``"docker"``
@@ -395,7 +434,7 @@ class CodeVerifier(Verifier):
             memory_mb=self.memory_mb,
         )
 
-    def _verdict(self, result: Any) -> Verdict:
+    def _verdict(self, result: Any, job: Any = None) -> Verdict:
         sandbox_error = result.status == "sandbox_error"
         frac = 0.0 if sandbox_error else float(result.fraction_passed)
         reward = frac if self.reward == "fraction" else float(result.passed)
@@ -408,19 +447,27 @@ class CodeVerifier(Verifier):
             "wall_s": result.wall_s,
             "stderr": result.stderr[-2000:],
         }
+        for key in ("test_errors", "program_errors"):  # why tests failed, as the sandbox's judge saw it
+            if result.details.get(key):
+                details[key] = result.details[key]
         if sandbox_error:
             details["infra"] = result.details.get("infra", result.details)
+        elif job is not None and job.entry_point and not result.passed:
+            missing = missing_entry_point(job.code, job.entry_point, details.get("test_errors", ()))
+            if missing:
+                details["reason"] = missing
         return Verdict(reward, result.passed and not sandbox_error, details)
 
     def score(self, task: Task, text: str) -> Verdict:
-        return self._verdict(self.sandbox.run(self.job(task, text)))
+        job = self.job(task, text)
+        return self._verdict(self.sandbox.run(job), job)
 
     def score_batch(self, tasks: Sequence[Task], texts: Sequence[str]) -> list[Verdict]:
         """Runs all programs with the sandbox's parallel ``run_batch`` (order kept)."""
         if len(tasks) != len(texts):
             raise ValueError(f"score_batch needs one text per task, got {len(tasks)} tasks and {len(texts)} texts")
         jobs = [self.job(t, x) for t, x in zip(tasks, texts)]
-        return [self._verdict(r) for r in self.sandbox.run_batch(jobs)] if jobs else []
+        return [self._verdict(r, j) for r, j in zip(self.sandbox.run_batch(jobs), jobs)] if jobs else []
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -34,13 +34,14 @@ import os
 import queue
 import socket
 import struct
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from prmgym.sandbox import harness
-from prmgym.sandbox.base import ExecResult, Job, Sandbox
+from prmgym.sandbox.base import ExecResult, Job, Sandbox, close_at_exit
 
 LABEL = "prmgym.sandbox"
 SANDBOX_UID = 10001
@@ -297,11 +298,13 @@ class DockerSandbox(Sandbox):
         self._uid_counter = 0
         self._live: set[str] = set()  # ids of containers this sandbox created and not yet removed
         self._removers: list[threading.Thread] = []
+        self._spawners: list[threading.Thread] = []  # replacements being started in the background
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self.stats = {"containers_started": 0, "recycled": 0, "retries": 0, "stale_removed": 0}
         self.stats["stale_removed"] = self.remove_stale_containers()
         self._slots: queue.Queue = queue.Queue()
+        close_at_exit(self)  # a script that forgets close() still exits promptly and removes its containers
         slots: list = [None] * self.pool_size
         if warm:
             with ThreadPoolExecutor(self.pool_size) as ex:
@@ -388,13 +391,16 @@ class DockerSandbox(Sandbox):
             with self._lock:
                 self._live.discard(cid)
 
-        if wait:
-            remove()
+        if wait or self._closed or sys.is_finalizing():
+            remove()  # once closed (and at interpreter exit) nothing may be left to a background thread
             return
         t = threading.Thread(target=remove, daemon=True, name="prmgym-docker-rm")
         with self._lock:
             self._removers = [r for r in self._removers if r.is_alive()] + [t]
-        t.start()
+        try:
+            t.start()
+        except RuntimeError:  # the interpreter is shutting down and starts no more threads
+            remove()
 
     def _spawn(self) -> _Container:
         try:
@@ -411,6 +417,15 @@ class DockerSandbox(Sandbox):
             container.destroy()
             container = None
         self._slots.put(container)
+
+    def _start_respawn(self) -> None:
+        t = threading.Thread(target=self._respawn_slot, daemon=True, name="prmgym-docker-spawn")
+        with self._lock:
+            self._spawners = [s for s in self._spawners if s.is_alive()] + [t]
+        try:
+            t.start()
+        except RuntimeError:  # interpreter shutting down: the slot stays empty, the sandbox is closing
+            self._slots.put(None)
 
     def remove_stale_containers(self) -> int:
         """Remove prmgym sandbox containers whose owner process (on this host) is gone."""
@@ -537,34 +552,61 @@ class DockerSandbox(Sandbox):
                 container = None
             if recycle and not self._closed:
                 # Start the replacement in the background; the slot returns once it is warm.
-                threading.Thread(target=self._respawn_slot, daemon=True, name="prmgym-docker-spawn").start()
+                self._start_respawn()
             else:
                 self._slots.put(container)
 
     def close(self) -> None:
-        """Remove every container of this sandbox. Safe to call twice."""
+        """Remove every container of this sandbox. Safe to call twice.
+
+        Also runs at interpreter exit for a sandbox that was never closed (``close_at_exit``),
+        so ``sys.exit`` or an uncaught exception neither hangs nor leaves containers behind.
+        """
         if self._closed:
             return
         self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        with self._lock:
+            spawners = list(self._spawners)
+        for t in spawners:  # a replacement being started is removed by its own thread once closed
+            t.join(timeout=self.start_timeout_s)
         while True:
             try:
                 c = self._slots.get_nowait()
             except queue.Empty:
                 break
-            if c is not None:
-                c.destroy()
-        for cid in self.containers():
-            self._remove(cid)
+            if c is not None and c._sock is not None:
+                try:
+                    c._sock.close()
+                except OSError:
+                    pass
+        self._remove_all(self.containers())
         with self._lock:
             removers = list(self._removers)
         for t in removers:
             t.join(timeout=30)
 
-    def __del__(self) -> None:  # best effort; close() / `with` is the contract
+    def _remove_all(self, cids: list[str]) -> None:
+        """Remove containers in parallel, or one by one where no thread can start (at exit)."""
+        threads = []
+        for cid in cids:
+            t = threading.Thread(target=self._remove, args=(cid, True), daemon=True, name="prmgym-docker-rm")
+            if sys.is_finalizing():
+                self._remove(cid, wait=True)
+                continue
+            try:
+                t.start()
+            except RuntimeError:  # the interpreter is shutting down and starts no more threads
+                self._remove(cid, wait=True)
+                continue
+            threads.append(t)
+        for t in threads:
+            t.join(timeout=30)
+
+    def __del__(self) -> None:  # a sandbox garbage-collected unclosed; close() / `with` is the contract
         try:
-            if not getattr(self, "_closed", True):
+            if not getattr(self, "_closed", True) and hasattr(self, "_slots"):
                 self.close()
         except Exception:
             pass

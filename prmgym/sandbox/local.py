@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prmgym.sandbox import harness
-from prmgym.sandbox.base import ExecResult, Job, Sandbox
+from prmgym.sandbox.base import ExecResult, Job, Sandbox, close_at_exit
 
 HARNESS_PATH = Path(harness.__file__).resolve()
 
@@ -209,6 +209,7 @@ class LocalSandbox(Sandbox):
         self._free: queue.Queue[_Worker] = queue.Queue()
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        close_at_exit(self)  # a script that forgets close() leaves no fork server behind
         try:
             cpus = sorted(os.sched_getaffinity(0)) if pin_cpus else []
             for i in range(n):
