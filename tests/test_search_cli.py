@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from prmgym.search.evaluate import PLANNERS, evaluate, make_planner
+from prmgym.search.evaluate import evaluate_planner, make_planner, planner_names
 from search_fakes import TASKS, CheckingPRM, FakeChainEnv, TablePolicy
 
 
 def test_every_planner_name_builds():
-    for name in PLANNERS:
+    for name in planner_names():
         assert hasattr(make_planner(name), "solve")
     with pytest.raises(ValueError, match="unknown planner"):
         make_planner("astar")
@@ -23,14 +23,14 @@ def test_every_planner_name_builds():
 def test_evaluate_counts_accuracy_and_writes_rows(tmp_path):
     env = FakeChainEnv()
     path = tmp_path / "r.jsonl"
-    res = evaluate(make_planner("beam", beam_width=2, expansions=4), env, TablePolicy(n_wrong=3), CheckingPRM(),
+    res = evaluate_planner(make_planner("beam", beam_width=2, expansions=4), env, TablePolicy(n_wrong=3), CheckingPRM(),
                    TASKS, "generated=2000", results_path=path)
     assert res["accuracy"] == 1.0 and res["n"] == 3
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["task_id"] for r in rows] == [t.id for t in TASKS]
     assert all(r["correct"] and r["budget"]["generated"] <= 2000 for r in rows)
     # Sampling the first (wrong) sample gets everything wrong: accuracy really is measured.
-    res = evaluate(make_planner("sample"), env, TablePolicy(n_wrong=1), None, TASKS, {"generated": 2000})
+    res = evaluate_planner(make_planner("sample"), env, TablePolicy(n_wrong=1), None, TASKS, {"generated": 2000})
     assert res["accuracy"] == 0.0 and res["budget"]["generated"] > 0
 
 
@@ -78,6 +78,6 @@ def test_evaluate_starts_every_search_with_a_cold_prm_cache():
             self.cache.clear()
 
     prm = CachingPRM()
-    evaluate(make_planner("beam", beam_width=2, expansions=2), FakeChainEnv(), TablePolicy(n_wrong=1), prm, TASKS,
+    evaluate_planner(make_planner("beam", beam_width=2, expansions=2), FakeChainEnv(), TablePolicy(n_wrong=1), prm, TASKS,
              "generated=500")
     assert prm.clears == len(TASKS)

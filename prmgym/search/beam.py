@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from prmgym.budget import Budget
 from prmgym.rewards.base import AGGREGATIONS
-from prmgym.search.base import SearchResult
+from prmgym.search.base import Planner, PlannerOptions, SearchResult
 from prmgym.search.engine import Node, SearchEngine, vote
 
 
-class _GroupedBeam:
+class _GroupedBeam(Planner):
     select_options = ("score", "weighted_vote")
 
     def __init__(self, *, groups: int, keep: int, expansions: int, max_depth: int, aggregation: str,
@@ -153,6 +153,14 @@ class BeamSearch(_GroupedBeam):
                          aggregation=aggregation, select=select, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed)
 
+    names = {"beam": "step-level beam search: beam_width beams x expansions samples per level, ranked by the PRM"}
+
+    @classmethod
+    def from_options(cls, name: str, options: PlannerOptions, **extra) -> "BeamSearch":
+        o = options
+        return cls(beam_width=o.beam_width, expansions=o.expansions, max_depth=o.max_depth, aggregation=o.aggregation,
+                   max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=o.seed, **extra)
+
     def __repr__(self) -> str:
         return f"BeamSearch(beam_width={self.beam_width}, expansions={self.expansions}, max_depth={self.max_depth})"
 
@@ -174,6 +182,14 @@ class DVTS(_GroupedBeam):
         super().__init__(groups=n // subtree_width, keep=1, expansions=subtree_width, max_depth=max_depth,
                          aggregation=aggregation, select=select, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed)
+
+    names = {"dvts": "diverse verifier tree search: n / expansions independent subtrees, each keeps its best child"}
+
+    @classmethod
+    def from_options(cls, name: str, options: PlannerOptions, **extra) -> "DVTS":
+        o = options
+        return cls(n=o.n, subtree_width=o.expansions, max_depth=o.max_depth, aggregation=o.aggregation,
+                   max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=o.seed, **extra)
 
     def __repr__(self) -> str:
         return f"DVTS(n={self.n}, subtree_width={self.subtree_width}, max_depth={self.max_depth})"
