@@ -20,6 +20,41 @@ def test_every_planner_name_builds():
         make_planner("astar")
 
 
+def test_a_new_planner_registers_by_name_and_builds_from_the_shared_knobs():
+    from prmgym.search.base import Planner, SearchResult, needs_scorer, planner_help
+
+    class FirstStep(Planner):
+        names = {"test_first_step": "the first sampled step's trace, no scorer"}
+        needs_scorer = False
+
+        def __init__(self, n, seed, label="x"):
+            self.n, self.seed, self.label = n, seed, label
+
+        @classmethod
+        def from_options(cls, name, options, **extra):
+            return cls(options.n, options.seed, **extra)
+
+        def solve(self, env, policy, scorer=None, budget=None):
+            return SearchResult(answer=None, steps=[], score=0.0, budget={"generated": self.n})
+
+    p = make_planner("test_first_step", n=3, seed=9, label="y")
+    assert isinstance(p, FirstStep) and (p.n, p.seed, p.label) == (3, 9, "y")
+    assert "test_first_step" in planner_names() and not needs_scorer("test_first_step")
+    assert planner_help("test_first_step").startswith("the first sampled step")
+    assert evaluate_planner(p, FakeChainEnv(), TablePolicy(), None, TASKS[:2])["budget"]["generated"] == 3
+    with pytest.raises(ValueError, match="taken by BeamSearch"):
+        class Clash(FirstStep):
+            names = {"beam": "another beam"}
+    with pytest.raises(TypeError, match="no from_options"):
+        class NoBuilder(Planner):
+            names = {"test_no_builder": "cannot be built"}
+
+            def solve(self, env, policy, scorer=None, budget=None):
+                raise AssertionError
+    assert "test_no_builder" not in planner_names()
+    assert [n for n in planner_names() if not needs_scorer(n)][:2] == ["sample", "majority"]
+
+
 def test_evaluate_counts_accuracy_and_writes_rows(tmp_path):
     env = FakeChainEnv()
     path = tmp_path / "r.jsonl"
