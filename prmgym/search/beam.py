@@ -26,6 +26,12 @@ from prmgym.search.base import Planner, PlannerOptions, SearchResult
 from prmgym.search.engine import Node, SearchEngine, vote
 
 
+def _knobs(o: PlannerOptions) -> dict:
+    """The shared knobs beam search and DVTS read the same way."""
+    return dict(max_depth=o.max_depth, aggregation=o.aggregation, max_new_tokens=o.max_new_tokens,
+                temperature=o.temperature, seed=o.seed)
+
+
 class _GroupedBeam(Planner):
     select_options = ("score", "weighted_vote")
 
@@ -157,9 +163,7 @@ class BeamSearch(_GroupedBeam):
 
     @classmethod
     def from_options(cls, name: str, options: PlannerOptions, **extra) -> "BeamSearch":
-        o = options
-        return cls(beam_width=o.beam_width, expansions=o.expansions, max_depth=o.max_depth, aggregation=o.aggregation,
-                   max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=o.seed, **extra)
+        return cls(beam_width=options.beam_width, expansions=options.expansions, **_knobs(options), **extra)
 
     def __repr__(self) -> str:
         return f"BeamSearch(beam_width={self.beam_width}, expansions={self.expansions}, max_depth={self.max_depth})"
@@ -187,9 +191,7 @@ class DVTS(_GroupedBeam):
 
     @classmethod
     def from_options(cls, name: str, options: PlannerOptions, **extra) -> "DVTS":
-        o = options
-        return cls(n=o.n, subtree_width=o.expansions, max_depth=o.max_depth, aggregation=o.aggregation,
-                   max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=o.seed, **extra)
+        return cls(n=options.n, subtree_width=options.expansions, **_knobs(options), **extra)
 
     def __repr__(self) -> str:
         return f"DVTS(n={self.n}, subtree_width={self.subtree_width}, max_depth={self.max_depth})"
