@@ -65,7 +65,7 @@ def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, train
     cls, ccls = (ReSTGRPOTrainer, ReSTGRPOConfig) if algo == "rest_grpo" else (GRPOTrainer, GRPOConfig)
     cfg = from_dict(ccls, kw)  # coerces "1e-4" (YAML reads it as a string) and validates
     tr = cls(policy, env_id, cfg, env_kwargs={"split": "train", **env_kwargs})
-    curve = [(0, tr.evaluate(eval_tasks))]
+    curve = [(0, tr.pass_at_1(eval_tasks))]
     t0 = time.perf_counter()
     train_rewards = []
     done = 0
@@ -74,7 +74,7 @@ def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, train
         hist = tr.train(k)
         train_rewards += [m["reward_mean"] for m in hist]
         done += k
-        curve.append((done, tr.evaluate(eval_tasks)))
+        curve.append((done, tr.pass_at_1(eval_tasks)))
     seconds = time.perf_counter() - t0
     tr.close()
     return {"curve": curve, "train_seconds": seconds, "train_rewards": train_rewards}

@@ -7,7 +7,7 @@ For each environment:
    ``--steps`` updates x ``--tasks-per-step`` tasks x ``--rollouts`` rollouts (MC-PRM also
    spends ``--mc-rollouts`` completions per step prefix: reported).
 3. Held-out test tasks: the expert solution, and a copy with one non-final step corrupted
-   (its last number replaced, `prmgym.models.tiny.corrupt_step`: a wrong operation result;
+   (its last number replaced, `prmgym.recipes.tiny.corrupt_step`: a wrong operation result;
    later steps unchanged). Good steps = all steps of clean traces + the steps before the
    corruption; bad steps = the corrupted step (steps after it are left out of the AUC).
    * ``AUC``: probability that a random good step scores above a random bad step.
@@ -53,7 +53,7 @@ def auc(good: list[float], bad: list[float]) -> float:
 
 
 def corrupted_eval_set(env, n: int, seed: int):
-    from prmgym.models.tiny import corrupt_step
+    from prmgym.recipes.tiny import corrupt_step
 
     u = env.unwrapped
     rng = random.Random(seed)

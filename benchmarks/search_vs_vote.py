@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     env_kwargs = json.loads(args.env_kwargs) or None
     if args.oracle and "ChainArithmetic" not in args.env:
         raise SystemExit(f"--oracle checks ChainArithmetic steps; it cannot score {args.env}")
-    policy_dir = args.policy or P.build_policy(args.env, env_kwargs)
+    policy_dir = args.policy or P.tiny_policy_dir(args.env, env_kwargs)
     budgets = [int(b) for b in args.budgets.split(",")]
     args.prm_lr = offline_lr("airl", args.prm_lr)["lr"]  # rows.json records the rate used, not "default"
     prm_names = tuple(k.strip() for k in args.prms.split(",") if k.strip())

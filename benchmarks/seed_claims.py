@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
 
-    policy_dir = args.policy or P.build_policy(args.env)
+    policy_dir = args.policy or P.tiny_policy_dir(args.env)
     from prmgym.models import TransformersPolicy
 
     results: dict = {"settings": {"env": args.env, "seeds": seeds, "eval_tasks": eval_tasks, "budgets": budgets,
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
             if absent:
                 results.setdefault("absent", {}).update(absent)
         if "c" in claims:
-            from prmgym.search.evaluate import evaluate, make_planner
+            from prmgym.search.evaluate import evaluate_planner, make_planner
 
             for reward in ("airl", "outcome"):
                 say(f"seed {seed}: GRPO ({reward}) for {grpo_steps} steps")
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
                 pol = TransformersPolicy.from_pretrained(g["policy"])
                 env = P.make_env(args.env, "test")
                 tasks = env.unwrapped.source.tasks("test", eval_tasks * 2, seed=seed)
-                acc = evaluate(make_planner("sample", seed=seed, max_trace_tokens=64), env, pol, None, tasks)["accuracy"]
+                acc = evaluate_planner(make_planner("sample", seed=seed, max_trace_tokens=64), env, pol, None, tasks)["accuracy"]
                 env.close()
                 hist = g["history"]
                 grpo_rows[reward].append({"seed": seed, "pass1": acc,
@@ -168,12 +168,12 @@ def main(argv=None) -> int:
                 say(f"  GRPO {reward}: held-out pass@1 (one sample) {acc:.3f}")
         # the base policy's pass@1 for (c)
         if "c" in claims:
-            from prmgym.search.evaluate import evaluate, make_planner
+            from prmgym.search.evaluate import evaluate_planner, make_planner
 
             env = P.make_env(args.env, "test")
             tasks = env.unwrapped.source.tasks("test", eval_tasks * 2, seed=seed)
-            base = evaluate(make_planner("sample", seed=seed, max_trace_tokens=64), env,
-                            TransformersPolicy.from_pretrained(policy_dir), None, tasks)["accuracy"]
+            base = evaluate_planner(make_planner("sample", seed=seed, max_trace_tokens=64), env,
+                                    TransformersPolicy.from_pretrained(policy_dir), None, tasks)["accuracy"]
             env.close()
             grpo_rows.setdefault("base", []).append({"seed": seed, "pass1": base})
 

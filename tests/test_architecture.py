@@ -45,3 +45,18 @@ def test_sandbox_imports_nothing_else_of_prmgym():
         for module in _imports(path):
             if module.startswith("prmgym.") and not module.startswith("prmgym.sandbox"):
                 pytest.fail(f"{path.name} imports {module}")
+
+
+def test_episode_runner_runs_without_torch():
+    """The one episode runner (prmgym.envs.episodes) sits below agents, rewards and search and
+    is torch-free at run time, not only in its import lines."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, prmgym.envs.episodes as e; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]; "
+            "assert callable(e.run_episodes) and callable(e.evaluate_policy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
+    assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""The tiny-model recipe: expert examples, pretrain (cache, manifest, loading), evaluation.
+"""The tiny-model recipe: expert examples, pretrain (cache, manifest, loading), held-out evaluation.
 
 A small hand-made environment with the pinned prmgym env API (``source.tasks``,
 ``delimiter``, ``reset(options={"task": ...})``, verifier verdicts) keeps these tests
@@ -15,6 +15,7 @@ import gymnasium as gym
 import pytest
 import torch
 
+from prmgym.envs.episodes import evaluate_policy
 from prmgym.envs.task import Task
 from prmgym.envs.trace import render_trace
 from prmgym.models import TransformersPolicy, tiny
@@ -104,10 +105,10 @@ def test_evaluate_scores_an_expert_like_policy_and_a_random_one():
                 out.append([Proposal(step, [1], [0.0], "stop", 1, 1)])
             return out
 
-    res = tiny.evaluate(ExpertPolicy(), FAKE_ID, n_tasks=8)
+    res = evaluate_policy(ExpertPolicy(), FAKE_ID, n_tasks=8)
     assert res["pass@1"] == 1.0 and res["solved"] == 8 and res["mean_steps"] == 3
     rand = tiny.random_tiny_policy(seed=0)
-    res = tiny.evaluate(rand, FAKE_ID, n_tasks=4, max_new_tokens=8)
+    res = evaluate_policy(rand, FAKE_ID, n_tasks=4, max_new_tokens=8)
     assert res["pass@1"] == 0.0 and res["truncated"] == 4  # the step limit cuts it off
 
 
@@ -116,7 +117,7 @@ def test_pretrain_learns_caches_and_loads(tmp_path):
     kw = dict(num_train_tasks=100, steps=40, batch_size=16, learning_rate=3e-3, n_layer=1, n_embd=32, n_head=2,
               n_positions=96, eval_tasks=6, warmup_steps=5)
     path = tiny_recipe.pretrain(FAKE_ID, out, progress=False, **kw)
-    m = tiny.load_manifest(path)
+    m = tiny_recipe.load_manifest(path)
     assert m["config"]["num_train_tasks"] == 100 and m["n_params"] > 0
     rows = [json.loads(line) for line in open(os.path.join(path, "logs", "metrics.jsonl"))]
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -140,7 +141,7 @@ def test_pretrain_learns_caches_and_loads(tmp_path):
     pol = TransformersPolicy.from_pretrained(path)
     assert pol.propose(["Compute 3 + 4 - 2.\n"], n=2, max_new_tokens=5, seed=0)
     assert tiny_recipe.pretrain(FAKE_ID, out, progress=False, force=True, **{**kw, "steps": 2}) == path
-    assert tiny.load_manifest(path)["config"]["steps"] == 2
+    assert tiny_recipe.load_manifest(path)["config"]["steps"] == 2
 
 
 def test_pretrain_rejects_bad_arguments(tmp_path):
@@ -172,7 +173,7 @@ def test_short_pretrain_on_chain_arithmetic_end_to_end(tmp_path):
                               "--num-train-tasks", "1000", "--n-layer", "2", "--n-embd", "64", "--n-head", "2",
                               "--eval-tasks", "50", "--no-progress"])
     assert run(args) == 0
-    m = tiny.load_manifest(tmp_path / "m")
+    m = tiny_recipe.load_manifest(tmp_path / "m")
     assert m["eval"]["n_tasks"] == 50 and 0.0 <= m["eval"]["pass@1"] <= 1.0
     policy = TransformersPolicy.from_pretrained(tmp_path / "m")
     # it learned the step format: the first greedy step of a held-out task is "a<op>b=c"
@@ -182,7 +183,7 @@ def test_short_pretrain_on_chain_arithmetic_end_to_end(tmp_path):
     [[p]] = policy.propose([obs], n=1, temperature=0, stop="\n", max_new_tokens=16)
     assert p.finish_reason == "stop" and re.fullmatch(r"\d+[-+*/]\d+=\d+", p.text), p.text
     # the same pass@1 through the reusable evaluator
-    assert tiny.evaluate_pass_at_1(policy, "prmgym/ChainArithmetic-v0", n_tasks=50, seed=0) == m["eval"]["pass@1"]
+    assert evaluate_policy(policy, "prmgym/ChainArithmetic-v0", n_tasks=50, seed=0)["pass@1"] == m["eval"]["pass@1"]
     assert run(args) == 0  # cached: loads
 
 
@@ -190,7 +191,7 @@ def test_pretrain_on_a_source_with_fewer_distinct_tasks_uses_them_all(tmp_path):
     # Countdown difficulty 1 has ~4,100 distinct train problems, fewer than the default 6000
     path = tiny_recipe.pretrain("prmgym/Countdown-v0", tmp_path / "cd", progress=False, steps=2, n_layer=1,
                                 n_embd=16, n_head=1, eval_tasks=0)
-    m = tiny.load_manifest(path)
+    m = tiny_recipe.load_manifest(path)
     assert m["config"]["num_train_tasks"] == 6000
     assert 1000 < m["n_examples"] < 6000, m
 

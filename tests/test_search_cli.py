@@ -9,28 +9,63 @@ import sys
 
 import pytest
 
-from prmgym.search.evaluate import PLANNERS, evaluate, make_planner
+from prmgym.search.evaluate import evaluate_planner, make_planner, planner_names
 from search_fakes import TASKS, CheckingPRM, FakeChainEnv, TablePolicy
 
 
 def test_every_planner_name_builds():
-    for name in PLANNERS:
+    for name in planner_names():
         assert hasattr(make_planner(name), "solve")
     with pytest.raises(ValueError, match="unknown planner"):
         make_planner("astar")
 
 
+def test_a_new_planner_registers_by_name_and_builds_from_the_shared_knobs():
+    from prmgym.search.base import Planner, SearchResult, needs_scorer, planner_help
+
+    class FirstStep(Planner):
+        names = {"test_first_step": "the first sampled step's trace, no scorer"}
+        needs_scorer = False
+
+        def __init__(self, n, seed, label="x"):
+            self.n, self.seed, self.label = n, seed, label
+
+        @classmethod
+        def from_options(cls, name, options, **extra):
+            return cls(options.n, options.seed, **extra)
+
+        def solve(self, env, policy, scorer=None, budget=None):
+            return SearchResult(answer=None, steps=[], score=0.0, budget={"generated": self.n})
+
+    p = make_planner("test_first_step", n=3, seed=9, label="y")
+    assert isinstance(p, FirstStep) and (p.n, p.seed, p.label) == (3, 9, "y")
+    assert "test_first_step" in planner_names() and not needs_scorer("test_first_step")
+    assert planner_help("test_first_step").startswith("the first sampled step")
+    assert evaluate_planner(p, FakeChainEnv(), TablePolicy(), None, TASKS[:2])["budget"]["generated"] == 3
+    with pytest.raises(ValueError, match="taken by BeamSearch"):
+        class Clash(FirstStep):
+            names = {"beam": "another beam"}
+    with pytest.raises(TypeError, match="no from_options"):
+        class NoBuilder(Planner):
+            names = {"test_no_builder": "cannot be built"}
+
+            def solve(self, env, policy, scorer=None, budget=None):
+                raise AssertionError
+    assert "test_no_builder" not in planner_names()
+    assert [n for n in planner_names() if not needs_scorer(n)][:2] == ["sample", "majority"]
+
+
 def test_evaluate_counts_accuracy_and_writes_rows(tmp_path):
     env = FakeChainEnv()
     path = tmp_path / "r.jsonl"
-    res = evaluate(make_planner("beam", beam_width=2, expansions=4), env, TablePolicy(n_wrong=3), CheckingPRM(),
+    res = evaluate_planner(make_planner("beam", beam_width=2, expansions=4), env, TablePolicy(n_wrong=3), CheckingPRM(),
                    TASKS, "generated=2000", results_path=path)
     assert res["accuracy"] == 1.0 and res["n"] == 3
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["task_id"] for r in rows] == [t.id for t in TASKS]
     assert all(r["correct"] and r["budget"]["generated"] <= 2000 for r in rows)
     # Sampling the first (wrong) sample gets everything wrong: accuracy really is measured.
-    res = evaluate(make_planner("sample"), env, TablePolicy(n_wrong=1), None, TASKS, {"generated": 2000})
+    res = evaluate_planner(make_planner("sample"), env, TablePolicy(n_wrong=1), None, TASKS, {"generated": 2000})
     assert res["accuracy"] == 0.0 and res["budget"]["generated"] > 0
 
 
@@ -78,6 +113,6 @@ def test_evaluate_starts_every_search_with_a_cold_prm_cache():
             self.cache.clear()
 
     prm = CachingPRM()
-    evaluate(make_planner("beam", beam_width=2, expansions=2), FakeChainEnv(), TablePolicy(n_wrong=1), prm, TASKS,
+    evaluate_planner(make_planner("beam", beam_width=2, expansions=2), FakeChainEnv(), TablePolicy(n_wrong=1), prm, TASKS,
              "generated=500")
     assert prm.clears == len(TASKS)

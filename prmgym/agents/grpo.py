@@ -42,6 +42,7 @@ from prmgym.agents.common import (
 )
 from prmgym.agents.rollout import Prompt, RolloutCollector, Trajectory
 from prmgym.config import help_field
+from prmgym.envs.episodes import evaluate_policy
 
 
 _f = help_field  # a dataclass field with help text (short name: the configs below use it on every line)
@@ -142,7 +143,7 @@ class GRPOTrainer:
             ``tokenizer`` and ``save``). Its model is trained in place.
         env: a Gymnasium id (``"prmgym/ChainArithmetic-v0"``) or a zero-argument factory.
         config: `GRPOConfig`.
-        env_kwargs: passed to ``gym.make`` when ``env`` is an id.
+        env_kwargs: passed to `prmgym.envs.make` when ``env`` is an id.
         eval_env: id or factory for held-out evaluation (default: ``env`` with ``split="test"``
             when ``env`` is an id).
         process_reward: optional dense reward: a `prmgym.rewards.ProcessRewardModel`
@@ -366,7 +367,7 @@ class GRPOTrainer:
         metrics["time/update_s"] = time.perf_counter() - t1
         metrics["step"] = self.num_steps
         if self.config.eval_every and self.num_steps % self.config.eval_every == 0 and self.eval_env_fn is not None:
-            metrics["eval/pass@1"] = self.evaluate(self.config.eval_tasks)
+            metrics["eval/pass@1"] = self.pass_at_1(self.config.eval_tasks)
         self._log(metrics, trajs)
         self._last_trajectories = trajs
         return metrics
@@ -400,20 +401,17 @@ class GRPOTrainer:
         self.logger.dump(self.num_steps)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, n_tasks: int = 32, seed: int = 0) -> float:
-        """Held-out pass@1: one greedy episode on each of ``n_tasks`` test tasks.
+    def pass_at_1(self, n_tasks: int = 32, seed: int = 0) -> float:
+        """Held-out pass@1: one greedy episode on each of ``n_tasks`` test tasks
+        (`prmgym.envs.episodes.evaluate_policy` with this trainer's step settings).
 
         Uses its own seed, so evaluating does not change the training run."""
         if self.eval_env_fn is None:
             raise ValueError("no eval env: pass eval_env= to the trainer (e.g. the env with split='test')")
-        col = RolloutCollector(self.eval_env_fn, self.policy, max_new_tokens=self.config.max_new_tokens,
-                               max_steps=self.config.max_steps, max_workers=self.config.rollout_workers)
-        try:
-            tasks = _held_out_tasks(col, n_tasks, seed)
-            trajs, _ = col.collect(tasks, group_size=1, seed=seed, greedy=True)
-        finally:
-            col.close()
-        return float(np.mean([t.correct for t in trajs])) if trajs else 0.0
+        cfg = self.config
+        return evaluate_policy(self.policy, self.eval_env_fn, n_tasks=n_tasks, seed=seed,
+                               max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps,
+                               max_workers=cfg.rollout_workers)["pass@1"]
 
     # ------------------------------------------------------------------ training loop
     def train(self, n_steps: int, progress: bool = False) -> list[dict]:
@@ -533,22 +531,6 @@ def _mean_group_std(trajs: Sequence[Trajectory], G: int) -> float:
 def _env_factory(env: str | Callable[[], Any] | None, kwargs: dict) -> Callable[[], Any] | None:
     if env is None or callable(env):
         return env
-    import gymnasium as gym
+    from prmgym.envs import make
 
-    import prmgym  # noqa: F401  (registers the prmgym/ ids)
-
-    return lambda: gym.make(env, **kwargs)
-
-
-def _held_out_tasks(col: RolloutCollector, n: int, seed: int) -> list:
-    """The env source's first ``n`` test tasks if it has one, else tasks from seeded resets."""
-    env = col._envs(1)[0]
-    u = env.unwrapped
-    source = getattr(u, "source", None)
-    split = getattr(u, "split", "test")
-    if source is not None and hasattr(source, "tasks"):
-        try:
-            return list(source.tasks(split, n, seed=seed))
-        except TypeError:
-            pass
-    return col.sample_tasks(n, seed)
+    return lambda: make(env, **kwargs)

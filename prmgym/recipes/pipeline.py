@@ -1,7 +1,7 @@
 """Building blocks shared by the quickstart and the benchmarks: each one trains or loads one
 component of the loop and returns it, so a recipe is a short list of calls.
 
-* `build_policy` — the tiny SFT policy (`prmgym.recipes.tiny.pretrain`, cached).
+* `tiny_policy_dir` — the directory of the tiny SFT policy (`prmgym.recipes.tiny.pretrain`, cached).
 * `train_grpo` — GRPO on the env, with the AIRL step reward trained online (AIRL-S) or
   outcome-only; returns the trained policy and (for AIRL) the discriminator PRM.
 * `train_offline_prm` — ORM / MC-PRM / implicit PRM from policy rollouts.
@@ -31,7 +31,7 @@ def make_env(env_id: str, split: str, env_kwargs: dict | None = None):
     return gym.make(env_id, split=split, **(env_kwargs or {}))
 
 
-def build_policy(env_id: str, env_kwargs: dict | None = None, out_dir: str | None = None, **overrides) -> str:
+def tiny_policy_dir(env_id: str, env_kwargs: dict | None = None, out_dir: str | None = None, **overrides) -> str:
     """Directory of the tiny SFT policy (trained once, then loaded from the cache)."""
     from prmgym.recipes.tiny import pretrain
 
@@ -164,7 +164,7 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
     return value with the reason. Rows: method, budget, accuracy, stderr, n and the mean
     usage per task in every budget unit.
     """
-    from prmgym.search.evaluate import evaluate, make_planner
+    from prmgym.search.evaluate import evaluate_planner, make_planner
 
     env = make_env(env_id, "test", env_kwargs)
     tasks = env.unwrapped.source.tasks("test", n_tasks, seed=seed)
@@ -180,7 +180,7 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
             path = os.path.join(results_dir, f"{m.name}-g{b}.jsonl") if results_dir else None
             if path and os.path.exists(path):
                 os.remove(path)
-            res = evaluate(planner, env, policy, scorers.get(m.scorer) if m.scorer else None, tasks,
+            res = evaluate_planner(planner, env, policy, scorers.get(m.scorer) if m.scorer else None, tasks,
                            {"generated": b}, results_path=path)
             acc = res["accuracy"]
             row = {"method": m.name, "budget": b, "accuracy": acc, "n": res["n"],

@@ -13,12 +13,12 @@ from dataclasses import fields
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from prmgym.models.tiny import DEFAULT_ENV, PretrainConfig
+    from prmgym.recipes.tiny import DEFAULT_ENV, PretrainConfig
 
     d = PretrainConfig()
     parser.add_argument("--env", default=DEFAULT_ENV, help=f"environment id with expert solutions (default {DEFAULT_ENV})")
     parser.add_argument("--out", default=None, help="output directory (default: $PRMGYM_CACHE/tiny/<env>-<hash>)")
-    parser.add_argument("--env-kwargs", default="{}", help='JSON dict of gym.make arguments, e.g. \'{"difficulty": 2}\'')
+    parser.add_argument("--env-kwargs", default="{}", help='JSON dict of prmgym.envs.make arguments, e.g. \'{"difficulty": 2}\'')
     parser.add_argument("--num-train-tasks", type=int, default=d.num_train_tasks,
                         help="expert traces to train on (fewer -> lower held-out pass@1; default %(default)s)")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps: the main knob of held-out pass@1 (default %(default)s)")
@@ -40,8 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prmgym.models.tiny import PretrainConfig, load_manifest
-    from prmgym.recipes.tiny import pretrain
+    from prmgym.recipes.tiny import MANIFEST, PretrainConfig, default_cache_dir, load_manifest, pretrain
 
     try:
         env_kwargs = json.loads(args.env_kwargs)
@@ -59,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"prmgym pretrain: {e}", file=sys.stderr)
         return 2
     import os
-
-    from prmgym.models.tiny import MANIFEST, default_cache_dir
 
     target = args.out or default_cache_dir(config)
     cached = False

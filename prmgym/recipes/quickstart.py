@@ -39,7 +39,7 @@ class QuickstartConfig:
     env_id: str = DEFAULT_ENV
     env_kwargs: dict = field(default_factory=dict)
     seed: int = 0
-    pretrain: dict = field(default_factory=dict)  # overrides of prmgym.models.tiny.PretrainConfig
+    pretrain: dict = field(default_factory=dict)  # overrides of prmgym.recipes.tiny.PretrainConfig
     policy_dir: str | None = None  # use this policy directory instead of pretraining
     grpo_steps: int = 40
     grpo_seconds: float = 180.0
@@ -119,7 +119,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         policy_dir = cfg.policy_dir
     else:
         t = stage(1, "policy", "tiny SFT policy (cached after the first run)")
-        policy_dir = P.build_policy(cfg.env_id, cfg.env_kwargs, **cfg.pretrain)
+        policy_dir = P.tiny_policy_dir(cfg.env_id, cfg.env_kwargs, **cfg.pretrain)
     stages["policy"] = time.perf_counter() - t
     info["sft_policy"] = policy_dir
     manifest = os.path.join(policy_dir, "manifest.json")

@@ -1,44 +1,143 @@
-"""The tiny-model training recipe: SFT of the tiny character-level policy on expert traces.
+"""The tiny-model recipe: SFT of the tiny character-level policy on expert traces, cached.
 
-* `pretrain` — builds the tokenizer and a small GPT-2 and trains it by SFT
-  (`prmgym.agents.sft.SFTTrainer`) on expert traces of a procedural environment; saved with
-  ``save_pretrained`` and cached by its arguments (`prmgym.models.tiny.PretrainConfig`).
-* `expert_examples` — the SFT pairs built from tasks' expert steps.
+Read top to bottom:
 
-The model pieces that need no trainer (``random_tiny_policy``, ``evaluate``,
-``PretrainConfig``, ``load_manifest``, ...) stay in `prmgym.models.tiny`; this module lives
-in ``recipes`` because it composes models with agents.
+1. `PretrainConfig` — every argument that decides the trained model (its hash is the cache
+   key); `default_cache_dir`, `load_manifest` — where a trained model lives and what it
+   records.
+2. `expert_examples` — the SFT pairs built from tasks' expert steps (`corrupt_step` makes
+   the ``corrupt_rate`` knob).
+3. `pretrain` — builds the tokenizer and a small GPT-2 (`prmgym.models.tiny`), trains it by
+   SFT (`prmgym.agents.sft.SFTTrainer`), scores held-out pass@1 with
+   `prmgym.envs.episodes.evaluate_policy` and saves it with ``save_pretrained``.
+
+This module lives in ``recipes`` because it composes models with agents.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
 import random
+import re
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from prmgym.agents.sft import trace_example
-from prmgym.models.tiny import (
-    _RECIPE_VERSION,
-    DEFAULT_ENV,
-    MANIFEST,
-    PretrainConfig,
-    _make_env,
-    corrupt_step,
-    default_cache_dir,
-    evaluate,
-    load_manifest,
-    random_tiny_policy,
-)
+from prmgym.envs.episodes import evaluate_policy
+from prmgym.models.tiny import random_tiny_policy
 
-__all__ = ["pretrain", "expert_examples", "PretrainConfig", "DEFAULT_ENV", "MANIFEST", "default_cache_dir",
-           "load_manifest"]
+__all__ = ["pretrain", "expert_examples", "PretrainConfig", "DEFAULT_ENV", "MANIFEST", "corrupt_step",
+           "default_cache_dir", "load_manifest"]
+
+# =========================================================================== settings, cache, manifest
+DEFAULT_ENV = "prmgym/ChainArithmetic-v0"
+MANIFEST = "manifest.json"
+_RECIPE_VERSION = 1  # bump when the recipe changes so old caches are not reused
 
 
+@dataclass
+class PretrainConfig:
+    """Every argument that decides the trained model (the cache key is a hash of these).
+
+    Attributes:
+        env_id: a registered prmgym environment whose tasks have ``expert_steps``.
+        env_kwargs: extra `prmgym.envs.make` arguments (e.g. ``{"difficulty": 2}``).
+        num_train_tasks: expert traces drawn from the train split (fewer -> lower held-out
+            pass@1; a weaker knob than ``steps`` at the default budget). A source with fewer
+            distinct problems (Countdown difficulty 1: ~4,100; a small JSONL file) trains on
+            all of them.
+        steps: optimizer steps. **The main knob of held-out skill** on ChainArithmetic
+            difficulty 1: 200 -> 0.035, 600 (default) -> 0.32, 1200 -> 0.77 greedy pass@1
+            (docs/models.md has the measured table).
+        corrupt_rate: fraction of training traces in which one intermediate step's last
+            number is replaced by a wrong one (the trace is otherwise unchanged): a third
+            knob that lowers accuracy without changing the data size.
+        batch_size, learning_rate, warmup_steps: SFT settings (cosine decay to 10%).
+        n_layer, n_embd, n_head, n_positions: GPT-2 size (defaults: ~0.4M parameters).
+        eval_tasks: held-out test tasks scored (greedy) after training; 0 skips.
+        seed: data, initialisation and batch order.
+    """
+
+    env_id: str = DEFAULT_ENV
+    env_kwargs: dict = field(default_factory=dict)
+    num_train_tasks: int = 6000
+    steps: int = 600
+    corrupt_rate: float = 0.0
+    batch_size: int = 32
+    learning_rate: float = 5e-3
+    warmup_steps: int = 30
+    n_layer: int = 3
+    n_embd: int = 96
+    n_head: int = 4
+    n_positions: int = 512
+    eval_tasks: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_train_tasks < 1:
+            raise ValueError(f"num_train_tasks must be >= 1, got {self.num_train_tasks}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.corrupt_rate <= 1.0:
+            raise ValueError(f"corrupt_rate must be in [0, 1], got {self.corrupt_rate}")
+        if self.eval_tasks < 0:
+            raise ValueError(f"eval_tasks must be >= 0, got {self.eval_tasks}")
+
+    def cache_key(self) -> str:
+        blob = json.dumps({"recipe": _RECIPE_VERSION, **asdict(self)}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_cache_dir(config: PretrainConfig) -> str:
+    """``$PRMGYM_CACHE`` (default ``~/.cache/prmgym``) ``/tiny/<env>-<key>``."""
+    root = os.environ.get("PRMGYM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "prmgym")
+    name = config.env_id.split("/")[-1].replace(" ", "_")
+    return os.path.join(root, "tiny", f"{name}-{config.cache_key()}")
+
+
+def corrupt_step(step: str, rng: random.Random) -> str | None:
+    """Replace the last integer in ``step`` with a different one; None if it has none.
+
+    >>> corrupt_step("3 + 4 = 7", random.Random(0)) != "3 + 4 = 7"
+    True
+    """
+    matches = list(re.finditer(r"-?\d+", step))
+    if not matches:
+        return None
+    m = matches[-1]
+    value = int(m.group())
+    delta = rng.choice([d for d in range(-9, 10) if d != 0])
+    return step[: m.start()] + str(value + delta) + step[m.end():]
+
+
+def _make_env(env_id: str, split: str, env_kwargs: dict | None):
+    import gymnasium as gym
+
+    from prmgym.envs import make
+
+    try:
+        return make(env_id, split=split, **(env_kwargs or {}))
+    except gym.error.Error as e:
+        raise ValueError(
+            f"cannot make environment {env_id!r} ({e}); list the registered ones with `prmgym envs`"
+        ) from e
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a directory written by `prmgym.recipes.tiny.pretrain`."""
+    p = os.path.join(os.fspath(path), MANIFEST)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"no {MANIFEST} in {os.fspath(path)!r}: not written by prmgym.recipes.tiny.pretrain")
+    with open(p) as f:
+        return json.load(f)
+
+
+# =========================================================================== recipe
 def expert_examples(tasks, delimiter: str = "\n", corrupt_rate: float = 0.0, seed: int = 0) -> list[tuple[str, str]]:
     """SFT pairs ``(prompt + delimiter, steps each + delimiter)`` from tasks' expert steps.
 
@@ -184,8 +283,8 @@ def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str
         train_cpu_seconds = time.process_time() - cpu_start
         result = {}
         if config.eval_tasks:
-            result = evaluate(policy, config.env_id, n_tasks=config.eval_tasks, seed=config.seed,
-                              env_kwargs=config.env_kwargs)
+            result = evaluate_policy(policy, config.env_id, n_tasks=config.eval_tasks, seed=config.seed,
+                                     env_kwargs=config.env_kwargs)
             logger.record("eval/pass@1", result["pass@1"])
             logger.record_text("eval/sample", result["sample"])
             logger.dump(trainer.num_steps)
@@ -201,7 +300,7 @@ def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str
         "final_train_loss": last.get("train/loss"),
         "train_seconds": round(train_seconds, 2),  # wall clock (includes waiting on a busy CPU)
         "train_cpu_seconds": round(train_cpu_seconds, 2),  # CPU time of this process
-        "eval": {k: v for k, v in result.items() if k != "sample"},
+        "eval": {k: v for k, v in result.items() if k not in ("sample", "mean_reward")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with open(manifest_path, "w") as f:

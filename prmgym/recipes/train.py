@@ -109,7 +109,9 @@ def check_names(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown reward {cfg.reward!r}; valid: {', '.join(rewards)}")
 
 
-def build_policy(cfg: RunConfig, progress: bool = False):
+def load_policy(cfg: RunConfig, progress: bool = False):
+    """The run's policy: the tiny model pretrained for ``cfg.env`` (trained once, then loaded
+    from the cache) or the Hugging Face directory ``cfg.model``."""
     from prmgym.models import TransformersPolicy
 
     if cfg.model == "tiny":
@@ -136,7 +138,7 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
 
     check_names(cfg)
     tcfg = cfg.trainer_config()
-    policy = policy or build_policy(cfg, progress=progress)
+    policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy)
     env_kwargs = {"split": "train", **cfg.env_kwargs}
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}

@@ -88,7 +88,7 @@ def train_from_config(cfg, resume: bool = False, progress: bool = True) -> int:
             trainer.load(ckpt)
             print(f"resumed from {ckpt} (step {trainer.num_steps})", file=sys.stderr)
         elif cfg.eval_tasks:
-            summary["pass@1_before"] = trainer.evaluate(cfg.eval_tasks)
+            summary["pass@1_before"] = trainer.pass_at_1(cfg.eval_tasks)
             print(f"held-out pass@1 before training: {summary['pass@1_before']:.3f}", file=sys.stderr)
         remaining = max(0, cfg.steps - trainer.num_steps)
         try:
@@ -104,7 +104,7 @@ def train_from_config(cfg, resume: bool = False, progress: bool = True) -> int:
         summary["final_checkpoint"] = final
         summary["policy_dir"] = os.path.join(final, "policy")
         if cfg.eval_tasks:
-            summary["pass@1_after"] = trainer.evaluate(cfg.eval_tasks)
+            summary["pass@1_after"] = trainer.pass_at_1(cfg.eval_tasks)
             print(f"held-out pass@1 after {trainer.num_steps} steps: {summary['pass@1_after']:.3f}", file=sys.stderr)
         with open(summary_path, "w") as f:
             json.dump(summary, f, indent=2)

@@ -1,16 +1,15 @@
 """Data for PRM learners: expert and policy traces, policy log-probs, Monte-Carlo step labels.
 
-(`prmgym.agents` has a richer rollout collector for trainers; rewards may not import agents,
-so this module keeps a small one of its own.)
+Episodes are played by the one episode runner, `prmgym.envs.episodes` (`EnvPool` is its
+environment pool); `rollout` turns its trajectories into `Trace` objects.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-
+from prmgym.envs.episodes import EnvPool, Prompt, Trajectory, run_episodes
 from prmgym.envs.task import Task
 from prmgym.envs.trace import render_trace
 from prmgym.rewards.scalar import PRMBatch
@@ -36,28 +35,6 @@ def expert_traces(tasks: Sequence[Task]) -> list[Trace]:
     return [Trace(t.prompt, list(t.expert_steps), reward=1.0, correct=True, task=t) for t in tasks if t.expert_steps]
 
 
-class EnvPool:
-    """A growing pool of environments made by ``env_fn`` (one per concurrent episode)."""
-
-    def __init__(self, env_fn: Callable[[], Any]) -> None:
-        self.env_fn = env_fn
-        self.envs: list[Any] = []
-
-    def get(self, n: int) -> list[Any]:
-        while len(self.envs) < n:
-            self.envs.append(self.env_fn())
-        return self.envs[:n]
-
-    @property
-    def delimiter(self) -> str:
-        return getattr(self.get(1)[0].unwrapped, "delimiter", "\n")
-
-    def close(self) -> None:
-        for e in self.envs:
-            e.close()
-        self.envs = []
-
-
 def rollout(
     pool: EnvPool,
     policy: Any,
@@ -69,52 +46,27 @@ def rollout(
     max_new_tokens: int = 32,
     max_steps: int = 16,
 ) -> list[Trace]:
-    """Play ``n`` episodes per task (optionally after replaying ``prefixes[i]``); batched propose.
+    """Play ``n`` episodes per task (optionally after replaying ``prefixes[i]``) with the
+    episode runner (`prmgym.envs.episodes.run_episodes`), as `Trace` objects.
 
     Returns traces in order (task 0's n episodes first). A prefix that already ends the
     episode gives a trace with no generated steps and that prefix's outcome.
     """
-    rng = np.random.default_rng(seed)
     if prefixes is not None and len(prefixes) != len(tasks):
         raise ValueError(f"{len(prefixes)} prefixes for {len(tasks)} tasks")
-    envs = pool.get(len(tasks) * n)
-    delim = pool.delimiter
-    traces: list[Trace] = []
-    obs: list[str] = []
-    done: list[bool] = []
-    for ti, task in enumerate(tasks):
-        prefix = list(prefixes[ti]) if prefixes is not None else []
-        for k in range(n):
-            env = envs[ti * n + k]
-            o, info = env.reset(seed=int(rng.integers(2**31 - 1)), options={"task": task})
-            tr = Trace(task.prompt, list(prefix), [0.0] * len(prefix), [0] * len(prefix), task=task, prefix_len=len(prefix))
-            finished = False
-            for s in prefix:
-                o, r, term, trunc, info = env.step(s)
-                if term or trunc:
-                    finished = True
-                    _finish(tr, r, info)
-                    break
-            traces.append(tr)
-            obs.append(o)
-            done.append(finished)
-    for _ in range(max_steps):
-        live = [i for i, d in enumerate(done) if not d]
-        if not live:
-            break
-        props = policy.propose([obs[i] for i in live], n=1, stop=delim, max_new_tokens=max_new_tokens,
-                               temperature=temperature, seed=int(rng.integers(2**31 - 1)))
-        for i, [p] in zip(live, props):
-            tr = traces[i]
-            tr.steps.append(p.text)
-            tr.step_logprobs.append(float(sum(p.logprobs)))
-            tr.step_ntokens.append(len(p.token_ids))
-            o, r, term, trunc, info = envs[i].step(p.text)
-            obs[i] = o
-            if term or trunc:
-                done[i] = True
-                _finish(tr, r, info)
-    return traces
+    prompts = [Prompt(t, tuple(prefixes[i]) if prefixes is not None else ()) for i, t in enumerate(tasks)]
+    trajs, _ = run_episodes(pool.get(len(tasks) * n), policy, prompts, n, seed=seed, temperature=temperature,
+                            max_new_tokens=max_new_tokens, max_steps=max_steps, finished_prefix="keep")
+    return [_trace(t) for t in trajs]
+
+
+def _trace(t: Trajectory) -> Trace:
+    """A runner `Trajectory` as a PRM `Trace`: prefix steps first (log-prob 0, 0 tokens),
+    then each generated step's summed log-prob and token count."""
+    k = len(t.prompt.prefix)
+    return Trace(t.task.prompt, t.all_steps, [0.0] * k + [float(sum(lp)) for lp in t.step_logprobs],
+                 [0] * k + [len(ids) for ids in t.step_token_ids], reward=t.reward, correct=t.correct,
+                 task=t.task, prefix_len=k)
 
 
 def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter: str = "\n", seed: int = 0,
@@ -142,12 +94,6 @@ def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter
             out.append(Trace(tr.prompt, list(tr.steps[:i]) + [p.text], [0.0] * i + [float(sum(p.logprobs))],
                              [0] * i + [len(p.token_ids)], task=tr.task, prefix_len=i))
     return out
-
-
-def _finish(tr: Trace, reward: float, info: Any) -> None:
-    tr.reward = float(reward)
-    verdict = info.get("verdict") if isinstance(info, dict) else None
-    tr.correct = bool(getattr(verdict, "correct", reward >= 1.0))
 
 
 def fill_logprobs(policy: Any, prompts: Sequence[str], step_lists: Sequence[Sequence[str]],

@@ -22,11 +22,17 @@ from __future__ import annotations
 
 from prmgym.budget import Budget
 from prmgym.rewards.base import AGGREGATIONS
-from prmgym.search.base import SearchResult
+from prmgym.search.base import Planner, PlannerOptions, SearchResult
 from prmgym.search.engine import Node, SearchEngine, vote
 
 
-class _GroupedBeam:
+def _knobs(o: PlannerOptions) -> dict:
+    """The shared knobs beam search and DVTS read the same way."""
+    return dict(max_depth=o.max_depth, aggregation=o.aggregation, max_new_tokens=o.max_new_tokens,
+                temperature=o.temperature, seed=o.seed)
+
+
+class _GroupedBeam(Planner):
     select_options = ("score", "weighted_vote")
 
     def __init__(self, *, groups: int, keep: int, expansions: int, max_depth: int, aggregation: str,
@@ -153,6 +159,12 @@ class BeamSearch(_GroupedBeam):
                          aggregation=aggregation, select=select, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed)
 
+    names = {"beam": "step-level beam search: beam_width beams x expansions samples per level, ranked by the PRM"}
+
+    @classmethod
+    def from_options(cls, name: str, options: PlannerOptions, **extra) -> "BeamSearch":
+        return cls(beam_width=options.beam_width, expansions=options.expansions, **_knobs(options), **extra)
+
     def __repr__(self) -> str:
         return f"BeamSearch(beam_width={self.beam_width}, expansions={self.expansions}, max_depth={self.max_depth})"
 
@@ -174,6 +186,12 @@ class DVTS(_GroupedBeam):
         super().__init__(groups=n // subtree_width, keep=1, expansions=subtree_width, max_depth=max_depth,
                          aggregation=aggregation, select=select, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed)
+
+    names = {"dvts": "diverse verifier tree search: n / expansions independent subtrees, each keeps its best child"}
+
+    @classmethod
+    def from_options(cls, name: str, options: PlannerOptions, **extra) -> "DVTS":
+        return cls(n=options.n, subtree_width=options.expansions, **_knobs(options), **extra)
 
     def __repr__(self) -> str:
         return f"DVTS(n={self.n}, subtree_width={self.subtree_width}, max_depth={self.max_depth})"

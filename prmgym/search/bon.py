@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from prmgym.budget import Budget
 from prmgym.rewards.base import AGGREGATIONS
-from prmgym.search.base import SearchResult
+from prmgym.search.base import Planner, PlannerOptions, SearchResult
 from prmgym.search.engine import Node, SearchEngine, vote
 
 SELECTIONS = ("prm", "orm", "majority", "weighted_vote", "first")
 
+#: planner name -> BestOfN selection
+_SELECT_OF = {"majority": "majority", "bon": "prm", "weighted_vote": "weighted_vote", "orm_bon": "orm"}
 
-class BestOfN:
+
+class BestOfN(Planner):
     """Sample up to ``n`` complete traces and choose one.
 
     Traces are sampled in waves of ``wave`` so that a budget that runs out mid-way leaves
@@ -46,6 +49,23 @@ class BestOfN:
         self.stepwise = stepwise
         self.max_new_tokens, self.max_trace_tokens, self.max_depth = max_new_tokens, max_trace_tokens, max_depth
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
+
+    names = {
+        "sample": "one sampled trace (BestOfN(n=1, select='first')); no scorer",
+        "majority": "n sampled traces, the most frequent answer; no scorer",
+        "bon": "n sampled traces, the one with the highest PRM aggregate",
+        "weighted_vote": "n sampled traces, the answer with the largest summed PRM aggregate",
+        "orm_bon": "n sampled traces, the one the scorer rates highest on the final trace (ORM)",
+    }
+
+    @classmethod
+    def from_options(cls, name: str, options: PlannerOptions, **extra) -> "BestOfN":
+        o = options
+        common = dict(max_trace_tokens=o.max_trace_tokens, max_depth=o.max_depth, temperature=o.temperature, seed=o.seed)
+        if name == "sample":
+            return cls(n=1, select="first", **common, **extra)
+        return cls(n=o.n, select=_SELECT_OF[name], aggregation=o.aggregation, max_new_tokens=o.max_new_tokens,
+                   **common, **extra)
 
     def __repr__(self) -> str:
         return f"BestOfN(n={self.n}, select={self.select!r}, aggregation={self.aggregation!r})"
@@ -85,28 +105,8 @@ class BestOfN:
                 if leaf.terminal:
                     out.append(leaf)
             return len(props), out
-        active = [root] * k
-        first = True
-        done: list[Node] = []
-        for _ in range(self.max_depth):
-            if not active:
-                break
-            if first:
-                (props,) = eng.propose([root], k, stop=eng.delimiter, max_new_tokens=self.max_new_tokens)
-                pairs = [(root, p) for p in props]
-                if not props:
-                    return None
-                started = len(props)
-                first = False
-            else:
-                lists = eng.propose(active, 1, stop=eng.delimiter, max_new_tokens=self.max_new_tokens)
-                pairs = [(nd, p) for nd, ps in zip(active, lists) for p in ps]
-            nxt = []
-            for parent, p in pairs:
-                c = eng.child(parent, p.text)
-                (done if c.terminal else nxt).append(c)
-            active = nxt
-        return started, done
+        started, done = eng.play(root, k, max_new_tokens=self.max_new_tokens, max_steps=self.max_depth)
+        return (started, done) if started else None
 
     # -- choosing -----------------------------------------------------------------
     def _choose(self, eng: SearchEngine, root: Node, finished: list[Node], sampled: int) -> SearchResult:

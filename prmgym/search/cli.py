@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from prmgym.search.evaluate import PLANNERS, SCORERLESS, evaluate, make_planner
+from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer, planner_names
 
 
 def _kv(items):
@@ -31,7 +31,7 @@ def _kv(items):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--planner", choices=PLANNERS, default="beam", help="which planner (default: beam)")
+    p.add_argument("--planner", choices=planner_names(), default="beam", help="which planner (default: beam)")
     p.add_argument("--policy", required=True, help="policy directory (a Hugging Face causal LM saved with save_pretrained)")
     p.add_argument("--prm", default=None, help="PRM / ORM / value-model directory (prmgym train-prm output); "
                    "not needed for --planner sample|majority")
@@ -62,9 +62,10 @@ def run(args) -> int:
 
     if args.n_tasks < 1:
         raise SystemExit("prmgym search: --n-tasks must be >= 1")
-    if args.planner not in SCORERLESS and not args.prm:
+    scorerless = [n for n in planner_names() if not needs_scorer(n)]
+    if needs_scorer(args.planner) and not args.prm:
         raise SystemExit(f"prmgym search: --planner {args.planner} needs --prm DIR (a trained PRM/value model); "
-                         f"or use --planner sample|majority")
+                         f"or use --planner {'|'.join(scorerless)}")
     from prmgym.budget import Budget
 
     try:
@@ -78,7 +79,7 @@ def run(args) -> int:
                            temperature=args.temperature, seed=args.seed)
     policy = TransformersPolicy.from_pretrained(args.policy)
     scorer = None
-    if args.prm and args.planner not in SCORERLESS:
+    if args.prm and needs_scorer(args.planner):
         from prmgym.rewards import load_prm
 
         if not os.path.isdir(args.prm):
@@ -92,7 +93,7 @@ def run(args) -> int:
     with Logger(out, formats=("jsonl", "tensorboard"), hparams=hparams) as log:
         print(f"prmgym search: {planner!r} on {args.env} ({len(tasks)} {args.split} tasks), budget per task: "
               f"{args.budget or 'unlimited'}", flush=True)
-        summary = evaluate(planner, env, policy, scorer, tasks, args.budget,
+        summary = evaluate_planner(planner, env, policy, scorer, tasks, args.budget,
                            results_path=os.path.join(out, "results.jsonl"), logger=log, tag=f"search/{args.planner}",
                            progress=not args.quiet)
         log.record(f"search/{args.planner}/accuracy", summary["accuracy"])

@@ -148,11 +148,16 @@ class SearchEngine:
         Returns one list of `Proposal` per node (possibly shorter than asked, possibly empty
         when the budget is spent). Every returned proposal has been charged.
         """
-        counts = [n] * len(nodes) if isinstance(n, int) else list(n)
-        if len(counts) != len(nodes):
-            raise ValueError("propose: one sample count per node")
         obs = [render_trace(self.prompt, nd.steps, self.delimiter) for nd in nodes]
-        out: list[list] = [[] for _ in nodes]
+        return self.propose_observations(obs, n, stop=stop, max_new_tokens=max_new_tokens)
+
+    def propose_observations(self, obs: Sequence[str], n: int | Sequence[int], *, stop: str | None,
+                             max_new_tokens: int) -> list[list]:
+        """`propose` for rendered observations (partial traces of this search's task)."""
+        counts = [n] * len(obs) if isinstance(n, int) else list(n)
+        if len(counts) != len(obs):
+            raise ValueError("propose: one sample count per observation")
+        out: list[list] = [[] for _ in obs]
         # Worst case: every sample runs to max_new_tokens; every prefix is encoded once.
         enc_cost = [self.count_tokens(o) for o in obs]
         remaining_gen = self.budget.remaining("generated")
@@ -228,6 +233,24 @@ class SearchEngine:
             if node.terminal:
                 break
         return node
+
+    def play(self, root: Node, k: int, *, max_new_tokens: int, max_steps: int) -> tuple[int, list[Node]]:
+        """``k`` step-by-step episodes from ``root`` played by the episode runner
+        (`prmgym.envs.episodes.play_rounds`): the first round samples ``k`` steps of the root
+        in one call, later rounds one step per live episode, all within the budget.
+
+        Returns (episodes that got a first step, the finished leaves in the order they
+        finished)."""
+        from prmgym.envs.episodes import Prompt, Trajectory, play_rounds
+
+        branches = [_Branch(self, root) for _ in range(k)]
+        obs = render_trace(self.prompt, root.steps, self.delimiter)
+        trajs = [Trajectory(Prompt(self.task), 0, obs) for _ in range(k)]
+        play_rounds(trajs, branches, _BudgetedPolicy(self), stop=self.delimiter, group_size=k,
+                    max_new_tokens=max_new_tokens, max_steps=max_steps)
+        started = sum(1 for t in trajs if t.steps)
+        done = sorted((b.node for b in branches if b.node.terminal), key=lambda nd: nd.depth)  # stable: by round
+        return started, done
 
     def split_steps(self, text: str) -> list[str]:
         return [s for s in text.split(self.delimiter) if s.strip()]
@@ -315,6 +338,30 @@ class SearchEngine:
         used = {k: self.budget.used[k] - self._start_used.get(k, 0) for k in self.budget.used}
         used["seconds"] = round(self.budget.elapsed() - self._start_seconds, 4)
         return used
+
+
+class _BudgetedPolicy:
+    """The policy as the episode runner sees it during a search: every call goes through
+    `SearchEngine.propose_observations` (the budget's limits and charges, the search's own
+    sampling settings and seeds), so it may return fewer proposals than asked."""
+
+    def __init__(self, engine: SearchEngine) -> None:
+        self.engine = engine
+
+    def propose(self, observations, n=1, stop="\n", max_new_tokens=64, temperature=None, top_p=None, seed=None):
+        return self.engine.propose_observations(observations, n, stop=stop, max_new_tokens=max_new_tokens)
+
+
+class _Branch:
+    """A tree branch as an env for the episode runner: ``step`` is `SearchEngine.child`."""
+
+    def __init__(self, engine: SearchEngine, node: Node) -> None:
+        self.engine, self.node = engine, node
+
+    def step(self, action: str):
+        self.node = nd = self.engine.child(self.node, action)
+        obs = render_trace(self.engine.prompt, nd.steps, self.engine.delimiter)
+        return obs, nd.reward, nd.terminal, False, {"answer": nd.answer, "verdict": nd.verdict}
 
 
 def vote(nodes: Sequence[Node], weights: Sequence[float] | None = None) -> tuple[str | None, float, list[Node]]:

@@ -1,7 +1,9 @@
-"""Run a planner over held-out tasks at a fixed per-task budget; the one evaluation loop
-used by ``prmgym search``, the quickstart and the benchmarks.
+"""Run a planner over held-out tasks at a fixed per-task budget (`evaluate_planner`): the one
+planner evaluation loop, used by ``prmgym search``, the quickstart and the benchmarks.
 
->>> PLANNERS[:4]
+Planners are built by name with `make_planner` (the registry of `prmgym.search.base`).
+
+>>> planner_names()[:4]
 ('sample', 'majority', 'bon', 'weighted_vote')
 """
 
@@ -9,61 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from typing import Iterable
 
 from prmgym.budget import UNITS, Budget
-from prmgym.search.beam import DVTS, BeamSearch
-from prmgym.search.bon import BestOfN
-from prmgym.search.mcts import MCTS
+from prmgym.search.base import make_planner, needs_scorer, planner_names
 
-#: names accepted by `make_planner` (and ``prmgym search --planner``)
-PLANNERS = ("sample", "majority", "bon", "weighted_vote", "orm_bon", "beam", "dvts", "mcts", "vm_mcts", "airl_s")
-
-#: planners that need no scorer
-SCORERLESS = ("sample", "majority")
+__all__ = ["evaluate_planner", "make_planner", "needs_scorer", "planner_names"]
 
 
-def make_planner(name: str, *, n: int = 8, beam_width: int = 4, expansions: int = 4, iterations: int = 20,
-                 max_depth: int = 16, aggregation: str = "last", max_new_tokens: int = 48,
-                 max_trace_tokens: int = 256, temperature: float = 1.0, seed: int | None = 0, **extra: Any):
-    """A planner from a short name and the common knobs.
-
-    * ``sample``: one sampled trace (``BestOfN(n=1, select="first")``).
-    * ``majority`` / ``bon`` / ``weighted_vote`` / ``orm_bon``: `BestOfN` with that selection.
-    * ``beam``: `BeamSearch(beam_width, expansions)`; ``dvts``: `DVTS(n, subtree_width=expansions)`.
-    * ``mcts`` / ``airl_s``: `MCTS.airl_s(iterations, expansions)` (PUCT, PRM values).
-    * ``vm_mcts``: `MCTS.vm_mcts(iterations, expansions)` (value model, best completion).
-    Extra keyword arguments go to the planner's constructor.
-    """
-    common = dict(temperature=temperature, seed=seed)
-    if name == "sample":
-        return BestOfN(n=1, select="first", max_trace_tokens=max_trace_tokens, max_depth=max_depth, **common, **extra)
-    if name in ("majority", "bon", "weighted_vote", "orm_bon"):
-        select = {"majority": "majority", "bon": "prm", "weighted_vote": "weighted_vote", "orm_bon": "orm"}[name]
-        return BestOfN(n=n, select=select, aggregation=aggregation, max_trace_tokens=max_trace_tokens,
-                       max_depth=max_depth, max_new_tokens=max_new_tokens, **common, **extra)
-    if name == "beam":
-        return BeamSearch(beam_width=beam_width, expansions=expansions, max_depth=max_depth, aggregation=aggregation,
-                          max_new_tokens=max_new_tokens, **common, **extra)
-    if name == "dvts":
-        return DVTS(n=n, subtree_width=expansions, max_depth=max_depth, aggregation=aggregation,
-                    max_new_tokens=max_new_tokens, **common, **extra)
-    if name in ("mcts", "airl_s"):
-        return MCTS.airl_s(iterations=iterations, expansions=expansions, max_depth=max_depth, aggregation=aggregation,
-                           max_new_tokens=max_new_tokens, rollout_max_new_tokens=max_trace_tokens, **common, **extra)
-    if name == "vm_mcts":
-        return MCTS.vm_mcts(iterations=iterations, expansions=expansions, max_depth=max_depth,
-                            max_new_tokens=max_new_tokens, rollout_max_new_tokens=max_trace_tokens, **common, **extra)
-    raise ValueError(f"unknown planner {name!r}; valid: {', '.join(PLANNERS)}")
-
-
-def evaluate(planner, env, policy, scorer, tasks: Iterable, budget: str | dict | Budget | None = None, *,
+def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str | dict | Budget | None = None, *,
              results_path: str | os.PathLike | None = None, logger=None, tag: str = "search",
              progress: bool = False) -> dict:
     """Solve each task from a fresh per-task budget; returns accuracy and mean usage.
 
     Args:
-        planner: anything with ``solve(env, policy, scorer, budget)``.
+        planner: a `Planner` (anything with ``solve(env, policy, scorer, budget)``).
         env: a prmgym env (reset on each task here).
         tasks: `Task` objects (held-out: ``env.unwrapped.source.tasks("test", n)``).
         budget: per-task limits (``"generated=2000"``, a dict, or a `Budget` used as template).

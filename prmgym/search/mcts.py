@@ -44,7 +44,7 @@ from typing import Iterable
 
 from prmgym.budget import Budget
 from prmgym.rewards.base import AGGREGATIONS
-from prmgym.search.base import SearchResult
+from prmgym.search.base import Planner, PlannerOptions, SearchResult
 from prmgym.search.engine import Node, SearchEngine
 
 SELECTS = ("uct", "puct")
@@ -53,7 +53,7 @@ ANSWERS = ("best_value", "visits", "best_completion")
 EXPANSIONS = ("step", "continuation")
 
 
-class MCTS:
+class MCTS(Planner):
     """MCTS planner; see the module docstring for the algorithm.
 
     Args:
@@ -102,6 +102,26 @@ class MCTS:
     def __repr__(self) -> str:
         return (f"MCTS(iterations={self.iterations}, expansions={self.expansions}, select={self.select!r}, "
                 f"c={self.c}, evaluation={self.evaluation!r}, answer={self.answer!r}, expansion={self.expansion!r})")
+
+    names = {
+        "mcts": "AIRL-S MCTS: PUCT over step samples, PRM values of new nodes (same as airl_s)",
+        "vm_mcts": "ReST-RL MCTS: full continuations, value model at new nodes, best completion",
+        "airl_s": "AIRL-S MCTS: PUCT over step samples, PRM values of new nodes",
+    }
+
+    @classmethod
+    def from_options(cls, name: str, options: PlannerOptions, **extra) -> "MCTS":
+        o = options
+        common = dict(iterations=o.iterations, expansions=o.expansions, max_depth=o.max_depth,
+                      max_new_tokens=o.max_new_tokens, rollout_max_new_tokens=o.max_trace_tokens,
+                      temperature=o.temperature, seed=o.seed)
+        if name == "vm_mcts":
+            return cls.vm_mcts(**common, **extra)
+        return cls.airl_s(aggregation=o.aggregation, **common, **extra)
+
+    @property
+    def needs_scorer(self) -> bool:
+        return self.evaluation != "verifier"
 
     # -- presets ------------------------------------------------------------------------
     @classmethod
