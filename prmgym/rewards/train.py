@@ -214,15 +214,9 @@ class OfflinePRMTrainer:
         return history
 
     def save_checkpoint(self) -> str:
-        path = os.path.join(self.run_dir, CHECKPOINT)
-        tmp = path + ".tmp"
-        self.prm.save(tmp)
-        if os.path.exists(path):
-            import shutil
+        from prmgym.checkpoints import write_checkpoint
 
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        return path
+        return write_checkpoint(os.path.join(self.run_dir, CHECKPOINT), self.prm.save)
 
     def close(self) -> None:
         if self.pool is not None:
