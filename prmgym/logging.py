@@ -162,6 +162,21 @@ def _truncate_jsonl(path: str, step: int) -> None:
     os.replace(tmp, path)
 
 
+def _after_older_event_files(logdir: str) -> None:
+    """TensorBoard reads a directory's event files in name order, and the name starts with the
+    second it was made: wait until this second sorts after every file already there, so the
+    purge of a resumed run applies to the events it should hide."""
+    if not os.path.isdir(logdir):
+        return
+    stamps = []
+    for name in os.listdir(logdir):
+        parts = name.split(".")
+        if name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+            stamps.append(int(parts[3]))
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
 def _make_tb_writer(logdir: str, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -170,4 +185,6 @@ def _make_tb_writer(logdir: str, purge_step: int | None = None):
             "TensorBoard logging needs the 'tensorboard' package: pip install tensorboard "
             "(or drop 'tensorboard' from the logger formats)"
         ) from e
+    if purge_step is not None:
+        _after_older_event_files(logdir)
     return SummaryWriter(log_dir=logdir, purge_step=purge_step)
