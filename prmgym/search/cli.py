@@ -109,7 +109,7 @@ def prepare_out(out: str, settings: dict, resume: bool, overwrite: bool) -> list
         with open(results, "w") as f:  # drop a torn last line
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return rows
-    if held:
+    if held and not overwrite:
         n = len(_read_rows(results)) if os.path.exists(results) else 0
         raise ConfigError(f"--out {out!r} already holds a search ({n} rows in results.jsonl); pass --resume to "
                           "continue it, --overwrite to replace it, or another --out")
