@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from prmgym.config import add_env_arg, apply_overrides
+from prmgym.config import ConfigError, add_env_arg, apply_overrides
 
 KINDS = ("airl", "repirl", "orm", "mc", "value", "implicit")
 
@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "value":
         from prmgym.rewards.value import load_value_targets
 
-        targets = load_value_targets(args.targets)
+        try:
+            targets = load_value_targets(args.targets)
+        except ValueError as e:  # a bad line in the user's file: a usage error (exit 2)
+            raise ConfigError(f"--targets: {e}") from None
     env_fn = None
     delimiter = "\n"
     if args.env:
