@@ -61,7 +61,7 @@ class QuickstartConfig:
     max_new_tokens: int = 16  # per step (ChainArithmetic steps are ~10 characters)
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
-    threads: int = 1  # torch intra-op threads; measured on a shared 2-core box: --fast took 236 s with 2, 18 s with 1
+    threads: int = 1  # torch intra-op threads (why one: docs/models.md, "--threads")
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
