@@ -114,6 +114,8 @@ def kill_resume(config: dict, out: str, kills: int = 5, seed: int = 0, max_delay
     steps = int(config["steps"])
     if steps <= kills:
         raise ValueError(f"steps ({steps}) must be more than kills ({kills}): each kill lands at a later step")
+    from prmgym.checkpoints import checkpoint_step, latest_checkpoint
+
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)
     ref_dir, run_dir = os.path.join(out, "uninterrupted"), os.path.join(out, "killed")
@@ -130,10 +132,9 @@ def kill_resume(config: dict, out: str, kills: int = 5, seed: int = 0, max_delay
         argv = _cli("train", "--config", paths["run"], "--overwrite", "--no-progress")
         for target in targets:
             delay = rng.uniform(0.0, max_delay)
-            before = _last_step(run_dir)
+            ckpt = latest_checkpoint(run_dir)
+            before = checkpoint_step(ckpt) if ckpt else 0
             ev = _run_and_kill(argv, run_dir, target, delay, log, timeout)
-            from prmgym.checkpoints import checkpoint_step, latest_checkpoint
-
             ckpt = latest_checkpoint(run_dir)
             ev.update(target=target, delay=round(delay, 3), resumed_from=before,
                       checkpoint_after=checkpoint_step(ckpt) if ckpt else 0)
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.kills} x kill -9 during {args.steps} GRPO steps ({args.batch} episodes/step, checkpoint every "
           f"{args.save_every}):")
     for i, e in enumerate(res["kills"], 1):
-        print(f"  kill {i}: resumed from step {e['resumed_from']}, killed {e['delay']:.3f} s after step {e['target']} "
+        print(f"  kill {i}: started from step {e['resumed_from']}, killed {e['delay']:.3f} s after step {e['target']} "
               f"was logged (at step {e['logged_step']}); newest checkpoint: step {e['checkpoint_after']} "
               f"-> {e['steps_lost']} step(s) to do again")
     ratio = res["seconds_killed_and_resumed"] / res["seconds_uninterrupted"]
