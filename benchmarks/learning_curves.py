@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from prmgym.agents import GRPOConfig, GRPOTrainer, ReSTGRPOConfig, ReSTGRPOTrainer
-from prmgym.config import from_dict
+from prmgym.config import add_set_arg, apply_overrides, from_dict
 from prmgym.models import TransformersPolicy
 from prmgym.recipes import tiny as tiny_recipe
 
@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first_seed .. first_seed + seeds - 1")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--eval-tasks", type=int, default=100, help="held-out test tasks (same for all runs)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="trainer field override, e.g. --set learning_rate=5e-5")
+    add_set_arg(p, example="learning_rate=5e-5")
     p.add_argument("--pretrain", action="append", default=[], metavar="KEY=VALUE", help="tiny.pretrain override")
     p.add_argument("--out", default="benchmarks/results/learning_curves")
     p.add_argument("--threads", type=int, default=1)
@@ -101,10 +100,8 @@ def main(argv=None) -> int:
     if args.merge:
         return write_report(merge_results(args.merge), args.out)
     torch.set_num_threads(args.threads)
-    import yaml
-
-    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-    pre_kw = {**PRETRAIN, **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.pretrain)}}
+    overrides = apply_overrides({}, args.overrides)
+    pre_kw = apply_overrides(PRETRAIN, args.pretrain, flag="--pretrain")
     os.makedirs(args.out, exist_ok=True)
 
     results = {}

@@ -68,16 +68,20 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"trainer.lr=1e-5"`` -> (``["trainer", "lr"]``, ``1e-5``); the value is read as YAML."""
+def parse_override(item: str, flag: str = "--set") -> tuple[list[str], Any]:
+    """``"trainer.lr=1e-5"`` -> (``["trainer", "lr"]``, ``1e-5``); the value is read as YAML.
+
+    The one ``KEY=VALUE`` parser of the project: ``--set`` config overrides and ``--env-arg``
+    environment keywords both go through it (``flag`` only names the option in errors).
+    """
     import yaml
 
     if "=" not in item:
-        raise ConfigError(f"bad override {item!r}: write key=value (nested keys with dots, e.g. trainer.learning_rate=1e-5)")
+        raise ConfigError(f"bad {flag} {item!r}: write key=value (nested keys with dots, e.g. trainer.learning_rate=1e-5)")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"bad override {item!r}: empty key; write key=value")
+        raise ConfigError(f"bad {flag} {item!r}: empty key; write key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
@@ -85,21 +89,38 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict:
-    """Return a copy of ``data`` with every ``key=value`` override applied (dots nest)."""
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str] = (), flag: str = "--set") -> dict:
+    """Return a copy of ``data`` with every ``key=value`` override applied (dots nest).
+
+    >>> apply_overrides({}, ["difficulty=2", "source_kwargs.max_len=5", "task=gcd"], flag="--env-arg")
+    {'difficulty': 2, 'source_kwargs': {'max_len': 5}, 'task': 'gcd'}
+    """
     out = _deepcopy(dict(data))
-    for item in overrides:
-        keys, value = parse_override(item)
+    for item in overrides or ():
+        keys, value = parse_override(item, flag)
         node = out
         for k in keys[:-1]:
             nxt = node.get(k)
             if nxt is None:
                 nxt = node[k] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {k!r} is a value, not a section")
+                raise ConfigError(f"{flag} {item!r}: {k!r} is a value, not a section")
             node = nxt
         node[keys[-1]] = value
     return out
+
+
+def add_env_arg(parser: Any) -> None:
+    """The ``--env-arg KEY=VALUE`` option (gym.make keywords) every command spells the same way;
+    parse it with ``apply_overrides({}, args.env_arg, flag="--env-arg")``."""
+    parser.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra gym.make keyword (repeatable), e.g. --env-arg difficulty=2; VALUE is read as YAML")
+
+
+def add_set_arg(parser: Any, example: str = "trainer.learning_rate=1e-4") -> None:
+    """The ``--set KEY=VALUE`` option (config overrides, stored in ``args.overrides``)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value (repeatable; dots nest), e.g. --set {example}")
 
 
 def _deepcopy(x: Any) -> Any:

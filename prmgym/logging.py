@@ -34,6 +34,9 @@ class Logger:
         hparams: written once at the start (a markdown table in TensorBoard's text tab,
             ``hparams.json`` in the run directory).
         stream: where ``stdout`` output goes.
+        resume_step: continuing a run from its checkpoint at this step: rows of
+            ``metrics.jsonl`` logged after it are dropped and TensorBoard hides the events after it
+            (``purge_step``), so no step appears twice (a killed run logs past its last checkpoint).
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class Logger:
         formats: Iterable[str] = FORMATS,
         hparams: Mapping[str, Any] | None = None,
         stream=None,
+        resume_step: int | None = None,
     ) -> None:
         formats = tuple(formats)
         bad = [f for f in formats if f not in FORMATS]
@@ -53,10 +57,12 @@ class Logger:
         self.stream = stream or sys.stdout
         self._scalars: dict[str, list[float]] = defaultdict(list)
         self._texts: dict[str, str] = {}
+        if resume_step is not None:
+            _truncate_jsonl(os.path.join(self.run_dir, "metrics.jsonl"), resume_step)
         self._jsonl = open(os.path.join(self.run_dir, "metrics.jsonl"), "a") if "jsonl" in formats else None
         self._tb = None
         if "tensorboard" in formats:
-            self._tb = _make_tb_writer(os.path.join(self.run_dir, "tb"))
+            self._tb = _make_tb_writer(os.path.join(self.run_dir, "tb"), None if resume_step is None else resume_step + 1)
         if hparams:
             self.log_hparams(hparams)
 
@@ -138,7 +144,40 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _make_tb_writer(logdir: str):
+def _truncate_jsonl(path: str, step: int) -> None:
+    """Keep the rows of ``path`` logged at or before ``step`` (and drop a line cut short by a kill)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if int(json.loads(line).get("step", 0)) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, TypeError, AttributeError):  # torn or foreign line
+                continue
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
+def _after_older_event_files(logdir: str) -> None:
+    """TensorBoard reads a directory's event files in name order, and the name starts with the
+    second it was made: wait until this second sorts after every file already there, so the
+    purge of a resumed run applies to the events it should hide."""
+    if not os.path.isdir(logdir):
+        return
+    stamps = []
+    for name in os.listdir(logdir):
+        parts = name.split(".")
+        if name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+            stamps.append(int(parts[3]))
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
+def _make_tb_writer(logdir: str, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:  # tensorboard or torch missing
@@ -146,4 +185,6 @@ def _make_tb_writer(logdir: str):
             "TensorBoard logging needs the 'tensorboard' package: pip install tensorboard "
             "(or drop 'tensorboard' from the logger formats)"
         ) from e
-    return SummaryWriter(log_dir=logdir)
+    if purge_step is not None:
+        _after_older_event_files(logdir)
+    return SummaryWriter(log_dir=logdir, purge_step=purge_step)

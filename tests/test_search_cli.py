@@ -69,14 +69,14 @@ def test_evaluate_counts_accuracy_and_writes_rows(tmp_path):
     assert res["accuracy"] == 0.0 and res["budget"]["generated"] > 0
 
 
-def test_search_cli_checks_its_inputs(tmp_path):
+def test_search_cli_checks_its_inputs(tmp_path, capsys):
     from prmgym.cli import main
 
     base = ["search", "--policy", str(tmp_path / "nope")]
     for extra, msg in ((["--planner", "beam"], "needs --prm"), (["--planner", "majority"], "no policy directory"),
                        (["--planner", "majority", "--budget", "tokens=5"], "unknown budget unit")):
-        with pytest.raises(SystemExit, match=msg):
-            main(base + extra)
+        assert main(base + extra) == 2
+        assert msg in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -116,3 +116,58 @@ def test_evaluate_starts_every_search_with_a_cold_prm_cache():
     evaluate_planner(make_planner("beam", beam_width=2, expansions=2), FakeChainEnv(), TablePolicy(n_wrong=1), prm, TASKS,
              "generated=500")
     assert prm.clears == len(TASKS)
+
+
+def _rows(out):
+    """The result rows without their wall-clock seconds (the one field a rerun may change)."""
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["budget"].pop("seconds")
+    return rows
+
+
+def test_search_out_is_refused_overwritten_or_resumed(tmp_path, capsys):
+    import torch
+
+    from prmgym.cli import main
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    pol_dir = tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    out = tmp_path / "run"
+    cmd = ["search", "--planner", "sample", "--policy", pol_dir, "--n-tasks", "3", "--budget", "generated=40",
+           "--max-depth", "3", "--out", str(out), "--quiet"]
+    assert main(cmd) == 0
+    first = _rows(out)
+    assert len(first) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    # the same --out again: refused, nothing appended
+    capsys.readouterr()
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert "already holds a search (3 rows in results.jsonl)" in err and "--resume" in err and "--overwrite" in err
+    assert len(_rows(out)) == 3
+    assert main(cmd + ["--overwrite"]) == 0
+    assert _rows(out) == first
+    # an interrupted search (one row and a torn line written, no summary) resumes where it stopped
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n" + lines[1][:20])
+    (out / "summary.json").unlink()
+    assert main(cmd + ["--resume"]) == 0
+    assert "1 done before, 2 to go" in capsys.readouterr().out
+    assert _rows(out) == first
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["n"] == 3 and resumed["accuracy"] == summary["accuracy"]
+    # other settings cannot resume it; a complete search has nothing to do
+    assert main(cmd + ["--resume", "--seed", "1"]) == 2
+    assert "other settings (seed: 0 then, 1 now)" in capsys.readouterr().err
+    assert main(cmd + ["--resume"]) == 0
+    assert "complete (3 of 3 tasks); nothing to do" in capsys.readouterr().out
+    assert main(cmd + ["--resume", "--overwrite"]) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("search/sample/reward")] == [0, 1, 2]
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]  # one row per task, then the accuracy at step n

@@ -120,3 +120,138 @@ def test_train_with_airl_reward_logs_discriminator_to_tensorboard(tmp_path, mode
     prm = load_prm(os.path.join(ckpt, "process_reward"))
     [scores] = prm.score_steps(["Compute left to right: 1+2\n"], [["1+2=3", "Answer: 3"]])
     assert len(scores) == 2
+
+
+# --------------------------------------------------------------------------- stop, resume, restart
+def _steps(run):
+    return [json.loads(line)["step"] for line in open(os.path.join(run, "metrics.jsonl"))]
+
+
+def _tb_steps(run, tag="train/reward_mean"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run, "tb"))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def _interrupt_at(monkeypatch, call, signum=None):
+    """Make the trainer's ``call``-th step raise KeyboardInterrupt (a hard Ctrl-C mid-step), or
+    send ``signum`` to this process right after that step (a first Ctrl-C / SIGTERM)."""
+    import signal
+
+    from prmgym.agents.grpo import GRPOTrainer
+
+    orig, calls = GRPOTrainer.step, []
+
+    def step(self):
+        calls.append(1)
+        if signum is None and len(calls) == call:
+            raise KeyboardInterrupt
+        out = orig(self)
+        if signum is not None and len(calls) == call:
+            os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "step", step)
+    return lambda: monkeypatch.setattr(GRPOTrainer, "step", orig)
+
+
+def test_stopped_before_the_first_checkpoint_resumes_from_step_0(tmp_path, model_dir, monkeypatch, capsys):
+    cfg = write_config(tmp_path, model_dir)
+    ref = str(tmp_path / "ref")
+    assert main(["train", "--config", cfg, "--set", f"run_dir={ref}", "--no-progress"]) == 0
+    run = str(tmp_path / "run")
+    undo = _interrupt_at(monkeypatch, call=2)  # step 1 done and logged, no checkpoint yet (save_every=2)
+    assert main(["train", "--config", cfg, "--no-progress"]) == 130
+    undo()
+    err = capsys.readouterr().err
+    assert f"--resume {run}" in err and "none yet" in err and checkpoint_dirs(run) == []
+    before = json.load(open(os.path.join(run, "summary.json")))["pass@1_before"]
+    # starting again is refused with both ways out named; --resume works from step 0
+    assert main(["train", "--config", cfg, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {run}" in err and "--overwrite" in err
+    assert main(["train", "--resume", run, "--no-progress"]) == 0
+    assert "no checkpoint yet: training from step 0" in capsys.readouterr().err
+    assert _steps(run) == [1, 2, 3, 4] and _tb_steps(run) == [1, 2, 3, 4]
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["pass@1_before"] == before and summary["steps"] == 4
+    wa, wb = weights(checkpoint_dirs(run)[-1]), weights(checkpoint_dirs(ref)[-1])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # --overwrite starts the run again
+    assert main(["train", "--config", cfg, "--overwrite", "--no-progress"]) == 0
+    assert _steps(run) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_resume_logs_no_step_twice(tmp_path, model_dir, monkeypatch, capsys, signame):
+    import signal
+
+    signum = getattr(signal, signame)
+    cfg = write_config(tmp_path, model_dir, steps=5, trainer={
+        "num_generations": 4, "batch_size": 8, "max_new_tokens": 1, "max_steps": 1, "learning_rate": 3e-3,
+        "save_every": 4})
+    ref = str(tmp_path / "ref")
+    assert main(["train", "--config", cfg, "--set", f"run_dir={ref}", "--no-progress"]) == 0
+    run = str(tmp_path / "run")
+    undo = _interrupt_at(monkeypatch, call=1, signum=signum)
+    assert main(["train", "--config", cfg, "--no-progress"]) == 128 + signum
+    undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert [os.path.basename(c) for c in checkpoint_dirs(run)] == ["checkpoint-0000001"]
+    assert f"--resume {run}" in capsys.readouterr().err
+    before = json.load(open(os.path.join(run, "summary.json")))["pass@1_before"]
+    # a hard stop in step 4, after step 3 was logged: checkpoint 1 is the newest, steps 2-3 run again
+    undo = _interrupt_at(monkeypatch, call=3)
+    assert main(["train", "--resume", run, "--no-progress"]) == 130
+    undo()
+    assert _steps(run) == [1, 2, 3]
+    assert main(["train", "--resume", run, "--no-progress"]) == 0
+    assert _steps(run) == [1, 2, 3, 4, 5] and _tb_steps(run) == [1, 2, 3, 4, 5]
+    rows = lambda r: [{k: v for k, v in json.loads(x).items() if k.startswith("train/")}  # noqa: E731
+                      for x in open(os.path.join(r, "metrics.jsonl"))]
+    assert rows(run) == rows(ref)
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["pass@1_before"] == before == json.load(open(os.path.join(ref, "summary.json")))["pass@1_before"]
+
+
+def _tree(path):
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            st = os.stat(p)
+            out[p] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, model_dir, capsys):
+    cfg = write_config(tmp_path, model_dir, steps=2)
+    run = str(tmp_path / "run")
+    assert main(["train", "--config", cfg, "--no-progress"]) == 0
+    before = _tree(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "is finished (2 of 2 steps" in err and "--set steps=N" in err
+    assert _tree(run) == before
+    # extending it is still possible and keeps pass@1_before
+    first = json.load(open(os.path.join(run, "summary.json")))
+    assert main(["train", "--resume", run, "--set", "steps=3", "--no-progress"]) == 0
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["steps"] == 3 and summary["pass@1_before"] == first["pass@1_before"]
+    assert _steps(run) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"reward": "airl", "reward_config": {"nosuch": 1}}, "reward_config (airl): unknown AIRL reward option"),
+    ({"env": "prmgym/ChainArithmetic-v0", "env_kwargs": {"nosuch": 1}}, "env_kwargs: prmgym/ChainArithmetic-v0 cannot be made"),
+    ({"env": "prmgym/HumanEval-v0", "eval_env_kwargs": {}}, "env_kwargs: prmgym/HumanEval-v0 cannot be made"),
+])
+def test_config_errors_are_caught_before_the_run_dir_is_created(tmp_path, model_dir, capsys, over, needle):
+    cfg = write_config(tmp_path, model_dir, **over)
+    assert main(["train", "--config", cfg, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists(tmp_path / "run")

@@ -16,16 +16,25 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-TRAINER_STATE = "trainer_state.pt"
+from prmgym.checkpoints import (  # noqa: F401  (the one checkpoint writer/reader, re-exported for the trainers)
+    CKPT_PREFIX,
+    TRAINER_STATE,
+    checkpoint_dirs,
+    checkpoint_path,
+    latest_checkpoint,
+    load_trainer_state,
+    prune_checkpoints,
+    save_trainer_state,
+    write_checkpoint,
+)
+
 POLICY_DIR = "policy"
-CKPT_PREFIX = "checkpoint-"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -103,44 +112,6 @@ class FunctionCallback(Callback):
 
 
 # --------------------------------------------------------------------------- checkpoints
-def checkpoint_dirs(run_dir: str) -> list[str]:
-    """Complete checkpoints under ``run_dir/checkpoints``, oldest first."""
-    root = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return []
-    out = []
-    for name in os.listdir(root):
-        path = os.path.join(root, name)
-        if name.startswith(CKPT_PREFIX) and os.path.exists(os.path.join(path, TRAINER_STATE)):
-            out.append(path)
-    return sorted(out, key=lambda p: int(os.path.basename(p)[len(CKPT_PREFIX):]))
-
-
-def latest_checkpoint(run_dir: str) -> str | None:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
-
-
-def write_checkpoint(path: str, write: Callable[[str], None]) -> str:
-    """Write a checkpoint atomically: into ``path.tmp`` first, then rename."""
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    write(tmp)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return path
-
-
-def prune_checkpoints(run_dir: str, keep: int) -> None:
-    if keep <= 0:
-        return
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def load_model_weights(model: torch.nn.Module, policy_dir: str) -> None:
     """Load ``save_pretrained`` weights into an existing model (tied weights stay tied)."""
     st = os.path.join(policy_dir, "model.safetensors")

@@ -26,17 +26,19 @@ import torch
 
 from prmgym.agents import advantages as A
 from prmgym.agents.common import (
-    CKPT_PREFIX,
     POLICY_DIR,
     TRAINER_STATE,
     Callback,
     NonFiniteLossError,
+    checkpoint_path,
     latest_checkpoint,
     load_model_weights,
+    load_trainer_state,
     pack_trajectories,
     packed_logprobs,
     prune_checkpoints,
     rng_state,
+    save_trainer_state,
     set_rng_state,
     write_checkpoint,
 )
@@ -456,7 +458,7 @@ class GRPOTrainer:
         """``run_dir/checkpoints/checkpoint-{step}``; keeps the newest ``keep_checkpoints``."""
         if not self.run_dir:
             raise ValueError("save_checkpoint needs run_dir; or call save(dir) with a directory")
-        path = os.path.join(self.run_dir, "checkpoints", f"{CKPT_PREFIX}{self.num_steps:07d}")
+        path = checkpoint_path(self.run_dir, self.num_steps)
         self.save(path)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         self.last_good_checkpoint = path
@@ -478,7 +480,7 @@ class GRPOTrainer:
                 "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
             }
             state.update(self._extra_state())
-            torch.save(state, os.path.join(tmp, TRAINER_STATE))
+            save_trainer_state(tmp, state)
             if self.process_reward is not None and hasattr(self.process_reward, "save"):
                 self.process_reward.save(os.path.join(tmp, "process_reward"))
 
@@ -492,7 +494,7 @@ class GRPOTrainer:
             if latest is None:
                 raise FileNotFoundError(f"{path!r} is neither a checkpoint nor a run directory with checkpoints/")
             path = latest
-        state = torch.load(os.path.join(path, TRAINER_STATE), map_location="cpu", weights_only=False)
+        state = load_trainer_state(path, who="GRPOTrainer.save")
         if state.get("algorithm") != self.algorithm:
             raise ValueError(f"checkpoint {path!r} was written by {state.get('algorithm')!r}, not {self.algorithm!r}")
         load_model_weights(self.model, os.path.join(path, POLICY_DIR))

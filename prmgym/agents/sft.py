@@ -30,13 +30,15 @@ import torch
 
 from prmgym.agents.common import (
     POLICY_DIR,
-    TRAINER_STATE,
     Callback,
     FunctionCallback,
     NonFiniteLossError,
     load_model_weights,
+    load_trainer_state,
     rng_state,
+    save_trainer_state,
     set_rng_state,
+    write_checkpoint,
     write_json,
 )
 from prmgym.envs.trace import DEFAULT_DELIMITER, render_trace
@@ -263,31 +265,27 @@ class SFTTrainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike) -> str:
         """Write the policy (``save_pretrained`` into ``path/policy``) and the trainer state
-        (optimizer, RNG states, step counter, config) into ``path/trainer_state.pt``."""
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        self.policy.save(os.path.join(path, POLICY_DIR))
-        torch.save(
-            {
+        (optimizer, RNG states, step counter, config) into ``path/trainer_state.pt``, atomically
+        (`prmgym.checkpoints.write_checkpoint`: ``path`` is replaced as a whole)."""
+
+        def write(tmp: str) -> None:
+            self.policy.save(os.path.join(tmp, POLICY_DIR))
+            save_trainer_state(tmp, {
                 "optimizer": self.optimizer.state_dict(),
                 "rng": rng_state(self.rng),
                 "order": list(self._order),
                 "num_steps": self.num_steps,
                 "config": asdict(self.config),
-            },
-            os.path.join(path, TRAINER_STATE),
-        )
-        write_json(os.path.join(path, "sft_config.json"), asdict(self.config))
-        return path
+            })
+            write_json(os.path.join(tmp, "sft_config.json"), asdict(self.config))
+
+        return write_checkpoint(path, write)
 
     def load(self, path: str | os.PathLike) -> "SFTTrainer":
         """Resume from `save`: model weights, optimizer, RNG, batch order and step counter.
         Training continues exactly as if it had not stopped."""
         path = os.fspath(path)
-        state_file = os.path.join(path, TRAINER_STATE)
-        if not os.path.exists(state_file):
-            raise FileNotFoundError(f"no {TRAINER_STATE} in {path!r}; pass a directory written by SFTTrainer.save")
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        state = load_trainer_state(path, who="SFTTrainer.save")
         saved_cfg = state.get("config", {})
         known = {f.name for f in fields(SFTConfig)}
         diff = {k: (v, getattr(self.config, k)) for k, v in saved_cfg.items() if k in known and getattr(self.config, k) != v}

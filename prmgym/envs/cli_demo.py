@@ -3,36 +3,22 @@
     prmgym demo                                  # ChainArithmetic
     prmgym demo --env prmgym/Countdown-v0 --seed 3
     prmgym demo --env prmgym/ProgramSynthesis-v0  # runs the program in the local sandbox
-    prmgym demo --env prmgym/ReasoningGym-v0 --kw task=gcd
-    prmgym demo --env prmgym/Jsonl-v0 --kw path=problems.jsonl --split all
+    prmgym demo --env prmgym/ReasoningGym-v0 --env-arg task=gcd
+    prmgym demo --env prmgym/Jsonl-v0 --env-arg path=problems.jsonl --split all
 """
 
 from __future__ import annotations
 
 import argparse
 
+from prmgym.config import ConfigError, add_env_arg, apply_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="prmgym/ChainArithmetic-v0", help="environment id (see `prmgym envs`)")
     parser.add_argument("--seed", type=int, default=0, help="reset seed: picks the task")
     parser.add_argument("--split", default=None, help="split to draw the task from (default: the env's)")
-    parser.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra gym.make keyword (repeatable); VALUE is read as JSON when it parses, else as text")
-
-
-def _parse_kw(items: list[str]) -> dict:
-    import json
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"prmgym demo: --kw expects KEY=VALUE, got {item!r} (e.g. --kw difficulty=2)")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    add_env_arg(parser)
 
 
 def _wrong(task, env) -> str:
@@ -48,12 +34,15 @@ def _wrong(task, env) -> str:
 def run(args: argparse.Namespace) -> int:
     import prmgym  # noqa: F401  (registers)
 
-    kwargs = {"render_mode": "ansi", **_parse_kw(args.kw)}
+    kwargs = {"render_mode": "ansi", **apply_overrides({}, args.env_arg, flag="--env-arg")}
     if args.split:
         kwargs["split"] = args.split
     from prmgym.envs.registration import make
 
-    env = make(args.env, **kwargs)
+    try:
+        env = make(args.env, **kwargs)
+    except TypeError as e:  # a keyword the env does not take
+        raise ConfigError(f"--env-arg: {args.env} cannot be made with {kwargs}: {e}") from None
     u = env.unwrapped
     obs, info = env.reset(seed=args.seed)
     task = info["task"]

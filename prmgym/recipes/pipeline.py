@@ -24,11 +24,9 @@ def say(msg: str) -> None:
 
 
 def make_env(env_id: str, split: str, env_kwargs: dict | None = None):
-    import gymnasium as gym
+    from prmgym.envs import make  # gym.make with the list of registered envs in its unknown-id error
 
-    import prmgym  # noqa: F401  (registers the envs)
-
-    return gym.make(env_id, split=split, **(env_kwargs or {}))
+    return make(env_id, split=split, **(env_kwargs or {}))
 
 
 def tiny_policy_dir(env_id: str, env_kwargs: dict | None = None, out_dir: str | None = None, **overrides) -> str:

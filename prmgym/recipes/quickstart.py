@@ -27,6 +27,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 
+from prmgym.config import ConfigError
 from prmgym.recipes.pipeline import Method, say
 
 DEFAULT_ENV = "prmgym/ChainArithmetic-v0"
@@ -61,7 +62,7 @@ class QuickstartConfig:
     max_new_tokens: int = 16  # per step (ChainArithmetic steps are ~10 characters)
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
-    threads: int = 1  # torch intra-op threads; measured on a shared 2-core box: --fast took 236 s with 2, 18 s with 1
+    threads: int = 1  # torch intra-op threads (why one: docs/models.md, "--threads")
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
@@ -115,7 +116,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     if cfg.policy_dir:
         t = stage(1, "policy", f"given policy {cfg.policy_dir}")
         if not os.path.isdir(cfg.policy_dir):
-            raise SystemExit(f"prmgym quickstart: --policy {cfg.policy_dir!r} is not a directory")
+            raise ConfigError(f"--policy {cfg.policy_dir!r} is not a directory")
         policy_dir = cfg.policy_dir
     else:
         t = stage(1, "policy", "tiny SFT policy (cached after the first run)")
@@ -305,19 +306,19 @@ def run(args) -> int:
     cfg.env_id, cfg.seed, cfg.policy_dir = args.env, args.seed, args.policy
     if args.eval_tasks is not None:
         if args.eval_tasks < 1:
-            raise SystemExit("prmgym quickstart: --eval-tasks must be >= 1")
+            raise ConfigError("--eval-tasks must be >= 1")
         cfg.eval_tasks = args.eval_tasks
     if args.budgets:
         try:
             cfg.budgets = [int(x) for x in args.budgets.split(",") if x.strip()]
         except ValueError:
-            raise SystemExit(f"prmgym quickstart: --budgets must be integers separated by commas, got {args.budgets!r}") from None
+            raise ConfigError(f"--budgets must be integers separated by commas, got {args.budgets!r}") from None
         if not cfg.budgets or min(cfg.budgets) < 1:
-            raise SystemExit("prmgym quickstart: --budgets needs positive integers, e.g. 200,400,800")
+            raise ConfigError("--budgets needs positive integers, e.g. 200,400,800")
     if args.grpo_seconds is not None:
         cfg.grpo_seconds = args.grpo_seconds
     if args.threads < 1:
-        raise SystemExit("prmgym quickstart: --threads must be >= 1")
+        raise ConfigError("--threads must be >= 1")
     cfg.threads = args.threads
     quickstart(cfg, args.out)
     return 0

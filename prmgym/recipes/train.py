@@ -19,7 +19,6 @@ policy, the optional dense reward and the trainer section:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +106,20 @@ def check_names(cfg: RunConfig) -> None:
     rewards = valid_rewards()
     if cfg.reward not in rewards:
         raise ConfigError(f"unknown reward {cfg.reward!r}; valid: {', '.join(rewards)}")
+    check_env_kwargs(cfg)
+
+
+def check_env_kwargs(cfg: RunConfig) -> None:
+    """Make the train and eval envs once (cheap: tasks are drawn lazily), so a keyword the env
+    does not take, or a value it refuses, is a `ConfigError` before anything is written."""
+    from prmgym.envs import make
+
+    env_kwargs = {"split": "train", **cfg.env_kwargs}
+    for key, kwargs in (("env_kwargs", env_kwargs), ("eval_env_kwargs", {**env_kwargs, **cfg.eval_env_kwargs})):
+        try:
+            make(cfg.env, **kwargs).close()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: {cfg.env} cannot be made with {kwargs}: {e}") from None
 
 
 def load_policy(cfg: RunConfig, progress: bool = False):
@@ -124,22 +137,30 @@ def load_policy(cfg: RunConfig, progress: bool = False):
 
 
 def build_reward(cfg: RunConfig, policy: Any):
+    """The dense process reward of ``cfg`` (None for ``reward: none``); a bad ``reward_config``
+    is a `ConfigError` naming the section."""
     if cfg.reward == "none":
         return None
     from prmgym.rewards import REWARDS
 
-    return REWARDS[cfg.reward](policy, dict(cfg.reward_config))
+    try:
+        return REWARDS[cfg.reward](policy, dict(cfg.reward_config))
+    except ConfigError as e:
+        raise ConfigError(f"reward_config: {e}") from None
+    except (TypeError, ValueError) as e:  # the reward's own check of its options
+        raise ConfigError(f"reward_config ({cfg.reward}): {e}") from None
 
 
-def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progress: bool = False):
-    """Check names, build policy (unless given), reward and trainer for ``cfg``."""
+def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progress: bool = False,
+                  reward: Any = "build"):
+    """Check names, build policy and reward (unless given) and the trainer for ``cfg``."""
     from prmgym.agents.grpo import GRPOTrainer
     from prmgym.agents.rest_grpo import ReSTGRPOTrainer
 
     check_names(cfg)
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
-    reward = build_reward(cfg, policy)
+    reward = build_reward(cfg, policy) if reward == "build" else reward
     env_kwargs = {"split": "train", **cfg.env_kwargs}
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
     from prmgym.agents.grpo import _env_factory
@@ -151,6 +172,24 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     )
 
 
+#: what `prmgym train` writes into a run directory (``--overwrite`` removes these and nothing else)
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "hparams.json", "summary.json", "tb", "checkpoints")
+
+
+def run_outputs(run_dir: str) -> list[str]:
+    """The entries of `RUN_OUTPUTS` present in ``run_dir``."""
+    return [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(run_dir, name))]
+
+
+def clear_run(run_dir: str) -> None:
+    """Remove a run's outputs (`RUN_OUTPUTS`) from ``run_dir``, leaving anything else there."""
+    import shutil
+
+    for name in run_outputs(run_dir):
+        path = os.path.join(run_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def save_run_config(cfg: RunConfig, run_dir: str) -> str:
     import yaml
 
@@ -159,20 +198,3 @@ def save_run_config(cfg: RunConfig, run_dir: str) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     return path
-
-
-def truncate_metrics(run_dir: str, step: int) -> None:
-    """Drop JSONL rows logged after ``step`` (a killed run logged past its last checkpoint)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                if int(json.loads(line).get("step", 0)) <= step:
-                    keep.append(line)
-            except (ValueError, json.JSONDecodeError):
-                continue
-    with open(path, "w") as f:
-        f.writelines(keep)

@@ -1,9 +1,21 @@
-"""``prmgym train --config FILE [--set key=value ...] [--resume RUN_DIR]``.
+"""``prmgym train --config FILE [--set key=value ...] [--overwrite] | --resume RUN_DIR [--set ...]``.
 
 Trains with GRPO or ReST-GRPO as the config says; writes ``config.yaml`` (the resolved
 config), ``metrics.jsonl``, TensorBoard events (``tb/``), ``checkpoints/`` and
-``summary.json`` to the run directory. ``--resume RUN_DIR`` reloads the run's own config
-and its latest checkpoint and continues exactly (``--set steps=N`` extends a run).
+``summary.json`` to the run directory.
+
+Starting and continuing never send you to each other:
+
+* ``--config`` refuses a run directory that already holds a run (``--resume`` it, or
+  ``--overwrite`` to start again); every config error is reported before the directory is
+  created.
+* ``--resume RUN_DIR`` reloads the run's own config and its latest checkpoint and continues
+  exactly; a run stopped before its first checkpoint starts again from step 0 (its
+  ``pass@1_before`` is kept). ``--set steps=N`` extends a run; a finished run is reported
+  as finished and nothing is written.
+* Ctrl-C or SIGTERM finishes the current step and saves a checkpoint (a second Ctrl-C stops
+  at once). After a resume no step is logged twice: rows after the checkpoint are dropped
+  from ``metrics.jsonl`` and TensorBoard hides the events after it.
 """
 
 from __future__ import annotations
@@ -11,104 +23,170 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+
+from prmgym.config import ConfigError, add_set_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (see examples/configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set trainer.learning_rate=1e-4 --set steps=50 (repeatable)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    add_set_arg(parser, example="trainer.learning_rate=1e-4 --set steps=50")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint (from step 0 "
+                        "if it stopped before its first one)")
+    parser.add_argument("--overwrite", action="store_true", help="with --config: replace the run already in run_dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def resolve_config(args: argparse.Namespace):
+    """The `RunConfig` that ``args`` ask for, fully checked; nothing is written."""
+    from prmgym.config import apply_overrides, load_yaml
+    from prmgym.recipes.train import check_names, load_run_config
+
+    if args.resume and args.config:
+        raise ConfigError("pass either --config FILE (a new run) or --resume RUN_DIR (continue a run), not both")
+    if args.resume and args.overwrite:
+        raise ConfigError("--overwrite starts a run again and --resume continues it: pass one of them")
+    if args.resume:
+        cfg_path = os.path.join(args.resume, "config.yaml")
+        if not os.path.exists(cfg_path):
+            raise ConfigError(f"--resume {args.resume!r}: no config.yaml there; pass the directory of a run started "
+                              "by `prmgym train`")
+        data = apply_overrides(load_yaml(cfg_path), args.overrides)
+        if os.path.normpath(str(data.get("run_dir", args.resume))) != os.path.normpath(args.resume) and any(
+                o.startswith("run_dir=") for o in args.overrides):
+            raise ConfigError("--resume continues a run in its own directory; --set run_dir=... cannot move it")
+        data["run_dir"] = args.resume
+    elif args.config:
+        data = apply_overrides(load_yaml(args.config), args.overrides)
+    else:
+        raise ConfigError("pass --config FILE (e.g. examples/configs/grpo_chain.yaml) or --resume RUN_DIR")
+    cfg = load_run_config(data)
+    check_names(cfg)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
-    from prmgym.recipes.train import load_run_config
-    from prmgym.config import ConfigError, apply_overrides, load_yaml
-
-    try:
-        if args.resume:
-            cfg_path = os.path.join(args.resume, "config.yaml")
-            if not os.path.exists(cfg_path):
-                raise ConfigError(f"--resume {args.resume!r}: no config.yaml there; pass the directory of a run started by `prmgym train`")
-            data = load_yaml(cfg_path)
-            data["run_dir"] = args.resume
-        elif args.config:
-            data = load_yaml(args.config)
-        else:
-            raise ConfigError("pass --config FILE (e.g. examples/configs/grpo_chain.yaml) or --resume RUN_DIR")
-        data = apply_overrides(data, args.overrides)
-        cfg = load_run_config(data)
-        from prmgym.recipes.train import check_names
-
-        check_names(cfg)
-    except ConfigError as e:
-        print(f"prmgym train: {e}", file=sys.stderr)
-        return 2
-    return train_from_config(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    cfg = resolve_config(args)
+    return train_from_config(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
 
 
-def train_from_config(cfg, resume: bool = False, progress: bool = True) -> int:
-    from prmgym.agents.common import NonFiniteLossError, latest_checkpoint
-    from prmgym.recipes.train import build_trainer, save_run_config, truncate_metrics
-    from prmgym.config import to_dict
-    from prmgym.logging import Logger
+class StopOnSignal:
+    """While installed, the first SIGINT/SIGTERM lets the current step finish and then stops
+    training (`should_continue` turns False) so a checkpoint can be written; a second signal
+    raises KeyboardInterrupt at once. Only the main thread can own signal handlers; elsewhere
+    this does nothing."""
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+              "(Ctrl-C again stops at once, losing the step)", file=sys.stderr, flush=True)
+
+    def should_continue(self, trainer=None, metrics=None) -> bool:
+        return self.signum is None
+
+
+def _write_summary(path: str, summary: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _quiet_transformers() -> None:
     try:  # transformers' per-save/load progress bars would interleave with ours
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    ckpt = latest_checkpoint(cfg.run_dir) if resume else None
-    if resume and ckpt is None:
-        print(f"prmgym train: --resume {cfg.run_dir!r} has no checkpoint yet; start it again with --config", file=sys.stderr)
-        return 2
-    if not resume and os.path.exists(os.path.join(cfg.run_dir, "metrics.jsonl")):
-        print(f"prmgym train: {cfg.run_dir!r} already holds a run; use --resume {cfg.run_dir} or another run_dir "
-              "(--set run_dir=...)", file=sys.stderr)
-        return 2
-    save_run_config(cfg, cfg.run_dir)
-    if ckpt is not None:
-        import torch
 
-        step = int(torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False)["step"])
-        truncate_metrics(cfg.run_dir, step)
-    logger = Logger(cfg.run_dir, formats=("jsonl", "tensorboard"), hparams=None if resume else to_dict(cfg))
-    try:
-        trainer = build_trainer(cfg, logger=logger, progress=progress)
-    except (ValueError, TypeError, FileNotFoundError) as e:  # ConfigError is a ValueError
-        logger.close()
-        print(f"prmgym train: {e}", file=sys.stderr)
-        return 2
-    summary_path = os.path.join(cfg.run_dir, "summary.json")
+
+def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progress: bool = True) -> int:
+    """Start (or, with ``resume``, continue) the run ``cfg`` describes; returns the exit code."""
+    from prmgym.agents.common import FunctionCallback, NonFiniteLossError
+    from prmgym.checkpoints import checkpoint_step, latest_checkpoint
+    from prmgym.config import to_dict
+    from prmgym.logging import Logger
+    from prmgym.recipes.train import load_policy, build_reward, build_trainer, clear_run, run_outputs, save_run_config
+
+    _quiet_transformers()
+    run_dir = cfg.run_dir
+    summary_path = os.path.join(run_dir, "summary.json")
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    start = checkpoint_step(ckpt) if ckpt else 0
     summary = json.load(open(summary_path)) if (resume and os.path.exists(summary_path)) else {}
+    if resume and start >= cfg.steps and summary.get("steps", -1) >= cfg.steps and "final_checkpoint" in summary:
+        print(f"prmgym train: the run in {run_dir} is finished ({start} of {cfg.steps} steps; summary.json holds its "
+              f"results); nothing to do. Extend it with: prmgym train --resume {run_dir} --set steps=N", file=sys.stderr)
+        return 0
+    held = run_outputs(run_dir) if not resume else []
+    if held and not overwrite:
+        raise ConfigError(f"{run_dir!r} already holds a run ({', '.join(held)}); continue it with --resume {run_dir}, "
+                          "start it again with --overwrite, or choose another run_dir (--set run_dir=...)")
+    policy = load_policy(cfg, progress=progress)
+    reward = build_reward(cfg, policy)  # a bad reward_config fails here, before the run directory is touched
+    if held:
+        clear_run(run_dir)
+    save_run_config(cfg, run_dir)
+    logger = Logger(run_dir, formats=("jsonl", "tensorboard"), hparams=None if resume else to_dict(cfg),
+                    resume_step=start if resume else None)
+    stop = StopOnSignal()
+    trainer = build_trainer(cfg, policy=policy, logger=logger, progress=progress, reward=reward)
+    trainer.callbacks.append(FunctionCallback(stop.should_continue))
+    trainer.callbacks[-1].init_callback(trainer)
+    how_to_resume = f"continue with: prmgym train --resume {run_dir}"
     try:
         if ckpt is not None:
             trainer.load(ckpt)
-            print(f"resumed from {ckpt} (step {trainer.num_steps})", file=sys.stderr)
-        elif cfg.eval_tasks:
+            print(f"resumed from {ckpt} (step {trainer.num_steps} of {cfg.steps})", file=sys.stderr)
+        elif resume:
+            print(f"{run_dir} has no checkpoint yet: training from step 0", file=sys.stderr)
+        if cfg.eval_tasks and trainer.num_steps == 0 and "pass@1_before" not in summary:
             summary["pass@1_before"] = trainer.pass_at_1(cfg.eval_tasks)
+            _write_summary(summary_path, summary)
             print(f"held-out pass@1 before training: {summary['pass@1_before']:.3f}", file=sys.stderr)
-        remaining = max(0, cfg.steps - trainer.num_steps)
-        try:
-            trainer.train(remaining, progress=progress)
-        except NonFiniteLossError as e:
-            print(f"prmgym train: {e}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print(f"interrupted at step {trainer.num_steps}; resume with: prmgym train --resume {cfg.run_dir}", file=sys.stderr)
-            return 130
+        with stop:
+            trainer.train(max(0, cfg.steps - trainer.num_steps), progress=progress)
+        if stop.signum is not None:
+            where = trainer.save_checkpoint()
+            print(f"stopped at step {trainer.num_steps} of {cfg.steps}; checkpoint {where}; {how_to_resume}",
+                  file=sys.stderr)
+            return 128 + stop.signum
         final = trainer.save_checkpoint()
-        summary["steps"] = trainer.num_steps
-        summary["final_checkpoint"] = final
-        summary["policy_dir"] = os.path.join(final, "policy")
+        summary.update(steps=trainer.num_steps, final_checkpoint=final, policy_dir=os.path.join(final, "policy"))
         if cfg.eval_tasks:
             summary["pass@1_after"] = trainer.pass_at_1(cfg.eval_tasks)
             print(f"held-out pass@1 after {trainer.num_steps} steps: {summary['pass@1_after']:.3f}", file=sys.stderr)
-        with open(summary_path, "w") as f:
-            json.dump(summary, f, indent=2)
-        print(f"run directory: {cfg.run_dir} (tensorboard --logdir {cfg.run_dir})", file=sys.stderr)
+        _write_summary(summary_path, summary)
+        print(f"run directory: {run_dir} (tensorboard --logdir {run_dir})", file=sys.stderr)
         return 0
+    except NonFiniteLossError as e:
+        print(f"prmgym train: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        last = latest_checkpoint(run_dir)
+        print(f"interrupted at step {trainer.num_steps}; last checkpoint: "
+              + (last if last else "none yet (the run starts again from step 0)") + f"; {how_to_resume}", file=sys.stderr)
+        return 130
     finally:
         trainer.close()

@@ -14,8 +14,8 @@ LM's own log-probability of the step (on the scale below) plus a learned linear 
 ``g(s, a) = log p_θ(a|s) + w_g·x + b``, all in the same forward pass. At initialisation
 f − log π = 0 exactly (D = 1/2), and training moves both the head and p_θ. (Without it, g and
 h(s') are read from the same hidden state — in reasoning MDPs s' = s + a, so g(s, a) and
-h(s') are the same function class and the split of f into g and h is not identified; measured
-on corrupted-step traces, the unanchored g ranked steps worse than chance while f did not.)
+h(s') are the same function class and the split of f into g and h is not identified; on
+corrupted-step traces the unanchored g ranked steps worse than chance: docs/rewards.md.)
 
 **Scale of log π.** ``log π(a|s)`` of a whole step is the sum of its token log-probs, tens
 of nats for a step of a dozen tokens, which would pin D at 1 for every step. We use the
@@ -93,8 +93,8 @@ class AIRLPRM(ScalarHeadPRM):
         if lm_prior:
             # Zero heads: an untrained discriminator is exactly the LM prior (g = log p_θ(a|s),
             # h = 0, so f − log π = 0 and D = 1/2). A random head would add noise of the size of
-            # the log-prob gaps between sibling steps (measured: it cut the within-position AUC of
-            # the policy's own proposals from 0.91 to 0.81). A saved PRM loads its trained head over these.
+            # the log-prob gaps between sibling steps (it lowered the AUC of the policy's own
+            # proposals; figures in docs/rewards.md). A saved PRM loads its trained head over these.
             with torch.no_grad():
                 self.net.head.weight.zero_()
                 self.net.head.bias.zero_()

@@ -35,12 +35,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from prmgym.checkpoints import TRAINER_STATE  # noqa: F401  (the PRM's optimiser/RNG state file, one name project-wide)
 from prmgym.envs.trace import DEFAULT_DELIMITER
 
 PRM_CONFIG = "prm_config.json"
 HEAD_FILE = "head.pt"
 BACKBONE_DIR = "backbone"
-TRAINER_STATE = "trainer_state.pt"
 
 
 # ----------------------------------------------------------------------------------------

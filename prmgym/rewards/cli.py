@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from prmgym.config import ConfigError, add_env_arg, apply_overrides
+
 KINDS = ("airl", "repirl", "orm", "mc", "value", "implicit")
 
 
@@ -21,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", required=True, choices=KINDS, help="which PRM to train")
     p.add_argument("--policy", required=True, help="policy directory (save_pretrained): rollouts and log-probs")
     p.add_argument("--env", default=None, help="Gymnasium id, e.g. prmgym/ChainArithmetic-v0 (not needed for --kind value)")
-    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE", help="extra gym.make keyword (repeatable)")
+    add_env_arg(p)
     p.add_argument("--out", required=True, help="run directory: the trained PRM, checkpoint/, logs")
     p.add_argument("--backbone", default=None, help="causal LM directory for the PRM body (default: the policy)")
     p.add_argument("--targets", default=None, help="value-targets JSONL (kind value; format in docs/rewards.md)")
@@ -47,18 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--quiet", action="store_true", help="no stdout metric tables")
-
-
-def _env_kwargs(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise SystemExit(f"--env-arg {it!r}: write KEY=VALUE")
-        k, v = it.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "value":
         from prmgym.rewards.value import load_value_targets
 
-        targets = load_value_targets(args.targets)
+        try:
+            targets = load_value_targets(args.targets)
+        except ValueError as e:  # a bad line in the user's file: a usage error (exit 2)
+            raise ConfigError(f"--targets: {e}") from None
     env_fn = None
     delimiter = "\n"
     if args.env:
@@ -110,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         import prmgym  # noqa: F401  (registers the environments)
 
-        kw = {"split": "train", **_env_kwargs(args.env_arg)}
+        kw = {"split": "train", **apply_overrides({}, args.env_arg, flag="--env-arg")}
         env_fn = lambda: gym.make(args.env, **kw)  # noqa: E731
         try:
             probe = env_fn()

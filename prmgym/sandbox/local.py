@@ -174,7 +174,7 @@ class LocalSandbox(Sandbox):
         pin_cpus: keep each worker (its server, judge and every job it forks) on one CPU of this
             process's allowed set, round-robin over the workers. A job's judge and program take
             turns on every call; on one CPU each turn is a local switch instead of a cross-CPU
-            wake-up (HumanEval: +16% jobs/s on 2 cores, benchmarks/sandbox_throughput.py).
+            wake-up (the gain, measured by benchmarks/sandbox_throughput.py, is in docs/sandbox.md).
             Programs may still change their own affinity.
 
     Example:

@@ -3,8 +3,11 @@
     prmgym search --planner beam --policy runs/tiny --prm runs/airl_prm \\
         --env prmgym/ChainArithmetic-v0 --n-tasks 20 --budget generated=1500 --out runs/search
 
-Prints accuracy and mean budget used; writes ``results.jsonl`` (one row per task) and
-TensorBoard logs (``tb/``) under ``--out``.
+Prints accuracy and mean budget used; writes ``search.json`` (the settings), ``results.jsonl``
+(one row per task), ``summary.json`` and TensorBoard logs (``tb/``) under ``--out``.
+An ``--out`` that already holds a search is refused: ``--resume`` continues it (tasks already
+in ``results.jsonl`` are skipped; the summary is computed from all rows), ``--overwrite``
+replaces it.
 """
 
 from __future__ import annotations
@@ -12,22 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 
-from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer, planner_names
+from prmgym.config import ConfigError, add_env_arg, apply_overrides
+from prmgym.rewards.base import AGGREGATIONS
+from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer, planner_names, summarize
 
-
-def _kv(items):
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise SystemExit(f"prmgym search: bad --env-arg {it!r}; write key=value (e.g. difficulty=2)")
-        k, v = it.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+#: what a search writes into --out (all of it is replaced by --overwrite, nothing else is touched)
+OUTPUTS = ("search.json", "results.jsonl", "summary.json", "metrics.jsonl", "hparams.json", "tb")
+#: settings that must match for --resume (the rest, e.g. --quiet, may change)
+RESUME_KEYS = ("planner", "policy", "prm", "env", "env_arg", "split", "n_tasks", "budget", "n", "beam_width",
+               "expansions", "iterations", "max_depth", "aggregation", "temperature", "seed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prm", default=None, help="PRM / ORM / value-model directory (prmgym train-prm output); "
                    "not needed for --planner sample|majority")
     p.add_argument("--env", default="prmgym/ChainArithmetic-v0", help="environment id")
-    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="extra gym.make argument (repeatable)")
+    add_env_arg(p)
     p.add_argument("--split", default="test", help="task split to evaluate on (default: test)")
     p.add_argument("--n-tasks", type=int, default=20, help="number of held-out tasks")
     p.add_argument("--budget", default="", help="per-task budget, e.g. generated=1500,prm=20000 (units: "
@@ -46,56 +45,135 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expansions", type=int, default=4, help="samples per expansion (beam M, DVTS subtree width, MCTS k)")
     p.add_argument("--iterations", type=int, default=20, help="MCTS iterations")
     p.add_argument("--max-depth", type=int, default=16)
-    p.add_argument("--aggregation", default="last", help="PRM aggregation: last, min, mean, prod")
+    p.add_argument("--aggregation", default="last", choices=AGGREGATIONS, help="PRM aggregation of step scores")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (default: runs/search-<planner>-<time>)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the search in --out: skip the tasks already "
+                       "in its results.jsonl (the settings must be the same)")
+    again.add_argument("--overwrite", action="store_true", help="replace the search already in --out")
     p.add_argument("--quiet", action="store_true", help="no per-task lines")
 
 
-def run(args) -> int:
-    import gymnasium as gym
-
-    import prmgym  # noqa: F401  (registers the envs)
-    from prmgym.logging import Logger
-    from prmgym.models import TransformersPolicy
-
-    if args.n_tasks < 1:
-        raise SystemExit("prmgym search: --n-tasks must be >= 1")
-    scorerless = [n for n in planner_names() if not needs_scorer(n)]
-    if needs_scorer(args.planner) and not args.prm:
-        raise SystemExit(f"prmgym search: --planner {args.planner} needs --prm DIR (a trained PRM/value model); "
-                         f"or use --planner {'|'.join(scorerless)}")
+def _check_args(args) -> None:
+    """Every input error, before anything is loaded or written."""
     from prmgym.budget import Budget
 
+    if args.n_tasks < 1:
+        raise ConfigError(f"--n-tasks must be >= 1, got {args.n_tasks}")
+    if needs_scorer(args.planner) and not args.prm:
+        scorerless = "|".join(n for n in planner_names() if not needs_scorer(n))
+        raise ConfigError(f"--planner {args.planner} needs --prm DIR (a trained PRM/value model); "
+                          f"or use --planner {scorerless}")
     try:
         Budget.parse(args.budget)
     except ValueError as e:
-        raise SystemExit(f"prmgym search: --budget: {e}") from None
+        raise ConfigError(f"--budget: {e}") from None
     if not os.path.isdir(args.policy):
-        raise SystemExit(f"prmgym search: no policy directory at {args.policy!r}; build one with `prmgym pretrain`")
-    planner = make_planner(args.planner, n=args.n, beam_width=args.beam_width, expansions=args.expansions,
-                           iterations=args.iterations, max_depth=args.max_depth, aggregation=args.aggregation,
-                           temperature=args.temperature, seed=args.seed)
+        raise ConfigError(f"no policy directory at {args.policy!r}; build one with `prmgym pretrain`")
+    if args.prm and needs_scorer(args.planner):
+        from prmgym.rewards.backbone import read_prm_config
+
+        try:
+            read_prm_config(args.prm)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"--prm: {e}") from None
+
+
+def _read_rows(path: str) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill: that task runs again
+                break
+    return rows
+
+
+def prepare_out(out: str, settings: dict, resume: bool, overwrite: bool) -> list[dict]:
+    """Check ``out`` against --resume / --overwrite; returns the rows a resumed search keeps."""
+    held = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
+    results = os.path.join(out, "results.jsonl")
+    if resume:
+        if not os.path.exists(results):
+            raise ConfigError(f"--resume: {out!r} holds no search (no results.jsonl); run without --resume to start one")
+        saved_path = os.path.join(out, "search.json")
+        saved = json.load(open(saved_path)) if os.path.exists(saved_path) else {}
+        diff = {k: (saved.get(k), settings.get(k)) for k in RESUME_KEYS if k in saved and saved.get(k) != settings.get(k)}
+        if diff:
+            shown = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
+            raise ConfigError(f"--resume: the search in {out!r} ran with other settings ({shown}); pass the same "
+                              "options, or --overwrite to start again")
+        rows = _read_rows(results)
+        with open(results, "w") as f:  # drop a torn last line
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        return rows
+    if held and not overwrite:
+        n = len(_read_rows(results)) if os.path.exists(results) else 0
+        raise ConfigError(f"--out {out!r} already holds a search ({n} rows in results.jsonl); pass --resume to "
+                          "continue it, --overwrite to replace it, or another --out")
+    return []
+
+
+def _clear(out: str) -> None:
+    for name in OUTPUTS:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def run(args) -> int:
+    import prmgym  # noqa: F401  (registers the envs)
+    from prmgym.envs import make
+    from prmgym.logging import Logger
+    from prmgym.models import TransformersPolicy
+
+    _check_args(args)
+    env_kwargs = apply_overrides({}, args.env_arg, flag="--env-arg")
+    try:
+        planner = make_planner(args.planner, n=args.n, beam_width=args.beam_width, expansions=args.expansions,
+                               iterations=args.iterations, max_depth=args.max_depth, aggregation=args.aggregation,
+                               temperature=args.temperature, seed=args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    out = args.out or os.path.join("runs", f"search-{args.planner}-{time.strftime('%Y%m%d-%H%M%S')}")
+    settings = {k: v for k, v in vars(args).items() if k in RESUME_KEYS}
+    done = prepare_out(out, settings, resume=args.resume, overwrite=args.overwrite)
+    try:
+        env = make(args.env, split=args.split, **env_kwargs)
+    except TypeError as e:  # a keyword the env does not take
+        raise ConfigError(f"--env-arg: {args.env} cannot be made with {env_kwargs}: {e}") from None
+    tasks = env.unwrapped.source.tasks(args.split, args.n_tasks, seed=args.seed)
+    if [r["task_id"] for r in done] != [t.id for t in tasks[: len(done)]]:
+        raise ConfigError(f"--resume: the rows in {out!r} are not the first tasks of this search; --overwrite to start again")
+    todo = tasks[len(done):]
+    if args.resume and not todo and os.path.exists(os.path.join(out, "summary.json")):
+        print(f"prmgym search: the search in {out} is complete ({len(done)} of {len(tasks)} tasks); nothing to do")
+        return 0
     policy = TransformersPolicy.from_pretrained(args.policy)
     scorer = None
     if args.prm and needs_scorer(args.planner):
         from prmgym.rewards import load_prm
 
-        if not os.path.isdir(args.prm):
-            raise SystemExit(f"prmgym search: no PRM directory at {args.prm!r}; train one with `prmgym train-prm`")
         scorer = load_prm(args.prm)
-    env = gym.make(args.env, split=args.split, **_kv(args.env_arg))
-    tasks = env.unwrapped.source.tasks(args.split, args.n_tasks, seed=args.seed)
-    out = args.out or os.path.join("runs", f"search-{args.planner}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.overwrite:
+        _clear(out)
     os.makedirs(out, exist_ok=True)
-    hparams = {k: v for k, v in vars(args).items() if k != "func"}
-    with Logger(out, formats=("jsonl", "tensorboard"), hparams=hparams) as log:
-        print(f"prmgym search: {planner!r} on {args.env} ({len(tasks)} {args.split} tasks), budget per task: "
-              f"{args.budget or 'unlimited'}", flush=True)
-        summary = evaluate_planner(planner, env, policy, scorer, tasks, args.budget,
-                           results_path=os.path.join(out, "results.jsonl"), logger=log, tag=f"search/{args.planner}",
-                           progress=not args.quiet)
+    with open(os.path.join(out, "search.json"), "w") as f:
+        json.dump(settings, f, indent=2)
+    with Logger(out, formats=("jsonl", "tensorboard"), hparams=None if args.resume else settings,
+                resume_step=len(done) - 1 if args.resume else None) as log:
+        print(f"prmgym search: {planner!r} on {args.env} ({len(tasks)} {args.split} tasks"
+              + (f", {len(done)} done before, {len(todo)} to go" if args.resume else "")
+              + f"), budget per task: {args.budget or 'unlimited'}", flush=True)
+        part = evaluate_planner(planner, env, policy, scorer, todo, args.budget,
+                                results_path=os.path.join(out, "results.jsonl"), logger=log, tag=f"search/{args.planner}",
+                                progress=not args.quiet, start=len(done))
+        summary = summarize(done + part["rows"], part["limits"])
         log.record(f"search/{args.planner}/accuracy", summary["accuracy"])
         log.dump(step=len(tasks))
     b = summary["budget"]

@@ -21,7 +21,7 @@ __all__ = ["evaluate_planner", "make_planner", "needs_scorer", "planner_names"]
 
 def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str | dict | Budget | None = None, *,
              results_path: str | os.PathLike | None = None, logger=None, tag: str = "search",
-             progress: bool = False) -> dict:
+             progress: bool = False, start: int = 0) -> dict:
     """Solve each task from a fresh per-task budget; returns accuracy and mean usage.
 
     Args:
@@ -31,6 +31,8 @@ def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str 
         budget: per-task limits (``"generated=2000"``, a dict, or a `Budget` used as template).
         results_path: JSONL, one row per task (appended).
         logger: a `prmgym.logging.Logger`; one dump per task (step = task index) under ``tag/``.
+        start: index of the first task in the whole list (a resumed search passes the tasks
+            not done yet and their offset, so reset seeds and logged steps are unchanged).
 
     Returns: ``{"accuracy", "mean_reward", "n", "budget": {unit: mean used}, "rows": [...]}``.
     """
@@ -41,7 +43,7 @@ def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str 
         os.makedirs(os.path.dirname(os.fspath(results_path)) or ".", exist_ok=True)
         fh = open(results_path, "a")
     try:
-        for i, task in enumerate(tasks):
+        for i, task in enumerate(tasks, start):
             env.reset(seed=i, options={"task": task})
             if hasattr(scorer, "clear_cache"):
                 # Each search pays for its own PRM tokens: no prefix cache carried over
@@ -70,11 +72,17 @@ def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str 
     finally:
         if fh is not None:
             fh.close()
+    return summarize(rows, spec)
+
+
+def summarize(rows: list[dict], limits: dict | None = None) -> dict:
+    """Accuracy, mean reward and mean budget use of ``rows`` (`evaluate`'s result rows, or the
+    lines of a ``results.jsonl``)."""
     n = len(rows)
     mean_budget = {u: (sum(r["budget"].get(u, 0) for r in rows) / n if n else 0.0) for u in UNITS}
     return {"accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
             "mean_reward": sum(r["reward"] for r in rows) / n if n else 0.0,
-            "n": n, "budget": mean_budget, "limits": spec, "rows": rows}
+            "n": n, "budget": mean_budget, "limits": dict(limits or {}), "rows": rows}
 
 
 def _limits(budget) -> dict:
