@@ -8,7 +8,7 @@ import torch
 
 from prmgym.agents.common import Callback
 from prmgym.agents.sft import SFTConfig, SFTTrainer, trace_example
-from prmgym.logging import Logger
+from prmgym.logger import Logger
 from prmgym.models import tiny
 
 torch.set_num_threads(1)

@@ -152,7 +152,7 @@ class GRPOTrainer:
             (``score_steps``) or any object with
             ``step_rewards(prompts, step_lists, trajectories) -> list[list[float]]``.
         run_dir: where checkpoints go (and logs, unless ``logger`` is given).
-        logger: a `prmgym.logging.Logger`; by default one writing JSONL + TensorBoard to
+        logger: a `prmgym.logger.Logger`; by default one writing JSONL + TensorBoard to
             ``run_dir`` (no logging if both are None).
         callbacks: `Callback` objects; ``_on_step`` returning False stops `train`.
     """
@@ -202,7 +202,7 @@ class GRPOTrainer:
         self.num_steps = 0
         self.run_dir = run_dir
         if logger is None and run_dir is not None:
-            from prmgym.logging import Logger
+            from prmgym.logger import Logger
 
             logger = Logger(run_dir, formats=("jsonl", "tensorboard"), hparams={"algorithm": self.algorithm, **asdict(cfg)})
         self.logger = logger

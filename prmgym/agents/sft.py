@@ -105,7 +105,7 @@ class SFTTrainer:
         policy: the policy to train (its tokenizer lays out the examples).
         examples: (prompt, completion) string pairs.
         config: `SFTConfig`.
-        logger: a `prmgym.logging.Logger` (optional); metrics are recorded every step and
+        logger: a `prmgym.logger.Logger` (optional); metrics are recorded every step and
             dumped every ``config.log_every`` steps.
         callbacks: `Callback` objects or functions ``fn(trainer, metrics) -> bool | None``;
             returning False stops `train`.

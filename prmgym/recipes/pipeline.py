@@ -86,7 +86,7 @@ def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, 
     policy in ``policy_dir`` (`prmgym.rewards.train`); ``lr`` overrides the offline default
     (`prmgym.rewards.train.offline_lr`), ``cfg_overrides`` the `PRMTrainConfig` fields.
     Returns the PRM directory."""
-    from prmgym.logging import Logger
+    from prmgym.logger import Logger
     from prmgym.models import TransformersPolicy
     from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
 
@@ -110,7 +110,7 @@ def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs:
                       seed: int = 0, max_trace_tokens: int = 160) -> dict:
     """ReST-RL: collection MCTS on training tasks (every completion verified) writes value
     targets; a value model is trained on them by MSE. Returns paths and counts."""
-    from prmgym.logging import Logger
+    from prmgym.logger import Logger
     from prmgym.models import TransformersPolicy
     from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
     from prmgym.rewards.value import load_value_targets

@@ -95,7 +95,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     """Run every stage into ``out``; returns the report dict (also written to report.json)."""
     import torch
 
-    from prmgym.logging import Logger
+    from prmgym.logger import Logger
     from prmgym.recipes import pipeline as P
 
     torch.manual_seed(cfg.seed)

@@ -249,7 +249,7 @@ def _pretrain_locked(config, out_dir, key, manifest_path, force, progress, devic
 
 def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str, progress: bool, device) -> str:
     from prmgym.agents.sft import SFTConfig, SFTTrainer
-    from prmgym.logging import Logger
+    from prmgym.logger import Logger
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     env = _make_env(config.env_id, "train", config.env_kwargs)

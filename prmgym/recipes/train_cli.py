@@ -126,7 +126,7 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
     from prmgym.agents.common import FunctionCallback, NonFiniteLossError
     from prmgym.checkpoints import checkpoint_step, latest_checkpoint
     from prmgym.config import to_dict
-    from prmgym.logging import Logger
+    from prmgym.logger import Logger
     from prmgym.recipes.train import load_policy, build_reward, build_trainer, clear_run, run_outputs, save_run_config
 
     _quiet_transformers()

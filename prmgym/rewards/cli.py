@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from prmgym.logging import Logger
+    from prmgym.logger import Logger
     from prmgym.rewards.scalar import load_prm
     from prmgym.rewards.train import CHECKPOINT, OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
 

@@ -15,7 +15,7 @@ task, and builds the learner's batch from the *same* data for every kind:
 
 Checkpoints: ``run_dir/checkpoint/`` (a PRM directory with optimiser state), every
 ``save_every`` steps and at the end; the final PRM is saved to ``run_dir`` itself, so
-``load_prm(run_dir)`` works. Logs: the one `prmgym.logging.Logger` (stdout, JSONL, TensorBoard).
+``load_prm(run_dir)`` works. Logs: the one `prmgym.logger.Logger` (stdout, JSONL, TensorBoard).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class OfflinePRMTrainer:
         env_fn: builds a training environment (unused for ``value``).
         config: `PRMTrainConfig`.
         targets: value kind only: a list of `ValueTarget`.
-        run_dir: checkpoints and the final PRM; logger: a `prmgym.logging.Logger` or None.
+        run_dir: checkpoints and the final PRM; logger: a `prmgym.logger.Logger` or None.
     """
 
     def __init__(self, prm: ScalarHeadPRM, policy: Any, env_fn: Callable[[], Any] | None, config: PRMTrainConfig,

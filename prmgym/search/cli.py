@@ -129,7 +129,7 @@ def _clear(out: str) -> None:
 def run(args) -> int:
     import prmgym  # noqa: F401  (registers the envs)
     from prmgym.envs import make
-    from prmgym.logging import Logger
+    from prmgym.logger import Logger
     from prmgym.models import TransformersPolicy
 
     _check_args(args)

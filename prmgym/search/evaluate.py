@@ -30,7 +30,7 @@ def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str 
         tasks: `Task` objects (held-out: ``env.unwrapped.source.tasks("test", n)``).
         budget: per-task limits (``"generated=2000"``, a dict, or a `Budget` used as template).
         results_path: JSONL, one row per task (appended).
-        logger: a `prmgym.logging.Logger`; one dump per task (step = task index) under ``tag/``.
+        logger: a `prmgym.logger.Logger`; one dump per task (step = task index) under ``tag/``.
         start: index of the first task in the whole list (a resumed search passes the tasks
             not done yet and their offset, so reset seeds and logged steps are unchanged).
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from prmgym.logging import Logger
+from prmgym.logger import Logger
 
 
 def _rows(path):

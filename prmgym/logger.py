@@ -2,7 +2,7 @@
 
 >>> import tempfile
 >>> log = Logger(tempfile.mkdtemp(), formats=("jsonl",))
->>> log.record("train/loss", 0.5); log.dump(step=1)
+>>> log.record("train/loss", 0.5); _ = log.dump(step=1)
 >>> log.close()
 """
 
