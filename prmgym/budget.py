@@ -9,7 +9,7 @@ A `Budget` holds optional limits and running counts in the same five units:
 * ``seconds``    wall-clock seconds since the budget started
 
 It lives at the top of the package (not in ``prmgym.search``) because agents and planners
-both report it and agents may not import search (ARCHITECTURE.md import rules).
+both report it and agents may not import search (docs/architecture.md, import rules).
 
 >>> b = Budget(generated=100)
 >>> b.charge(generated=60, encoded=10)

@@ -1,4 +1,4 @@
-"""The GRPO math, one documented function per formula (see ALGORITHMS.md, "GRPO").
+"""The GRPO math, one documented function per formula (see docs/algorithms.md, "GRPO").
 
 Everything here works on plain tensors so it can be pinned by hand-computed tests:
 

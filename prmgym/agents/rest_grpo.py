@@ -1,5 +1,5 @@
 """ReST-GRPO (ReST-RL, Zhoubian et al. 2025): GRPO on prompts whose rewards vary, plus
-partial-state prompts cut from the best solutions. See ALGORITHMS.md, "ReST-GRPO".
+partial-state prompts cut from the best solutions. See docs/algorithms.md, "ReST-GRPO".
 
 Each step:
 
