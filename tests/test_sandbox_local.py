@@ -321,6 +321,40 @@ def test_spawner_forks_every_program_and_is_replaced_if_it_dies():
         assert r.passed and any("spawner" in str(m) for m in r.details["retried_after"]), r.details
 
 
+@pytest.mark.parametrize("scratch", ["/tmp", "/var/tmp"])
+def test_spawner_restarts_when_the_interpreter_lives_under_a_scratch_dir(scratch, monkeypatch):
+    # A venv inside a clone under /var/tmp (or /tmp): the server's per-job tmpfs on the scratch
+    # dirs, kept from one job to the next, once covered the interpreter, and restarting the
+    # spawner between jobs failed ("No such file or directory: '/var/tmp/.../bin/python'")
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if not os.path.isdir(scratch) or os.path.islink(scratch):
+        pytest.skip(f"no {scratch} here")
+    root = tempfile.mkdtemp(prefix="prmgym-venv-", dir=scratch)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", os.path.join(root, "venv")], check=True)
+        python = os.path.join(root, "venv", "bin", "python")  # a symlink to the base interpreter
+        assert os.path.islink(python)
+        monkeypatch.setattr(sys, "executable", python)  # what LocalSandbox starts its servers with
+        with LocalSandbox(workers=1) as s:
+            server = s._workers[0].proc.pid
+            assert os.readlink(f"/proc/{server}/exe") == os.path.realpath(python)
+            job = Job(ADD + "open('/tmp/work/x', 'w').close()\n", tests=("assert candidate(1, 2) == 3",), entry_point="add")
+            assert s.run(job).passed and s.run(Job(ADD, tests=("assert add(2, 2) == 4",))).passed
+            for _ in range(2):  # between jobs, with the last job's tmpfs mounts kept
+                (spawner,) = _children_named(server, "prmgym-spawner")
+                os.kill(spawner, 9)
+                time.sleep(0.2)
+                r = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))
+                assert r.passed and "retried_after" not in r.details, r.details
+                assert _children_named(server, "prmgym-spawner") not in ([], [spawner])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="uid switching needs root")
 def test_judge_runs_as_a_uid_of_its_own(sb):
     # the program's uid differs from the judge's: no signal or rlimit of the job can reach it,

@@ -1556,17 +1556,20 @@ class _Spawner:
                 # at first use in each program, where each lookup costs copy-on-write faults; the
                 # spawner empties its environment before any program, see `_preset_programs`)
                 os.execve(sys.executable, argv, {**os.environ, "LD_BIND_NOW": "1"})
+            except OSError as e:  # (the interpreter is not where it was: say so to the server)
+                theirs.send(f"exec: {e}".encode()[:512])
             finally:
                 os._exit(JUDGE_INFRA_EXIT)
         theirs.close()
         self.pid, self.sock, self.pidfd = pid, ours, _pidfd_or_none(pid)
         import select
 
-        ready = select.select([ours], [], [], 30.0)[0] and ours.recv(64)
+        ready = select.select([ours], [], [], 30.0)[0] and ours.recv(600)
         if ready != b"ready":
             self.stop()
             raise RuntimeError("the spawner did not start" + ("" if ready is not False else " within 30 s")
-                               + " (its error, if any, is on the server's stderr)")
+                               + (f": {ready[6:].decode(errors='replace')}" if ready and ready.startswith(b"exec: ")
+                                  else " (its error, if any, is on the server's stderr)"))
 
     @staticmethod
     def _main(own_pidns: int | None, sock) -> None:
@@ -1907,6 +1910,10 @@ class Server:
         if self._spawner is not None:
             self._spawner.stop()
             self._spawner = None
+        # the tmpfs mounts kept from the last job cover /tmp and the scratch dirs (/var/tmp...),
+        # where the interpreter may live (a venv in a clone under /var/tmp): the exec must see the
+        # tree the first spawner saw, so they go (the next job mounts new ones)
+        self._release_tmp()
         try:
             self._spawner = _Spawner(self)
             self.isolation["spawner"] = "exec"
