@@ -42,6 +42,31 @@ def test_failing_assert_counts_partial_tests(sb):
     assert r.details["test_errors"][0]["test"] == 1 and r.details["test_errors"][0]["type"] == "AssertionError"
 
 
+def test_failed_assert_shows_the_compared_values(sb):
+    code = "CALLS = []\ndef add(a, b):\n    CALLS.append(1)\n    return a + b\ndef calls():\n    return len(CALLS)\n"
+    tests = ["assert candidate(2, 3) == 6",
+             "def check(f):\n    assert f(1, 1) == 2\n    assert f([1], [2]) == [1, 3]\ncheck(candidate)",
+             "assert abs(candidate(0.5, 0.25) - 1) < 0.1",
+             "assert candidate(2, 3) == 6, 'a message of its own'",
+             "assert not candidate(1, -1) == 0",
+             "assert candidate(10 ** 5000, 1) == 1",
+             "assert calls() == 7"]  # each operand ran once: 1 + 2 + 1 + 1 + 1 + 1 calls before this test
+    r = run(sb, code, tests, "add")
+    assert (r.status, r.tests_passed) == ("failed", 1)
+    msgs = {e["test"]: e["msg"] for e in r.details["test_errors"]}
+    assert msgs[0] == "AssertionError: assert 5 == 6 (where 5 = candidate(2, 3))"
+    assert msgs[1] == "AssertionError: assert [1, 2] == [1, 3] (where [1, 2] = f([1], [2]))"
+    assert msgs[2] == "AssertionError: assert 0.25 < 0.1 (where 0.25 = abs(candidate(0.5, 0.25) - 1))"
+    assert msgs[3] == "AssertionError: a message of its own"  # a test's own message is kept
+    assert msgs[4] == "AssertionError: assert False (where False = not candidate(1, -1) == 0)"
+    assert msgs[5] == "AssertionError: assert <int> == 1 (where <int> = candidate(10 ** 5000, 1))"
+    assert 6 not in msgs, msgs
+    # the program never sees the tests' messages, and a test with a syntax error is reported as before
+    assert "assert" not in r.stdout + r.stderr
+    r = run(sb, ADD, ["assert candidate(1, 1) ==", "assert candidate(1, 1) == 2"], "add")
+    assert r.tests_passed == 1 and r.details["test_errors"][0]["type"] == "SyntaxError"
+
+
 def test_exception_in_candidate_fails_that_test(sb):
     code = "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
     r = run(sb, code, ["assert candidate(1) == 1", "assert candidate(-1) == -1"], "f")

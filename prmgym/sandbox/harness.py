@@ -643,6 +643,99 @@ class _Reports:
 
 _TEST_CODE: dict = {}  # (index, source) -> code object, in the long-lived judge
 _TEST_CODE_MAX = 512
+_EXPLAIN = "__prmgym_assert__"  # the name of `_assert_message` in each test's namespace
+
+
+def _assert_message(left, op: str, right, left_src: str, right_src: str) -> str:
+    """The message of a failed bare ``assert`` (see `_explained_asserts`), as pytest writes it:
+    ``assert 5 == 6 (where 5 = candidate(2, 3))``. The values are the test's own or plain data
+    the program sent (decoded by `loads_plain`); their text is cut short, and a value whose
+    text cannot be made (an int too long to print) is named by its type."""
+    import reprlib
+
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = shown.maxlong = 160
+    shown.maxlist = shown.maxtuple = shown.maxset = shown.maxfrozenset = shown.maxdict = 12
+
+    def text(v) -> str:
+        try:
+            return shown.repr(v)
+        except BaseException:  # noqa: BLE001
+            return f"<{type(v).__name__}>"
+
+    lt = text(left)
+    parts = [f"assert {lt}" if op is None else f"assert {lt} {op} {text(right)}"]
+    wheres = [f"{t} = {src}" for t, src, v in ((lt, left_src, left), (op and text(right), right_src, right))
+              if src and t and src != t]
+    return _short(parts[0] + (f" (where {', '.join(wheres)})" if wheres else ""))
+
+
+def _explained_asserts(src: str, filename: str):
+    """The test compiled with each bare ``assert`` (one without a message) rewritten so that a
+    failure names the compared values: ``assert a OP b`` becomes ``l = a; r = b; if not (l OP
+    r): raise AssertionError(message)``, any other ``assert x`` ``v = x; if not v: raise ...``.
+    Each operand is evaluated exactly once, in the order Python evaluates it, so the program
+    gets the same calls as before. None when the source cannot be rewritten (it is then
+    compiled as it is, and a syntax error reported as before)."""
+    import ast
+
+    ops = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
+           ast.Is: "is", ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in"}
+
+    lines = src.splitlines(keepends=True)
+
+    def seg(e) -> str:  # (ast.get_source_segment splits the whole source on every call)
+        if e.lineno != e.end_lineno:
+            return ""
+        line = lines[e.lineno - 1].encode()  # (offsets are in UTF-8 bytes)
+        return line[e.col_offset:e.end_col_offset].decode("utf-8", "replace")
+
+    def rewrite(node, n: int) -> list:
+        left, right = ast.Name(f"__prmgym_l{n}", ast.Load()), ast.Name(f"__prmgym_r{n}", ast.Load())
+        t = node.test
+        if isinstance(t, ast.Compare) and len(t.ops) == 1 and type(t.ops[0]) in ops:
+            values = [(left.id, t.left), (right.id, t.comparators[0])]
+            cond = ast.Compare(left, t.ops, [right])
+            args = [left, ast.Constant(ops[type(t.ops[0])]), right, ast.Constant(seg(t.left)),
+                    ast.Constant(seg(t.comparators[0]))]
+        else:
+            values, cond = [(left.id, t)], left
+            args = [left, ast.Constant(None), ast.Constant(None), ast.Constant(seg(t)), ast.Constant("")]
+        out = [ast.Assign([ast.Name(name, ast.Store())], value) for name, value in values]
+        message = ast.Call(ast.Name(_EXPLAIN, ast.Load()), args, [])
+        out.append(ast.If(ast.UnaryOp(ast.Not(), cond),
+                          [ast.Raise(ast.Call(ast.Name("AssertionError", ast.Load()), [message], []))], []))
+        for stmt in out:
+            ast.copy_location(stmt, node)
+        return out
+
+    count = [0]
+
+    def walk(body: list) -> list:  # statements only: an assert is never inside an expression
+        out = []
+        for node in body:
+            if isinstance(node, ast.Assert) and node.msg is None:
+                count[0] += 1
+                out.extend(rewrite(node, count[0]))
+                continue
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                inner = getattr(node, field, None)
+                if inner and isinstance(inner[0], ast.stmt):
+                    setattr(node, field, walk(inner))
+                elif inner:  # except handlers, match cases: their bodies
+                    for h in inner:
+                        h.body = walk(h.body)
+            out.append(node)
+        return out
+
+    try:
+        tree = ast.parse(src, filename)
+        tree.body = walk(tree.body)
+        if not count[0]:
+            return None
+        return compile(ast.fix_missing_locations(tree), filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+        return None
 
 
 def _compiled_test(src: str, i: int):
@@ -652,7 +745,8 @@ def _compiled_test(src: str, i: int):
     key = (i, src)
     code = _TEST_CODE.get(key)
     if code is None:
-        code = compile(src, f"<test {i}>", "exec", dont_inherit=True)
+        code = (_explained_asserts(src, f"<test {i}>") if "assert" in src else None) \
+            or compile(src, f"<test {i}>", "exec", dont_inherit=True)
         if len(src) > (1 << 16):
             return code  # big tests are not kept
         if len(_TEST_CODE) >= _TEST_CODE_MAX:
@@ -763,7 +857,7 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
         if entry:
             ns_base["candidate"] = judge.stub(entry)
         for i, src in enumerate(tests):
-            ns = {"__name__": "__main__", "__builtins__": builtins}
+            ns = {"__name__": "__main__", "__builtins__": builtins, _EXPLAIN: _assert_message}
             for name, text in values.items():
                 try:
                     ns[name] = loads_plain(text)  # a fresh copy for every test
@@ -809,6 +903,11 @@ def _judge_process(sock_fd: int, uid: int | None, isolate_net: bool) -> None:
             except OSError:
                 pass
         parent = os.getppid()
+        # what `_explained_asserts` and `_assert_message` import, loaded while the judge can still
+        # read the Python installation (its own uid may not, e.g. under /root without namespaces)
+        import ast  # noqa: F401
+        import reprlib  # noqa: F401
+
         _drop_privileges(uid)
         for res, value in ((resource.RLIMIT_NPROC, 0), (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_CORE, 0)):
             try:
