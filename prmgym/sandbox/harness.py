@@ -549,15 +549,29 @@ class ProgramDied(BaseException):
     """The program process exited or broke the call protocol; no further test can run."""
 
 
+class _Diverged(BaseException):
+    """A replayed test (`_explain_failure`) made a call its first run did not make."""
+
+
 class _Judge:
     def __init__(self, rpc_in: int, rpc_out: int, limit: int):
         self.rpc_in, self.rpc_out, self.limit = rpc_in, rpc_out, limit
         self.dead: str | None = None
         self.errors: list[str] = []  # exception type names reported by the program
+        # the current test's calls, (request, answer) as the bytes that crossed the pipes, and
+        # while a failed test is replayed, the calls left to answer from them (`_explain_failure`)
+        self.log: list = []
+        self.replay: list | None = None
 
-    def recv(self) -> list:
+    def recv(self, raw: list | None = None) -> list:
         try:
-            return recv_msg(self.rpc_in, self.limit)
+            data = _recv_frame(self.rpc_in, self.limit)
+            msg = loads_plain(data)
+            if type(msg) is not list or not msg or type(msg[0]) is not str:
+                raise ValueError("not a message")
+            if raw is not None:
+                raw.append(data)
+            return msg
         except MemoryError:
             raise
         except EOFError as e:
@@ -578,18 +592,26 @@ class _Judge:
             data = marshal.dumps(["call", name, args, kwargs])
         except (ValueError, TypeError, RecursionError) as e:
             raise TypeError(f"arguments passed to the program must be plain data: {e}") from None
-        try:
-            _send_frame(self.rpc_out, data)
-        except OSError:
-            self.dead = "program stopped answering (pipe closed)"
-            raise ProgramDied(self.dead) from None
-        msg = self.recv()  # already decoded: plain data only, or the recv failed
+        if self.replay is not None:  # the program is not asked again: its first answer is decoded anew
+            if not self.replay or self.replay[0][0] != data:
+                raise _Diverged
+            msg = loads_plain(self.replay.pop(0)[1])
+        else:
+            try:
+                _send_frame(self.rpc_out, data)
+            except OSError:
+                self.dead = "program stopped answering (pipe closed)"
+                raise ProgramDied(self.dead) from None
+            raw: list = []
+            msg = self.recv(raw)  # already decoded: plain data only, or the recv failed
+            self.log.append((data, raw[0]))
         if msg[0] == "ret" and len(msg) == 3:
             if msg[2] is not None:
                 _sync_args(args, msg[2])
             return msg[1]
         if msg[0] == "exc" and len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is str:
-            self.errors.append(msg[1][:100])
+            if self.replay is None:
+                self.errors.append(msg[1][:100])
             cls = getattr(builtins, msg[1], None)
             if isinstance(cls, type) and issubclass(cls, Exception):
                 raise cls(msg[2])
@@ -691,22 +713,24 @@ def _explained_asserts(src: str, filename: str):
         return line[e.col_offset:e.end_col_offset].decode("utf-8", "replace")
 
     def rewrite(node, n: int) -> list:
-        left, right = ast.Name(f"__prmgym_l{n}", ast.Load()), ast.Name(f"__prmgym_r{n}", ast.Load())
+        at = {"lineno": node.lineno, "col_offset": node.col_offset, "end_lineno": node.end_lineno,
+              "end_col_offset": node.end_col_offset}  # (set here: ast.fix_missing_locations walks the whole tree)
+        load, store = ast.Load(), ast.Store()
+        left, right = ast.Name(f"__prmgym_l{n}", load, **at), ast.Name(f"__prmgym_r{n}", load, **at)
         t = node.test
         if isinstance(t, ast.Compare) and len(t.ops) == 1 and type(t.ops[0]) in ops:
             values = [(left.id, t.left), (right.id, t.comparators[0])]
-            cond = ast.Compare(left, t.ops, [right])
-            args = [left, ast.Constant(ops[type(t.ops[0])]), right, ast.Constant(seg(t.left)),
-                    ast.Constant(seg(t.comparators[0]))]
+            cond = ast.Compare(left, t.ops, [right], **at)
+            args = [left, ast.Constant(ops[type(t.ops[0])], **at), right, ast.Constant(seg(t.left), **at),
+                    ast.Constant(seg(t.comparators[0]), **at)]
         else:
             values, cond = [(left.id, t)], left
-            args = [left, ast.Constant(None), ast.Constant(None), ast.Constant(seg(t)), ast.Constant("")]
-        out = [ast.Assign([ast.Name(name, ast.Store())], value) for name, value in values]
-        message = ast.Call(ast.Name(_EXPLAIN, ast.Load()), args, [])
-        out.append(ast.If(ast.UnaryOp(ast.Not(), cond),
-                          [ast.Raise(ast.Call(ast.Name("AssertionError", ast.Load()), [message], []))], []))
-        for stmt in out:
-            ast.copy_location(stmt, node)
+            args = [left, ast.Constant(None, **at), ast.Constant(None, **at), ast.Constant(seg(t), **at),
+                    ast.Constant("", **at)]
+        out = [ast.Assign([ast.Name(name, store, **at)], value, **at) for name, value in values]
+        message = ast.Call(ast.Name(_EXPLAIN, load, **at), args, [], **at)
+        error = ast.Call(ast.Name("AssertionError", load, **at), [message], [], **at)
+        out.append(ast.If(ast.UnaryOp(ast.Not(), cond, **at), [ast.Raise(error, None, **at)], [], **at))
         return out
 
     count = [0]
@@ -733,7 +757,7 @@ def _explained_asserts(src: str, filename: str):
         tree.body = walk(tree.body)
         if not count[0]:
             return None
-        return compile(ast.fix_missing_locations(tree), filename, "exec", dont_inherit=True)
+        return compile(tree, filename, "exec", dont_inherit=True)
     except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
         return None
 
@@ -745,8 +769,7 @@ def _compiled_test(src: str, i: int):
     key = (i, src)
     code = _TEST_CODE.get(key)
     if code is None:
-        code = (_explained_asserts(src, f"<test {i}>") if "assert" in src else None) \
-            or compile(src, f"<test {i}>", "exec", dont_inherit=True)
+        code = compile(src, f"<test {i}>", "exec", dont_inherit=True)
         if len(src) > (1 << 16):
             return code  # big tests are not kept
         if len(_TEST_CODE) >= _TEST_CODE_MAX:
@@ -798,6 +821,30 @@ def _compile_program(source: str) -> tuple:
 
 
 _PRISTINE_WARNING_FILTERS: list | None = None
+
+
+def _explain_failure(judge: _Judge, src: str, i: int, ns: dict) -> str | None:
+    """The values behind a test's failed bare ``assert``, found by running the test once more
+    with its asserts rewritten (`_explained_asserts`) and every call to the program answered
+    from the first run's answers, which the judge kept as the bytes it received (decoded anew,
+    so nothing the first run changed leaks into the second). The program is not asked again
+    and runs nothing more. Returns the message of the same failure, or None when the second
+    run took another path (another call, another outcome: e.g. unseeded random inputs)."""
+    code = _explained_asserts(src, f"<test {i}>")
+    if code is None:
+        return None
+    ns[_EXPLAIN] = _assert_message
+    judge.replay = list(judge.log)
+    try:
+        exec(code, ns)
+    except AssertionError as e:
+        if not judge.replay and e.args and type(e.args[0]) is str and e.args[0].startswith("assert "):
+            return e.args[0]
+    except BaseException:  # noqa: BLE001  (_Diverged, or the test failed otherwise this time)
+        pass
+    finally:
+        judge.replay = None
+    return None
 
 
 def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int, limit: int) -> None:
@@ -856,20 +903,31 @@ def _judge_job(job: dict, nonce: str, report_fd: int, rpc_in: int, rpc_out: int,
     if ready:
         if entry:
             ns_base["candidate"] = judge.stub(entry)
-        for i, src in enumerate(tests):
-            ns = {"__name__": "__main__", "__builtins__": builtins, _EXPLAIN: _assert_message}
+
+        def fresh_ns() -> dict:
+            ns = {"__name__": "__main__", "__builtins__": builtins}
             for name, text in values.items():
                 try:
                     ns[name] = loads_plain(text)  # a fresh copy for every test
                 except Exception:  # noqa: BLE001
                     pass
             ns.update(ns_base)
+            return ns
+
+        for i, src in enumerate(tests):
+            ns = fresh_ns()
             reports.flush()
+            judge.log = []
+            t_test = time.monotonic()
             try:
                 exec(_compiled_test(src, i), ns)
                 reports.add(k="test", i=i, ok=True)
             except BaseException as e:  # noqa: BLE001  (a test's outcome, whatever it is)
-                reports.add(k="test", i=i, ok=False, type=type(e).__name__, msg=_describe(e))
+                text = None
+                if type(e) is AssertionError and not e.args and not judge.dead and time.monotonic() - t_test < 1.0:
+                    text = _explain_failure(judge, src, i, fresh_ns())
+                reports.add(k="test", i=i, ok=False, type=type(e).__name__,
+                            msg=_short(f"AssertionError: {text}") if text else _describe(e))
     else:
         for i in range(len(tests)):
             reports.add(k="test", i=i, ok=False, type="NotRun", msg="the program did not load")
