@@ -227,7 +227,7 @@ def build_image(
 ) -> str:
     """Build (or reuse) the sandbox image; returns its content-addressed ref
     ``prmgym-sandbox:<digest>`` (also tagged ``prmgym-sandbox:latest`` and ``tag`` if given)."""
-    from prmgym.sandbox.docker import docker_client
+    from prmgym.sandbox.engine import docker_client
 
     client = client or docker_client()
     digest, context = build_context()
