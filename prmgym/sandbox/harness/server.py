@@ -25,6 +25,14 @@ from .verdict import _parse_reports, _verdict
 from .spawner import _DirectChild, _JUDGE_MAX_JOBS, _SO_SNDBUFFORCE, _Spawner
 
 
+class _JobRun:
+    """One job's state, passed from `Server._start_job` to `_supervise` to `_verdict_of`."""
+
+    __slots__ = ("lim", "n_tests", "stdin_data", "t0", "iso", "own_workdir", "judge", "cfg", "child", "nonce", "sock",
+                 "job_view", "judge_lost", "sock_fd", "setup_r", "out_r", "err_r", "stdin_w", "status", "killed",
+                 "judge_status", "ended_at", "out", "err", "report", "output_exceeded", "open_r", "stdin_view")
+
+
 def _payload_bytes() -> bytes:
     """The harness as one self-contained module (the payload the spawner runs): this very file
     when the harness runs as the payload (a server started by LocalSandbox, the Docker agent's
@@ -316,8 +324,13 @@ class Server:
     # -- one job --------------------------------------------------------------------------------
     def run(self, header: dict, payload) -> dict:
         """Run one job; ``payload`` is the job JSON (bytes-like). Returns the result dict."""
-        import select
-        import shutil
+        job = self._start_job(header, payload)
+        self._supervise(job)
+        return self._verdict_of(job)
+
+    def _start_job(self, header: dict, payload) -> "_JobRun":
+        """Setup: the limits, a live spawner and judge, the pipes; the program forked (by the
+        spawner) and the job handed to the judge with a fresh nonce."""
         import tempfile
 
         lim = {**DEFAULT_LIMITS, **{k: v for k, v in header.items() if k in DEFAULT_LIMITS}}
@@ -387,6 +400,37 @@ class Server:
                 job_view = job_view[:0]
         for fd in (out_r, err_r, setup_r) + ((stdin_w,) if stdin_w is not None else ()):
             os.set_blocking(fd, False)
+        j = _JobRun()
+        j.lim = lim
+        j.n_tests = n_tests
+        j.stdin_data = stdin_data
+        j.t0 = t0
+        j.iso = iso
+        j.own_workdir = own_workdir
+        j.judge = judge
+        j.cfg = cfg
+        j.child = child
+        j.nonce = nonce
+        j.sock = sock
+        j.job_view = job_view
+        j.judge_lost = judge_lost
+        j.sock_fd = sock_fd
+        j.setup_r = setup_r
+        j.out_r = out_r
+        j.err_r = err_r
+        j.stdin_w = stdin_w
+        return j
+
+    def _supervise(self, j: "_JobRun") -> None:
+        """Supervision: feed the judge and stdin, read the output (to its cap), take the judge's
+        records, and end the program at the deadline, at the output cap, when the judge is lost
+        or when it ignores the judge's quit; until both the program and the judge are done."""
+        import select
+
+        t0, lim, child, judge = j.t0, j.lim, j.child, j.judge
+        sock, sock_fd, job_view, judge_lost = j.sock, j.sock_fd, j.job_view, j.judge_lost
+        stdin_data, stdin_w, out_r, err_r = j.stdin_data, j.stdin_w, j.out_r, j.err_r
+        nonce = j.nonce
         stdin_view = memoryview(stdin_data)
         out, err, report = bytearray(), bytearray(), bytearray()
         end_marker = MAGIC + b" " + nonce.encode() + b' {"k": "end"'
@@ -508,7 +552,34 @@ class Server:
                 judge_done, judge_lost, judged_at = True, "the judge died", time.monotonic()
             if status is None and child.poll(r):
                 status, ended_at = (child.status if child.status is not None else -1), time.monotonic()
+        j.status = status
+        j.killed = killed
+        j.judge_status = judge_status
+        j.judge_lost = judge_lost
+        j.ended_at = ended_at
+        j.out = out
+        j.err = err
+        j.report = report
+        j.output_exceeded = output_exceeded
+        j.open_r = open_r
+        j.stdin_w = stdin_w
+        j.job_view = job_view
+        j.stdin_view = stdin_view
+
+    def _verdict_of(self, j: "_JobRun") -> dict:
+        """Verdict: close the job's pipes, clean up after it (its processes, work dir, mounts,
+        IPC objects, a judge that did not finish), and turn the judge's records and the
+        program's exit status into the result dict."""
+        import shutil
+
+        t0, lim, n_tests, iso = j.t0, j.lim, j.n_tests, j.iso
+        own_workdir, judge, cfg, child = j.own_workdir, j.judge, j.cfg, j.child
+        nonce, setup_r, status, killed = j.nonce, j.setup_r, j.status, j.killed
+        judge_status, judge_lost, ended_at, out = j.judge_status, j.judge_lost, j.ended_at, j.out
+        err, report, output_exceeded, open_r = j.err, j.report, j.output_exceeded, j.open_r
+        stdin_w, job_view, stdin_view = j.stdin_w, j.job_view, j.stdin_view
         wall = (ended_at or time.monotonic()) - t0
+        cap = int(lim["output_limit"])
         for fd in list(open_r):
             os.close(fd)
         try:  # (non-blocking: empty if C never wrote it, or is stuck with the pipe open)
