@@ -761,3 +761,42 @@ def test_programs_get_the_program_warm_set_and_fresh_random_state(sb):
                          "'copy': False, 'threading': False}, M"]) for _ in range(3)]
     assert all(r.passed for r in rs), [r.details for r in rs]
     assert len({r.stdout for r in rs}) == 3, [r.stdout for r in rs]
+
+
+def test_harness_payload_is_one_self_contained_module(tmp_path):
+    # the package's parts joined into one module, run with -I -S from a directory that holds
+    # nothing else (no prmgym on the path): it must serve a job on its own
+    import re
+    import struct
+    import subprocess
+    import sys
+
+    source = harness.payload_source()
+    assert not re.search(r"^\s*(from prmgym|import prmgym)", source, re.M)
+    assert not re.search(r"^from \.", source, re.M)  # the sibling imports are gone
+    assert source.count("from __future__ import annotations") == 1
+    path = tmp_path / "harness.py"
+    path.write_text(source)
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(path), "serve", "--namespaces", "off", "--no-warm"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path),
+                            env={"PATH": "/usr/bin:/bin"})
+
+    def frame() -> dict:
+        (n,) = struct.unpack("<I", proc.stdout.read(4))
+        return harness.json.loads(proc.stdout.read(n))
+
+    try:
+        hello = frame()
+        assert hello["hello"] == harness.PROTOCOL and hello["isolation"]["spawner"] == "exec"
+        for want, status in ((3, "passed"), (4, "failed")):
+            proc.stdin.write(harness.encode_request({"code": ADD, "tests": [f"assert candidate(1, 2) == {want}"],
+                                                     "entry_point": "add"}, dict(harness.DEFAULT_LIMITS, timeout_s=5.0)))
+            proc.stdin.flush()
+            r = frame()
+            assert r["status"] == status, r
+        assert r["details"]["test_errors"][0]["msg"] == "AssertionError: assert 3 == 4 (where 3 = candidate(1, 2))"
+    finally:
+        proc.stdin.close()
+        assert proc.wait(10) == 0, proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
