@@ -763,6 +763,19 @@ def test_programs_get_the_program_warm_set_and_fresh_random_state(sb):
     assert len({r.stdout for r in rs}) == 3, [r.stdout for r in rs]
 
 
+def test_a_job_cannot_plant_a_module_beside_the_payload(sb):
+    # the payload file sits in a private directory under the temp dir (/tmp), which jobs get as a
+    # writable tmpfs that the judge shares; that directory is not on the judge's import path
+    # (python -I puts a script's directory there before Python 3.11; `main` takes it out)
+    d = os.path.dirname(harness.payload_path())
+    code = (f"import os, sys\nos.makedirs({d!r}, exist_ok=True)\nPATH = sys.path\n"
+            f"open(os.path.join({d!r}, 'prmgym_planted.py'), 'w').write('PLANTED = 1')\n")
+    r = run(sb, code, [f"assert {d!r} not in PATH",
+                       "try:\n    import prmgym_planted\nexcept ImportError:\n    pass\n"
+                       "else:\n    raise AssertionError('the judge imported a module the job wrote')"])
+    assert r.passed, r.details
+
+
 def test_harness_payload_is_one_self_contained_module(tmp_path):
     # the package's parts joined into one module, run with -I -S from a directory that holds
     # nothing else (no prmgym on the path): it must serve a job on its own

@@ -111,6 +111,12 @@ def _spawner_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_serve_args(sys.argv[1:] if argv is None else list(argv))
+    # The payload needs nothing beside it, and its directory (``python -I`` puts it first on
+    # sys.path before Python 3.11, where -I does not yet imply -P) may be under /tmp or /var/tmp, which every job gets as a writable tmpfs that the
+    # judge sees: a module a job wrote there would shadow what a test imports, in the judge.
+    # So the directory leaves the path, which the judge, the spawner and the programs inherit.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     if not args["no_warm"]:
         _warm_up()
     uid, judge_uid = args["uid"], args["judge_uid"]
