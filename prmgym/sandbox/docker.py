@@ -42,37 +42,11 @@ from typing import Sequence
 
 from prmgym.sandbox import harness
 from prmgym.sandbox.base import ExecResult, Job, Sandbox, close_at_exit
+from prmgym.sandbox.engine import DockerUnavailableError, docker_client  # noqa: F401  (re-exported)
 
 LABEL = "prmgym.sandbox"
 SANDBOX_UID = 10001
 PROTOCOL = 1
-
-_ENGINE_HELP = (
-    "Start the Docker engine with `sudo systemctl start docker` (or `sudo dockerd &` where systemd is "
-    "absent; CI runs `bash .ci/docker-setup.sh`), check that your user may use it "
-    "(`docker info`; `sudo usermod -aG docker $USER`), or use the local backend instead: "
-    "`from prmgym.sandbox import LocalSandbox`."
-)
-
-
-class DockerUnavailableError(RuntimeError):
-    """The Docker engine, the docker SDK or the sandbox image is not available."""
-
-
-def docker_client(timeout: int = 120):
-    """A connected ``docker.DockerClient`` or a `DockerUnavailableError` that says what to do."""
-    try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - docker is a declared dependency
-        raise DockerUnavailableError("the docker SDK is not installed: `pip install 'docker>=7'`") from exc
-    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except Exception as exc:  # DockerException, requests errors, PermissionError, ...
-        raise DockerUnavailableError(f"cannot reach the Docker engine at {where}: {exc}. {_ENGINE_HELP}") from exc
-    return client
-
 
 def _proc_start_time(pid: int) -> str | None:
     """Start time of ``pid`` in clock ticks since boot (detects pid reuse), or None if gone."""

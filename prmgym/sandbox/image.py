@@ -39,7 +39,8 @@ ONLINE_BASE = "python:3.11-slim"
 DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _HERE = Path(__file__).resolve().parent
-# Files copied into /opt/prmgym. The harness is the same file `LocalSandbox` uses, so both
+# Files copied into /opt/prmgym. harness.py is the harness payload (the package joined into one
+# module, `harness.payload.source`), the same code `LocalSandbox` runs, so both
 # backends decide verdicts with the same code.
 RUNNER_FILES = ("container_agent.py", "harness.py")
 # Trimmed from the root file system: documentation and package-manager caches.
@@ -50,8 +51,12 @@ Log = Callable[[str], None]
 
 def runner_files() -> dict[str, bytes]:
     """``{name: content}`` of the files installed under ``/opt/prmgym`` in the image."""
-    out = {}
+    from prmgym.sandbox.harness import payload
+
+    out = {"harness.py": payload.source().encode()}  # the harness package as one module, built now
     for name in RUNNER_FILES:
+        if name == "harness.py":
+            continue
         path = _HERE / name
         if not path.is_file():
             raise FileNotFoundError(f"sandbox runner file {path} is missing; reinstall prmgym")
@@ -227,7 +232,7 @@ def build_image(
 ) -> str:
     """Build (or reuse) the sandbox image; returns its content-addressed ref
     ``prmgym-sandbox:<digest>`` (also tagged ``prmgym-sandbox:latest`` and ``tag`` if given)."""
-    from prmgym.sandbox.docker import docker_client
+    from prmgym.sandbox.engine import docker_client
 
     client = client or docker_client()
     digest, context = build_context()

@@ -1,10 +1,10 @@
 """`LocalSandbox`: the embedded default backend. Needs only Linux (and root for full isolation).
 
-Each worker is a warm fork server (``python -I harness.py serve``) that pre-imports the harness
+Each worker is a warm fork server (``python -I <harness payload> serve``) that pre-imports the harness
 and common stdlib modules and forks a fresh, single-use process tree per job: new network, PID,
 mount and IPC namespaces, a private tmpfs ``/tmp`` as the work dir, a uid of its own (one per
 worker, so one job's process count cannot starve another's), rlimits, an empty environment and
-a deadline enforced by a process outside the job's tree. See ``harness.py`` for the protocol and
+a deadline enforced by a process outside the job's tree. See the ``harness`` package for the protocol and
 docs/sandbox.md for what is and is not isolated.
 
 >>> from prmgym.sandbox import Job, LocalSandbox
@@ -33,7 +33,9 @@ from typing import Sequence
 from prmgym.sandbox import harness
 from prmgym.sandbox.base import ExecResult, Job, Sandbox, close_at_exit
 
-HARNESS_PATH = Path(harness.__file__).resolve()
+# the file the fork servers run: None is the harness payload, written once per process at start-up
+# (`harness.payload_path`); tests point it at wrappers
+HARNESS_PATH: Path | str | None = None
 
 
 class SandboxInfraError(RuntimeError):
@@ -53,7 +55,7 @@ class _Worker:
         self.start()
 
     def start(self) -> None:
-        cmd = [sys.executable, "-I", str(HARNESS_PATH), "serve", "--namespaces", self.namespaces]
+        cmd = [sys.executable, "-I", str(HARNESS_PATH or harness.payload_path()), "serve", "--namespaces", self.namespaces]
         if self.uid_base is not None:
             cmd += ["--uid-base", str(self.uid_base)]
         if not self.warm:
