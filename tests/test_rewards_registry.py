@@ -13,8 +13,8 @@ import prmgym.rewards
 from prmgym.cli import main
 from prmgym.config import ConfigError
 from prmgym.models import tiny
-from prmgym.rewards import AIRLPRM, ORMPRM, PRM_CLASSES, MissingClassError, PRMBatch, RePIRLPRM, ScalarHeadPRM,
-                            ValueModel, load_prm
+from prmgym.rewards import (AIRLPRM, ORMPRM, PRM_CLASSES, MissingClassError, PRMBatch, RePIRLPRM, ScalarHeadPRM,
+                            ValueModel, load_prm)
 from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
 torch.set_num_threads(1)
