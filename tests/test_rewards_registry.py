@@ -1,6 +1,7 @@
 """A PRM kind owns its recipe: the registry lists the kinds, a class builds its own batch, a
 missing class is a typed error, and `prmgym train-prm` takes --config YAML and --set."""
 
+import dataclasses
 import json
 import os
 
@@ -11,9 +12,9 @@ import yaml
 
 import prmgym.rewards
 from prmgym.cli import main
-from prmgym.config import ConfigError
+from prmgym.config import ConfigError, help_field
 from prmgym.models import tiny
-from prmgym.rewards import (AIRLPRM, ORMPRM, PRM_CLASSES, MissingClassError, PRMBatch, RePIRLPRM, ScalarHeadPRM,
+from prmgym.rewards import (AIRLPRM, ORMPRM, PRM_CLASSES, MissingClassError, PRMBatch, PRMOptions, RePIRLPRM, ScalarHeadPRM,
                             ValueModel, load_prm)
 from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
@@ -40,16 +41,23 @@ def env_fn():
 
 
 def define_truncation_orm():
-    """A new kind in a few lines: an ORM whose negatives are expert solutions cut one step short."""
+    """A new kind in a few lines: an ORM whose negatives are expert solutions cut ``cut`` steps
+    short (a recipe setting of its own, in its Options: no edit to PRMTrainConfig)."""
+
+    @dataclasses.dataclass
+    class TruncationOptions(PRMOptions):
+        cut: int = help_field(1, "steps cut off an expert solution to make a negative")
 
     class TruncationORM(ORMPRM):
         kind = "toy_truncation"
+        Options = TruncationOptions
 
         @classmethod
         def training_batch(cls, data, step):
-            experts = [t for t in data.experts(data.tasks(step)) if len(t.steps) > 1]
+            cut = data.prm.options.cut
+            experts = [t for t in data.experts(data.tasks(step)) if len(t.steps) > cut]
             prompts = [t.prompt for t in experts] * 2
-            steps = [list(t.steps) for t in experts] + [list(t.steps[:-1]) for t in experts]
+            steps = [list(t.steps) for t in experts] + [list(t.steps[:-cut]) for t in experts]
             return PRMBatch(prompts, steps, labels=[1.0] * len(experts) + [0.0] * len(experts))
 
     return TruncationORM
@@ -66,7 +74,7 @@ def test_kinds_come_from_the_registry(toy_kinds):
     # every built-in kind declares its recipe and what it trains from
     for kind, c in PRM_CLASSES.items():
         assert c.training_batch.__func__ is not ScalarHeadPRM.training_batch.__func__, kind
-        assert c.data_source in ("env", "targets") and issubclass(c.Options, prmgym.rewards.PRMOptions)
+        assert c.data_source in ("env", "targets") and issubclass(c.Options, PRMOptions)
     assert ValueModel.data_source == "targets" and AIRLPRM.data_source == "env"
 
 
@@ -87,8 +95,12 @@ def test_a_new_kind_trains_through_its_own_recipe(policy, toy_kinds, tmp_path):
     policy.save(pdir)
     out = str(tmp_path / "toy")
     assert main(["train-prm", "--kind", "toy_truncation", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
-                 "--set", "tasks_per_step=2", "--quiet"]) == 0
-    assert load_prm(out).kind == "toy_truncation" and load_prm(out).updates == 1
+                 "--set", "tasks_per_step=2", "--set", "prm.cut=2", "--quiet"]) == 0
+    saved = load_prm(out)
+    assert saved.kind == "toy_truncation" and saved.updates == 1 and saved.options.cut == 2
+    cut2 = OfflinePRMTrainer(saved, policy, env_fn, cfg).collect(0)
+    n = len(cut2) // 2
+    assert all(len(a) == len(b) + 2 for a, b in zip(cut2.step_lists[:n], cut2.step_lists[n:]))
 
 
 def test_missing_class_is_a_typed_error_and_skips_the_update(policy, toy_kinds):
