@@ -129,6 +129,7 @@ class AIRLPRM(ScalarHeadPRM):
     Options = AIRLOptions
     recipe_fields = ("airl_negatives", "proposals_per_prefix")
     needs_both_classes = True
+    validation = "proposals"
 
     def __init__(self, model, tokenizer, *, bias_initialised: bool = False, **options) -> None:
         super().__init__(model, tokenizer, **options)

@@ -38,6 +38,7 @@ class ORMPRM(ScalarHeadPRM):
 
     kind = "orm"
     n_outputs = 1
+    validation = "outcome"
 
     @classmethod
     def training_batch(cls, data, step: int) -> PRMBatch:
@@ -61,6 +62,7 @@ class MCPRM(ScalarHeadPRM):
     kind = "mc"
     n_outputs = 1
     recipe_fields = ("mc_rollouts", "mc_labels")
+    validation = "step_labels"
 
     @classmethod
     def training_batch(cls, data, step: int) -> PRMBatch:

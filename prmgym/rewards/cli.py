@@ -130,4 +130,10 @@ def run(args: argparse.Namespace) -> int:
         trainer.close()
         logger.close()
     print(f"trained {cfg.kind} PRM ({prm.updates} updates) saved to {cfg.out}")
+    s = trainer.summary
+    if s.get("best_score") is not None:  # eval_every: the saved PRM is the best held-out one
+        why = "stopped early (patience)" if s["stopped_early"] else "ran all updates"
+        print(f"held-out {s['validation']}: best score {s['best_score']:.4f} at update {s['best_update']} ({why}); "
+              f"{', '.join(f'{k}={v:.4g}' for k, v in s['best_metrics'].items() if isinstance(v, float))}; "
+              f"summary in {os.path.join(cfg.out, 'summary.json')}")
     return 0

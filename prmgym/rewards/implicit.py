@@ -56,6 +56,7 @@ class ImplicitPRM(ScalarHeadPRM):
     kind = "implicit"
     n_outputs = 1  # unused head (kept for a uniform layout)
     Options = ImplicitOptions
+    validation = "outcome_sum"
 
     def __init__(self, model, tokenizer, *, reference=None, **options) -> None:
         super().__init__(model, tokenizer, **options)

@@ -51,6 +51,7 @@ class RePIRLPRM(ScalarHeadPRM):
     n_outputs = 1
     Options = RePIRLOptions
     needs_both_classes = True
+    validation = "proposals"
 
     def __init__(self, model, tokenizer, **options) -> None:
         super().__init__(model, tokenizer, **options)

@@ -252,6 +252,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     data_source: str = "env"
     recipe_fields: tuple[str, ...] = ()
     needs_both_classes: bool = False
+    validation: str | None = None  # held-out metric while training offline (prmgym.rewards.heldout.VALIDATORS)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

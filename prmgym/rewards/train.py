@@ -18,6 +18,7 @@ Checkpoints: ``run_dir/checkpoint/`` (a PRM directory with optimiser state), eve
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, fields
@@ -55,6 +56,11 @@ class PRMTrainConfig:
     seed: int = _f(0, "data and initialisation seed")
     save_every: int = _f(0, "checkpoint every K updates (0 = only at the end)")
     log_every: int = _f(1, "log every K updates")
+    eval_every: int = _f(0, "held-out evaluation of the kind's own objective every K updates and before the first "
+                            "(prmgym.rewards.heldout; logged as prm/heldout/*): the final PRM is the best one seen. 0 = off")
+    patience: int = _f(0, "with eval_every: stop after this many evaluations without a new best (0 = run all steps)")
+    min_delta: float = _f(0.0, "with eval_every: the least rise of the held-out score that counts as a new best")
+    eval_tasks: int = _f(16, "with eval_every: held-out tasks (training split, seeds disjoint from the training draws)")
 
     def __post_init__(self) -> None:
         if self.kind not in PRM_CLASSES:
@@ -65,11 +71,17 @@ class PRMTrainConfig:
             raise ValueError(f"airl_negatives={self.airl_negatives!r} samples at expert prefixes: it needs use_expert=True "
                              "(or airl_negatives='rollouts')")
         for name in ("steps", "tasks_per_step", "rollouts_per_task", "mc_rollouts", "max_new_tokens", "max_steps", "batch_size",
-                     "log_every", "proposals_per_prefix"):
+                     "log_every", "proposals_per_prefix", "eval_tasks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mc_labels not in ("hard", "soft"):
             raise ValueError(f"mc_labels must be hard or soft, got {self.mc_labels!r}")
+        if self.eval_every < 0 or self.patience < 0 or self.min_delta < 0:
+            raise ValueError(f"eval_every, patience and min_delta must be >= 0, got {self.eval_every}, {self.patience}, "
+                             f"{self.min_delta}")
+        if self.patience and not self.eval_every:
+            raise ValueError(f"patience={self.patience} stops on the held-out score, which eval_every=0 never measures; "
+                             "set eval_every (e.g. 10) or patience=0")
 
 
 @dataclass
@@ -184,6 +196,10 @@ class OfflinePRMTrainer:
         self.data = PRMData(config, policy, self.pool, targets, prm)
         self.run_dir = run_dir
         self.logger = logger
+        self._heldout = None  # prmgym.rewards.heldout.HeldOut, drawn at the first evaluation
+        self._best: dict | None = None
+        self._since_best = 0
+        self.summary: dict = {}
 
     @property
     def stats(self) -> dict:
@@ -215,21 +231,85 @@ class OfflinePRMTrainer:
         return metrics
 
     def train(self, n_steps: int | None = None) -> list[dict]:
+        """Run updates up to `PRMTrainConfig.steps` (or ``n_steps`` more); returns their metrics.
+
+        With ``eval_every`` the held-out score is measured before the first update and every
+        ``eval_every`` updates; the PRM that scored best is the one left in ``self.prm`` and saved
+        to ``run_dir`` (``checkpoint/`` keeps the last state, for resuming), and ``patience``
+        evaluations without a new best stop the run. ``self.summary`` (also
+        ``run_dir/summary.json``) says which update won and why training stopped."""
         cfg = self.config
         target = cfg.steps if n_steps is None else self.num_steps + n_steps
-        history = []
+        history: list[dict] = []
+        self.summary = {"kind": self.prm.kind, "start_update": self.num_steps, "stopped_early": False}
+        if cfg.eval_every:
+            self._evaluate(initial=True)
         while self.num_steps < target:
             m = self.step()
             history.append(m)
-            if self.logger is not None and (self.num_steps % cfg.log_every == 0 or self.num_steps == target):
+            stop = False
+            if cfg.eval_every and (self.num_steps % cfg.eval_every == 0 or self.num_steps == target):
+                ev, stop = self._evaluate()
+                m.update({f"heldout/{k}": v for k, v in ev.items()})
+            if self.logger is not None and (self.num_steps % cfg.log_every == 0 or self.num_steps == target or stop):
                 self.logger.record_dict(m, prefix="prm/")
                 self.logger.dump(self.num_steps)
             if self.run_dir and cfg.save_every and self.num_steps % cfg.save_every == 0:
                 self.save_checkpoint()
+            if stop:
+                self.summary["stopped_early"] = True
+                break
+        self.summary["updates"] = self.num_steps
         if self.run_dir:
-            self.save_checkpoint()
+            self.save_checkpoint()  # the last state: resume continues from here
+        if cfg.eval_every:
+            self._restore_best()
+        if self.run_dir:
             self.prm.save(self.run_dir)
+            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+                json.dump(self.summary, f, indent=2)
         return history
+
+    def _evaluate(self, initial: bool = False) -> tuple[dict, bool]:
+        """Measure the held-out score; keep a copy of the PRM when it is a new best. Returns the
+        metrics and whether ``patience`` has run out."""
+        from prmgym.rewards.heldout import HeldOut
+
+        cfg = self.config
+        if self._heldout is None:
+            self._heldout = HeldOut(self.prm, self.data, cfg.eval_tasks)
+        ev = self._heldout.measure(self.prm)
+        score = ev["score"]
+        if initial:
+            self.summary.update(initial_score=score, initial_metrics=dict(ev))
+        best = self.summary.get("best_score")
+        if best is None or (score == score and (best != best or score > best + cfg.min_delta)):  # x != x: NaN
+            self.summary.update(best_score=score, best_update=self.num_steps, best_metrics=dict(ev),
+                                validation=self._heldout.name)
+            self._best = self._snapshot()
+            self._since_best = 0
+        elif not initial:
+            self._since_best += 1
+        if initial and self.logger is not None:
+            self.logger.record_dict({f"heldout/{k}": v for k, v in ev.items()}, prefix="prm/")
+            self.logger.dump(self.num_steps)
+        ev["best_score"] = self.summary["best_score"]
+        return ev, bool(cfg.patience) and self._since_best >= cfg.patience
+
+    def _snapshot(self) -> dict:
+        import copy
+
+        return {"net": {k: v.detach().clone() for k, v in self.prm.net.state_dict().items()},
+                "extra": copy.deepcopy(self.prm._extra_state()), "updates": self.prm.updates,
+                "tokens_trained": self.prm.tokens_trained}
+
+    def _restore_best(self) -> None:
+        if self._best is None:
+            return
+        self.prm.net.load_state_dict(self._best["net"])
+        self.prm._load_extra_state(self._best["extra"])
+        self.prm.updates, self.prm.tokens_trained = self._best["updates"], self._best["tokens_trained"]
+        self.prm.clear_cache()
 
     def save_checkpoint(self) -> str:
         from prmgym.checkpoints import write_checkpoint

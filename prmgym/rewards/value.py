@@ -101,6 +101,7 @@ class ValueModel(ScalarHeadPRM):
     Options = ValueOptions
     data_source = "targets"
     recipe_fields = ("batch_size",)
+    validation = "value_mse"
 
     def __init__(self, model, tokenizer, **options) -> None:
         super().__init__(model, tokenizer, **options)
