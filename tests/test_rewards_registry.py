@@ -190,3 +190,16 @@ def test_train_prm_config_yaml_and_set(policy, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train-prm", "--kind", "orm", "--env", ENV, "--out", str(tmp_path / "o")]) == 2
     assert "train-prm needs policy: pass --policy DIR" in capsys.readouterr().err
+
+
+def test_a_prm_saved_with_lr_still_loads(policy, tmp_path):
+    """PRM directories written before the option was spelled learning_rate keep loading."""
+    prm = build_prm("airl", policy, learning_rate=3e-4, gamma=0.7)
+    prm.save(tmp_path / "p")
+    path = tmp_path / "p" / "prm_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["lr"] = cfg.pop("learning_rate")
+    path.write_text(json.dumps(cfg))
+    old = load_prm(tmp_path / "p")
+    assert isinstance(old, AIRLPRM) and old.learning_rate == 3e-4 and old.gamma == 0.7
+    assert old.score_steps(["Compute 1 + 2."], [["1 + 2 = 3"]]) == prm.score_steps(["Compute 1 + 2."], [["1 + 2 = 3"]])
