@@ -194,8 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks-per-step", type=int, default=8)
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--mc-rollouts", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=None, help="learning rate of every kind (default: the offline default "
-                    "per kind, prmgym.rewards.train.offline_lr: 1e-5 for airl, 1e-4 for the others)")
+    ap.add_argument("--learning-rate", type=float, default=None, help="learning rate of every kind (default: each "
+                    "learner's own, its Options.learning_rate: 1e-5 for airl, 1e-4 for the others)")
     ap.add_argument("--airl-negatives", default="rollouts", help="AIRL policy steps: rollouts | prefixes | both "
                     "(PRMTrainConfig.airl_negatives)")
     ap.add_argument("--proposals", type=int, default=4, help="AIRL with prefixes/both: policy steps per expert prefix")
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     from prmgym.envs import make
     from prmgym.models import TransformersPolicy
     from prmgym.recipes import tiny as tiny_recipe
-    from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
+    from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
     envs = args.env or ["prmgym/ChainArithmetic-v0"]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -251,7 +251,8 @@ def main(argv=None) -> int:
         print(f"reference policy mean log-prob: AUC={ref['auc']:.3f} loc={ref['loc']:.3f} paired={ref['paired']:.3f}", flush=True)
         for kind in kinds:
             torch.manual_seed(args.seed)
-            prm = build_prm(kind, policy, delimiter=delim, **offline_lr(kind, args.lr))
+            lr = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+            prm = build_prm(kind, policy, delimiter=delim, **lr)
             cfg = PRMTrainConfig(kind=kind, steps=args.steps, tasks_per_step=args.tasks_per_step,
                                  rollouts_per_task=args.rollouts, mc_rollouts=args.mc_rollouts,
                                  max_steps=args.max_steps, seed=args.seed,

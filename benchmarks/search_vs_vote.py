@@ -209,14 +209,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from prmgym.models import TransformersPolicy
     from prmgym.recipes import pipeline as P
-    from prmgym.rewards.train import build_prm, offline_lr
+    from prmgym.rewards import AIRLPRM
+    from prmgym.rewards.train import build_prm
 
     env_kwargs = json.loads(args.env_kwargs) or None
     if args.oracle and "ChainArithmetic" not in args.env:
         raise SystemExit(f"--oracle checks ChainArithmetic steps; it cannot score {args.env}")
     policy_dir = args.policy or P.tiny_policy_dir(args.env, env_kwargs)
     budgets = [int(b) for b in args.budgets.split(",")]
-    args.prm_lr = offline_lr("airl", args.prm_lr)["lr"]  # rows.json records the rate used, not "default"
+    if args.prm_lr is None:  # rows.json records the rate used, not "default"
+        args.prm_lr = AIRLPRM.Options().learning_rate
     prm_names = tuple(k.strip() for k in args.prms.split(",") if k.strip())
     if not prm_names or set(prm_names) - {"airl_prior", "airl"}:
         raise SystemExit(f"--prms takes airl_prior and/or airl (comma-separated), got {args.prms!r}")
@@ -232,7 +234,7 @@ def main(argv=None) -> int:
         if "airl" in prm_names:
             scorers["airl"] = P.load_scorer(P.train_offline_prm(
                 "airl", policy_dir, args.env, os.path.join(sdir, "airl"), env_kwargs=env_kwargs, steps=args.prm_steps,
-                seed=seed, lr=args.prm_lr, airl_negatives=args.airl_negatives))
+                seed=seed, learning_rate=args.prm_lr, airl_negatives=args.airl_negatives))
         if args.oracle:
             scorers["oracle"] = ChainStepOracle()
         policy = TransformersPolicy.from_pretrained(policy_dir)

@@ -53,7 +53,7 @@ def params_vector(prm):
 # ------------------------------------------------------------------------------- AIRL
 def test_airl_discriminator_learns_separable_toy(policy):
     torch.manual_seed(0)
-    prm = AIRLPRM.from_backbone(policy, lr=3e-3)
+    prm = AIRLPRM.from_backbone(policy, learning_rate=3e-3)
     before = params_vector(prm)
     train, held = toy_batch(8, seed=1), toy_batch(8, seed=2)
     first = prm.update(train)
@@ -194,7 +194,7 @@ def test_airl_context_steps_are_state_not_examples(policy):
 # ------------------------------------------------------------------------------- rePIRL
 def test_repirl_learns(policy):
     torch.manual_seed(0)
-    prm = RePIRLPRM.from_backbone(policy, lr=3e-3)
+    prm = RePIRLPRM.from_backbone(policy, learning_rate=3e-3)
     before = params_vector(prm)
     train, held = toy_batch(8, seed=6), toy_batch(8, seed=7)
     first = prm.update(train)
@@ -212,7 +212,7 @@ def test_repirl_learns(policy):
 # ------------------------------------------------------------------------------- baselines
 def test_orm_learns_and_reads_last_step(policy):
     torch.manual_seed(0)
-    prm = ORMPRM.from_backbone(policy, lr=3e-3)
+    prm = ORMPRM.from_backbone(policy, learning_rate=3e-3)
     train, held = toy_batch(8, seed=8), toy_batch(8, seed=9)
     first = prm.update(train)
     for _ in range(15):
@@ -224,7 +224,7 @@ def test_orm_learns_and_reads_last_step(policy):
 
 def test_mc_prm_learns_step_labels(policy):
     torch.manual_seed(0)
-    prm = MCPRM.from_backbone(policy, lr=3e-3)
+    prm = MCPRM.from_backbone(policy, learning_rate=3e-3)
     good, bad = toy_traces(6, seed=10)
     # a mixed trace: good first step, then junk -> labels 1, 0, 0 ; soft labels allowed
     traces = good + bad + [(p, g[:1] + b[1:]) for (p, g), (_, b) in zip(good, bad)]
@@ -242,7 +242,7 @@ def test_mc_prm_learns_step_labels(policy):
 
 def test_implicit_prm_starts_at_zero_and_learns(policy):
     torch.manual_seed(0)
-    prm = ImplicitPRM.from_backbone(policy, lr=3e-3, squash=False)
+    prm = ImplicitPRM.from_backbone(policy, learning_rate=3e-3, squash=False)
     train = toy_batch(6, seed=11)
     # ψ == ref at init: every step reward is exactly 0
     assert all(abs(x) < 1e-6 for row in prm.score_steps(train.prompts, train.step_lists) for x in row)
@@ -259,7 +259,7 @@ def test_implicit_prm_starts_at_zero_and_learns(policy):
 
 
 def test_implicit_save_load(policy, tmp_path):
-    prm = ImplicitPRM.from_backbone(policy, lr=3e-3, score="cumulative")
+    prm = ImplicitPRM.from_backbone(policy, learning_rate=3e-3, score="cumulative")
     b = toy_batch(2, seed=12)
     prm.update(b)
     want = prm.score_steps(b.prompts, b.step_lists)
@@ -285,7 +285,7 @@ def test_value_model_learns_and_clips(policy, tmp_path):
     write_targets(tmp_path / "t.jsonl", rows)
     targets = load_value_targets(tmp_path / "t.jsonl")
     assert len(targets) == 13 and targets[-1].steps == ()
-    vm = ValueModel.from_backbone(policy, lr=3e-3, weight_by_visits=True)
+    vm = ValueModel.from_backbone(policy, learning_rate=3e-3, weight_by_visits=True)
     batch = targets_to_batch(targets, weight_by_visits=True)
     first = vm.update(batch)
     for _ in range(20):
@@ -331,12 +331,12 @@ def test_value_targets_missing_or_empty(tmp_path):
 # ------------------------------------------------------------------------------- resume
 def test_inplace_load_restores_weights_and_optimizer(policy, tmp_path):
     torch.manual_seed(0)
-    a = AIRLPRM.from_backbone(policy, lr=3e-3)
+    a = AIRLPRM.from_backbone(policy, learning_rate=3e-3)
     b = toy_batch(3, seed=14)
     for _ in range(3):
         a.update(b)
     a.save(tmp_path / "ck")
-    fresh = AIRLPRM.from_backbone(policy, lr=3e-3)
+    fresh = AIRLPRM.from_backbone(policy, learning_rate=3e-3)
     assert fresh.load(tmp_path / "ck") is fresh  # the in-place form trainers use
     assert fresh.updates == 3 and fresh.bias_initialised
     assert torch.equal(params_vector(fresh), params_vector(a))

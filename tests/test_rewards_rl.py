@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prmgym.agents.rollout import Prompt, Trajectory
+from prmgym.config import ConfigError
 from prmgym.envs.task import Task
 from prmgym.models import tiny
 from prmgym.rewards import REWARDS, AIRLPRM
@@ -38,17 +39,22 @@ def make_trajs(policy, n_tasks=3):
 
 
 def test_registry_builds_providers(policy):
-    prov = REWARDS["airl"](policy, {"lr": 1e-3, "gamma": 0.9, "updates_per_step": 2})
+    prov = REWARDS["airl"](policy, {"learning_rate": 1e-3, "gamma": 0.9, "updates_per_step": 2})
     assert isinstance(prov, AIRLRewardProvider) and prov.prm.gamma == 0.9 and prov.updates_per_step == 2
     assert prov.prm.net.model is not policy.model  # the discriminator has its own copy
     assert isinstance(REWARDS["repirl"](policy, {"reward_l2": 0.5}), RePIRLRewardProvider)
-    with pytest.raises(ValueError, match="unknown AIRL reward option"):
+    assert prov.prm.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="did you mean 'gamma'.*the reward provider also takes"):
         REWARDS["airl"](policy, {"gama": 0.9})
+    with pytest.raises(ConfigError, match="'lr' is spelled 'learning_rate'"):
+        REWARDS["repirl"](policy, {"lr": 1e-3})
+    # one default per learner, whatever the entry point: the online provider's PRM uses AIRL's
+    assert REWARDS["airl"](policy, {}).prm.learning_rate == AIRLPRM.Options().learning_rate == 1e-5
 
 
 def test_airl_provider_rewards_and_update(policy, tmp_path):
     torch.manual_seed(0)
-    prov = AIRLRewardProvider(AIRLPRM.from_backbone(policy, lr=3e-3), policy)
+    prov = AIRLRewardProvider(AIRLPRM.from_backbone(policy, learning_rate=3e-3), policy)
     trajs = make_trajs(policy)
     prompts, steps = [t.task.prompt for t in trajs], [t.all_steps for t in trajs]
     r0 = prov.step_rewards(prompts, steps, trajs)
@@ -80,7 +86,7 @@ def test_provider_skips_single_class_batches(policy):
 
 def test_repirl_provider(policy):
     torch.manual_seed(0)
-    prov = REWARDS["repirl"](policy, {"lr": 3e-3})
+    prov = REWARDS["repirl"](policy, {"learning_rate": 3e-3})
     trajs = make_trajs(policy)
     first = prov.update(trajs)
     for _ in range(8):

@@ -14,7 +14,7 @@ from prmgym.cli import main
 from prmgym.models import tiny
 from prmgym.rewards import MCPRM, load_prm
 from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout
-from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
+from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
 torch.set_num_threads(1)
 ENV = "prmgym/ChainArithmetic-v0"
@@ -82,11 +82,11 @@ def test_airl_trains_on_policy_steps_at_expert_prefixes(policy, mode):
     env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
     cfg = PRMTrainConfig(kind="airl", steps=2, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3,
                          airl_negatives=mode, proposals_per_prefix=2)
-    prm = build_prm("airl", policy, lr=1e-3)
+    prm = build_prm("airl", policy, learning_rate=1e-3)
     before = [p.detach().clone() for p in prm.parameters()]
     tr = OfflinePRMTrainer(prm, policy, env_fn, cfg)
     batch = tr.collect(0)
-    tasks = tr._tasks(0)
+    tasks = tr.data.tasks(0)
     n_prefix = sum(len(t.expert_steps) for t in tasks)
     ctx = batch.context_steps
     assert batch.prompts[:2] == [t.prompt for t in tasks] and batch.labels[:2] == [1.0, 1.0] and ctx[:2] == [0, 0]
@@ -101,7 +101,7 @@ def test_airl_trains_on_policy_steps_at_expert_prefixes(policy, mode):
     tr.close()
     # a task source without expert solutions: a clear error, not updates skipped one by one
     no_expert = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, cfg)
-    no_expert._tasks = lambda step: [dataclasses.replace(t, expert_steps=None) for t in tasks]
+    no_expert.data.tasks = lambda step: [dataclasses.replace(t, expert_steps=None) for t in tasks]
     with pytest.raises(ValueError, match="none of this update's 2 training tasks has one"):
         no_expert.collect(0)
     no_expert.close()
@@ -115,7 +115,7 @@ def test_airl_trains_on_policy_steps_at_expert_prefixes(policy, mode):
 def test_offline_trainer_checkpoints_and_resumes(policy, tmp_path):
     env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
     cfg = PRMTrainConfig(kind="airl", steps=2, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3)
-    prm = build_prm("airl", policy, lr=1e-3)
+    prm = build_prm("airl", policy, learning_rate=1e-3)
     tr = OfflinePRMTrainer(prm, policy, env_fn, cfg, run_dir=str(tmp_path / "r"))
     hist = tr.train()
     assert len(hist) == 2 and prm.updates == 2 and "disc_acc" in hist[-1]
@@ -136,8 +136,8 @@ def test_cli_train_mc_prm(policy, tmp_path):
     policy.save(pdir)
     out = str(tmp_path / "mc")
     rc = main(["train-prm", "--kind", "mc", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
-               "--tasks-per-step", "2", "--rollouts-per-task", "1", "--mc-rollouts", "2", "--max-new-tokens", "8",
-               "--max-steps", "3", "--quiet"])
+               "--set", "tasks_per_step=2", "--set", "rollouts_per_task=1", "--set", "mc_rollouts=2",
+               "--set", "max_new_tokens=8", "--set", "max_steps=3", "--quiet"])
     assert rc == 0
     prm = load_prm(out)
     assert isinstance(prm, MCPRM) and prm.updates == 1
@@ -148,20 +148,19 @@ def test_cli_train_airl_on_prefix_proposals(policy, tmp_path, capsys):
     policy.save(pdir)
     out = str(tmp_path / "airl")
     rc = main(["train-prm", "--kind", "airl", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
-               "--tasks-per-step", "2", "--airl-negatives", "prefixes", "--proposals-per-prefix", "2",
-               "--max-new-tokens", "8", "--quiet"])
+               "--set", "tasks_per_step=2", "--set", "airl_negatives=prefixes", "--set", "proposals_per_prefix=2",
+               "--set", "max_new_tokens=8", "--quiet"])
     prm = load_prm(out)
     assert rc == 0 and prm.updates == 1
     logged = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert any("prm/disc_acc" in m for m in logged) and not any(m.get("prm/skipped") for m in logged)  # a real update
-    assert prm.lr == 1e-5  # the offline AIRL default (OFFLINE_LR); other kinds keep their learner's 1e-4
-    assert offline_lr("airl") == {"lr": 1e-5} and offline_lr("orm") == {} and offline_lr("airl", 3e-4) == {"lr": 3e-4}
+    assert prm.learning_rate == 1e-5  # AIRL's one default (AIRLOptions); other kinds keep PRMOptions' 1e-4
     rc = main(["train-prm", "--kind", "airl", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
-               "--airl-negatives", "prefixes", "--no-expert", "--quiet"])
+               "--set", "airl_negatives=prefixes", "--set", "use_expert=false", "--quiet"])
     assert rc == 2 and "use_expert=True" in capsys.readouterr().err
     rc = main(["train-prm", "--kind", "orm", "--policy", pdir, "--env", ENV, "--out", str(tmp_path / "orm"), "--steps", "1",
-               "--airl-negatives", "prefixes", "--quiet"])
-    assert rc == 2 and "only apply to --kind airl" in capsys.readouterr().err
+               "--set", "airl_negatives=prefixes", "--quiet"])
+    assert rc == 2 and "only apply to kind airl" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -192,3 +191,4 @@ def test_example_configs_validate(name, reward):
     assert cfg.reward == reward and cfg.trainer_config().process_reward_weight > 0
     provider = build_reward(cfg, tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2))
     assert hasattr(provider, "step_rewards") and hasattr(provider, "update")
+

@@ -100,7 +100,7 @@ def test_missing_inputs(tmp_path, capsys):
 def test_train_with_airl_reward_logs_discriminator_to_tensorboard(tmp_path, model_dir):
     # AIRL-S from the CLI on a real procedural env (expert solutions are the positives)
     cfg = write_config(tmp_path, model_dir, env="prmgym/ChainArithmetic-v0", reward="airl", steps=2, eval_tasks=2,
-                       reward_config={"lr": 1e-3, "updates_per_step": 2},
+                       reward_config={"learning_rate": 1e-3, "updates_per_step": 2},
                        trainer={"num_generations": 2, "batch_size": 4, "max_new_tokens": 6, "max_steps": 3,
                                 "learning_rate": 1e-3, "process_reward_weight": 0.5, "save_every": 2})
     assert main(["train", "--config", cfg, "--no-progress"]) == 0

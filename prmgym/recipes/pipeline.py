@@ -81,17 +81,17 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
 
 
 def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None,
-                      steps: int = 20, seed: int = 0, lr: float | None = None, **cfg_overrides) -> str:
+                      steps: int = 20, seed: int = 0, learning_rate: float | None = None, **cfg_overrides) -> str:
     """Train a PRM of ``kind`` (``orm``, ``mc``, ``implicit``, ``airl``, ...) offline from the
-    policy in ``policy_dir`` (`prmgym.rewards.train`); ``lr`` overrides the offline default
-    (`prmgym.rewards.train.offline_lr`), ``cfg_overrides`` the `PRMTrainConfig` fields.
+    policy in ``policy_dir`` (`prmgym.rewards.train`); ``learning_rate`` overrides the learner's
+    default (its ``Options``), ``cfg_overrides`` the `PRMTrainConfig` fields.
     Returns the PRM directory."""
     from prmgym.logger import Logger
     from prmgym.models import TransformersPolicy
-    from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
+    from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
     policy = TransformersPolicy.from_pretrained(policy_dir)
-    prm = build_prm(kind, policy_dir, **offline_lr(kind, lr))
+    prm = build_prm(kind, policy_dir, **({} if learning_rate is None else {"learning_rate": learning_rate}))
     kw = dict(kind=kind, steps=steps, tasks_per_step=8, rollouts_per_task=4, mc_rollouts=2, max_new_tokens=24,
               max_steps=10, seed=seed)
     kw.update(cfg_overrides)

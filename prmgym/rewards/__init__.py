@@ -17,10 +17,17 @@ from prmgym.rewards.base import AGGREGATIONS, ProcessRewardModel, aggregate
 from prmgym.rewards.baselines import MCPRM, ORMPRM
 from prmgym.rewards.implicit import ImplicitPRM
 from prmgym.rewards.repirl import RePIRLPRM
-from prmgym.rewards.scalar import PRM_CLASSES, PRMBatch, ScalarHeadPRM, load_prm
+from prmgym.rewards.scalar import PRM_CLASSES, MissingClassError, PRMBatch, PRMOptions, ScalarHeadPRM, load_prm
 from prmgym.rewards.value import ValueModel, ValueTarget, load_value_targets
 
-KINDS = ("airl", "repirl", "orm", "mc", "value", "implicit")
+
+
+def __getattr__(name: str):
+    """``KINDS``: every registered PRM kind, read from the registry (`PRM_CLASSES`) when asked,
+    so a kind defined after this import is listed too (docs/rewards.md "Adding a PRM kind")."""
+    if name == "KINDS":
+        return tuple(PRM_CLASSES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _airl_provider(policy, config=None, **kw):
@@ -41,7 +48,8 @@ def _repirl_provider(policy, config=None, **kw):
 REWARDS = {"airl": _airl_provider, "repirl": _repirl_provider}
 
 __all__ = [
-    "AGGREGATIONS", "AIRLPRM", "ImplicitPRM", "KINDS", "MCPRM", "ORMPRM", "PRMBatch", "PRM_CLASSES",
+    "AGGREGATIONS", "AIRLPRM", "ImplicitPRM", "KINDS", "MCPRM", "MissingClassError", "ORMPRM", "PRMBatch",
+    "PRMOptions", "PRM_CLASSES",
     "ProcessRewardModel", "REWARDS", "RePIRLPRM", "ScalarHeadPRM", "ValueModel", "ValueTarget",
     "aggregate", "load_prm", "load_value_targets",
 ]

@@ -48,12 +48,14 @@ steps that beam search and MCTS ask of a PRM. Neither uses a step label.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from prmgym.rewards.scalar import PRMBatch, ScalarHeadPRM
+from prmgym.config import help_field
+from prmgym.rewards.scalar import MissingClassError, PRMBatch, PRMOptions, ScalarHeadPRM
 
 SEARCH_SCORES = ("g", "f")
 LOGPI_SCALES = ("mean", "sum")
@@ -70,27 +72,69 @@ def normalised_logpi(step_logprobs: Sequence[Sequence[float]], step_ntokens: Seq
     return [[float(x) / max(1, int(n)) for x, n in zip(lp, nt)] for lp, nt in zip(step_logprobs, step_ntokens)]
 
 
+def expert_vs_policy_batch(data: Any, step: int, negatives: str = "rollouts") -> PRMBatch:
+    """The batch of a learner that contrasts expert and policy steps (AIRL, rePIRL): expert
+    solutions and verified-correct rollouts labelled 1, the policy's steps labelled 0, with the
+    policy's log-probs. ``negatives``: ``"rollouts"`` (its other whole rollouts), ``"prefixes"``
+    (steps proposed at the expert's prefixes, the prefix as context) or ``"both"``."""
+    cfg = data.config
+    tasks = data.tasks(step)
+    experts = data.experts(tasks)
+    at_prefixes = negatives != "rollouts"
+    if at_prefixes and not experts:
+        raise ValueError(f"airl_negatives={negatives!r} samples at the prefixes of expert solutions, but none of "
+                         f"this update's {len(tasks)} training tasks has one (Task.expert_steps); use "
+                         "airl_negatives='rollouts' for a task source without expert solutions")
+    rolls = data.rollouts(tasks, step) if negatives != "prefixes" else []
+    pos = experts + [r for r in rolls if r.correct]
+    neg = [r for r in rolls if not r.correct]
+    if at_prefixes:
+        neg = data.prefix_proposals(experts, step, cfg.proposals_per_prefix) + neg
+    return data.contrast_batch(pos, neg, context_prefixes=at_prefixes)
+
+
+@dataclass
+class AIRLOptions(PRMOptions):
+    """`AIRLPRM`'s options. The learning rate is lower than the other learners': the body is a
+    copy of the policy and its LM log-prob is the prior; at 1e-4 its updates lowered the
+    within-prefix AUC of the policy's own proposals below the untrained prior, at 1e-5 they
+    raised it (figures in docs/rewards.md)."""
+
+    learning_rate: float = help_field(1e-5, "AdamW learning rate of `update`")
+    gamma: float = help_field(1.0, "discount in the shaping term f = g + gamma * h(s') - h(s)")
+    search_score: str = help_field("g", "what score_steps returns: g | f")
+    logpi_scale: str = help_field("mean", "log pi of a step: mean (length-normalised) | sum")
+    lm_prior: bool = help_field(True, "g starts from the body's LM log-prob of the step (zero heads)")
+    init_bias_from_data: bool = help_field(True, "without lm_prior: set g's bias to the first batch's mean log pi")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.search_score not in SEARCH_SCORES:
+            raise ValueError(f"unknown search_score {self.search_score!r}; valid: {', '.join(SEARCH_SCORES)}")
+        if self.logpi_scale not in LOGPI_SCALES:
+            raise ValueError(f"unknown logpi_scale {self.logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
+
+
 class AIRLPRM(ScalarHeadPRM):
     """The AIRL discriminator ``D = σ(g + γ·h(s') − h(s) − log π)``; see the module docstring.
 
-    Args (besides `ScalarHeadPRM`'s):
-        gamma: discount γ in the shaping term.
-        search_score: ``"g"`` or ``"f"``: what `score_steps` returns.
-        logpi_scale: ``"mean"`` (length-normalised, default) or ``"sum"``.
-        init_bias_from_data: set g's bias to the mean log π of the first batch.
+    Options (`AIRLOptions`, besides `PRMOptions`): ``gamma``, ``search_score`` (``"g"`` | ``"f"``:
+    what `score_steps` returns), ``logpi_scale`` (``"mean"``, default, | ``"sum"``), ``lm_prior``,
+    ``init_bias_from_data`` (set g's bias to the mean log π of the first batch).
+    ``bias_initialised`` is state (saved with the PRM), not an option.
     """
 
     kind = "airl"
     n_outputs = 2  # 0: g(s, a), 1: h(s)
+    Options = AIRLOptions
+    recipe_fields = ("airl_negatives", "proposals_per_prefix")
+    needs_both_classes = True
+    validation = "proposals"
 
-    def __init__(self, model, tokenizer, *, gamma: float = 1.0, search_score: str = "g", logpi_scale: str = "mean",
-                 lm_prior: bool = True, init_bias_from_data: bool = True, bias_initialised: bool = False, **kw) -> None:
-        if search_score not in SEARCH_SCORES:
-            raise ValueError(f"unknown search_score {search_score!r}; valid: {', '.join(SEARCH_SCORES)}")
-        if logpi_scale not in LOGPI_SCALES:
-            raise ValueError(f"unknown logpi_scale {logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
-        super().__init__(model, tokenizer, **kw)
-        if lm_prior:
+    def __init__(self, model, tokenizer, *, bias_initialised: bool = False, **options) -> None:
+        super().__init__(model, tokenizer, **options)
+        o = self.options
+        if o.lm_prior:
             # Zero heads: an untrained discriminator is exactly the LM prior (g = log p_θ(a|s),
             # h = 0, so f − log π = 0 and D = 1/2). A random head would add noise of the size of
             # the log-prob gaps between sibling steps (it lowered the AUC of the policy's own
@@ -98,17 +142,26 @@ class AIRLPRM(ScalarHeadPRM):
             with torch.no_grad():
                 self.net.head.weight.zero_()
                 self.net.head.bias.zero_()
-        self.gamma = float(gamma)
-        self.search_score = search_score
-        self.logpi_scale = logpi_scale
-        self.lm_prior = bool(lm_prior)
-        self.init_bias_from_data = bool(init_bias_from_data)
+        self.gamma = float(o.gamma)
+        self.search_score = o.search_score
+        self.logpi_scale = o.logpi_scale
+        self.lm_prior = bool(o.lm_prior)
+        self.init_bias_from_data = bool(o.init_bias_from_data)
         self.bias_initialised = bool(bias_initialised)
 
     def config(self) -> dict:
-        return {**super().config(), "gamma": self.gamma, "search_score": self.search_score,
-                "logpi_scale": self.logpi_scale, "lm_prior": self.lm_prior, "init_bias_from_data": self.init_bias_from_data,
-                "bias_initialised": self.bias_initialised}
+        return {**super().config(), "bias_initialised": self.bias_initialised}
+
+    def _after_inplace_load(self, other: "AIRLPRM") -> None:
+        for k in ("gamma", "search_score", "logpi_scale", "lm_prior", "init_bias_from_data", "bias_initialised"):
+            setattr(self, k, getattr(other, k))
+
+    @classmethod
+    def training_batch(cls, data, step: int) -> PRMBatch:
+        """Expert solutions and verified-correct rollouts (1) vs the policy's steps (0): its other
+        rollouts (``airl_negatives="rollouts"``), ``proposals_per_prefix`` steps it proposes at
+        every expert prefix with the prefix as context (``"prefixes"``), or both."""
+        return expert_vs_policy_batch(data, step, data.config.airl_negatives)
 
     # -- the pieces of f --------------------------------------------------------------------
     def outputs(self, prompts, step_lists) -> list[torch.Tensor]:
@@ -184,7 +237,7 @@ class AIRLPRM(ScalarHeadPRM):
         pos = [zi for zi, y in zip(z, batch.labels) if y >= 0.5 and len(zi)]
         neg = [zi for zi, y in zip(z, batch.labels) if y < 0.5 and len(zi)]
         if not pos or not neg:
-            raise ValueError(
+            raise MissingClassError(
                 f"AIRL update needs expert (label 1) and policy (label 0) steps; got {len(pos)} expert and "
                 f"{len(neg)} policy traces with steps"
             )

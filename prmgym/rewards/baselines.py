@@ -38,6 +38,12 @@ class ORMPRM(ScalarHeadPRM):
 
     kind = "orm"
     n_outputs = 1
+    validation = "outcome"
+
+    @classmethod
+    def training_batch(cls, data, step: int) -> PRMBatch:
+        """Expert solutions (1) and policy rollouts labelled by verified correctness."""
+        return data.outcome_batch(step)
 
     def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
         return out[1:, 0]
@@ -55,6 +61,20 @@ class MCPRM(ScalarHeadPRM):
 
     kind = "mc"
     n_outputs = 1
+    recipe_fields = ("mc_rollouts", "mc_labels")
+    validation = "step_labels"
+
+    @classmethod
+    def training_batch(cls, data, step: int) -> PRMBatch:
+        """Expert steps labelled 1; every rollout step labelled by ``mc_rollouts`` completions
+        from its prefix (``mc_labels``: hard = any correct, soft = fraction correct)."""
+        tasks = data.tasks(step)
+        experts = data.experts(tasks)
+        rolls = data.rollouts(tasks, step)
+        labels = data.mc_labels(rolls, step)
+        traces = experts + rolls
+        step_labels = [[1.0] * len(t.steps) for t in experts] + labels
+        return PRMBatch([t.prompt for t in traces], [t.steps for t in traces], step_labels=step_labels)
 
     def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
         return out[1:, 0]

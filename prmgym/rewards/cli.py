@@ -1,10 +1,14 @@
 """``prmgym train-prm``: train a process reward / value model offline.
 
     prmgym train-prm --kind airl --policy runs/tiny-chain --env prmgym/ChainArithmetic-v0 --out runs/prm-airl --steps 100
+    prmgym train-prm --kind mc ... --set mc_rollouts=8 --set prm.learning_rate=3e-4
+    prmgym train-prm --config examples/configs/prm_airl_chain.yaml --set steps=200
     prmgym train-prm --kind value --policy runs/tiny-chain --targets runs/mcts/targets.jsonl --out runs/vm
     prmgym train-prm --kind airl ... --out runs/prm-airl --resume      # continue from runs/prm-airl/checkpoint
 
-The PRM lands in ``--out`` (load it with ``prmgym.rewards.load_prm``); metrics go to
+The run's settings are `prmgym.rewards.train.TrainPRMRun` (a YAML mapping with ``--config``,
+then the flags, then every ``--set KEY=VALUE``; ``prm.KEY`` sets a learner option). The PRM
+lands in ``--out`` (load it with ``prmgym.rewards.load_prm``); metrics go to
 ``--out/metrics.jsonl`` and TensorBoard (``tensorboard --logdir OUT``).
 """
 
@@ -12,124 +16,124 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from prmgym.config import ConfigError, add_env_arg, apply_overrides
+from prmgym.config import ConfigError, add_env_arg, add_set_arg, apply_overrides
 
-KINDS = ("airl", "repirl", "orm", "mc", "value", "implicit")
+#: flags that set a `TrainPRMRun` field of the same name (None = not given)
+_FLAGS = ("kind", "policy", "env", "out", "backbone", "targets", "steps", "seed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", required=True, choices=KINDS, help="which PRM to train")
-    p.add_argument("--policy", required=True, help="policy directory (save_pretrained): rollouts and log-probs")
+    p.add_argument("--config", default=None, help="YAML mapping of TrainPRMRun fields (docs/rewards.md)")
+    add_set_arg(p, example="steps=200 --set prm.learning_rate=3e-6 --set mc_rollouts=8")
+    p.add_argument("--kind", default=None, help="which PRM to train: a registered kind (prmgym.rewards.KINDS; a wrong one lists them)")
+    p.add_argument("--policy", default=None, help="policy directory (save_pretrained): rollouts and log-probs")
     p.add_argument("--env", default=None, help="Gymnasium id, e.g. prmgym/ChainArithmetic-v0 (not needed for --kind value)")
     add_env_arg(p)
-    p.add_argument("--out", required=True, help="run directory: the trained PRM, checkpoint/, logs")
+    p.add_argument("--out", default=None, help="run directory: the trained PRM, checkpoint/, logs")
     p.add_argument("--backbone", default=None, help="causal LM directory for the PRM body (default: the policy)")
     p.add_argument("--targets", default=None, help="value-targets JSONL (kind value; format in docs/rewards.md)")
-    p.add_argument("--steps", type=int, default=100, help="PRM updates (total, counting resumed ones)")
-    p.add_argument("--tasks-per-step", type=int, default=8)
-    p.add_argument("--rollouts-per-task", type=int, default=4)
-    p.add_argument("--mc-rollouts", type=int, default=4, help="MC-PRM completions per step prefix")
-    p.add_argument("--mc-labels", choices=("hard", "soft"), default="soft")
-    p.add_argument("--batch-size", type=int, default=32, help="value model: targets per update")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-5 for airl, 1e-4 for the others; "
-                   "see prmgym.rewards.train.OFFLINE_LR)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--max-steps", type=int, default=12)
-    p.add_argument("--no-expert", action="store_true", help="do not add the tasks' expert solutions as positives")
-    p.add_argument("--airl-negatives", choices=("rollouts", "prefixes", "both"), default=None,
-                   help="AIRL: the policy steps it learns against: whole rollouts, steps proposed at expert prefixes, "
-                        "or both (default: PRMTrainConfig's; docs/rewards.md)")
-    p.add_argument("--proposals-per-prefix", type=int, default=None, help="AIRL with prefixes/both: samples per expert prefix")
-    p.add_argument("--freeze-backbone", action="store_true", help="train only the head")
-    p.add_argument("--search-score", choices=("g", "f"), default="g", help="AIRL: what score_steps returns")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="PRM updates (total, counting resumed ones)")
+    p.add_argument("--seed", type=int, default=None, help="data and initialisation seed")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--quiet", action="store_true", help="no stdout metric tables")
 
 
+def resolve_run(args: argparse.Namespace):
+    """The `TrainPRMRun` that ``args`` ask for, checked against the kind's recipe and options;
+    nothing is loaded or written. Returns ``(run, kind class, learner options without the
+    delimiter)``."""
+    from prmgym.config import from_dict, load_yaml
+    from prmgym.rewards.scalar import PRM_CLASSES, parse_options
+    from prmgym.rewards.train import TrainPRMRun
+
+    data = load_yaml(args.config) if args.config else {}
+    for name in _FLAGS:
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    if args.quiet:
+        data["quiet"] = True
+    if args.env_arg:
+        data["env_kwargs"] = apply_overrides(data.get("env_kwargs") or {}, args.env_arg, flag="--env-arg")
+    data = apply_overrides(data, args.overrides)
+    for name, flag in (("kind", "--kind"), ("policy", "--policy DIR"), ("out", "--out DIR")):
+        if data.get(name) in (None, ""):
+            raise ConfigError(f"train-prm needs {name}: pass {flag} or set {name}: in the --config YAML")
+    run = from_dict(TrainPRMRun, data)
+    cls = PRM_CLASSES[run.kind]
+    if cls.data_source == "env" and not run.env:
+        raise ConfigError(f"--env is required for --kind {run.kind} (it trains from policy rollouts)")
+    if cls.data_source == "targets" and not run.targets:
+        raise ConfigError(f"--kind {run.kind} trains from --targets FILE (JSONL, see docs/rewards.md)")
+    others = {f: k for k, c in PRM_CLASSES.items() if k != run.kind for f in c.recipe_fields}
+    stray = sorted(f for f in data if f in others and f not in cls.recipe_fields)
+    if stray:
+        raise ConfigError(f"{', '.join(stray)} only apply to kind {others[stray[0]]}, not {run.kind}; leave them out")
+    return run, cls, parse_options(cls, dict(run.prm), "prm")
+
+
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
+    from prmgym.config import to_dict
     from prmgym.logger import Logger
     from prmgym.rewards.scalar import load_prm
-    from prmgym.rewards.train import CHECKPOINT, OfflinePRMTrainer, PRMTrainConfig, build_prm, offline_lr
+    from prmgym.rewards.train import CHECKPOINT, OfflinePRMTrainer, build_prm
 
-    if args.kind != "value" and not args.env:
-        print("prmgym train-prm: --env is required for --kind " + args.kind, file=sys.stderr)
-        return 2
-    if args.kind == "value" and not args.targets:
-        print("prmgym train-prm: --kind value trains from --targets FILE (JSONL, see docs/rewards.md)", file=sys.stderr)
-        return 2
-    airl_opts = {k: getattr(args, k) for k in ("airl_negatives", "proposals_per_prefix") if getattr(args, k) is not None}
-    if airl_opts and args.kind != "airl":
-        flags = " and ".join("--" + k.replace("_", "-") for k in airl_opts)
-        print(f"prmgym train-prm: {flags} only apply to --kind airl, not {args.kind}; leave them out", file=sys.stderr)
-        return 2
-    try:
-        cfg = PRMTrainConfig(
-            kind=args.kind, steps=args.steps, tasks_per_step=args.tasks_per_step, rollouts_per_task=args.rollouts_per_task,
-            use_expert=not args.no_expert, mc_rollouts=args.mc_rollouts, mc_labels=args.mc_labels,
-            temperature=args.temperature, max_new_tokens=args.max_new_tokens, max_steps=args.max_steps,
-            batch_size=args.batch_size, seed=args.seed, save_every=args.save_every,
-            **airl_opts,
-        )
-    except ValueError as e:
-        print(f"prmgym train-prm: {e}", file=sys.stderr)
-        return 2
-    ckpt = os.path.join(args.out, CHECKPOINT)
+    cfg, cls, options = resolve_run(args)
+    ckpt = os.path.join(cfg.out, CHECKPOINT)
     if args.resume and not os.path.isdir(ckpt):
-        print(f"prmgym train-prm: --resume but no checkpoint at {ckpt}", file=sys.stderr)
-        return 2
-    torch.manual_seed(args.seed)
+        raise ConfigError(f"--resume but no checkpoint at {ckpt}")
+    torch.manual_seed(cfg.seed)
     from prmgym.models import TransformersPolicy
 
-    policy = TransformersPolicy.from_pretrained(args.policy)
+    policy = TransformersPolicy.from_pretrained(cfg.policy)
     targets = None
-    if args.kind == "value":
+    if cls.data_source == "targets":
         from prmgym.rewards.value import load_value_targets
 
         try:
-            targets = load_value_targets(args.targets)
+            targets = load_value_targets(cfg.targets)
         except ValueError as e:  # a bad line in the user's file: a usage error (exit 2)
             raise ConfigError(f"--targets: {e}") from None
     env_fn = None
     delimiter = "\n"
-    if args.env:
+    if cls.data_source == "env":
         import gymnasium as gym
 
-        import prmgym  # noqa: F401  (registers the environments)
+        from prmgym.envs import make
 
-        kw = {"split": "train", **apply_overrides({}, args.env_arg, flag="--env-arg")}
-        env_fn = lambda: gym.make(args.env, **kw)  # noqa: E731
+        kw = {"split": "train", **cfg.env_kwargs}
+        env_fn = lambda: make(cfg.env, **kw)  # noqa: E731
         try:
             probe = env_fn()
-        except gym.error.Error as e:
-            print(f"prmgym train-prm: cannot make environment {args.env!r}: {e} (list them with 'prmgym envs')", file=sys.stderr)
-            return 2
+        except (gym.error.Error, TypeError) as e:  # an unknown id or keyword (the message lists the valid ones)
+            raise ConfigError(f"cannot make environment {cfg.env!r}: {e}") from None
         delimiter = getattr(probe.unwrapped, "delimiter", "\n")
         probe.close()
     if args.resume:
         prm = load_prm(ckpt, resume=True)
-        if prm.kind != args.kind:
-            print(f"prmgym train-prm: {ckpt} holds a {prm.kind!r} PRM, not {args.kind!r}", file=sys.stderr)
-            return 2
+        if prm.kind != cfg.kind:
+            raise ConfigError(f"{ckpt} holds a {prm.kind!r} PRM, not {cfg.kind!r}")
         print(f"resuming {prm.kind} PRM from {ckpt} at update {prm.updates}")
     else:
-        opts = {**offline_lr(args.kind, args.lr), "delimiter": delimiter, "train_backbone": not args.freeze_backbone}
-        if args.kind == "airl":
-            opts["search_score"] = args.search_score
-        prm = build_prm(args.kind, args.backbone or policy, **opts)
-    formats = ("jsonl", "tensorboard") if args.quiet else ("stdout", "jsonl", "tensorboard")
-    logger = Logger(args.out, formats=formats, hparams={"kind": args.kind, "policy": args.policy, "env": args.env, **vars(cfg)})
-    trainer = OfflinePRMTrainer(prm, policy, env_fn, cfg, targets=targets, run_dir=args.out, logger=logger)
+        opts = {k: v for k, v in dataclasses.asdict(options).items() if k in cfg.prm}  # the ones set
+        prm = build_prm(cfg.kind, cfg.backbone or policy, **{"delimiter": delimiter, **opts})
+    formats = ("jsonl", "tensorboard") if cfg.quiet else ("stdout", "jsonl", "tensorboard")
+    logger = Logger(cfg.out, formats=formats, hparams={**to_dict(cfg), "prm": prm.config()})
+    trainer = OfflinePRMTrainer(prm, policy, env_fn, cfg.train_config(), targets=targets, run_dir=cfg.out, logger=logger)
     try:
         trainer.train()
     finally:
         trainer.close()
         logger.close()
-    print(f"trained {args.kind} PRM ({prm.updates} updates) saved to {args.out}")
+    print(f"trained {cfg.kind} PRM ({prm.updates} updates) saved to {cfg.out}")
+    s = trainer.summary
+    if s.get("best_score") is not None:  # eval_every: the saved PRM is the best held-out one
+        why = "stopped early (patience)" if s["stopped_early"] else "ran all updates"
+        print(f"held-out {s['validation']}: best score {s['best_score']:.4f} at update {s['best_update']} ({why}); "
+              f"{', '.join(f'{k}={v:.4g}' for k, v in s['best_metrics'].items() if isinstance(v, float))}; "
+              f"summary in {os.path.join(cfg.out, 'summary.json')}")
     return 0

@@ -18,41 +18,59 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from prmgym.config import help_field
 from prmgym.rewards.backbone import read_prm_config
-from prmgym.rewards.scalar import ScalarHeadPRM, PRMBatch
+from prmgym.rewards.scalar import PRMBatch, PRMOptions, ScalarHeadPRM
 
 REFERENCE_DIR = "reference"
+
+
+@dataclass
+class ImplicitOptions(PRMOptions):
+    """`ImplicitPRM`'s options (besides `PRMOptions`)."""
+
+    beta: float = help_field(0.05, "step reward = beta * log(pi_psi / pi_ref) (PRIME: 0.05)")
+    score: str = help_field("step", "what score_steps returns: step (beta * log-ratio) | cumulative (its running sum)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.score not in ("step", "cumulative"):
+            raise ValueError(f"unknown implicit PRM score {self.score!r}; valid: step, cumulative")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
 
 
 class ImplicitPRM(ScalarHeadPRM):
     """PRIME's implicit PRM; see the module docstring.
 
-    Args (besides `ScalarHeadPRM`'s): ``beta`` (0.05), ``score`` (``"step"`` | ``"cumulative"``),
-    ``reference``: the frozen reference model (default: a copy of ``model`` at construction).
+    Options (`ImplicitOptions`, besides `PRMOptions`): ``beta`` (0.05), ``score`` (``"step"`` |
+    ``"cumulative"``). ``reference``: the frozen reference model (default: a copy of ``model``
+    at construction).
     """
 
     kind = "implicit"
     n_outputs = 1  # unused head (kept for a uniform layout)
+    Options = ImplicitOptions
+    validation = "outcome_sum"
 
-    def __init__(self, model, tokenizer, *, beta: float = 0.05, score: str = "step", reference=None, **kw) -> None:
-        if score not in ("step", "cumulative"):
-            raise ValueError(f"unknown implicit PRM score {score!r}; valid: step, cumulative")
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
-        super().__init__(model, tokenizer, **kw)
-        self.beta = float(beta)
-        self.score_mode = score
+    def __init__(self, model, tokenizer, *, reference=None, **options) -> None:
+        super().__init__(model, tokenizer, **options)
+        self.beta = float(self.options.beta)
+        self.score_mode = self.options.score
         self.reference = reference if reference is not None else copy.deepcopy(model)
         self.reference.eval()
         for p in self.reference.parameters():
             p.requires_grad_(False)
 
-    def config(self) -> dict:
-        return {**super().config(), "beta": self.beta, "score": self.score_mode}
+    @classmethod
+    def training_batch(cls, data, step: int) -> PRMBatch:
+        """Expert solutions (1) and policy rollouts labelled by verified correctness (as the ORM)."""
+        return data.outcome_batch(step)
 
     def parameters(self):
         return list(self.net.model.parameters())
@@ -140,4 +158,5 @@ class ImplicitPRM(ScalarHeadPRM):
         return super()._load_new(path, tokenizer=tokenizer, resume=resume, **overrides)
 
     def _after_inplace_load(self, other: "ImplicitPRM") -> None:
+        self.beta, self.score_mode = other.beta, other.score_mode
         self.reference.load_state_dict(other.reference.state_dict())

@@ -22,28 +22,50 @@ sigmoid when ``squash`` (default).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from prmgym.rewards.airl import LOGPI_SCALES, normalised_logpi
-from prmgym.rewards.scalar import PRMBatch, ScalarHeadPRM
+from prmgym.config import help_field
+from prmgym.rewards.airl import LOGPI_SCALES, expert_vs_policy_batch, normalised_logpi
+from prmgym.rewards.scalar import MissingClassError, PRMBatch, PRMOptions, ScalarHeadPRM
+
+
+@dataclass
+class RePIRLOptions(PRMOptions):
+    """`RePIRLPRM`'s options (besides `PRMOptions`)."""
+
+    logpi_scale: str = help_field("mean", "log pi of a step: mean (length-normalised) | sum")
+    reward_l2: float = help_field(0.1, "L2 penalty reward_l2 * mean(r^2) over the batch's steps")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.logpi_scale not in LOGPI_SCALES:
+            raise ValueError(f"unknown logpi_scale {self.logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
+        if self.reward_l2 < 0:
+            raise ValueError(f"reward_l2 must be >= 0, got {self.reward_l2}")
 
 
 class RePIRLPRM(ScalarHeadPRM):
     kind = "repirl"
     n_outputs = 1
+    Options = RePIRLOptions
+    needs_both_classes = True
+    validation = "proposals"
 
-    def __init__(self, model, tokenizer, *, logpi_scale: str = "mean", reward_l2: float = 0.1, **kw) -> None:
-        if logpi_scale not in LOGPI_SCALES:
-            raise ValueError(f"unknown logpi_scale {logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
-        if reward_l2 < 0:
-            raise ValueError(f"reward_l2 must be >= 0, got {reward_l2}")
-        super().__init__(model, tokenizer, **kw)
-        self.logpi_scale = logpi_scale
-        self.reward_l2 = float(reward_l2)
+    def __init__(self, model, tokenizer, **options) -> None:
+        super().__init__(model, tokenizer, **options)
+        self.logpi_scale = self.options.logpi_scale
+        self.reward_l2 = float(self.options.reward_l2)
 
-    def config(self) -> dict:
-        return {**super().config(), "logpi_scale": self.logpi_scale, "reward_l2": self.reward_l2}
+    def _after_inplace_load(self, other: "RePIRLPRM") -> None:
+        self.logpi_scale, self.reward_l2 = other.logpi_scale, other.reward_l2
+
+    @classmethod
+    def training_batch(cls, data, step: int) -> PRMBatch:
+        """Demonstrations (expert solutions, verified-correct rollouts: 1) vs the policy's other
+        rollouts (0), with their log-probs."""
+        return expert_vs_policy_batch(data, step, "rollouts")
 
     def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
         return out[1:, 0]
@@ -63,7 +85,7 @@ class RePIRLPRM(ScalarHeadPRM):
         demo = [i for i, y in enumerate(batch.labels) if y >= 0.5 and batch.step_lists[i]]
         samp = [i for i, y in enumerate(batch.labels) if y < 0.5 and batch.step_lists[i]]
         if not demo or not samp:
-            raise ValueError(f"rePIRL update needs demonstrations (label 1) and policy samples (label 0); got {len(demo)} and {len(samp)}")
+            raise MissingClassError(f"rePIRL update needs demonstrations (label 1) and policy samples (label 0); got {len(demo)} and {len(samp)}")
         if batch.step_logprobs is None:
             raise ValueError("rePIRL needs step_logprobs of the policy samples (prmgym.rewards.data.fill_logprobs)")
         lp = normalised_logpi(batch.step_logprobs, batch.step_ntokens, self.logpi_scale)

@@ -30,6 +30,18 @@ from prmgym.rewards.data import Trace, expert_traces, traces_to_batch
 from prmgym.rewards.repirl import RePIRLPRM
 
 
+def _check_options(cls: type, cfg: dict, provider_keys: set) -> None:
+    """A clear error for a ``reward_config`` key that is neither the provider's nor one of
+    ``cls.Options``'s fields."""
+    from prmgym.config import ConfigError
+    from prmgym.rewards.scalar import parse_options
+
+    try:
+        parse_options(cls, cfg, "reward_config")
+    except ConfigError as e:
+        raise ConfigError(f"{e}; the reward provider also takes prm, {', '.join(sorted(provider_keys))}") from None
+
+
 def _traj_trace(t: Any) -> Trace:
     steps = list(getattr(t, "all_steps", t.steps))
     return Trace(t.task.prompt, steps, task=t.task, correct=bool(getattr(t, "correct", False)),
@@ -141,17 +153,16 @@ class AIRLRewardProvider(_OnlineProvider):
         """Build from a `prmgym train` config's ``reward_config`` mapping.
 
         Keys: ``prm`` (a saved AIRL PRM directory to start from; default: a fresh head on a
-        copy of the policy), ``lr``, ``gamma``, ``search_score``, ``logpi_scale``,
-        ``train_backbone``, ``updates_per_step``, ``use_expert``, ``correct_as_expert``,
+        copy of the policy), the PRM's options (`prmgym.rewards.airl.AIRLOptions`:
+        ``learning_rate``, ``gamma``, ``search_score``, ``logpi_scale``, ``train_backbone``, ...)
+        and the provider's ``updates_per_step``, ``use_expert``, ``correct_as_expert``,
         ``reward_clip``.
         """
         cfg = dict(config or {})
         provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip"}
         pk = {k: cfg.pop(k) for k in list(cfg) if k in provider_keys}
         start = cfg.pop("prm", None)
-        bad = set(cfg) - {"lr", "gamma", "search_score", "logpi_scale", "train_backbone", "squash", "aggregation", "batch_size", "weight_decay", "grad_clip"}
-        if bad:
-            raise ValueError(f"unknown AIRL reward option(s) {sorted(bad)}; see prmgym.rewards.rl.AIRLRewardProvider.from_config")
+        _check_options(AIRLPRM, cfg, provider_keys)
         prm = AIRLPRM.load(start, **cfg) if start else AIRLPRM.from_backbone(policy, delimiter=delimiter, **cfg)
         return cls(prm, policy, delimiter=delimiter, **pk)
 
@@ -170,13 +181,12 @@ class RePIRLRewardProvider(_OnlineProvider):
 
     @classmethod
     def from_config(cls, policy: Any, config: dict | None = None, delimiter: str = "\n", **_: Any) -> "RePIRLRewardProvider":
-        """Like `AIRLRewardProvider.from_config`; PRM keys ``lr``, ``logpi_scale``, ``reward_l2``, ..."""
+        """Like `AIRLRewardProvider.from_config`; PRM options `prmgym.rewards.repirl.RePIRLOptions`
+        (``learning_rate``, ``logpi_scale``, ``reward_l2``, ...)."""
         cfg = dict(config or {})
         provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip"}
         pk = {k: cfg.pop(k) for k in list(cfg) if k in provider_keys}
         start = cfg.pop("prm", None)
-        bad = set(cfg) - {"lr", "logpi_scale", "reward_l2", "train_backbone", "squash", "aggregation", "batch_size", "weight_decay", "grad_clip"}
-        if bad:
-            raise ValueError(f"unknown rePIRL reward option(s) {sorted(bad)}; see prmgym.rewards.rl.RePIRLRewardProvider.from_config")
+        _check_options(RePIRLPRM, cfg, provider_keys)
         prm = RePIRLPRM.load(start, **cfg) if start else RePIRLPRM.from_backbone(policy, delimiter=delimiter, **cfg)
         return cls(prm, policy, delimiter=delimiter, **pk)

@@ -10,8 +10,11 @@ style directory::
       backbone/           model.save_pretrained(...) and tokenizer.save_pretrained(...)
       trainer_state.pt    optimiser, update counter, RNG (for resuming training)
 
-Subclasses set ``kind`` and ``n_outputs`` and implement ``loss(batch)`` and
-``_search_scores(outputs, ...)``.
+Subclasses set ``kind`` and ``n_outputs``, implement ``loss(batch)`` and
+``_search_scores(outputs, ...)``, and own their offline training recipe: ``Options`` (their
+constructor options, a `PRMOptions` dataclass), ``data_source`` (what offline training needs)
+and ``training_batch(data, step)`` (builds an update's `PRMBatch` from a
+`prmgym.rewards.train.PRMData` collector). Defining the class registers its ``kind``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import abc
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
 import torch
 
+from prmgym.config import ConfigError, from_dict, help_field, to_dict
 from prmgym.envs.trace import DEFAULT_DELIMITER
 from prmgym.rewards.backbone import (
     BACKBONE_DIR,
@@ -42,6 +46,49 @@ from prmgym.rewards.base import AGGREGATIONS, ProcessRewardModel
 
 #: kind -> class, filled by subclasses (see `load_prm`)
 PRM_CLASSES: dict[str, type] = {}
+#: what offline training of a kind needs (`ScalarHeadPRM.data_source`)
+DATA_SOURCES = ("env", "targets")
+
+
+class MissingClassError(ValueError):
+    """A training batch lacks a class the learner contrasts (e.g. no policy step because every
+    rollout was correct); offline training skips such an update and counts it."""
+
+
+@dataclass
+class PRMOptions:
+    """Constructor options shared by every `ScalarHeadPRM` (a kind adds its own in a subclass,
+    ``SomePRM.Options``). ``learning_rate``'s default here is the learner's one default, used by
+    every entry point (`prmgym train-prm`, `prmgym train` rewards, benchmarks)."""
+
+    learning_rate: float = help_field(1e-4, "AdamW learning rate of `update`")
+    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    grad_clip: float = help_field(1.0, "gradient-norm clip per update (0 = off)")
+    train_backbone: bool = help_field(True, "train the LM body too (false: only the head)")
+    batch_size: int = help_field(16, "rows per forward pass")
+    aggregation: str = help_field("last", f"default aggregation of `score`: {' | '.join(AGGREGATIONS)}")
+    squash: bool = help_field(True, "pass search scores through a sigmoid (scores in [0, 1])")
+    cache: bool = help_field(True, "prefix cache of step scores (cleared by every update)")
+    delimiter: str = help_field(DEFAULT_DELIMITER, "step delimiter of the traces (env.unwrapped.delimiter)")
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}")
+
+
+def parse_options(cls: type, options: dict, where: str = "") -> Any:
+    """``options`` as ``cls.Options`` (a `PRMOptions` dataclass); errors name the key and the
+    valid ones. ``lr`` is spelled ``learning_rate``."""
+    if "lr" in options:
+        raise ConfigError(f"{where or cls.kind + ' PRM'}: the option 'lr' is spelled 'learning_rate' "
+                          f"(e.g. learning_rate={options['lr']})")
+    return from_dict(cls.Options, options, where)
 
 
 def check_traces(prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> None:
@@ -188,53 +235,47 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
 
     Args:
         model, tokenizer: the backbone (use `from_backbone` for a directory or a policy).
-        delimiter: the step delimiter of the traces (``env.unwrapped.delimiter``).
-        aggregation: default aggregation for `score` (`last`, `min`, `mean`, `prod`, `sum`).
-        squash: pass search scores through a sigmoid so they lie in [0, 1].
-        cache: keep a prefix cache ``{(prompt, steps[:i+1]): score of step i}``; cleared
-            by every `update`.
-        lr, weight_decay, grad_clip: AdamW settings for `update`.
-        train_backbone: train the LM body too (else only the head).
-        batch_size: rows per forward pass.
+        **options: the fields of ``Options`` (`PRMOptions` plus the kind's own): delimiter,
+            aggregation, squash, cache (a prefix cache ``{(prompt, steps[:i+1]): score}``),
+            learning_rate, weight_decay, grad_clip, train_backbone, batch_size, ...
+
+    Class attributes a kind sets: ``kind`` (registers the class), ``n_outputs``, ``Options``,
+    ``data_source`` (``"env"``: a policy and an environment; ``"targets"``: a value-targets
+    file), ``recipe_fields`` (the `PRMTrainConfig` fields only this kind's recipe reads),
+    ``needs_both_classes`` (its loss contrasts label-1 and label-0 traces), and the classmethod
+    ``training_batch(data, step)``.
     """
 
     kind: str = "scalar"
     n_outputs: int = 1
+    Options: type = PRMOptions
+    data_source: str = "env"
+    recipe_fields: tuple[str, ...] = ()
+    needs_both_classes: bool = False
+    validation: str | None = None  # held-out metric while training offline (prmgym.rewards.heldout.VALIDATORS)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if "kind" in cls.__dict__:
+            if cls.data_source not in DATA_SOURCES:
+                raise TypeError(f"{cls.__name__}.data_source must be one of {DATA_SOURCES}, got {cls.data_source!r}")
             PRM_CLASSES[cls.kind] = cls
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        *,
-        delimiter: str = DEFAULT_DELIMITER,
-        aggregation: str = "last",
-        squash: bool = True,
-        cache: bool = True,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        grad_clip: float = 1.0,
-        train_backbone: bool = True,
-        batch_size: int = 16,
-    ) -> None:
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, **options: Any) -> None:
+        self.options = parse_options(type(self), options)
+        o = self.options
         self.tokenizer = tokenizer
-        self.delimiter = delimiter
-        self.aggregation = aggregation
-        self.squash = bool(squash)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.grad_clip = float(grad_clip)
-        self.train_backbone = bool(train_backbone)
-        self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=batch_size)
+        self.delimiter = o.delimiter
+        self.aggregation = o.aggregation
+        self.squash = bool(o.squash)
+        self.learning_rate = float(o.learning_rate)
+        self.weight_decay = float(o.weight_decay)
+        self.grad_clip = float(o.grad_clip)
+        self.train_backbone = bool(o.train_backbone)
+        self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size)
         self.net.pad_token_id = pad_id(tokenizer)
-        self.encoder = TraceEncoder(tokenizer, delimiter)
-        self.cache: dict | None = {} if cache else None
+        self.encoder = TraceEncoder(tokenizer, o.delimiter)
+        self.cache: dict | None = {} if o.cache else None
         self.cache_hits = 0
         self.tokens_scored = 0  # tokens run through the model by score_steps (charge Budget.prm)
         self.tokens_trained = 0  # tokens run through the model by update
@@ -256,19 +297,18 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
             model = _copy.deepcopy(model)
         return cls(model, tok, **kwargs)
 
+    @classmethod
+    def training_batch(cls, data: Any, step: int) -> PRMBatch:
+        """This kind's offline data recipe: the `PRMBatch` of update ``step``, built from ``data``
+        (a `prmgym.rewards.train.PRMData`: its config, tasks, expert traces, policy rollouts,
+        Monte-Carlo labels, value targets), deterministic in ``step``. Every registered kind
+        defines it."""
+        raise TypeError(f"PRM kind {cls.kind!r} ({cls.__name__}) defines no training_batch(data, step): "
+                        "it cannot be trained offline")
+
     def config(self) -> dict:
         """JSON-able constructor options (written to ``prm_config.json``)."""
-        return {
-            "delimiter": self.delimiter,
-            "aggregation": self.aggregation,
-            "squash": self.squash,
-            "cache": self.cache is not None,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "grad_clip": self.grad_clip,
-            "train_backbone": self.train_backbone,
-            "batch_size": self.net.batch_size,
-        }
+        return to_dict(self.options)
 
     # -- reading the head ----------------------------------------------------------------------
     def parameters(self):
@@ -352,7 +392,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         if self._optimizer is None:
-            self._optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            self._optimizer = torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         return self._optimizer
 
     @abc.abstractmethod
@@ -369,7 +409,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """
         if not isinstance(batch, PRMBatch):
             batch = batch_from_trajectories(batch, self.delimiter)
-            if batch.labels is not None and len(set(x >= 0.5 for x in batch.labels)) < 2 and self.kind in ("airl", "repirl"):
+            if batch.labels is not None and len(set(x >= 0.5 for x in batch.labels)) < 2 and self.needs_both_classes:
                 return {"skipped": 1.0}
         if len(batch) == 0:
             raise ValueError("update() got an empty batch")
@@ -435,9 +475,11 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         owner.net.load_state_dict(other.net.state_dict())
         owner._load_extra_state(other._extra_state())
         owner.updates, owner.tokens_trained = other.updates, other.tokens_trained
-        for k, v in other.config().items():
-            if hasattr(owner, k) and k not in ("lr", "cache", "batch_size", "delimiter"):
-                setattr(owner, k, v)
+        kept = {"learning_rate", "cache", "batch_size", "delimiter"}  # the instance's own settings win
+        owner.options = replace(owner.options, **{f.name: getattr(other.options, f.name)
+                                                  for f in fields(owner.options) if f.name not in kept})
+        for k in ("aggregation", "squash", "weight_decay", "grad_clip", "train_backbone"):
+            setattr(owner, k, getattr(owner.options, k))
         owner._after_inplace_load(other)
         if other._optimizer is not None:
             owner.optimizer.load_state_dict(other._optimizer.state_dict())
@@ -449,6 +491,8 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         cfg = read_prm_config(path)
         kind = cfg.pop("kind")
         cfg.pop("format_version", None)
+        if "lr" in cfg:  # PRMs saved before the option was spelled learning_rate
+            cfg["learning_rate"] = cfg.pop("lr")
         target = cls
         if cls.kind != kind:
             if cls is not ScalarHeadPRM and not issubclass(PRM_CLASSES.get(kind, object), cls):

@@ -1,17 +1,15 @@
 """Offline PRM training from a fixed policy and an environment (`prmgym train-prm`).
 
 Every step draws ``tasks_per_step`` training tasks (deterministically from the step index,
-so a resumed run sees the same data), rolls the policy out ``rollouts_per_task`` times per
-task, and builds the learner's batch from the *same* data for every kind:
+so a resumed run sees the same data) and asks the PRM's class for its batch:
+``type(prm).training_batch(PRMData, step)``. Each kind owns its recipe (its module says how it
+labels the data); `PRMData` offers the shared pieces (the step's tasks, the tasks' expert
+solutions, ``rollouts_per_task`` policy rollouts per task, policy proposals at expert prefixes,
+Monte-Carlo step labels, value targets). Adding a kind means writing its class (with
+``training_batch``) and importing it in `prmgym.rewards` (docs/rewards.md).
 
-| kind       | positives / labels                                                     |
-| ---        | ---                                                                    |
-| `airl`     | expert solutions + verified-correct rollouts (label 1) vs other rollouts (0); log π from the policy. With ``airl_negatives="prefixes"``: expert solutions (1) vs ``proposals_per_prefix`` policy steps sampled at every expert prefix (0, the prefix as context); ``"both"``: the union |
-| `repirl`   | same as AIRL with ``airl_negatives="rollouts"``                        |
-| `orm`      | expert solutions (1) + rollouts labelled by correctness                |
-| `implicit` | same as ORM                                                            |
-| `mc`       | expert steps labelled 1; rollout steps labelled by ``mc_rollouts`` completions per prefix (hard/soft) |
-| `value`    | no environment: batches of a value-targets JSONL file (docs/rewards.md)  |
+An update whose batch lacks a class its learner contrasts (`MissingClassError`, e.g. every
+rollout correct) is skipped and still counted.
 
 Checkpoints: ``run_dir/checkpoint/`` (a PRM directory with optimiser state), every
 ``save_every`` steps and at the end; the final PRM is saved to ``run_dir`` itself, so
@@ -20,33 +18,18 @@ Checkpoints: ``run_dir/checkpoint/`` (a PRM directory with optimiser state), eve
 
 from __future__ import annotations
 
+import json
 import os
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
-
-import numpy as np
 
 from prmgym.config import help_field
 from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout, traces_to_batch
-from prmgym.rewards.scalar import PRMBatch, PRM_CLASSES, ScalarHeadPRM
+from prmgym.rewards.scalar import PRM_CLASSES, MissingClassError, PRMBatch, ScalarHeadPRM
 
 CHECKPOINT = "checkpoint"
 AIRL_NEGATIVES = ("rollouts", "prefixes", "both")
-# Offline learning rates where the learner's own default (1e-4) is not the measured best. AIRL:
-# the body is a copy of the policy and its LM log-prob is the prior; at 1e-4 its updates
-# lowered the within-prefix AUC of the policy's own proposals below the untrained prior, at
-# 1e-5 they raised it (figures in docs/rewards.md).
-OFFLINE_LR = {"airl": 1e-5}
-
-
-def offline_lr(kind: str, lr: float | None = None) -> dict:
-    """The ``lr`` option for an offline PRM of ``kind``: ``lr`` if given, else `OFFLINE_LR`'s
-    entry, else nothing (the learner's default)."""
-    if lr is not None:
-        return {"lr": float(lr)}
-    return {"lr": OFFLINE_LR[kind]} if kind in OFFLINE_LR else {}
 
 
 _f = help_field
@@ -56,7 +39,7 @@ _f = help_field
 class PRMTrainConfig:
     """Offline PRM training settings."""
 
-    kind: str = _f("airl", "airl | repirl | orm | mc | value | implicit")
+    kind: str = _f("airl", "the PRM kind: a registered kind (prmgym.rewards.KINDS; docs/rewards.md)")
     steps: int = _f(100, "PRM updates")
     tasks_per_step: int = _f(8, "training tasks per update")
     rollouts_per_task: int = _f(4, "policy rollouts per task")
@@ -73,6 +56,11 @@ class PRMTrainConfig:
     seed: int = _f(0, "data and initialisation seed")
     save_every: int = _f(0, "checkpoint every K updates (0 = only at the end)")
     log_every: int = _f(1, "log every K updates")
+    eval_every: int = _f(0, "held-out evaluation of the kind's own objective every K updates and before the first "
+                            "(prmgym.rewards.heldout; logged as prm/heldout/*): the final PRM is the best one seen. 0 = off")
+    patience: int = _f(0, "with eval_every: stop after this many evaluations without a new best (0 = run all steps)")
+    min_delta: float = _f(0.0, "with eval_every: the least rise of the held-out score that counts as a new best")
+    eval_tasks: int = _f(16, "with eval_every: held-out tasks (training split, seeds disjoint from the training draws)")
 
     def __post_init__(self) -> None:
         if self.kind not in PRM_CLASSES:
@@ -83,11 +71,101 @@ class PRMTrainConfig:
             raise ValueError(f"airl_negatives={self.airl_negatives!r} samples at expert prefixes: it needs use_expert=True "
                              "(or airl_negatives='rollouts')")
         for name in ("steps", "tasks_per_step", "rollouts_per_task", "mc_rollouts", "max_new_tokens", "max_steps", "batch_size",
-                     "log_every", "proposals_per_prefix"):
+                     "log_every", "proposals_per_prefix", "eval_tasks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mc_labels not in ("hard", "soft"):
             raise ValueError(f"mc_labels must be hard or soft, got {self.mc_labels!r}")
+        if self.eval_every < 0 or self.patience < 0 or self.min_delta < 0:
+            raise ValueError(f"eval_every, patience and min_delta must be >= 0, got {self.eval_every}, {self.patience}, "
+                             f"{self.min_delta}")
+        if self.patience and not self.eval_every:
+            raise ValueError(f"patience={self.patience} stops on the held-out score, which eval_every=0 never measures; "
+                             "set eval_every (e.g. 10) or patience=0")
+
+
+@dataclass
+class TrainPRMRun(PRMTrainConfig):
+    """A `prmgym train-prm` run: `PRMTrainConfig`'s fields plus where the data comes from, where
+    the PRM goes and the learner's options (YAML keys, or ``--set KEY=VALUE``)."""
+
+    policy: str | None = _f(None, "policy directory (save_pretrained): rollouts and log-probs")
+    env: str | None = _f(None, "environment id, e.g. prmgym/ChainArithmetic-v0 (kinds trained from an environment)")
+    env_kwargs: dict = _f({}, "extra environment keywords (the split is always train)")
+    out: str | None = _f(None, "run directory: the trained PRM, checkpoint/, metrics.jsonl, tb/")
+    backbone: str | None = _f(None, "causal LM directory for the PRM body (default: the policy)")
+    targets: str | None = _f(None, "value-targets JSONL (kinds trained from targets: value; docs/rewards.md)")
+    prm: dict = _f({}, "the kind's learner options (its Options dataclass, e.g. learning_rate, train_backbone, "
+                      "search_score); unset ones take the learner's defaults")
+    quiet: bool = _f(False, "no stdout metric tables")
+
+    def train_config(self) -> PRMTrainConfig:
+        """The `PRMTrainConfig` part."""
+        return PRMTrainConfig(**{f.name: getattr(self, f.name) for f in fields(PRMTrainConfig)})
+
+
+class PRMData:
+    """The data an offline PRM recipe (``training_batch(data, step)``) is built from; every
+    method is deterministic in ``step``.
+
+    Attributes: ``config`` (`PRMTrainConfig`), ``policy``, ``pool`` (environments, None for a
+    targets-only kind), ``targets`` (value targets or None), ``prm`` (the PRM being trained),
+    ``stats`` (counts of rollouts and proposals drawn so far).
+    """
+
+    def __init__(self, config: PRMTrainConfig, policy: Any, pool: EnvPool | None, targets: list | None, prm: ScalarHeadPRM) -> None:
+        self.config, self.policy, self.pool, self.targets, self.prm = config, policy, pool, targets, prm
+        self.stats = {"rollout_traces": 0, "mc_rollouts": 0}
+
+    @property
+    def delimiter(self) -> str:
+        return self.pool.delimiter if self.pool is not None else self.prm.delimiter
+
+    def tasks(self, step: int) -> list:
+        """``tasks_per_step`` training tasks of update ``step``."""
+        u = self.pool.get(1)[0].unwrapped
+        return list(u.source.tasks("train", self.config.tasks_per_step, seed=self.config.seed * 1_000_003 + step))
+
+    def experts(self, tasks: list) -> list:
+        """The tasks' expert solutions as correct traces (none when ``use_expert`` is off)."""
+        return expert_traces(tasks) if self.config.use_expert else []
+
+    def rollouts(self, tasks: list, step: int) -> list:
+        """``rollouts_per_task`` policy rollouts per task (those with at least one step)."""
+        cfg = self.config
+        rolls = rollout(self.pool, self.policy, tasks, n=cfg.rollouts_per_task, seed=cfg.seed * 10_007 + step,
+                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps)
+        rolls = [r for r in rolls if r.steps]
+        self.stats["rollout_traces"] += len(rolls)
+        return rolls
+
+    def prefix_proposals(self, experts: list, step: int, k: int) -> list:
+        """``k`` policy steps proposed at every prefix of every expert trace (the prefix as context)."""
+        cfg = self.config
+        props = prefix_proposals(self.policy, experts, k=k, delimiter=self.delimiter, seed=cfg.seed * 10_007 + step,
+                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
+        return props
+
+    def mc_labels(self, rolls: list, step: int) -> list[list[float]]:
+        """Monte-Carlo label of every step of ``rolls`` (``mc_rollouts`` completions per prefix)."""
+        cfg = self.config
+        labels = mc_step_labels(self.pool, self.policy, rolls, n_rollouts=cfg.mc_rollouts, mode=cfg.mc_labels,
+                                seed=cfg.seed * 31 + step, temperature=cfg.temperature,
+                                max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps)
+        self.stats["mc_rollouts"] += cfg.mc_rollouts * sum(len(r.steps) for r in rolls)
+        return labels
+
+    def contrast_batch(self, pos: list, neg: list, context_prefixes: bool = False) -> PRMBatch:
+        """Positives (1) vs negatives (0) with the policy's step log-probs (`traces_to_batch`)."""
+        return traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, context_prefixes=context_prefixes)
+
+    def outcome_batch(self, step: int) -> PRMBatch:
+        """The step's expert solutions (1) and policy rollouts labelled by verified correctness."""
+        tasks = self.tasks(step)
+        traces = self.experts(tasks) + self.rollouts(tasks, step)
+        return PRMBatch([t.prompt for t in traces], [t.steps for t in traces],
+                        labels=[1.0 if t.correct else 0.0 for t in traces])
 
 
 class OfflinePRMTrainer:
@@ -95,10 +173,11 @@ class OfflinePRMTrainer:
 
     Args:
         prm: a `ScalarHeadPRM` of the configured kind.
-        policy: the (fixed) policy that produces rollouts and log-probs (unused for ``value``).
-        env_fn: builds a training environment (unused for ``value``).
+        policy: the (fixed) policy that produces rollouts and log-probs (unused by a kind whose
+            ``data_source`` is ``"targets"``).
+        env_fn: builds a training environment (likewise).
         config: `PRMTrainConfig`.
-        targets: value kind only: a list of `ValueTarget`.
+        targets: a ``data_source="targets"`` kind (the value model): a list of `ValueTarget`.
         run_dir: checkpoints and the final PRM; logger: a `prmgym.logger.Logger` or None.
     """
 
@@ -106,74 +185,33 @@ class OfflinePRMTrainer:
                  targets: list | None = None, run_dir: str | None = None, logger: Any = None) -> None:
         if prm.kind != config.kind:
             raise ValueError(f"config.kind is {config.kind!r} but the PRM is a {prm.kind!r}")
-        if config.kind == "value" and not targets:
-            raise ValueError("the value model trains from a targets file: pass targets (prmgym train-prm --targets FILE)")
-        if config.kind != "value" and (env_fn is None or policy is None):
+        source = type(prm).data_source
+        if source == "targets" and not targets:
+            raise ValueError(f"the {prm.kind} PRM trains from a targets file: pass targets (prmgym train-prm --targets FILE)")
+        if source == "env" and (env_fn is None or policy is None):
             raise ValueError(f"kind {config.kind!r} needs a policy and an environment")
         self.prm, self.policy, self.config = prm, policy, config
         self.pool = EnvPool(env_fn) if env_fn is not None else None
         self.targets = targets
+        self.data = PRMData(config, policy, self.pool, targets, prm)
         self.run_dir = run_dir
         self.logger = logger
-        self.stats = {"rollout_traces": 0, "mc_rollouts": 0}
+        self._heldout = None  # prmgym.rewards.heldout.HeldOut, drawn at the first evaluation
+        self._best: dict | None = None
+        self._since_best = 0
+        self.summary: dict = {}
+
+    @property
+    def stats(self) -> dict:
+        return self.data.stats
 
     @property
     def num_steps(self) -> int:
         return self.prm.updates
 
-    def _tasks(self, step: int) -> list:
-        u = self.pool.get(1)[0].unwrapped
-        return list(u.source.tasks("train", self.config.tasks_per_step, seed=self.config.seed * 1_000_003 + step))
-
     def collect(self, step: int) -> PRMBatch:
-        """The learner's batch for update ``step`` (deterministic in ``step``)."""
-        cfg = self.config
-        if cfg.kind == "value":
-            from prmgym.rewards.value import targets_to_batch
-
-            rng = random.Random(cfg.seed * 7919 + step // max(1, len(self.targets) // cfg.batch_size))
-            order = list(range(len(self.targets)))
-            rng.shuffle(order)
-            k = step % max(1, len(self.targets) // cfg.batch_size)
-            chosen = [self.targets[i] for i in order[k * cfg.batch_size : (k + 1) * cfg.batch_size]] or [self.targets[i] for i in order]
-            return targets_to_batch(chosen, weight_by_visits=getattr(self.prm, "weight_by_visits", False))
-        tasks = self._tasks(step)
-        delim = self.pool.delimiter
-        experts = expert_traces(tasks) if cfg.use_expert else []
-        at_prefixes = cfg.kind == "airl" and cfg.airl_negatives != "rollouts"
-        if at_prefixes and not experts:
-            raise ValueError(f"airl_negatives={cfg.airl_negatives!r} samples at the prefixes of expert solutions, but none of "
-                             f"this update's {len(tasks)} training tasks has one (Task.expert_steps); use "
-                             "airl_negatives='rollouts' for a task source without expert solutions")
-        rolls = []
-        if not (at_prefixes and cfg.airl_negatives == "prefixes"):
-            rolls = rollout(self.pool, self.policy, tasks, n=cfg.rollouts_per_task, seed=cfg.seed * 10_007 + step,
-                            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps)
-            rolls = [r for r in rolls if r.steps]
-            self.stats["rollout_traces"] += len(rolls)
-        if cfg.kind in ("airl", "repirl"):
-            pos = experts + [r for r in rolls if r.correct]
-            neg = [r for r in rolls if not r.correct]
-            if at_prefixes:  # policy steps proposed at the expert's prefixes, the prefix as context
-                props = prefix_proposals(self.policy, experts, k=cfg.proposals_per_prefix, delimiter=delim,
-                                         seed=cfg.seed * 10_007 + step, temperature=cfg.temperature,
-                                         max_new_tokens=cfg.max_new_tokens)
-                self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
-                neg = props + neg
-            return traces_to_batch(pos, neg, policy=self.policy, delimiter=delim, context_prefixes=at_prefixes)
-        if cfg.kind in ("orm", "implicit"):
-            traces = experts + rolls
-            return PRMBatch([t.prompt for t in traces], [t.steps for t in traces],
-                            labels=[1.0 if t.correct else 0.0 for t in traces])
-        if cfg.kind == "mc":
-            labels = mc_step_labels(self.pool, self.policy, rolls, n_rollouts=cfg.mc_rollouts, mode=cfg.mc_labels,
-                                    seed=cfg.seed * 31 + step, temperature=cfg.temperature,
-                                    max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps)
-            self.stats["mc_rollouts"] += cfg.mc_rollouts * sum(len(r.steps) for r in rolls)
-            traces = experts + rolls
-            step_labels = [[1.0] * len(t.steps) for t in experts] + labels
-            return PRMBatch([t.prompt for t in traces], [t.steps for t in traces], step_labels=step_labels)
-        raise ValueError(f"no offline data recipe for kind {cfg.kind!r}")
+        """The learner's batch for update ``step`` (deterministic in ``step``): its class's recipe."""
+        return type(self.prm).training_batch(self.data, step)
 
     def step(self) -> dict:
         t0 = time.perf_counter()
@@ -181,37 +219,97 @@ class OfflinePRMTrainer:
         t1 = time.perf_counter()
         try:
             metrics = self.prm.update(batch)
-        except ValueError as e:
-            if "needs expert" in str(e) or "needs demonstrations" in str(e):
-                # one class missing this step (e.g. every rollout correct): skip, but advance
-                self.prm.updates += 1
-                metrics = {"skipped": 1.0}
-            else:
-                raise
+        except MissingClassError:  # one class missing this step (e.g. every rollout correct): skip, but advance
+            self.prm.updates += 1
+            metrics = {"skipped": 1.0}
         metrics["time/collect_s"] = t1 - t0
         metrics["time/update_s"] = time.perf_counter() - t1
         metrics["traces"] = float(len(batch))
-        if batch.labels is not None and self.config.kind != "value":
+        if batch.labels is not None and type(self.prm).data_source == "env":
             n = [len(st) for st in batch.drop_context(batch.step_lists)]  # training steps per trace
             metrics["positive_frac"] = float(sum(k for k, y in zip(n, batch.labels) if y >= 0.5) / max(1, sum(n)))
         return metrics
 
     def train(self, n_steps: int | None = None) -> list[dict]:
+        """Run updates up to `PRMTrainConfig.steps` (or ``n_steps`` more); returns their metrics.
+
+        With ``eval_every`` the held-out score is measured before the first update and every
+        ``eval_every`` updates; the PRM that scored best is the one left in ``self.prm`` and saved
+        to ``run_dir`` (``checkpoint/`` keeps the last state, for resuming), and ``patience``
+        evaluations without a new best stop the run. ``self.summary`` (also
+        ``run_dir/summary.json``) says which update won and why training stopped."""
         cfg = self.config
         target = cfg.steps if n_steps is None else self.num_steps + n_steps
-        history = []
+        history: list[dict] = []
+        self.summary = {"kind": self.prm.kind, "start_update": self.num_steps, "stopped_early": False}
+        if cfg.eval_every:
+            self._evaluate(initial=True)
         while self.num_steps < target:
             m = self.step()
             history.append(m)
-            if self.logger is not None and (self.num_steps % cfg.log_every == 0 or self.num_steps == target):
+            stop = False
+            if cfg.eval_every and (self.num_steps % cfg.eval_every == 0 or self.num_steps == target):
+                ev, stop = self._evaluate()
+                m.update({f"heldout/{k}": v for k, v in ev.items()})
+            if self.logger is not None and (self.num_steps % cfg.log_every == 0 or self.num_steps == target or stop):
                 self.logger.record_dict(m, prefix="prm/")
                 self.logger.dump(self.num_steps)
             if self.run_dir and cfg.save_every and self.num_steps % cfg.save_every == 0:
                 self.save_checkpoint()
+            if stop:
+                self.summary["stopped_early"] = True
+                break
+        self.summary["updates"] = self.num_steps
         if self.run_dir:
-            self.save_checkpoint()
+            self.save_checkpoint()  # the last state: resume continues from here
+        if cfg.eval_every:
+            self._restore_best()
+        if self.run_dir:
             self.prm.save(self.run_dir)
+            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+                json.dump(self.summary, f, indent=2)
         return history
+
+    def _evaluate(self, initial: bool = False) -> tuple[dict, bool]:
+        """Measure the held-out score; keep a copy of the PRM when it is a new best. Returns the
+        metrics and whether ``patience`` has run out."""
+        from prmgym.rewards.heldout import HeldOut
+
+        cfg = self.config
+        if self._heldout is None:
+            self._heldout = HeldOut(self.prm, self.data, cfg.eval_tasks)
+        ev = self._heldout.measure(self.prm)
+        score = ev["score"]
+        if initial:
+            self.summary.update(initial_score=score, initial_metrics=dict(ev))
+        best = self.summary.get("best_score")
+        if best is None or (score == score and (best != best or score > best + cfg.min_delta)):  # x != x: NaN
+            self.summary.update(best_score=score, best_update=self.num_steps, best_metrics=dict(ev),
+                                validation=self._heldout.name)
+            self._best = self._snapshot()
+            self._since_best = 0
+        elif not initial:
+            self._since_best += 1
+        if initial and self.logger is not None:
+            self.logger.record_dict({f"heldout/{k}": v for k, v in ev.items()}, prefix="prm/")
+            self.logger.dump(self.num_steps)
+        ev["best_score"] = self.summary["best_score"]
+        return ev, bool(cfg.patience) and self._since_best >= cfg.patience
+
+    def _snapshot(self) -> dict:
+        import copy
+
+        return {"net": {k: v.detach().clone() for k, v in self.prm.net.state_dict().items()},
+                "extra": copy.deepcopy(self.prm._extra_state()), "updates": self.prm.updates,
+                "tokens_trained": self.prm.tokens_trained}
+
+    def _restore_best(self) -> None:
+        if self._best is None:
+            return
+        self.prm.net.load_state_dict(self._best["net"])
+        self.prm._load_extra_state(self._best["extra"])
+        self.prm.updates, self.prm.tokens_trained = self._best["updates"], self._best["tokens_trained"]
+        self.prm.clear_cache()
 
     def save_checkpoint(self) -> str:
         from prmgym.checkpoints import write_checkpoint
@@ -224,7 +322,8 @@ class OfflinePRMTrainer:
 
 
 def build_prm(kind: str, backbone: Any, **options) -> ScalarHeadPRM:
-    """A fresh PRM of ``kind`` on ``backbone`` (directory or policy)."""
+    """A fresh PRM of ``kind`` on ``backbone`` (directory or policy); ``options`` are the fields
+    of its ``Options`` dataclass (``learning_rate``, ...; unset ones take the learner's default)."""
     import prmgym.rewards  # noqa: F401  (registers every kind)
 
     if kind not in PRM_CLASSES:

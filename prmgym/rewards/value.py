@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from dataclasses import dataclass
 
 import torch
 
-from prmgym.rewards.scalar import PRMBatch, ScalarHeadPRM
+from prmgym.config import help_field
+from prmgym.rewards.scalar import PRMBatch, PRMOptions, ScalarHeadPRM
 
 
 @dataclass(frozen=True)
@@ -79,23 +81,47 @@ def targets_to_batch(targets: list[ValueTarget], weight_by_visits: bool = False)
     )
 
 
+@dataclass
+class ValueOptions(PRMOptions):
+    """`ValueModel`'s options (besides `PRMOptions`; ``squash`` is off: values are clipped)."""
+
+    squash: bool = help_field(False, "pass scores through a sigmoid (off: V is clipped to [0, 1])")
+    weight_by_visits: bool = help_field(False, "weight each node's squared error by its visit count")
+
+
 class ValueModel(ScalarHeadPRM):
     """V(prefix) in [0, 1]: scalar head, MSE on value targets, outputs clipped to [0, 1].
 
-    Args (besides `ScalarHeadPRM`'s): ``weight_by_visits``: weight each node's squared error
-    by its visit count (used by `prmgym train-prm --kind value`).
+    Options (`ValueOptions`, besides `PRMOptions`): ``weight_by_visits``: weight each node's
+    squared error by its visit count.
     """
 
     kind = "value"
     n_outputs = 1
+    Options = ValueOptions
+    data_source = "targets"
+    recipe_fields = ("batch_size",)
+    validation = "value_mse"
 
-    def __init__(self, model, tokenizer, *, weight_by_visits: bool = False, **kw) -> None:
-        kw.setdefault("squash", False)
-        super().__init__(model, tokenizer, **kw)
-        self.weight_by_visits = bool(weight_by_visits)
+    def __init__(self, model, tokenizer, **options) -> None:
+        super().__init__(model, tokenizer, **options)
+        self.weight_by_visits = bool(self.options.weight_by_visits)
 
-    def config(self) -> dict:
-        return {**super().config(), "weight_by_visits": self.weight_by_visits}
+    def _after_inplace_load(self, other: "ValueModel") -> None:
+        self.weight_by_visits = other.weight_by_visits
+
+    @classmethod
+    def training_batch(cls, data, step: int) -> PRMBatch:
+        """``batch_size`` targets of ``data.targets``: one shuffled pass over the file per epoch
+        (the order drawn from the seed and the epoch)."""
+        cfg, targets = data.config, data.targets
+        per_epoch = max(1, len(targets) // cfg.batch_size)
+        rng = random.Random(cfg.seed * 7919 + step // per_epoch)
+        order = list(range(len(targets)))
+        rng.shuffle(order)
+        k = step % per_epoch
+        chosen = [targets[i] for i in order[k * cfg.batch_size : (k + 1) * cfg.batch_size]] or [targets[i] for i in order]
+        return targets_to_batch(chosen, weight_by_visits=data.prm.weight_by_visits)
 
     def _search_scores(self, out: torch.Tensor, n_steps: int) -> torch.Tensor:
         return out[1:, 0]
