@@ -21,6 +21,18 @@ RATIOS = ("token", "sequence")
 KL_ESTIMATORS = ("k1", "k2")
 
 
+def _grouped(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None):
+    """``rewards`` and ``valid`` as ``(P, G)`` groups: rewards, valid mask, its float, valid count ``(P, 1)``."""
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of group_size={group_size} entries, got shape {tuple(rewards.shape)}"
+        )
+    r = rewards.float().view(-1, group_size)  # (P, G)
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.bool().view(-1, group_size)
+    vf = v.float()
+    return r, v, vf, vf.sum(dim=1, keepdim=True)
+
+
 def group_advantages(
     rewards: torch.Tensor,
     group_size: int,
@@ -46,14 +58,7 @@ def group_advantages(
     Returns ``(advantages, zero_spread)``: advantages shaped like ``rewards``, and a bool
     tensor ``(num_groups,)`` marking the zero-spread groups (log ``zero_spread.float().mean()``).
     """
-    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"rewards must be 1-D with a multiple of group_size={group_size} entries, got shape {tuple(rewards.shape)}"
-        )
-    r = rewards.float().view(-1, group_size)  # (P, G)
-    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.bool().view(-1, group_size)
-    vf = v.float()
-    n = vf.sum(dim=1, keepdim=True)  # (P, 1)
+    r, v, vf, n = _grouped(rewards, group_size, valid)
     mean = (r * vf).sum(dim=1, keepdim=True) / n.clamp(min=1)
     var = (((r - mean) ** 2) * vf).sum(dim=1, keepdim=True) / n.clamp(min=1)
     std = var.sqrt()
@@ -78,14 +83,7 @@ def rloo_advantages(
     >>> rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0, 2.0]), group_size=3).tolist()
     [1.0, -0.5, -0.5, 0.0, 0.0, 0.0]
     """
-    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"rewards must be 1-D with a multiple of group_size={group_size} entries, got shape {tuple(rewards.shape)}"
-        )
-    r = rewards.float().view(-1, group_size)  # (P, G)
-    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.bool().view(-1, group_size)
-    vf = v.float()
-    n = vf.sum(dim=1, keepdim=True)  # (P, 1)
+    r, v, vf, n = _grouped(rewards, group_size, valid)
     others = ((r * vf).sum(dim=1, keepdim=True) - r) / (n - 1).clamp(min=1)  # mean of the other valid samples
     adv = torch.where(v & (n >= 2), r - others, torch.zeros_like(r))
     return adv.reshape(-1)
