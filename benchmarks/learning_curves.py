@@ -1,4 +1,4 @@
-"""Held-out pass@1 of the tiny policy before and after N GRPO and N ReST-GRPO steps.
+"""Held-out pass@1 of the tiny policy before and after training with each algorithm of `--algos`.
 
 For each environment (ChainArithmetic, Countdown) the tiny character model is pretrained
 by SFT on expert traces (`prmgym.recipes.tiny.pretrain`, cached), then trained from that
@@ -14,8 +14,14 @@ every ``--eval-every`` steps. Writes ``curves.png`` (mean +- std over seeds),
     python benchmarks/learning_curves.py --envs countdown --algos grpo --steps 300 --eval-every 50 --seeds 1 --first-seed 1 --out runs/lc1
     wait
     python benchmarks/learning_curves.py --merge runs/lc0 runs/lc1 --out runs/lc
+    # the GRPO family at equal generated tokens (DAPO's refill rounds count in its tokens):
+    python benchmarks/learning_curves.py --envs countdown --algos grpo,dapo,gspo,rloo,reinforce_pp,rest_grpo \
+        --tokens 400000 --evals 2 --seeds 3
 
-Trainer settings: ``TRAINER``, then ``ENV_TRAINER[env]`` (Countdown uses lr 2e-4), then ``--set``.
+Trainer settings: ``TRAINER``, then ``ENV_TRAINER[env]`` (Countdown uses lr 2e-4), then the
+algorithm's entry in ``ALGOS`` (a preset of `prmgym.agents.grpo.PRESETS`), then ``--set``.
+With ``--tokens N`` every run trains until it has generated N tokens (all rollouts of a step:
+dynamic-sampling refills and ReST-GRPO's partial states included), instead of ``--steps``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 
 from prmgym.agents import GRPOConfig, GRPOTrainer, ReSTGRPOConfig, ReSTGRPOTrainer
+from prmgym.agents.grpo import apply_preset
 from prmgym.config import add_set_arg, apply_overrides, from_dict
 from prmgym.models import TransformersPolicy
 from prmgym.recipes import tiny as tiny_recipe
@@ -53,12 +60,34 @@ ENV_TRAINER = {"countdown": dict(learning_rate=2e-4)}
 PRETRAIN = dict()
 
 
-def trainer_settings(env: str, overrides: dict) -> dict:
-    """TRAINER, then the env's ENV_TRAINER entries, then the command line's ``--set`` values."""
-    return {**TRAINER, **ENV_TRAINER.get(env, {}), **overrides}
+#: ``--algos`` names -> the trainer settings each one changes (on top of TRAINER / ENV_TRAINER)
+ALGOS = {
+    "grpo": {},
+    "dapo": {"preset": "dapo"},
+    "gspo": {"preset": "gspo"},
+    "rloo": {"preset": "rloo"},
+    "reinforce_pp": {"preset": "reinforce_pp"},
+    "rest_grpo": {},
+}
 
 
-def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, trainer_kw, env_kwargs):
+def trainer_settings(env: str, overrides: dict, algo: str = "grpo") -> dict:
+    """TRAINER, the env's ENV_TRAINER entries, the algorithm's ALGOS entry, then ``--set`` values."""
+    return {**TRAINER, **ENV_TRAINER.get(env, {}), **apply_preset(ALGOS[algo]), **overrides}
+
+
+def algo_list(text: str) -> list[str]:
+    """``--algos a,b`` (or several words): the names, each checked against ALGOS."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        if n not in ALGOS:
+            raise argparse.ArgumentTypeError(f"unknown algorithm {n!r}; valid: {', '.join(ALGOS)}")
+    return names
+
+
+def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, trainer_kw, env_kwargs, tokens=0, evals=2):
+    """One training run; with ``tokens`` > 0 it stops once that many tokens were generated and
+    evaluates at every ``tokens / evals`` (the curve's x is then tokens, not steps)."""
     torch.manual_seed(seed)
     policy = TransformersPolicy.from_pretrained(policy_dir)
     kw = {**trainer_kw, "seed": seed}
@@ -67,24 +96,32 @@ def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, train
     tr = cls(policy, env_id, cfg, env_kwargs={"split": "train", **env_kwargs})
     curve = [(0, tr.pass_at_1(eval_tasks))]
     t0 = time.perf_counter()
-    train_rewards = []
-    done = 0
-    while done < steps:
-        k = min(eval_every, steps - done)
+    train_rewards, generated, done = [], 0.0, 0
+    while (generated < tokens) if tokens else (done < steps):
+        k = 1 if tokens else min(eval_every, steps - done)
         hist = tr.train(k)
         train_rewards += [m["reward_mean"] for m in hist]
+        generated += sum(m["budget/generated_total"] for m in hist)
         done += k
-        curve.append((done, tr.pass_at_1(eval_tasks)))
-    seconds = time.perf_counter() - t0
+        if not tokens:
+            curve.append((done, tr.pass_at_1(eval_tasks)))
+        elif generated >= tokens * len(curve) / evals:  # passed the next eval point
+            curve.append((int(tokens * len(curve) / evals), tr.pass_at_1(eval_tasks)))
+    seconds = time.perf_counter() - t0  # includes the evaluations along the way
     tr.close()
-    return {"curve": curve, "train_seconds": seconds, "train_rewards": train_rewards}
+    return {"curve": curve, "train_seconds": seconds, "train_rewards": train_rewards, "steps_done": done,
+            "generated_tokens": generated}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
-    p.add_argument("--algos", nargs="+", default=["grpo", "rest_grpo"], choices=["grpo", "rest_grpo"])
+    p.add_argument("--algos", nargs="+", type=algo_list, default=[["grpo", "rest_grpo"]],
+                   help=f"comma list (or words) of: {', '.join(ALGOS)}")
     p.add_argument("--steps", type=int, default=60, help="trainer steps per run")
+    p.add_argument("--tokens", type=int, default=0,
+                   help="train each run to this many generated tokens instead of --steps (equal compute)")
+    p.add_argument("--evals", type=int, default=2, help="with --tokens: evaluations after the start, evenly in tokens")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first_seed .. first_seed + seeds - 1")
     p.add_argument("--eval-every", type=int, default=10)
@@ -97,6 +134,7 @@ def main(argv=None) -> int:
                    help="run nothing: combine the results.json of runs made separately (e.g. one seed per "
                         "core with --first-seed) into one table and plot in --out")
     args = p.parse_args(argv)
+    args.algos = [a for group in args.algos for a in group]
     if args.merge:
         return write_report(merge_results(args.merge), args.out)
     torch.set_num_threads(args.threads)
@@ -107,18 +145,21 @@ def main(argv=None) -> int:
     results = {}
     for env in args.envs:
         env_id = ENVS[env]
-        trainer_kw = trainer_settings(env, overrides)
         t = time.perf_counter()
         policy_dir = tiny_recipe.pretrain(env_id, progress=False, **pre_kw)
         print(f"[{env}] tiny policy: {policy_dir} ({time.perf_counter() - t:.0f} s incl. cache check)", flush=True)
         for algo in args.algos:
+            trainer_kw = trainer_settings(env, overrides, algo)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                r = run_one(env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks, trainer_kw, {})
-                r.update(seed=seed, steps=args.steps, eval_tasks=args.eval_tasks, trainer=trainer_kw, pretrain=pre_kw)
+                r = run_one(env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks, trainer_kw, {},
+                            tokens=args.tokens, evals=args.evals)
+                r.update(seed=seed, steps=args.steps if not args.tokens else f"{args.tokens} tokens",
+                         eval_tasks=args.eval_tasks, trainer=trainer_kw, pretrain=pre_kw)
                 results.setdefault(env, {}).setdefault(algo, []).append(r)
                 c = r["curve"]
                 print(f"[{env}] {algo} seed {seed}: pass@1 {c[0][1]:.3f} -> {c[-1][1]:.3f} "
-                      f"in {r['train_seconds'] / 60:.1f} min", flush=True)
+                      f"in {r['train_seconds'] / 60:.1f} min, {r['steps_done']} steps, "
+                      f"{r['generated_tokens']:.0f} tokens", flush=True)
                 with open(os.path.join(args.out, "results.json"), "w") as f:  # after every run: nothing is lost
                     json.dump({"args": vars(args), "results": results, "complete": False}, f, indent=1)
     return write_report(results, args.out)
@@ -162,20 +203,25 @@ def write_report(results: dict, out: str) -> int:
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"results": results, "complete": True}, f, indent=1)
     lines = ["Held-out pass@1 (greedy, the first test tasks of the split, the same for every run), tiny SFT "
-             "policy; mean ± std over seeds; train minutes are wall-clock.", ""]
-    lines += ["| env | algorithm | seeds | steps | eval tasks | before | after | change (points) | train minutes |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "policy; mean ± std over seeds; train minutes and seconds per step are wall-clock (evaluations "
+             "included); tokens are all generated tokens of training.", ""]
+    lines += ["| env | algorithm | seeds | budget | steps done | generated tokens | eval tasks | before | after "
+              "| change (points) | train minutes | s/step |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     settings = []
     for env, by_algo in results.items():
         for algo, runs in by_algo.items():
             before = np.array([r["curve"][0][1] for r in runs]) * 100
             after = np.array([r["curve"][-1][1] for r in runs]) * 100
             mins = np.array([r["train_seconds"] for r in runs]) / 60
+            done = np.array([r.get("steps_done", r.get("steps") or 0) for r in runs], dtype=float)
+            toks = np.array([r.get("generated_tokens", float("nan")) for r in runs], dtype=float)
             d = after - before
             seeds = ",".join(str(r.get("seed", "?")) for r in runs)
-            lines.append(f"| {env} | {algo} | {seeds} | {runs[0].get('steps')} | {runs[0].get('eval_tasks')} "
+            lines.append(f"| {env} | {algo} | {seeds} | {runs[0].get('steps')} | {done.mean():.1f} | {toks.mean():,.0f} "
+                         f"| {runs[0].get('eval_tasks')} "
                          f"| {before.mean():.1f} ± {before.std():.1f} | {after.mean():.1f} ± {after.std():.1f} "
-                         f"| {d.mean():+.1f} ± {d.std():.1f} | {mins.mean():.1f} |")
+                         f"| {d.mean():+.1f} ± {d.std():.1f} | {mins.mean():.1f} | {60 * mins.sum() / max(done.sum(), 1):.2f} |")
             settings.append(f"- {env} / {algo}: trainer {json.dumps(runs[0].get('trainer'))}; per seed "
                             + ", ".join(f"{v:+.0f}" for v in d))
     table = "\n".join(lines + ["", "Settings and per-seed changes (points):"] + settings)
@@ -197,7 +243,8 @@ def write_report(results: dict, out: str) -> int:
             ax.plot(xs, m, marker="o", label=algo)
             ax.fill_between(xs, m - s, m + s, alpha=0.2)
         ax.set_title(ENVS[env])
-        ax.set_xlabel("trainer step")
+        in_tokens = any(isinstance(r.get("steps"), str) for runs in by_algo.values() for r in runs)  # a --tokens run
+        ax.set_xlabel("generated tokens" if in_tokens else "trainer step")
         ax.set_ylabel("held-out pass@1 (%)")
         ax.grid(alpha=0.3)
         ax.legend()

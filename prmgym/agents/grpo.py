@@ -49,6 +49,36 @@ from prmgym.envs.episodes import evaluate_policy
 
 _f = help_field  # a dataclass field with help text (short name: the configs below use it on every line)
 
+SAMPLINGS = ("static", "dynamic")
+
+#: named settings of the GRPO family; a trainer section's ``preset: NAME`` starts from these
+#: (`apply_preset`), and its own keys win.
+PRESETS: dict[str, dict[str, Any]] = {
+    # DAPO (Yu et al. 2025): clip-higher, token-level loss, dynamic sampling, overlong shaping, no KL
+    "dapo": dict(epsilon_low=0.2, epsilon_high=0.28, loss_type="token_mean", sampling="dynamic",
+                 overlong={}, beta=0.0),
+    # GSPO (Zheng et al. 2025): sequence ratio, clipped as a whole in a narrow range, sequence-mean loss
+    "gspo": dict(ratio="sequence", epsilon_low=3e-4, epsilon_high=4e-4, loss_type="seq_mean"),
+    "rloo": dict(advantage="rloo"),
+    "reinforce_pp": dict(advantage="reinforce_pp", reward_kl_coef=0.01, reward_kl_estimator="k1"),
+}
+
+
+def apply_preset(trainer: dict) -> dict:
+    """``trainer`` with its ``preset: NAME`` key replaced by the preset's values (the
+    section's own keys win over the preset's). Without a ``preset`` key: unchanged.
+
+    >>> apply_preset({"preset": "gspo", "epsilon_high": 1e-3})["epsilon_high"], apply_preset({"lr": 1})
+    (0.001, {'lr': 1})
+    """
+    if "preset" not in trainer:
+        return dict(trainer)
+    rest = {k: v for k, v in trainer.items() if k != "preset"}
+    name = trainer["preset"]
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (or drop the preset key)")
+    return {**copy.deepcopy(PRESETS[name]), **rest}
+
 
 @dataclass
 class GRPOConfig:
@@ -86,6 +116,13 @@ class GRPOConfig:
     eval_every: int = _f(0, "held-out pass@1 every K steps (0 = never); needs an eval env")
     eval_tasks: int = _f(32, "held-out tasks per evaluation (greedy, one episode each)")
     rollout_workers: int = _f(8, "threads for the sandboxed terminal steps of code envs")
+    advantage: str = _f("grpo", "grpo (group mean/std; Dr. GRPO via loss_type) | rloo (leave-one-out) | reinforce_pp (global batch norm)")
+    ratio: str = _f("token", "token (PPO/GRPO) | sequence (GSPO: length-normalised sequence ratio, clipped as a whole)")
+    sampling: str = _f("static", "static | dynamic (DAPO: drop zero-spread groups, sample more prompts until the batch is full)")
+    max_sampling_rounds: int = _f(4, "sampling: dynamic: cap on the extra generation rounds per step")
+    overlong: dict | None = _f(None, "DAPO overlong shaping {max_length, cache_length, factor}; None = off")
+    reward_kl_coef: float = _f(0.0, "reinforce_pp: beta of the token-level KL penalty in the reward (needs a reference model)")
+    reward_kl_estimator: str = _f("k1", "reinforce_pp: KL estimator in the reward, k1 (logp - ref) | k2 ((logp - ref)^2 / 2)")
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -123,6 +160,62 @@ class GRPOConfig:
             raise ValueError("beta, temperature, process_reward_weight and entropy_coef must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        self._check_family()
+
+    def _check_family(self) -> None:
+        """The GRPO-family options (advantage, ratio, sampling, overlong, reward KL) and their combinations."""
+        for name, valid in (("advantage", A.ADVANTAGES), ("ratio", A.RATIOS), ("sampling", SAMPLINGS),
+                            ("reward_kl_estimator", A.KL_ESTIMATORS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(valid)}")
+        if self.advantage != "grpo" and self.scale_rewards is not None:
+            how = "RLOO never divides by the std" if self.advantage == "rloo" else "REINFORCE++ normalises over the whole batch"
+            raise ValueError(
+                f"scale_rewards={self.scale_rewards} has no meaning with advantage: {self.advantage} ({how}); "
+                "remove scale_rewards, or use advantage: grpo for group std scaling"
+            )
+        if self.reward_kl_coef < 0:
+            raise ValueError(f"reward_kl_coef must be >= 0, got {self.reward_kl_coef}")
+        if self.reward_kl_coef > 0 and self.advantage != "reinforce_pp":
+            raise ValueError(
+                f"reward_kl_coef={self.reward_kl_coef} puts a KL penalty into the token rewards, which only "
+                "advantage: reinforce_pp uses; set advantage: reinforce_pp, or use beta (the KL loss term) instead"
+            )
+        if self.max_sampling_rounds < 0:
+            raise ValueError(f"max_sampling_rounds must be >= 0 (0 = no refill), got {self.max_sampling_rounds}")
+        self.overlong_params  # validates the overlong section
+
+    @property
+    def overlong_params(self) -> tuple[int, int, float] | None:
+        """``(L_max, L_cache, factor)`` of the overlong shaping, defaults filled in; None if off.
+        ``max_length`` defaults to `completion_cap`, ``cache_length`` to a fifth of it (DAPO:
+        4096 of 20480), ``factor`` (weight of the penalty) to 1."""
+        if self.overlong is None:
+            return None
+        if not isinstance(self.overlong, dict):
+            raise ValueError(f"overlong must be a mapping {{max_length, cache_length, factor}} or null, got {self.overlong!r}")
+        unknown = set(self.overlong) - {"max_length", "cache_length", "factor"}
+        if unknown:
+            raise ValueError(f"unknown overlong keys {sorted(unknown)}; valid: max_length, cache_length, factor")
+        L = self.overlong.get("max_length") or self.completion_cap
+        C = self.overlong.get("cache_length") or max(1, L // 5)
+        f = float(self.overlong.get("factor", 1.0))
+        if not 0 < C <= L:
+            raise ValueError(f"overlong needs 0 < cache_length <= max_length, got cache_length={C}, max_length={L}")
+        if L - C >= self.completion_cap:
+            raise ValueError(
+                f"overlong shaping can never act: episodes stop at {self.completion_cap} generated tokens "
+                f"(max_steps x max_new_tokens or max_completion_length) and the penalty starts above "
+                f"max_length - cache_length = {L - C}; lower overlong.max_length or raise cache_length"
+            )
+        if f < 0:
+            raise ValueError(f"overlong.factor must be >= 0, got {f}")
+        return int(L), int(C), f
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "GRPOConfig":
+        """A config from a named preset (`PRESETS`), with ``overrides`` on top."""
+        return cls(**apply_preset({"preset": name, **overrides}))
 
     @property
     def prompts_per_step(self) -> int:
@@ -190,7 +283,7 @@ class GRPOTrainer:
                 "step_rewards(prompts, step_lists, trajectories); got " + type(process_reward).__name__
             )
         self.ref_model = None
-        if cfg.beta > 0:
+        if cfg.beta > 0 or cfg.reward_kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
@@ -232,28 +325,82 @@ class GRPOTrainer:
         return trajs, {}
 
     # ------------------------------------------------------------------ 2. advantages
-    def compute_advantages(self, trajs: Sequence[Trajectory]) -> tuple[torch.Tensor, dict]:
-        """Per-token advantages ``(B, T)`` = group-normalized outcome advantage of the episode,
-        plus ``process_reward_weight`` x the normalized process advantage of each token's step."""
-        cfg, G = self.config, self.config.num_generations
+    def shaped_rewards(self, trajs: Sequence[Trajectory]) -> tuple[torch.Tensor, dict]:
+        """The outcome rewards the advantages use: the verifier's, plus ``factor`` x DAPO's
+        overlong penalty of each episode's generated length when ``overlong`` is on."""
         rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)  # (B,)
+        ol = self.config.overlong_params
+        if ol is None:
+            return rewards, {}
+        L, C, factor = ol
+        pen = A.overlong_penalty(torch.tensor([t.num_tokens for t in trajs]), L, C)
+        valid = torch.tensor([not t.masked for t in trajs])
+        return rewards + factor * pen, {"overlong/penalty_mean": float(pen[valid].mean()) if bool(valid.any()) else 0.0,
+                                        "overlong/penalized_frac": float((pen[valid] < 0).float().mean()) if bool(valid.any()) else 0.0}
+
+    def compute_advantages(self, trajs: Sequence[Trajectory]) -> tuple[torch.Tensor, dict]:
+        """Per-token advantages ``(B, T)``.
+
+        ``advantage: grpo`` -- the group-normalized outcome advantage of the episode (RLOO:
+        leave-one-out), plus ``process_reward_weight`` x the normalized process advantage of each
+        token's step. ``advantage: reinforce_pp`` -- returns of the token rewards (outcome at
+        the last token, ``- reward_kl_coef * KL_t`` at every token, ``process_reward_weight`` x
+        each step's process reward at the step's last token), normalised over the whole batch."""
+        cfg, G = self.config, self.config.num_generations
+        rewards, info = self.shaped_rewards(trajs)
         valid = torch.tensor([not t.masked for t in trajs])
         adv, zero = A.group_advantages(rewards, G, eps=cfg.advantage_eps, scale_std=cfg.scale_std, valid=valid)
+        info["zero_spread_frac"] = float(zero.float().mean()) if len(zero) else 0.0
         T = max((t.num_tokens for t in trajs), default=1) or 1
-        tok_adv = adv[:, None].expand(len(trajs), T).clone()  # (B, T)
-        info = {"zero_spread_frac": float(zero.float().mean()) if len(zero) else 0.0}
-        if self.process_reward is not None and cfg.process_reward_weight > 0:
-            step_r = self.step_process_rewards(trajs)
-            groups = [[step_r[g * G + k] if valid[g * G + k] else [] for k in range(G)] for g in range(len(trajs) // G)]
-            proc = A.process_step_advantages(groups, eps=cfg.advantage_eps, mode=cfg.process_advantage, scale_std=cfg.scale_std)
-            for b, t in enumerate(trajs):
-                per_step = proc[b // G][b % G]
-                for k, (s, e) in enumerate(t.step_bounds):
-                    if k < len(per_step):
-                        tok_adv[b, s:e] += cfg.process_reward_weight * per_step[k]
+        use_prm = self.process_reward is not None and cfg.process_reward_weight > 0
+        step_r = self.step_process_rewards(trajs) if use_prm else None
+        if cfg.advantage == "reinforce_pp":
+            tok_adv = self._reinforce_pp_advantages(trajs, rewards, step_r, T, info)
+        else:
+            if cfg.advantage == "rloo":
+                adv = A.rloo_advantages(rewards, G, valid=valid)
+            tok_adv = adv[:, None].expand(len(trajs), T).clone()  # (B, T)
+            if use_prm:
+                groups = [[step_r[g * G + k] if valid[g * G + k] else [] for k in range(G)] for g in range(len(trajs) // G)]
+                proc = A.process_step_advantages(groups, eps=cfg.advantage_eps, mode=cfg.process_advantage, scale_std=cfg.scale_std)
+                for b, t in enumerate(trajs):
+                    per_step = proc[b // G][b % G]
+                    for k, (s, e) in enumerate(t.step_bounds):
+                        if k < len(per_step):
+                            tok_adv[b, s:e] += cfg.process_reward_weight * per_step[k]
+        if use_prm:
             flat = [x for r in step_r for x in r]
             info["process_reward_mean"] = float(np.mean(flat)) if flat else 0.0
         return tok_adv, info
+
+    def _reinforce_pp_advantages(self, trajs, rewards, step_r, T: int, info: dict) -> torch.Tensor:
+        """Token rewards -> `A.reinforce_pp_advantages` (returns, global batch normalisation)."""
+        cfg = self.config
+        B = len(trajs)
+        tok_r = torch.zeros(B, T)
+        mask = torch.zeros(B, T, dtype=torch.bool)
+        for b, t in enumerate(trajs):
+            n = t.num_tokens
+            if n == 0 or t.masked:
+                continue
+            mask[b, :n] = True
+            tok_r[b, n - 1] = rewards[b]
+            if step_r is not None:
+                for k, (s, e) in enumerate(t.step_bounds):
+                    if k < len(step_r[b]) and e > s:
+                        tok_r[b, e - 1] += cfg.process_reward_weight * step_r[b][k]
+        if cfg.reward_kl_coef > 0:
+            packed = pack_trajectories(list(trajs), self.policy.encode, self.policy.tokenizer.pad_token_id)
+            with torch.no_grad():
+                ref, _ = packed_logprobs(self.ref_model, packed)  # (B, T')
+            old = torch.zeros(B, T)
+            for b, t in enumerate(trajs):
+                old[b, :t.num_tokens] = torch.tensor(t.old_logprobs, dtype=torch.float32)
+            ref = ref[:, :T] if ref.shape[1] >= T else torch.nn.functional.pad(ref, (0, T - ref.shape[1]))
+            kl = A.kl_penalty(old, ref, cfg.reward_kl_estimator)
+            tok_r = tok_r - cfg.reward_kl_coef * kl * mask
+            info["reward_kl"] = A.masked_mean(kl, mask)
+        return A.reinforce_pp_advantages(tok_r, mask)
 
     def step_process_rewards(self, trajs: Sequence[Trajectory]) -> list[list[float]]:
         """One process reward per *generated* step of each trajectory.
@@ -287,7 +434,10 @@ class GRPOTrainer:
             old[b, :n] = torch.tensor(t.old_logprobs, dtype=torch.float32)
             mask[b, :n] = not t.masked
         a = adv[:, :T] if adv.shape[1] >= T else torch.nn.functional.pad(adv, (0, T - adv.shape[1]))
-        out = A.clipped_surrogate(logp, old, a, cfg.epsilon_low, cfg.epsilon_high)
+        if cfg.ratio == "sequence":
+            out = A.sequence_clipped_surrogate(logp, old, a, mask, cfg.epsilon_low, cfg.epsilon_high)
+        else:
+            out = A.clipped_surrogate(logp, old, a, cfg.epsilon_low, cfg.epsilon_high)
         per_token = out.loss
         kl = torch.zeros_like(logp)
         if self.ref_model is not None:
@@ -351,11 +501,7 @@ class GRPOTrainer:
     def step(self) -> dict:
         """Roll out, score, update once; returns the step's metrics (also logged)."""
         t0 = time.perf_counter()
-        prompts = self.sample_prompts()
-        trajs, stats = self.rollout(prompts)
-        metrics = self._rollout_metrics(trajs, stats)  # on the fresh prompts' episodes
-        trajs, sel = self.select_groups(trajs)  # ReST-GRPO filters and adds partial states here
-        metrics.update(sel)
+        trajs, metrics = self.collect_batch()
         t1 = time.perf_counter()
         if trajs:
             tok_adv, adv_info = self.compute_advantages(trajs)
@@ -373,6 +519,50 @@ class GRPOTrainer:
         self._log(metrics, trajs)
         self._last_trajectories = trajs
         return metrics
+
+    def collect_batch(self) -> tuple[list[Trajectory], dict]:
+        """This step's training groups and the rollout metrics (on the first round's episodes).
+
+        ``sampling: static`` -- one round: fresh prompts, rolled out, `select_groups`.
+        ``sampling: dynamic`` (DAPO) -- groups whose rewards have no spread are dropped, and
+        rounds of fresh prompts are rolled out until ``prompts_per_step`` groups with spread
+        are held or ``max_sampling_rounds`` extra rounds were spent (then the step trains on
+        what it holds); surplus groups of the last round are dropped. Logs ``dynamic/rounds``
+        (extra rounds), ``dynamic/generations`` (episodes generated this step),
+        ``dynamic/kept_groups`` and ``dynamic/batch_full``. ``budget/generated_total`` counts
+        every token generated this step (refills and ReST-GRPO's partial states included)."""
+        cfg, G = self.config, self.config.num_generations
+        trajs, stats = self.rollout(self.sample_prompts())
+        metrics = self._rollout_metrics(trajs, stats)  # on the fresh prompts' episodes
+        train, sel = self.select_groups(trajs)  # ReST-GRPO filters and adds partial states here
+        metrics.update(sel)
+        generated = stats.get("generated", 0) + sel.get("budget/generated_partial", 0)
+        episodes = len(trajs) + G * sel.get("rest/partial_prompts", 0)
+        if cfg.sampling == "dynamic":
+            train = self._with_spread(train)
+            rounds = 0
+            while len(train) < cfg.batch_size and rounds < cfg.max_sampling_rounds:
+                rounds += 1
+                more, st = self.rollout(self.sample_prompts())
+                kept, s2 = self.select_groups(more)
+                train += self._with_spread(kept)
+                generated += st.get("generated", 0) + s2.get("budget/generated_partial", 0)
+                episodes += len(more) + G * s2.get("rest/partial_prompts", 0)
+            metrics["dynamic/batch_full"] = float(len(train) >= cfg.batch_size)
+            train = train[: cfg.batch_size]
+            metrics.update({"dynamic/rounds": float(rounds), "dynamic/generations": float(episodes),
+                            "dynamic/kept_groups": float(len(train) // G)})
+        metrics["budget/generated_total"] = float(generated)
+        return train, metrics
+
+    def _with_spread(self, trajs: list[Trajectory]) -> list[Trajectory]:
+        """The groups of ``trajs`` whose (valid) rewards have spread (`A.group_advantages`'s test)."""
+        G = self.config.num_generations
+        if not trajs:
+            return []
+        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+        _, zero = A.group_advantages(rewards, G, valid=torch.tensor([not t.masked for t in trajs]))
+        return [t for g in range(len(trajs) // G) if not zero[g] for t in trajs[g * G:(g + 1) * G]]
 
     def _rollout_metrics(self, trajs: list[Trajectory], stats: dict) -> dict:
         valid = [t for t in trajs if not t.masked]

@@ -58,11 +58,15 @@ class RunConfig:
 
     def trainer_config(self):
         """The typed trainer section (validated; errors name the ``trainer.`` key)."""
-        from prmgym.agents.grpo import GRPOConfig
+        from prmgym.agents.grpo import GRPOConfig, apply_preset
         from prmgym.agents.rest_grpo import ReSTGRPOConfig
 
         cls = ReSTGRPOConfig if self.algorithm == "rest_grpo" else GRPOConfig
-        return from_dict(cls, self.trainer, where="trainer")
+        try:
+            section = apply_preset(self.trainer)  # trainer.preset: dapo | gspo | rloo | reinforce_pp
+        except ValueError as e:
+            raise ConfigError(f"trainer: {e}") from e
+        return from_dict(cls, section, where="trainer")
 
 
 def load_run_config(data: dict) -> RunConfig:
