@@ -16,6 +16,13 @@ every ``--eval-every`` steps. Writes ``curves.png`` (mean +- std over seeds),
     python benchmarks/learning_curves.py --merge runs/lc0 runs/lc1 --out runs/lc
 
 Trainer settings: ``TRAINER``, then ``ENV_TRAINER[env]`` (Countdown uses lr 2e-4), then ``--set``.
+
+``--algos`` is a comma list; each name dispatches to its own function (`RUNNERS`). ``sb3_ppo``
+(SB3's PPO, one token per action, benchmarks/_sb3_curves.py) runs for the number of generated
+tokens the ``grpo`` run of the same env and seed used (list ``grpo`` first), or for
+``--sb3-tokens`` without one; every run reports generated tokens and seconds per 1k of them:
+
+    python benchmarks/learning_curves.py --algos grpo,sb3_ppo --steps 4 --eval-every 2 --seeds 3
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from prmgym.agents import GRPOConfig, GRPOTrainer, ReSTGRPOConfig, ReSTGRPOTrain
 from prmgym.config import from_dict
 from prmgym.models import TransformersPolicy
 from prmgym.recipes import tiny as tiny_recipe
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _sb3_curves import grpo_tokens, run_sb3_ppo  # noqa: E402  (the file next to this one)
 
 ENVS = {"chain": "prmgym/ChainArithmetic-v0", "countdown": "prmgym/Countdown-v0"}
 
@@ -68,6 +78,7 @@ def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, train
     curve = [(0, tr.evaluate(eval_tasks))]
     t0 = time.perf_counter()
     train_rewards = []
+    tokens = [0]
     done = 0
     while done < steps:
         k = min(eval_every, steps - done)
@@ -75,15 +86,34 @@ def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, train
         train_rewards += [m["reward_mean"] for m in hist]
         done += k
         curve.append((done, tr.evaluate(eval_tasks)))
+        tokens += [tokens[-1] + grpo_tokens(hist)]
     seconds = time.perf_counter() - t0
     tr.close()
-    return {"curve": curve, "train_seconds": seconds, "train_rewards": train_rewards}
+    return {"curve": curve, "train_seconds": seconds, "train_rewards": train_rewards, "tokens_at": tokens,
+            "tokens_generated": tokens[-1], "seconds_per_1k_tokens": seconds / max(tokens[-1], 1) * 1000}
+
+
+def run_sb3(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, trainer_kw, env_kwargs, done_runs, args):
+    """SB3 PPO at the generated-token budget of this env/seed's grpo run (else --sb3-tokens)."""
+    grpo = [r for r in done_runs.get("grpo", []) if r["seed"] == seed]
+    budget = grpo[0]["tokens_generated"] if grpo else args.sb3_tokens
+    n_evals = max(1, steps // max(eval_every, 1))
+    r = run_sb3_ppo(env_id, policy_dir, seed, budget, n_evals, eval_tasks, trainer_kw)
+    r["tokens_at"] = [t for t, _ in r["curve"]]
+    return r
+
+
+#: --algos name -> runner(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, trainer_kw, env_kwargs, ...)
+RUNNERS = {"grpo": run_one, "rest_grpo": run_one, "sb3_ppo": run_sb3}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
-    p.add_argument("--algos", nargs="+", default=["grpo", "rest_grpo"], choices=["grpo", "rest_grpo"])
+    p.add_argument("--algos", type=_algo_list, default=["grpo", "rest_grpo"],
+                   help=f"comma list of {', '.join(RUNNERS)} (default grpo,rest_grpo)")
+    p.add_argument("--sb3-tokens", type=int, default=20_000,
+                   help="generated-token budget of sb3_ppo when no grpo run of the same env/seed precedes it")
     p.add_argument("--steps", type=int, default=60, help="trainer steps per run")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first_seed .. first_seed + seeds - 1")
@@ -116,15 +146,26 @@ def main(argv=None) -> int:
         print(f"[{env}] tiny policy: {policy_dir} ({time.perf_counter() - t:.0f} s incl. cache check)", flush=True)
         for algo in args.algos:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                r = run_one(env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks, trainer_kw, {})
+                extra = (results.get(env, {}), args) if algo == "sb3_ppo" else ()
+                r = RUNNERS[algo](env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks,
+                                  trainer_kw, {}, *extra)
                 r.update(seed=seed, steps=args.steps, eval_tasks=args.eval_tasks, trainer=trainer_kw, pretrain=pre_kw)
                 results.setdefault(env, {}).setdefault(algo, []).append(r)
                 c = r["curve"]
                 print(f"[{env}] {algo} seed {seed}: pass@1 {c[0][1]:.3f} -> {c[-1][1]:.3f} "
-                      f"in {r['train_seconds'] / 60:.1f} min", flush=True)
+                      f"in {r['train_seconds'] / 60:.1f} min, {r.get('tokens_generated', 0)} tokens "
+                      f"({r.get('seconds_per_1k_tokens', float('nan')):.2f} s/1k)", flush=True)
                 with open(os.path.join(args.out, "results.json"), "w") as f:  # after every run: nothing is lost
                     json.dump({"args": vars(args), "results": results, "complete": False}, f, indent=1)
     return write_report(results, args.out)
+
+
+def _algo_list(text: str) -> list[str]:
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in names if a not in RUNNERS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {bad or text!r}; valid: {', '.join(RUNNERS)} (comma-separated)")
+    return names
 
 
 def merge_results(dirs: list[str]) -> dict:
@@ -159,6 +200,11 @@ def merge_results(dirs: list[str]) -> dict:
     return merged
 
 
+def _mean_of(runs: list[dict], key: str, fmt: str) -> str:
+    vals = [r[key] for r in runs if key in r]
+    return format(float(np.mean(vals)), fmt) if vals else "-"
+
+
 def write_report(results: dict, out: str) -> int:
     """``results.md`` (mean ± std over seeds), ``curves.png`` and ``results.json`` in ``out``."""
     os.makedirs(out, exist_ok=True)
@@ -166,8 +212,9 @@ def write_report(results: dict, out: str) -> int:
         json.dump({"results": results, "complete": True}, f, indent=1)
     lines = ["Held-out pass@1 (greedy, the first test tasks of the split, the same for every run), tiny SFT "
              "policy; mean ± std over seeds; train minutes are wall-clock.", ""]
-    lines += ["| env | algorithm | seeds | steps | eval tasks | before | after | change (points) | train minutes |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| env | algorithm | seeds | steps | eval tasks | before | after | change (points) | train minutes "
+              "| generated tokens | s / 1k tokens |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     settings = []
     for env, by_algo in results.items():
         for algo, runs in by_algo.items():
@@ -178,8 +225,10 @@ def write_report(results: dict, out: str) -> int:
             seeds = ",".join(str(r.get("seed", "?")) for r in runs)
             lines.append(f"| {env} | {algo} | {seeds} | {runs[0].get('steps')} | {runs[0].get('eval_tasks')} "
                          f"| {before.mean():.1f} ± {before.std():.1f} | {after.mean():.1f} ± {after.std():.1f} "
-                         f"| {d.mean():+.1f} ± {d.std():.1f} | {mins.mean():.1f} |")
-            settings.append(f"- {env} / {algo}: trainer {json.dumps(runs[0].get('trainer'))}; per seed "
+                         f"| {d.mean():+.1f} ± {d.std():.1f} | {mins.mean():.1f} | {_mean_of(runs, 'tokens_generated', '.0f')} "
+                         f"| {_mean_of(runs, 'seconds_per_1k_tokens', '.2f')} |")
+            setting = runs[0].get("ppo") or runs[0].get("trainer")
+            settings.append(f"- {env} / {algo}: {'sb3 ppo' if runs[0].get('ppo') else 'trainer'} {json.dumps(setting)}; per seed "
                             + ", ".join(f"{v:+.0f}" for v in d))
     table = "\n".join(lines + ["", "Settings and per-seed changes (points):"] + settings)
     with open(os.path.join(out, "results.md"), "w") as f:
@@ -194,13 +243,14 @@ def write_report(results: dict, out: str) -> int:
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, (env, by_algo) in zip(axes[0], results.items()):
         for algo, runs in by_algo.items():
-            xs = [s for s, _ in runs[0]["curve"]]
+            by_tokens = all("tokens_at" in r for rs in by_algo.values() for r in rs)
+            xs = np.mean([r["tokens_at"] for r in runs], 0) if by_tokens else [s for s, _ in runs[0]["curve"]]
             ys = np.array([[v for _, v in r["curve"]] for r in runs]) * 100
             m, s = ys.mean(0), ys.std(0)
             ax.plot(xs, m, marker="o", label=algo)
             ax.fill_between(xs, m - s, m + s, alpha=0.2)
         ax.set_title(ENVS[env])
-        ax.set_xlabel("trainer step")
+        ax.set_xlabel("generated tokens" if by_tokens else "trainer step")
         ax.set_ylabel("held-out pass@1 (%)")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_from_config(cfg, resume: bool = False, progress: bool = True) -> int:
+    if cfg.algorithm == "sb3_ppo":  # stable-baselines3 runs its own loop, logger and checkpoints
+        from prmgym.recipes.sb3 import train_sb3
+
+        return train_sb3(cfg, resume=resume, progress=progress)
     from prmgym.agents.common import NonFiniteLossError, latest_checkpoint
     from prmgym.recipes.train import build_trainer, save_run_config, truncate_metrics
     from prmgym.config import to_dict
