@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "prmgym"
-SUBPACKAGES = ("sandbox", "envs", "models", "rewards", "agents", "search", "recipes")
+SUBPACKAGES = ("sandbox", "envs", "models", "rewards", "agents", "search", "integrations", "recipes")
 ALLOWED = {
     "sandbox": set(),
     "envs": {"sandbox"},
@@ -14,6 +14,7 @@ ALLOWED = {
     "rewards": {"envs", "models", "sandbox"},
     "agents": {"envs", "models", "rewards", "sandbox"},
     "search": {"envs", "models", "rewards", "sandbox"},
+    "integrations": {"envs", "models", "rewards", "sandbox"},
     "recipes": set(SUBPACKAGES),
 }
 

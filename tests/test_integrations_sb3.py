@@ -1,6 +1,7 @@
 """stable-baselines3 interop: TokenEnv over every registered env, LMActorCriticPolicy, PPO learning, save/load."""
 
 import json
+import pathlib
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +29,15 @@ ENV_ARGS = {
     "prmgym/ProgramSynthesis-v0": ({"sandbox": "local"}, 1024),
     "prmgym/HumanEval-v0": ({"sandbox": "local"}, 4096),
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy machine they slow it many-fold."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +194,6 @@ def test_ppo_save_load_reproduces_greedy_outputs(model_dir, tmp_path):
     venv2.close()
 
 
-@pytest.mark.slow
 def test_sb3_ppo_learns_a_learnable_task(model_dir):
     """A random tiny LM, one token per step; the PRM pays 1 for every "7" (1 in ~100 at random)."""
     tok = char_tokenizer()
@@ -203,7 +212,7 @@ def test_sb3_ppo_learns_a_learnable_task(model_dir):
     before = [p.detach().clone() for p in ppo.policy.lm.parameters()]
     ppo.learn(256)
     first = np.mean([e["r"] for e in ppo.ep_info_buffer])
-    ppo.learn(5120, reset_num_timesteps=False)
+    ppo.learn(2048, reset_num_timesteps=False)
     last = np.mean([e["r"] for e in list(ppo.ep_info_buffer)[-32:]])
     with torch.no_grad():
         p1 = torch.softmax(ppo.policy._full(obs)[0], -1)[:, seven].mean().item()
@@ -212,3 +221,39 @@ def test_sb3_ppo_learns_a_learnable_task(model_dir):
     # random play: 8 tokens x ~1% = ~0.08 per episode; learning must lift it well beyond that noise
     assert first < 0.5 and last > 2.0, (first, last)
     assert p1 > 10 * p0, (p0, p1)
+
+
+CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "configs" / "sb3_ppo_chain.yaml")
+
+
+def _train(*argv):
+    from prmgym.cli import main
+
+    return main(["train", *argv, "--no-progress"])
+
+
+def test_prmgym_train_sb3_ppo_logs_checkpoints_and_resumes(model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = ["--set", f"model={model_dir}", "--set", f"run_dir={run}", "--set", "steps=2", "--set", "eval_tasks=4",
+            "--set", "trainer.n_envs=2", "--set", "trainer.n_steps=16", "--set", "trainer.batch_size=16",
+            "--set", "trainer.checkpoint_every=1", "--set", "trainer.max_length=160"]
+    assert _train("--config", CONFIG, *sets) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ppo_32_steps.zip", "ppo_64_steps.zip"]
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "policy" / "config.json").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["timesteps"] == 64 and "pass@1_before" in summary and "pass@1_after" in summary
+    loaded = PPO.load(run / "checkpoints" / "ppo_64_steps.zip")
+    assert loaded.num_timesteps == 64
+    assert _train("--config", CONFIG, *sets) == 2  # run_dir already holds a run
+    assert "already holds a run" in capsys.readouterr().err
+    assert _train("--resume", str(run), "--set", "steps=3") == 0
+    assert "resumed from" in capsys.readouterr().err and (run / "checkpoints" / "ppo_96_steps.zip").exists()
+    assert json.loads((run / "summary.json").read_text())["timesteps"] == 96
+    assert _train("--config", CONFIG, *sets, "--set", f"run_dir={tmp_path / 'r2'}",
+                  "--set", "reward=airl") == 2
+    assert "reward: none" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="vec_env"):
+        from prmgym.recipes.sb3 import SB3PPOConfig
+
+        SB3PPOConfig(vec_env="threads")
