@@ -139,27 +139,29 @@ def test_make_vec_env(vec_cls, model_dir):
 
 
 def test_incremental_past_matches_full_forward_and_drops_stale_caches(model_dir):
-    venv = make_vec_env(token_env_fn("prmgym/ChainArithmetic-v0", model_dir, max_length=96), n_envs=2, seed=0)
+    venv = make_vec_env(token_env_fn("prmgym/ChainArithmetic-v0", model_dir, max_length=96, max_new_tokens=5),
+                        n_envs=3, seed=0)
     ppo = make_ppo(model_dir, venv, seed=0, n_steps=8, batch_size=8)
     pol = ppo.policy
     pol.set_training_mode(False)
     obs = venv.reset()
+    assert len(set(obs["length"][:, 0].tolist())) > 1  # rows of different lengths share one padded batch
     with torch.no_grad():
-        for _ in range(6):
+        for _ in range(12):  # 5-token episodes: rows restart (full pass) while others extend their caches
             t = {k: torch.as_tensor(v) for k, v in obs.items()}
             inc, hinc = pol._incremental(t)
             full, hfull = pol._full(t)
             torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(hinc, hfull, atol=1e-5, rtol=1e-5)
             obs, *_ = venv.step(inc.argmax(-1).numpy())
-    assert pol.past_stats["incremental"] >= 10
+    assert pol.past_stats["incremental"] >= 20 and pol.past_stats["full"] >= 6
     with torch.no_grad():
         for p in pol.lm.parameters():
             p.add_(0.01)
     full_before = pol.past_stats["full"]
     with torch.no_grad():
         pol._incremental({k: torch.as_tensor(v) for k, v in obs.items()})
-    assert pol.past_stats["full"] == full_before + 2  # new weights: every row recomputed
+    assert pol.past_stats["full"] == full_before + 3  # new weights: every row recomputed
     venv.close()
 
 

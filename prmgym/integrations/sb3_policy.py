@@ -92,7 +92,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.value_net = nn.Linear(self.lm.config.hidden_size, 1)
         nn.init.zeros_(self.value_net.weight)
         nn.init.zeros_(self.value_net.bias)
-        self._past: dict[int, tuple[torch.Tensor, Any]] = {}
+        self._past: dict[int, tuple[torch.Tensor, list]] = {}  # row -> (its ids, per-layer (keys, values))
         self._weights_version: tuple[int, ...] = ()
         self.past_stats = {"incremental": 0, "full": 0}
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
@@ -119,30 +119,71 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         return tuple(p._version for p in self.parameters())
 
     def _incremental(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like `_full`, reusing each row's cache when the row extends it by one token."""
+        """Like `_full`, but a row that extends its cached row by one token runs only that token."""
         v = self._weights_fingerprint()
         if v != self._weights_version:
             self._past.clear()
             self._weights_version = v
         ids = _as_long(obs["input_ids"]).to(self.device)
-        lengths = _as_long(obs["length"]).reshape(-1).tolist()
-        logits, hidden = [], []
+        lengths = [max(int(L), 1) for L in _as_long(obs["length"]).reshape(-1).tolist()]
+        extend, fresh = [], []
         for i, L in enumerate(lengths):
-            L = max(int(L), 1)
-            seq = ids[i, :L]
             cached = self._past.get(i)
-            if cached is not None and cached[0].shape[0] == L - 1 and torch.equal(cached[0], seq[:-1]):
-                out = self.lm(input_ids=seq[-1:][None], attention_mask=torch.ones(1, L, dtype=torch.long, device=self.device),
-                              cache=cached[1], use_cache=True, output_hidden_states=True)
-                self.past_stats["incremental"] += 1
-            else:
-                out = self.lm(input_ids=seq[None], attention_mask=torch.ones(1, L, dtype=torch.long, device=self.device),
-                              use_cache=True, output_hidden_states=True)
-                self.past_stats["full"] += 1
-            self._past[i] = (seq.clone(), out.cache)
-            logits.append(out.logits[0, -1, : self.action_space.n])
-            hidden.append(out.hidden_states[-1][0, -1])
-        return torch.stack(logits), torch.stack(hidden)
+            ok = cached is not None and cached[0].shape[0] == L - 1 and torch.equal(cached[0], ids[i, : L - 1])
+            (extend if ok else fresh).append(i)
+        logits = torch.empty(len(lengths), int(self.action_space.n), device=self.device)
+        hidden = torch.empty(len(lengths), self.lm.config.hidden_size, device=self.device)
+        if extend:
+            self._extend_rows(ids, lengths, extend, logits, hidden)
+        if fresh:
+            self._fresh_rows(ids, lengths, fresh, logits, hidden)
+        self.past_stats["incremental"] += len(extend)
+        self.past_stats["full"] += len(fresh)
+        return logits, hidden
+
+    def _fresh_rows(self, ids, lengths, rows, logits, hidden) -> None:
+        """One right-padded pass over whole prefixes; keeps each row's keys/values."""
+        L = torch.tensor([lengths[i] for i in rows], device=self.device)
+        T = int(L.max())
+        mask = (torch.arange(T, device=self.device)[None, :] < L[:, None]).long()
+        out = self.lm(input_ids=ids[rows, :T], attention_mask=mask, use_cache=True, output_hidden_states=True)
+        r = torch.arange(len(rows), device=self.device)
+        logits[rows] = out.logits[r, L - 1, : self.action_space.n]
+        hidden[rows] = out.hidden_states[-1][r, L - 1]
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+        for j, i in enumerate(rows):
+            n = lengths[i]
+            self._past[i] = (ids[i, :n].clone(), [(k[j : j + 1, :, :n], v[j : j + 1, :, :n]) for k, v in layers])
+
+    def _extend_rows(self, ids, lengths, rows, logits, hidden) -> None:
+        """One pass over each row's newest token, the cached keys/values left-padded into one batch."""
+        from transformers import DynamicCache
+
+        cached = [lengths[i] - 1 for i in rows]
+        P = max(cached)
+        mask = torch.zeros(len(rows), P + 1, dtype=torch.long, device=self.device)
+        batch = []
+        for layer in range(len(self._past[rows[0]][1])):
+            k0, v0 = self._past[rows[0]][1][layer]
+            k = k0.new_zeros(len(rows), k0.shape[1], P, k0.shape[3])
+            v = v0.new_zeros(len(rows), v0.shape[1], P, v0.shape[3])
+            for j, i in enumerate(rows):
+                ki, vi = self._past[i][1][layer]
+                k[j, :, P - cached[j]:] = ki[0]
+                v[j, :, P - cached[j]:] = vi[0]
+            batch.append((k, v))
+        for j, c in enumerate(cached):
+            mask[j, P - c:] = 1
+        pos = torch.tensor(cached, device=self.device)[:, None]
+        new = torch.stack([ids[i, lengths[i] - 1] for i in rows])[:, None]
+        out = self.lm(input_ids=new, attention_mask=mask, position_ids=pos, cache=DynamicCache(ddp_cache_data=batch),
+                      use_cache=True, output_hidden_states=True)
+        logits[rows] = out.logits[:, -1, : self.action_space.n]
+        hidden[rows] = out.hidden_states[-1][:, -1]
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+        for j, i in enumerate(rows):
+            n = lengths[i]
+            self._past[i] = (ids[i, :n].clone(), [(k[j : j + 1, :, P + 1 - n :], v[j : j + 1, :, P + 1 - n :]) for k, v in layers])
 
     def set_training_mode(self, mode: bool) -> None:
         if mode:
