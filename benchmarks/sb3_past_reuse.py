@@ -19,6 +19,7 @@ for an incremental one) and the share of incremental calls.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -63,6 +64,24 @@ def measure(env_id: str, model: str, reuse: bool, updates: int, n_envs: int, n_s
             "mean_prefix": float(np.mean(lengths)), "incremental_share": stats["incremental"] / calls if calls else 0.0}
 
 
+def measure_grpo(env_id: str, model: str, steps: int, seed: int) -> float:
+    """GRPO's training seconds per 1k generated tokens (learning_curves.py's trainer settings)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from learning_curves import TRAINER
+
+    from prmgym.agents import GRPOConfig, GRPOTrainer
+    from prmgym.config import from_dict
+    from prmgym.models import TransformersPolicy
+
+    tr = GRPOTrainer(TransformersPolicy.from_pretrained(model), env_id, from_dict(GRPOConfig, {**TRAINER, "seed": seed}),
+                     env_kwargs={"split": "train"})
+    t = time.perf_counter()
+    hist = tr.train(steps)
+    seconds = time.perf_counter() - t
+    tr.close()
+    return seconds / sum(m["budget/generated"] for m in hist) * 1000
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="chain", choices=list(ENVS))
@@ -72,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-steps", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--grpo-steps", type=int, default=2, help="GRPO steps timed per repeat, for seconds per 1k tokens (0: skip)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = args.model
@@ -80,11 +100,15 @@ def main(argv=None) -> int:
 
         model = pretrain(ENVS[args.env], progress=False)
     rows = {True: [], False: []}
+    grpo = []
     for r in range(args.repeats):
         for reuse in ((True, False) if r % 2 == 0 else (False, True)):
             m = measure(ENVS[args.env], model, reuse, args.updates, args.n_envs, args.n_steps, seed=r)
             rows[reuse].append(m)
             print(f"repeat {r} reuse_past={reuse}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
+        if args.grpo_steps:
+            grpo.append(measure_grpo(ENVS[args.env], model, args.grpo_steps, seed=r))
+            print(f"repeat {r} grpo: {grpo[-1]:.3f} s / 1k tokens", flush=True)
 
     def med(reuse, key):
         return float(np.median([m[key] for m in rows[reuse]]))
@@ -95,6 +119,10 @@ def main(argv=None) -> int:
     for reuse in (True, False):
         print(f"| {reuse} | {med(reuse, 'rollout_s_per_1k'):.2f} | {med(reuse, 'update_s_per_1k'):.2f} "
               f"| {med(reuse, 'mean_prefix'):.0f} | {med(reuse, 'incremental_share'):.0%} |")
+    if grpo:
+        sb3 = med(True, "rollout_s_per_1k") + med(True, "update_s_per_1k")
+        print(f"GRPO (same run, {args.grpo_steps} steps x {len(grpo)}): {float(np.median(grpo)):.2f} s / 1k tokens; "
+              f"SB3 PPO (reuse on) {sb3:.2f} s / 1k = {sb3 / float(np.median(grpo)):.2f}x GRPO's")
     print(f"rollout speed-up from reuse: {med(False, 'rollout_s_per_1k') / med(True, 'rollout_s_per_1k'):.2f}x; "
           f"update / rollout time (reuse on): {med(True, 'update_s_per_1k') / med(True, 'rollout_s_per_1k'):.2f}x")
     return 0
