@@ -41,6 +41,9 @@ from prmgym.config import add_set_arg, apply_overrides, from_dict
 from prmgym.models import TransformersPolicy
 from prmgym.recipes import tiny as tiny_recipe
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _sb3_curves import run_sb3_ppo  # noqa: E402  (the file next to this one)
+
 ENVS = {"chain": "prmgym/ChainArithmetic-v0", "countdown": "prmgym/Countdown-v0"}
 
 #: trainer settings shared by both algorithms (ReST-GRPO adds its own defaults)
@@ -68,6 +71,7 @@ ALGOS = {
     "rloo": {"preset": "rloo"},
     "reinforce_pp": {"preset": "reinforce_pp"},
     "rest_grpo": {},
+    "sb3_ppo": {},  # SB3's PPO, one token per action (benchmarks/_sb3_curves.py); not a GRPO preset
 }
 
 
@@ -118,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
     p.add_argument("--algos", nargs="+", type=algo_list, default=[["grpo", "rest_grpo"]],
                    help=f"comma list (or words) of: {', '.join(ALGOS)}")
+    p.add_argument("--sb3-tokens", type=int, default=20_000,
+                   help="generated-token budget of sb3_ppo when no grpo run of the same env/seed precedes it")
     p.add_argument("--steps", type=int, default=60, help="trainer steps per run")
     p.add_argument("--tokens", type=int, default=0,
                    help="train each run to this many generated tokens instead of --steps (equal compute)")
@@ -151,8 +157,14 @@ def main(argv=None) -> int:
         for algo in args.algos:
             trainer_kw = trainer_settings(env, overrides, algo)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                r = run_one(env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks, trainer_kw, {},
-                            tokens=args.tokens, evals=args.evals)
+                if algo == "sb3_ppo":  # at the generated tokens of this env/seed's grpo run (list grpo first)
+                    grpo = [g for g in results.get(env, {}).get("grpo", []) if g["seed"] == seed]
+                    budget = grpo[0]["generated_tokens"] if grpo else (args.tokens or args.sb3_tokens)
+                    r = run_sb3_ppo(env_id, policy_dir, seed, int(budget), args.evals, args.eval_tasks, trainer_kw)
+                    r.update(steps_done=r["curve"][-1][0], generated_tokens=r["tokens_generated"])
+                else:
+                    r = run_one(env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks,
+                                trainer_kw, {}, tokens=args.tokens, evals=args.evals)
                 r.update(seed=seed, steps=args.steps if not args.tokens else f"{args.tokens} tokens",
                          eval_tasks=args.eval_tasks, trainer=trainer_kw, pretrain=pre_kw)
                 results.setdefault(env, {}).setdefault(algo, []).append(r)

@@ -25,7 +25,7 @@ from typing import Any
 
 from prmgym.config import ConfigError, from_dict, help_field, to_dict
 
-ALGORITHMS = ("grpo", "rest_grpo")
+ALGORITHMS = ("grpo", "rest_grpo", "sb3_ppo")
 
 
 _f = help_field
@@ -36,7 +36,7 @@ class RunConfig:
     """Everything `prmgym train` needs. The ``trainer`` section holds `GRPOConfig` fields
     (`ReSTGRPOConfig` fields for ``algorithm: rest_grpo``)."""
 
-    algorithm: str = _f("grpo", "grpo | rest_grpo")
+    algorithm: str = _f("grpo", "grpo | rest_grpo | sb3_ppo (stable-baselines3 PPO, prmgym.recipes.sb3)")
     env: str = _f("prmgym/ChainArithmetic-v0", "a registered Gymnasium id (prmgym envs list: `prmgym envs`)")
     env_kwargs: dict = _f({}, "keyword arguments for gym.make (split=train is the default)")
     eval_env_kwargs: dict = _f({"split": "test"}, "overrides of env_kwargs for held-out evaluation")
@@ -61,6 +61,10 @@ class RunConfig:
         from prmgym.agents.grpo import GRPOConfig, apply_preset
         from prmgym.agents.rest_grpo import ReSTGRPOConfig
 
+        if self.algorithm == "sb3_ppo":
+            from prmgym.recipes.sb3 import SB3PPOConfig
+
+            return from_dict(SB3PPOConfig, self.trainer, where="trainer")
         cls = ReSTGRPOConfig if self.algorithm == "rest_grpo" else GRPOConfig
         try:
             section = apply_preset(self.trainer)  # trainer.preset: dapo | gspo | rloo | reinforce_pp

@@ -123,6 +123,10 @@ def _quiet_transformers() -> None:
 
 def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progress: bool = True) -> int:
     """Start (or, with ``resume``, continue) the run ``cfg`` describes; returns the exit code."""
+    if cfg.algorithm == "sb3_ppo":  # stable-baselines3 runs its own loop, logger and checkpoints
+        from prmgym.recipes.sb3 import train_sb3
+
+        return train_sb3(cfg, resume=resume, progress=progress)
     from prmgym.agents.common import FunctionCallback, NonFiniteLossError
     from prmgym.checkpoints import checkpoint_step, latest_checkpoint
     from prmgym.config import to_dict
