@@ -28,7 +28,7 @@ a seeded call returns the same proposals whatever else is in the batch.
 
 Weight sync. The engine core and its worker run in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, executor ``"uni"``), so `VLLMPolicy.sync_weights`
-hands the trainer's tensors to the worker's ``model.load_weights`` without serialising them,
+hands the trainer's tensors to the worker's ``reload_weights`` without serialising them,
 then clears the prefix cache (its keys/values were computed by the old weights).
 """
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Sequence
 
 from prmgym.models.policy import Policy, Proposal
@@ -198,12 +199,16 @@ class VLLMPolicy(Policy):
                 limit = min(limit, self.context_length - len(ids))
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(SamplingParams(
-                n=n, max_tokens=limit, temperature=temperature, top_p=top_p, stop=stops or None,
+                n=1 if temperature == 0 else n, max_tokens=limit, temperature=temperature, top_p=top_p, stop=stops or None,
                 logprobs=0, seed=None if seed is None else (int(seed) << 20) + i * n,
                 skip_special_tokens=True,
             ))
         outputs = self._engine().generate(prompts, params, use_tqdm=False)
-        return [self._group(out, n, len(p["prompt_token_ids"])) for out, p in zip(outputs, prompts)]
+        groups = [self._group(out, n, len(p["prompt_token_ids"])) for out, p in zip(outputs, prompts)]
+        if temperature == 0 and n > 1:  # vLLM refuses n > 1 when greedy: the n samples are one
+            groups = [g + [replace(g[0], token_ids=list(g[0].token_ids), logprobs=list(g[0].logprobs),
+                                   tokens_encoded=0) for _ in range(n - 1)] for g in groups]
+        return groups
 
     @staticmethod
     def _group(out, n: int, prompt_len: int) -> list[Proposal]:
@@ -241,7 +246,9 @@ class VLLMPolicy(Policy):
         start = time.perf_counter()
         state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
         weights = [(k, v.detach()) for k, v in state.items()]
-        self._engine().apply_model(lambda m: m.load_weights(iter(weights)) and None)
+        # The worker's reload_weights, not model.load_weights: on CPU the loaded linear layers
+        # are repacked for the kernels and lose the loaders that model.load_weights calls.
+        self._engine().collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
         self.llm.reset_prefix_cache()
         self.last_sync_seconds = time.perf_counter() - start
         return self.last_sync_seconds
