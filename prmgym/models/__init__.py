@@ -1,4 +1,4 @@
-"""Policies: the `Policy` interface, the Hugging Face backend and the tiny character model.
+"""Policies: the `Policy` interface, the Hugging Face and vLLM backends and the tiny character model.
 
 >>> from prmgym.models import TransformersPolicy, tiny
 >>> policy = tiny.random_tiny_policy(seed=0)
@@ -9,5 +9,6 @@ from prmgym.models import tiny
 from prmgym.models.hf import TransformersPolicy
 from prmgym.models.policy import FinishReason, Policy, Proposal
 from prmgym.models.tokenizer import char_tokenizer
+from prmgym.models.vllm_policy import VLLMPolicy  # imports vllm only when one is built
 
-__all__ = ["Policy", "Proposal", "FinishReason", "TransformersPolicy", "char_tokenizer", "tiny"]
+__all__ = ["Policy", "Proposal", "FinishReason", "TransformersPolicy", "VLLMPolicy", "char_tokenizer", "tiny"]

@@ -41,7 +41,7 @@ class Proposal:
 
 
 class Policy(abc.ABC):
-    """A step-wise generator. Backends: `TransformersPolicy` (vLLM planned)."""
+    """A step-wise generator. Backends: `TransformersPolicy` and `VLLMPolicy` (vllm_policy.py)."""
 
     @abc.abstractmethod
     def propose(

@@ -87,13 +87,13 @@ def _vec_env(cfg, tcfg: SB3PPOConfig, path: str):
 
 def _pass_at_1(cfg, path: str, tcfg: SB3PPOConfig) -> float:
     from prmgym.models import TransformersPolicy
-    from prmgym.models.tiny import evaluate
+    from prmgym.envs.episodes import evaluate_policy
 
     env_kwargs = {**cfg.env_kwargs, "max_steps": tcfg.max_steps}
     split = {**cfg.env_kwargs, **cfg.eval_env_kwargs}.get("split", "test")
     env_kwargs.pop("split", None)
-    r = evaluate(TransformersPolicy.from_pretrained(path, device=cfg.device), cfg.env, n_tasks=cfg.eval_tasks,
-                 split=split, env_kwargs=env_kwargs, max_new_tokens=tcfg.max_chunk_tokens, max_turns=tcfg.max_steps)
+    r = evaluate_policy(TransformersPolicy.from_pretrained(path, device=cfg.device), cfg.env, n_tasks=cfg.eval_tasks,
+                 split=split, env_kwargs=env_kwargs, max_new_tokens=tcfg.max_chunk_tokens, max_steps=tcfg.max_steps)
     return r["pass@1"]
 
 
