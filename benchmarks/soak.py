@@ -448,7 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     try:
         jobs, specs = build_jobs(args.n, humaneval_problems(), attacks_mod.attacks(host), args.attack_fraction)
-        exclude = {host.victim.pid}
+        # Every process alive before the soak is not its leak: the attack host's victim, and any
+        # sandbox the caller already holds (a test session's other fixtures, for instance).
+        exclude = {host.victim.pid} | set(_proc_table())
         for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
             print(f"soak {name}: {len(jobs)} jobs, batch {args.batch}, {args.workers} workers", flush=True)
             row = soak_backend(name, jobs, specs, args.batch, args.workers, exclude, attacks_mod.OUTPUT_LIMIT,

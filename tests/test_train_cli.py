@@ -245,7 +245,7 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, model_dir
 
 
 @pytest.mark.parametrize("over, needle", [
-    ({"reward": "airl", "reward_config": {"nosuch": 1}}, "reward_config (airl): unknown AIRL reward option"),
+    ({"reward": "airl", "reward_config": {"nosuch": 1}}, "reward_config: unknown key 'reward_config.nosuch'"),
     ({"env": "prmgym/ChainArithmetic-v0", "env_kwargs": {"nosuch": 1}}, "env_kwargs: prmgym/ChainArithmetic-v0 cannot be made"),
     ({"env": "prmgym/HumanEval-v0", "eval_env_kwargs": {}}, "env_kwargs: prmgym/HumanEval-v0 cannot be made"),
 ])
