@@ -119,7 +119,16 @@ class FunctionCallback(Callback):
 
 # --------------------------------------------------------------------------- checkpoints
 def load_model_weights(model: torch.nn.Module, policy_dir: str) -> None:
-    """Load ``save_pretrained`` weights into an existing model (tied weights stay tied)."""
+    """Load ``save_pretrained`` weights into an existing model (tied weights stay tied); a
+    LoRA policy's directory holds its adapter (PEFT format), loaded into the model's adapter."""
+    from prmgym.models import lora
+
+    if lora.is_adapter_dir(policy_dir):
+        if not lora.is_peft_model(model):
+            raise ValueError(f"checkpoint {policy_dir!r} holds a LoRA adapter but the model has no LoRA: "
+                             "resume with the run's own lora settings")
+        lora.load_adapter(model, policy_dir)
+        return
     st = os.path.join(policy_dir, "model.safetensors")
     if os.path.exists(st):
         from safetensors.torch import load_file
@@ -246,7 +255,7 @@ def packed_logprobs(
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (R, L, V)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (R, L, V)
     sel = logits[batch.src_row.to(device), batch.src_col.to(device)].float()  # (N, V)
     logp_all = torch.log_softmax(sel, dim=-1)  # (N, V)
     lp = logp_all.gather(1, batch.tgt_ids.to(device)[:, None]).squeeze(1)  # (N,)
