@@ -49,12 +49,20 @@ class RunConfig:
     eval_tasks: int = _f(64, "held-out tasks for pass@1 before and after training (0 = skip)")
     device: str | None = _f(None, "torch device (default: cpu)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
+                           "null = train every weight); see prmgym.models.lora.LoRAConfig")
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.lora is not None:
+            if self.algorithm == "sb3_ppo":
+                raise ValueError("lora applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the lora section")
+            from prmgym.models.lora import lora_config
+
+            lora_config(self.lora)  # validates the section (errors name lora.KEY)
 
     def trainer_config(self):
         """The typed trainer section (validated; errors name the ``trainer.`` key)."""
@@ -141,7 +149,13 @@ def load_policy(cfg: RunConfig, progress: bool = False):
         path = pretrain(cfg.env, progress=progress, **cfg.model_kwargs)
     else:
         path = cfg.model
-    return TransformersPolicy.from_pretrained(path, device=cfg.device)
+    policy = TransformersPolicy.from_pretrained(path, device=cfg.device)
+    if cfg.lora is not None:
+        from prmgym.models.lora import apply_lora, lora_config
+
+        policy.model = apply_lora(policy.model, lora_config(cfg.lora))
+        policy.model.eval()
+    return policy
 
 
 def build_reward(cfg: RunConfig, policy: Any):
