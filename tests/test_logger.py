@@ -101,7 +101,7 @@ def test_csv_widens_its_header_and_resume_drops_later_rows(tmp_path):
 
 
 def test_wandb_offline_run_holds_the_logged_keys(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     import glob
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -112,6 +112,7 @@ def test_wandb_offline_run_holds_the_logged_keys(tmp_path, monkeypatch):
         log.dump(1)
         log.record("train/loss_marker_key", 0.625)
         log.dump(2)
+    wandb.teardown()  # finish() returns before W&B's service has flushed the run file; teardown waits for it
     (run,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     data = open(run, "rb").read()
     for needle in (b"train/loss_marker_key", b"eval/pass@1", b"0.375", b"0.625", b"trainer.learning_rate", b"0.125"):

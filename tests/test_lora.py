@@ -163,6 +163,9 @@ def test_prmgym_train_with_lora_csv_and_wandb_offline_then_resume(tmp_path, monk
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
     assert main(["train", "--resume", str(run), "--set", "steps=3", "--no-progress"]) == 0
+    import wandb
+
+    wandb.teardown()  # flushes the offline run files
     summary = json.load(open(run / "summary.json"))
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(summary["policy_dir"]))
     policy = TransformersPolicy.from_pretrained(summary["policy_dir"])
