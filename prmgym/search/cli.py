@@ -19,6 +19,7 @@ import shutil
 import time
 
 from prmgym.config import ConfigError, add_env_arg, apply_overrides
+from prmgym.models.backend import add_backend_arg, close_policy, load_policy, policy_config_from_args
 from prmgym.rewards.base import AGGREGATIONS
 from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer, planner_names, summarize
 
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregation", default="last", choices=AGGREGATIONS, help="PRM aggregation of step scores")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    add_backend_arg(p)  # --backend hf|vllm and the vLLM engine options (prmgym.models.backend)
     p.add_argument("--out", default=None, help="output directory (default: runs/search-<planner>-<time>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the search in --out: skip the tasks already "
@@ -130,9 +132,8 @@ def run(args) -> int:
     import prmgym  # noqa: F401  (registers the envs)
     from prmgym.envs import make
     from prmgym.logger import Logger
-    from prmgym.models import TransformersPolicy
-
     _check_args(args)
+    policy_config_from_args(args)  # a bad engine option fails before anything is loaded
     env_kwargs = apply_overrides({}, args.env_arg, flag="--env-arg")
     try:
         planner = make_planner(args.planner, n=args.n, beam_width=args.beam_width, expansions=args.expansions,
@@ -154,7 +155,7 @@ def run(args) -> int:
     if args.resume and not todo and os.path.exists(os.path.join(out, "summary.json")):
         print(f"prmgym search: the search in {out} is complete ({len(done)} of {len(tasks)} tasks); nothing to do")
         return 0
-    policy = TransformersPolicy.from_pretrained(args.policy)
+    policy = load_policy(args.policy, policy_config_from_args(args))
     scorer = None
     if args.prm and needs_scorer(args.planner):
         from prmgym.rewards import load_prm
@@ -182,5 +183,6 @@ def run(args) -> int:
           f"sandbox {b['sandbox']:.1f}, seconds {b['seconds']:.2f}")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump({k: v for k, v in summary.items() if k != "rows"}, f, indent=2)
+    close_policy(policy)
     print(f"results: {os.path.join(out, 'results.jsonl')}; TensorBoard: tensorboard --logdir {out}")
     return 0
