@@ -56,3 +56,11 @@ def test_run_config_policy_section_is_checked():
     assert load_run_config({}).policy_config().backend == "hf"
     with pytest.raises(ConfigError, match="policy"):
         load_run_config({"policy": {"backend": "tgi"}})
+
+
+def test_lora_with_vllm_is_refused_before_loading():
+    from prmgym.recipes.train import load_policy, load_run_config
+
+    cfg = load_run_config({"policy": {"backend": "vllm"}, "lora": {}, "model": "/nonexistent"})
+    with pytest.raises(ConfigError, match="lora with policy.backend vllm"):
+        load_policy(cfg)

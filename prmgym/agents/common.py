@@ -113,7 +113,16 @@ class FunctionCallback(Callback):
 
 # --------------------------------------------------------------------------- checkpoints
 def load_model_weights(model: torch.nn.Module, policy_dir: str) -> None:
-    """Load ``save_pretrained`` weights into an existing model (tied weights stay tied)."""
+    """Load ``save_pretrained`` weights into an existing model (tied weights stay tied); a
+    LoRA policy's directory holds its adapter (PEFT format), loaded into the model's adapter."""
+    from prmgym.models import lora
+
+    if lora.is_adapter_dir(policy_dir):
+        if not lora.is_peft_model(model):
+            raise ValueError(f"checkpoint {policy_dir!r} holds a LoRA adapter but the model has no LoRA: "
+                             "resume with the run's own lora settings")
+        lora.load_adapter(model, policy_dir)
+        return
     st = os.path.join(policy_dir, "model.safetensors")
     if os.path.exists(st):
         from safetensors.torch import load_file

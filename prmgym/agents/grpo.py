@@ -46,6 +46,7 @@ from prmgym.agents.rollout import Prompt, RolloutCollector, Trajectory
 from prmgym.agents.sync import EngineSync
 from prmgym.config import help_field
 from prmgym.envs.episodes import evaluate_policy
+from prmgym.models.lora import reference_model
 
 
 _f = help_field  # a dataclass field with help text (short name: the configs below use it on every line)
@@ -286,9 +287,7 @@ class GRPOTrainer:
             )
         self.ref_model = None
         if cfg.beta > 0 or cfg.reward_kl_coef > 0:
-            self.ref_model = copy.deepcopy(self.model).eval()
-            for p in self.ref_model.parameters():
-                p.requires_grad_(False)
+            self.ref_model = reference_model(self.model)  # LoRA: the base with adapters off, no copy
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=cfg.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,

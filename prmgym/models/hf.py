@@ -75,6 +75,13 @@ class TransformersPolicy(Policy):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         path = os.fspath(path)
+        from prmgym.models import lora
+
+        if os.path.isdir(path) and lora.is_adapter_dir(path):  # a LoRA policy: base named in adapter_config.json
+            policy = cls.from_pretrained(lora.base_model_path(path), device=device, dtype=dtype)
+            policy.model = lora.load_adapter(policy.model, path)
+            policy.model.eval()
+            return policy
         if not os.path.isdir(path):
             raise FileNotFoundError(
                 f"model directory {path!r} does not exist. Pass a local directory written by "
@@ -98,10 +105,16 @@ class TransformersPolicy(Policy):
         return cls(model, tokenizer, device=device)
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write model and tokenizer with ``save_pretrained``; returns the directory."""
+        """Write model and tokenizer with ``save_pretrained``; returns the directory. A LoRA
+        policy writes its adapter only, in PEFT's format (`prmgym.models.lora.save_adapter`)."""
+        from prmgym.models import lora
+
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        self.model.save_pretrained(path)
+        if lora.is_peft_model(self.model):
+            lora.save_adapter(self.model, path)
+        else:
+            self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
 

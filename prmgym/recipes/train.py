@@ -52,12 +52,20 @@ class RunConfig:
     policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
                           "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
+                           "null = train every weight); see prmgym.models.lora.LoRAConfig")
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.lora is not None:
+            if self.algorithm == "sb3_ppo":
+                raise ValueError("lora applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the lora section")
+            from prmgym.models.lora import lora_config
+
+            lora_config(self.lora)  # validates the section (errors name lora.KEY)
 
     def policy_config(self):
         """The typed ``policy`` section (errors name the ``policy.`` key)."""
@@ -147,13 +155,22 @@ def load_policy(cfg: RunConfig, progress: bool = False):
     from prmgym.models import backend
 
     pc = cfg.policy_config()
+    if cfg.lora is not None and pc.backend != "hf":
+        raise ConfigError("lora with policy.backend vllm is not supported: the weight sync pushes full weights, "
+                          "not adapters. Drop the lora section or use policy.backend hf")
     if cfg.model == "tiny":
         from prmgym.recipes.tiny import pretrain  # lazy: the training recipe composes agents.sft
 
         path = pretrain(cfg.env, progress=progress, **{**backend.tiny_layout(pc), **cfg.model_kwargs})
     else:
         path = cfg.model
-    return backend.load_policy(path, pc, device=cfg.device)
+    policy = backend.load_policy(path, pc, device=cfg.device)
+    if cfg.lora is not None:
+        from prmgym.models.lora import apply_lora, lora_config
+
+        policy.model = apply_lora(policy.model, lora_config(cfg.lora))
+        policy.model.eval()
+    return policy
 
 
 def build_reward(cfg: RunConfig, policy: Any):

@@ -1,0 +1,89 @@
+"""Scale-out on Ray, on real Ray runtimes (tests/ray_fixtures.py): `RaySandbox` verdicts equal the
+in-process sandbox's on one node and on a two-node cluster, and survive a killed actor."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from prmgym.sandbox import Job, LocalSandbox
+from prmgym.sandbox.cli import humaneval_job, humaneval_problems
+from ray_fixtures import require_ray, start
+
+require_ray()
+
+
+@pytest.fixture(scope="module", params=["init", "cluster"])
+def runtime(request):
+    stop = start(request.param)
+    yield request.param
+    stop()
+
+
+def _humaneval_jobs(n=16):
+    problems = humaneval_problems(n)
+    good = [humaneval_job(p, p["canonical_solution"]) for p in problems]
+    broken = [humaneval_job(p, "    return None\n") for p in problems]
+    return [j for pair in zip(good, broken) for j in pair]
+
+
+def _verdicts(results):
+    return [(r.status, r.tests_passed, r.tests_total) for r in results]
+
+
+@pytest.fixture(scope="module")
+def in_process_verdicts():
+    with LocalSandbox(workers=1) as sb:
+        return _verdicts(sb.run_batch(_humaneval_jobs()))
+
+
+def test_humaneval_verdicts_equal_in_process(runtime, in_process_verdicts):
+    from prmgym.sandbox.ray_pool import RaySandbox
+
+    assert in_process_verdicts[0][0] == "passed" and in_process_verdicts[1][0] != "passed"
+    workers_per_node = 2 if runtime == "init" else 1
+    with RaySandbox(workers_per_node=workers_per_node) as sb:
+        assert sb.workers == 2
+        nodes = {sb._ray.get(a.node_id.remote()) for a in sb._actors}
+        assert len(nodes) == (1 if runtime == "init" else 2)  # the cluster's pool spans both nodes
+        assert _verdicts(sb.run_batch(_humaneval_jobs())) == in_process_verdicts
+        assert sb.run(_humaneval_jobs(1)[0]).passed
+
+
+def _marked_jobs(n):
+    """Job i sleeps a little and passes unless i % 3 == 0: its verdict says which job it was."""
+    return [Job(f"import time\ntime.sleep(0.15)\nx = {i}", tests=(f"assert x == {i if i % 3 else -1}",))
+            for i in range(n)]
+
+
+def test_killed_actor_mid_batch_leaves_a_complete_batch_and_a_working_pool(runtime):
+    from prmgym.sandbox.ray_pool import RaySandbox
+
+    ray = require_ray()
+    n = 24
+    with RaySandbox(workers_per_node=2 if runtime == "init" else 1, chunk_size=2) as sb:
+        victim = sb._actors[0]
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.setdefault("results", sb.run_batch(_marked_jobs(n))))
+        t.start()
+        time.sleep(1.0)  # the first chunks are running
+        ray.kill(victim)
+        t.join(timeout=120)
+        assert not t.is_alive()
+        results = out["results"]
+        assert len(results) == n
+        assert [r.status for r in results] == ["failed" if i % 3 == 0 else "passed" for i in range(n)]
+        assert sb.restarts >= 1 and victim not in sb._actors and sb.workers == 2
+        again = sb.run_batch(_marked_jobs(4))
+        assert [r.passed for r in again] == [False, True, True, False]
+
+
+def test_bad_arguments_name_the_problem(runtime):
+    from prmgym.sandbox.ray_pool import RaySandbox
+
+    with pytest.raises(ValueError, match="workers_per_node"):
+        RaySandbox(workers_per_node=0)
+    with pytest.raises(ValueError, match="backend"):
+        RaySandbox(backend="podman")
