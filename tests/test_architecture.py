@@ -19,8 +19,8 @@ ALLOWED = {
 }
 # Top-level modules shared by every subpackage: they import no subpackage (the command-line
 # dispatcher names its subcommands' modules as strings and imports only the chosen one).
-TOP_LEVEL = ("budget", "config", "logger", "checkpoints", "cli")
-TORCH_FREE = ("envs", "sandbox", "budget", "config", "cli")  # logger: torch only for its TensorBoard writer
+TOP_LEVEL = ("budget", "config", "logger", "checkpoints", "cli", "cluster")
+TORCH_FREE = ("envs", "sandbox", "budget", "config", "cli", "cluster")  # logger: torch only for its TensorBoard writer
 
 
 def _imports(path: pathlib.Path):

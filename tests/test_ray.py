@@ -87,3 +87,63 @@ def test_bad_arguments_name_the_problem(runtime):
         RaySandbox(workers_per_node=0)
     with pytest.raises(ValueError, match="backend"):
         RaySandbox(backend="podman")
+
+
+# ----------------------------------------------------------------------------- search fan-out
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    import torch
+
+    from prmgym.models import tiny
+    from prmgym.rewards import AIRLPRM
+
+    torch.set_num_threads(1)  # the actors' setting: same kernels, same floats
+    root = tmp_path_factory.mktemp("models")
+    policy = tiny.random_tiny_policy(seed=0)
+    policy.save(root / "policy")
+    AIRLPRM.from_backbone(policy).save(root / "prm")
+    return root
+
+
+def _without_seconds(rows):
+    return [dict(r, budget={u: v for u, v in r["budget"].items() if u != "seconds"}) for r in rows]
+
+
+def test_search_rows_and_accuracy_equal_in_process(runtime, models):
+    import prmgym  # noqa: F401
+    from prmgym.envs import make
+    from prmgym.models import TransformersPolicy
+    from prmgym.rewards import load_prm
+    from prmgym.search.distributed import RaySearchRunner
+    from prmgym.search.evaluate import evaluate_planner, make_planner
+
+    env = make("prmgym/ChainArithmetic-v0", split="test")
+    tasks = env.unwrapped.source.tasks("test", 5, seed=0)
+    planner = make_planner("beam", beam_width=2, expansions=2, max_depth=3, seed=0)
+    local = evaluate_planner(planner, env, TransformersPolicy.from_pretrained(models / "policy"),
+                             load_prm(models / "prm"), tasks, "generated=60", start=2)
+    with RaySearchRunner(models / "policy", models / "prm", "prmgym/ChainArithmetic-v0", {"split": "test"},
+                         workers=2) as runner:
+        fanned = evaluate_planner(planner, None, None, None, tasks, "generated=60", start=2, runner=runner)
+        assert set(runner.solved_by) == {0, 1}  # both actors took tasks
+    assert _without_seconds(fanned["rows"]) == _without_seconds(local["rows"])
+    assert fanned["accuracy"] == local["accuracy"] and fanned["n"] == 5
+    assert [r["task_id"] for r in fanned["rows"]] == [t.id for t in tasks]
+
+
+def test_search_cli_with_ray_writes_the_same_report(runtime, models, tmp_path):
+    import json
+
+    from prmgym.cli import main
+
+    base = ["search", "--planner", "sample", "--policy", str(models / "policy"), "--n-tasks", "4",
+            "--budget", "generated=40", "--max-depth", "3", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "one")]) == 0
+    assert main(base + ["--out", str(tmp_path / "ray"), "--ray", "--workers", "2"]) == 0
+    rows = {k: _without_seconds([json.loads(x) for x in (tmp_path / k / "results.jsonl").read_text().splitlines()])
+            for k in ("one", "ray")}
+    assert rows["one"] == rows["ray"] and len(rows["ray"]) == 4
+    summaries = [json.loads((tmp_path / k / "summary.json").read_text()) for k in ("one", "ray")]
+    assert [s["accuracy"] for s in summaries] == [summaries[0]["accuracy"]] * 2
+    assert [{u: v for u, v in s["budget"].items() if u != "seconds"} for s in summaries].count(
+        {u: v for u, v in summaries[0]["budget"].items() if u != "seconds"}) == 2

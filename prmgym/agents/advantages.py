@@ -321,6 +321,23 @@ def aggregate_loss(
     raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
 
 
+def normaliser_weights(token_counts: Sequence[int], loss_type: str = "token_mean") -> list[float]:
+    """Each sequence's part of `aggregate_loss`'s normaliser, for gradient accumulation
+    (`prmgym.models.optim.micro_batches`): ``token_mean`` -- its trained tokens; ``seq_mean`` --
+    1 if it has any trained token (empty ones leave the mean); ``dr_grpo`` -- 1 (B x constant).
+
+    >>> normaliser_weights([3, 0, 2], "token_mean"), normaliser_weights([3, 0, 2], "seq_mean")
+    ([3.0, 0.0, 2.0], [1.0, 0.0, 1.0])
+    """
+    if loss_type == "token_mean":
+        return [float(n) for n in token_counts]
+    if loss_type == "seq_mean":
+        return [1.0 if n > 0 else 0.0 for n in token_counts]
+    if loss_type == "dr_grpo":
+        return [1.0 for _ in token_counts]
+    raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean of ``x`` over ``mask`` as a float (0.0 when the mask is empty); for logging."""
     m = mask.to(torch.float32)

@@ -239,7 +239,7 @@ def packed_logprobs(
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (R, L, V)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (R, L, V)
     sel = logits[batch.src_row.to(device), batch.src_col.to(device)].float()  # (N, V)
     logp_all = torch.log_softmax(sel, dim=-1)  # (N, V)
     lp = logp_all.gather(1, batch.tgt_ids.to(device)[:, None]).squeeze(1)  # (N,)

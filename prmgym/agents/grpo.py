@@ -47,6 +47,7 @@ from prmgym.agents.sync import EngineSync
 from prmgym.config import help_field
 from prmgym.envs.episodes import evaluate_policy
 from prmgym.models.lora import reference_model
+from prmgym.models.optim import OptimKnobs, Optimization, micro_batches, prepare_model
 
 
 _f = help_field  # a dataclass field with help text (short name: the configs below use it on every line)
@@ -83,19 +84,19 @@ def apply_preset(trainer: dict) -> dict:
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(OptimKnobs):
     """GRPO hyperparameters. One step = ``batch_size`` episodes = ``batch_size / num_generations``
-    prompts x ``num_generations`` episodes, then ``num_iterations x num_mini_batches`` updates."""
+    prompts x ``num_generations`` episodes, then ``num_iterations x num_mini_batches`` updates.
+    The optimiser, precision and memory knobs (learning_rate, lr_schedule, warmup_steps,
+    max_grad_norm, micro_batch_size, gradient_checkpointing, dtype, device) are `OptimKnobs`'."""
 
     num_generations: int = _f(8, "G: episodes per prompt (the group); >= 2")
     batch_size: int = _f(32, "episodes per step; a multiple of num_generations")
     num_iterations: int = _f(2, "passes over each batch (mu); > 1 makes the ratio leave 1 so clipping acts")
     num_mini_batches: int = _f(1, "optimizer steps per pass; the batch's groups are split this many ways")
-    learning_rate: float = _f(1e-4, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     adam_beta1: float = _f(0.9, "AdamW beta1")
     adam_beta2: float = _f(0.99, "AdamW beta2")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     epsilon_low: float = _f(0.2, "lower clip range: ratio >= 1 - epsilon_low")
     epsilon_high: float = _f(0.2, "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher: 0.28)")
     beta: float = _f(0.0, "KL weight to the frozen initial policy (k3 estimator); 0 = no reference model")
@@ -127,6 +128,7 @@ class GRPOConfig:
     reward_kl_estimator: str = _f("k1", "reinforce_pp: KL estimator in the reward, k1 (logp - ref) | k2 ((logp - ref)^2 / 2)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the OptimKnobs checks
         if self.num_generations < 2:
             raise ValueError(
                 f"num_generations must be >= 2 (got {self.num_generations}): group-normalized advantages "
@@ -156,8 +158,6 @@ class GRPOConfig:
                 f"num_mini_batches ({self.num_mini_batches}) cannot exceed the prompts per step "
                 f"({self.prompts_per_step} = batch_size / num_generations); mini-batches split whole groups"
             )
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.beta < 0 or self.temperature < 0 or self.process_reward_weight < 0 or self.entropy_coef < 0:
             raise ValueError("beta, temperature, process_reward_weight and entropy_coef must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -270,6 +270,7 @@ class GRPOTrainer:
         cfg = self.config
         self.policy = policy
         self.model: torch.nn.Module = policy.model
+        self.device = prepare_model(policy, cfg)  # device, gradient checkpointing (prmgym.models.optim)
         self.engine_sync = EngineSync.attach(policy, self.model)  # a vLLM policy: rescore + weight sync (sync.py)
         self.env_fn = _env_factory(env, env_kwargs or {})
         if eval_env is None and isinstance(env, str):
@@ -288,10 +289,9 @@ class GRPOTrainer:
         self.ref_model = None
         if cfg.beta > 0 or cfg.reward_kl_coef > 0:
             self.ref_model = reference_model(self.model)  # LoRA: the base with adapters off, no copy
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
-        )
+        self.optim = Optimization(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+        self.optimizer = self.optim.optimizer
         self.rng = np.random.default_rng(cfg.seed)
         self.num_steps = 0
         self.run_dir = run_dir
@@ -318,7 +318,8 @@ class GRPOTrainer:
 
     def rollout(self, prompts: Sequence[Prompt]) -> tuple[list[Trajectory], dict]:
         seed = int(self.rng.integers(2**31 - 1))
-        trajs, stats = self.collector.collect(prompts, self.config.num_generations, seed=seed)
+        with self.optim.autocast():
+            trajs, stats = self.collector.collect(prompts, self.config.num_generations, seed=seed)
         return trajs, asdict(stats)
 
     def select_groups(self, trajs: list[Trajectory]) -> tuple[list[Trajectory], dict]:
@@ -473,22 +474,9 @@ class GRPOTrainer:
                 order = self.rng.permutation(n_groups)
                 for chunk in np.array_split(order, min(cfg.num_mini_batches, max(n_groups, 1))):
                     idx = [g * G + k for g in chunk for k in range(G)]
-                    mb = [trajs[i] for i in idx]
-                    loss, m = self._loss(mb, tok_adv[idx])
+                    m = self.optimizer_update([trajs[i] for i in idx], tok_adv[idx], it)
                     if first_ratio_gap is None:
                         first_ratio_gap = m["abs_log_ratio"]  # before any update: sampling vs training layout
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"loss is {loss.item()} at step {self.num_steps + 1}, pass {it + 1}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    params = [p for p in self.model.parameters() if p.grad is not None]
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                    if not torch.isfinite(gnorm):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        raise NonFiniteLossError(f"gradient norm is {float(gnorm)} at step {self.num_steps + 1}, pass {it + 1}")
-                    self.optimizer.step()
-                    m["loss"] = float(loss.detach())
-                    m["grad_norm"] = float(gnorm)
                     for k, v in m.items():
                         logs.setdefault(k, []).append(v)
         finally:
@@ -497,6 +485,26 @@ class GRPOTrainer:
         out["optimizer_steps"] = float(len(logs.get("loss", [])))
         out["first_ratio_gap"] = float(first_ratio_gap or 0.0)
         return out
+
+    def optimizer_update(self, mb: list[Trajectory], adv: torch.Tensor, it: int = 0) -> dict:
+        """One optimizer update on mini-batch ``mb``: forward/backward per micro-batch of
+        ``micro_batch_size`` episodes, each loss weighted by its share of the ``loss_type``
+        normaliser, so the gradient is the whole mini-batch's (`prmgym.models.optim.micro_batches`)."""
+        cfg, out = self.config, {}
+        weights = A.normaliser_weights([0 if t.masked else t.num_tokens for t in mb], cfg.loss_type)
+        for micro, share in micro_batches(weights, cfg.micro_batch_size):
+            with self.optim.autocast():
+                loss, m = self._loss([mb[i] for i in micro], adv[micro])
+            if not torch.isfinite(loss):
+                self.optim.zero_grad()
+                raise NonFiniteLossError(f"loss is {loss.item()} at step {self.num_steps + 1}, pass {it + 1}")
+            self.optim.backward(loss * share)
+            for k, v in {**m, "loss": float(loss.detach())}.items():
+                out[k] = out.get(k, 0.0) + share * v
+        info = self.optim.step()  # learning rate of the schedule, clipping (prmgym.models.optim)
+        if info["skipped"] and self.optim.scaler is None:
+            raise NonFiniteLossError(f"gradient norm is {info['grad_norm']} at step {self.num_steps + 1}, pass {it + 1}")
+        return {**out, "grad_norm": info["grad_norm"], "lr": info["lr"]}
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
@@ -670,7 +678,7 @@ class GRPOTrainer:
                 "algorithm": self.algorithm,
                 "step": self.num_steps,
                 "config": asdict(self.config),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.optim.state_dict(),
                 "rng": rng_state(self.rng),
                 "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
             }
@@ -695,7 +703,7 @@ class GRPOTrainer:
         load_model_weights(self.model, os.path.join(path, POLICY_DIR))
         if self.engine_sync:
             self.engine_sync.push()
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optim.load_state_dict(state["optimizer"])
         if self.ref_model is not None and state.get("ref_model") is not None:
             self.ref_model.load_state_dict(state["ref_model"])
         set_rng_state(state["rng"], self.rng)

@@ -233,6 +233,10 @@ class VLLMPolicy(Policy):
     def device(self):
         return self._scorer().device
 
+    @device.setter
+    def device(self, value) -> None:  # a trainer that moves the model keeps the scorer's device in step
+        self._scorer().device = value
+
     def save(self, path: str | os.PathLike) -> str:
         """Save the torch model and tokenizer (the scorer's ``save``); returns the directory."""
         return self._scorer().save(path)

@@ -56,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        "in its results.jsonl (the settings must be the same)")
     again.add_argument("--overwrite", action="store_true", help="replace the search already in --out")
     p.add_argument("--quiet", action="store_true", help="no per-task lines")
+    p.add_argument("--ray", action="store_true", help="split the tasks over Ray actors (pip install -e '.[ray]'); "
+                   "the report is the same as without it (docs/distributed.md)")
+    p.add_argument("--address", default=None, help="with --ray: the Ray head to join (HOST:PORT, or auto); "
+                   "default: start Ray on this machine")
+    p.add_argument("--workers", type=int, default=2, help="with --ray: search actors (default: 2)")
 
 
 def _check_args(args) -> None:
@@ -64,6 +69,12 @@ def _check_args(args) -> None:
 
     if args.n_tasks < 1:
         raise ConfigError(f"--n-tasks must be >= 1, got {args.n_tasks}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.ray and args.backend != "hf":
+        raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
+    if args.address and not args.ray:
+        raise ConfigError("--address only applies with --ray; add --ray to run the search on that Ray cluster")
     if needs_scorer(args.planner) and not args.prm:
         scorerless = "|".join(n for n in planner_names() if not needs_scorer(n))
         raise ConfigError(f"--planner {args.planner} needs --prm DIR (a trained PRM/value model); "
@@ -131,7 +142,7 @@ def _clear(out: str) -> None:
 def run(args) -> int:
     import prmgym  # noqa: F401  (registers the envs)
     from prmgym.envs import make
-    from prmgym.logger import Logger
+
     _check_args(args)
     policy_config_from_args(args)  # a bad engine option fails before anything is loaded
     env_kwargs = apply_overrides({}, args.env_arg, flag="--env-arg")
@@ -155,17 +166,40 @@ def run(args) -> int:
     if args.resume and not todo and os.path.exists(os.path.join(out, "summary.json")):
         print(f"prmgym search: the search in {out} is complete ({len(done)} of {len(tasks)} tasks); nothing to do")
         return 0
-    policy = load_policy(args.policy, policy_config_from_args(args))
-    scorer = None
-    if args.prm and needs_scorer(args.planner):
-        from prmgym.rewards import load_prm
+    policy = scorer = runner = None
+    prm_dir = args.prm if args.prm and needs_scorer(args.planner) else None
+    if args.ray:  # the actors load the models; this process only writes the report
+        runner = ray_runner(args, prm_dir, dict(env_kwargs, split=args.split))
+    else:
+        policy = load_policy(args.policy, policy_config_from_args(args))  # --backend hf | vllm
+        if prm_dir:
+            from prmgym.rewards import load_prm
 
-        scorer = load_prm(args.prm)
+            scorer = load_prm(prm_dir)
     if args.overwrite:
         _clear(out)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "search.json"), "w") as f:
         json.dump(settings, f, indent=2)
+    try:
+        summary = _search(args, planner, env, policy, scorer, runner, out, settings, done, tasks, todo)
+    finally:
+        if runner is not None:
+            runner.close()
+        close_policy(policy)
+    b = summary["budget"]
+    print(f"accuracy {summary['accuracy']:.3f} ({sum(r['correct'] for r in summary['rows'])}/{summary['n']})  "
+          f"mean per task: generated {b['generated']:.0f}, encoded {b['encoded']:.0f}, prm {b['prm']:.0f}, "
+          f"sandbox {b['sandbox']:.1f}, seconds {b['seconds']:.2f}")
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({k: v for k, v in summary.items() if k != "rows"}, f, indent=2)
+    print(f"results: {os.path.join(out, 'results.jsonl')}; TensorBoard: tensorboard --logdir {out}")
+    return 0
+
+
+def _search(args, planner, env, policy, scorer, runner, out, settings, done, tasks, todo) -> dict:
+    from prmgym.logger import Logger
+
     with Logger(out, formats=("jsonl", "tensorboard"), hparams=None if args.resume else settings,
                 resume_step=len(done) - 1 if args.resume else None) as log:
         print(f"prmgym search: {planner!r} on {args.env} ({len(tasks)} {args.split} tasks"
@@ -173,16 +207,22 @@ def run(args) -> int:
               + f"), budget per task: {args.budget or 'unlimited'}", flush=True)
         part = evaluate_planner(planner, env, policy, scorer, todo, args.budget,
                                 results_path=os.path.join(out, "results.jsonl"), logger=log, tag=f"search/{args.planner}",
-                                progress=not args.quiet, start=len(done))
+                                progress=not args.quiet, start=len(done), runner=runner)
         summary = summarize(done + part["rows"], part["limits"])
         log.record(f"search/{args.planner}/accuracy", summary["accuracy"])
         log.dump(step=len(tasks))
-    b = summary["budget"]
-    print(f"accuracy {summary['accuracy']:.3f} ({sum(r['correct'] for r in summary['rows'])}/{summary['n']})  "
-          f"mean per task: generated {b['generated']:.0f}, encoded {b['encoded']:.0f}, prm {b['prm']:.0f}, "
-          f"sandbox {b['sandbox']:.1f}, seconds {b['seconds']:.2f}")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({k: v for k, v in summary.items() if k != "rows"}, f, indent=2)
-    close_policy(policy)
-    print(f"results: {os.path.join(out, 'results.jsonl')}; TensorBoard: tensorboard --logdir {out}")
-    return 0
+    return summary
+
+
+def ray_runner(args, prm_dir, env_kwargs):
+    """A `RaySearchRunner` of ``--workers`` actors on the Ray of ``--address`` (local without it)."""
+    from prmgym.cluster import connect
+    from prmgym.search.distributed import RaySearchRunner
+
+    try:
+        connect(args.address)
+    except (ImportError, ConnectionError, ValueError) as e:
+        raise ConfigError(f"--ray: {e}") from None
+    print(f"prmgym search: {args.workers} Ray search actors"
+          + (f" on the cluster at {args.address}" if args.address else " on a local Ray"), flush=True)
+    return RaySearchRunner(args.policy, prm_dir, args.env, env_kwargs, workers=args.workers)

@@ -16,12 +16,12 @@ from typing import Iterable
 from prmgym.budget import UNITS, Budget
 from prmgym.search.base import make_planner, needs_scorer, planner_names
 
-__all__ = ["evaluate_planner", "make_planner", "needs_scorer", "planner_names"]
+__all__ = ["evaluate_planner", "solve_task", "make_planner", "needs_scorer", "planner_names"]
 
 
 def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str | dict | Budget | None = None, *,
              results_path: str | os.PathLike | None = None, logger=None, tag: str = "search",
-             progress: bool = False, start: int = 0) -> dict:
+             progress: bool = False, start: int = 0, runner=None) -> dict:
     """Solve each task from a fresh per-task budget; returns accuracy and mean usage.
 
     Args:
@@ -33,46 +33,61 @@ def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str 
         logger: a `prmgym.logger.Logger`; one dump per task (step = task index) under ``tag/``.
         start: index of the first task in the whole list (a resumed search passes the tasks
             not done yet and their offset, so reset seeds and logged steps are unchanged).
+        runner: where the tasks are solved; None = here, one after the other. A
+            `prmgym.search.distributed.RaySearchRunner` solves them on Ray actors (then ``env``,
+            ``policy`` and ``scorer`` are not used here and may be None); rows are written and
+            logged in task order either way, so the report is the same.
 
     Returns: ``{"accuracy", "mean_reward", "n", "budget": {unit: mean used}, "rows": [...]}``.
     """
     spec = _limits(budget)
+    tasks = list(tasks)
+    if runner is None:
+        solved: Iterable[dict] = (solve_task(planner, env, policy, scorer, task, i, spec)
+                                  for i, task in enumerate(tasks, start))
+    else:
+        solved = runner.rows(planner, tasks, spec, start)
     rows = []
     fh = None
     if results_path is not None:
         os.makedirs(os.path.dirname(os.fspath(results_path)) or ".", exist_ok=True)
         fh = open(results_path, "a")
     try:
-        for i, task in enumerate(tasks, start):
-            env.reset(seed=i, options={"task": task})
-            if hasattr(scorer, "clear_cache"):
-                # Each search pays for its own PRM tokens: no prefix cache carried over
-                # from earlier tasks or runs (the search engine still caches within one search).
-                scorer.clear_cache()
-            b = Budget(**spec)
-            res = planner.solve(env, policy, scorer, b)
-            correct = bool(res.reward >= 1.0 - 1e-9)
-            row = {"task_id": task.id, "answer": res.answer, "reference": task.answer, "reward": res.reward,
-                   "correct": correct, "score": res.score, "steps": res.steps, "budget": res.budget,
-                   "tree": {k: v for k, v in res.tree.items() if isinstance(v, (int, float, str))}}
+        for i, row in enumerate(solved, start):
             rows.append(row)
             if fh is not None:
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
             if logger is not None:
-                logger.record(f"{tag}/reward", res.reward)
-                logger.record(f"{tag}/correct", float(correct))
+                logger.record(f"{tag}/reward", row["reward"])
+                logger.record(f"{tag}/correct", float(row["correct"]))
                 logger.record(f"{tag}/accuracy_so_far", sum(r["correct"] for r in rows) / len(rows))
-                for u, v in res.budget.items():
+                for u, v in row["budget"].items():
                     logger.record(f"{tag}/budget_{u}", v)
                 logger.dump(step=i)
             if progress:
-                print(f"  [{i + 1}] {task.id}: answer={res.answer!r} reward={res.reward:.2f} "
-                      f"generated={res.budget.get('generated')} prm={res.budget.get('prm')}", flush=True)
+                print(f"  [{i + 1}] {row['task_id']}: answer={row['answer']!r} reward={row['reward']:.2f} "
+                      f"generated={row['budget'].get('generated')} prm={row['budget'].get('prm')}", flush=True)
     finally:
         if fh is not None:
             fh.close()
     return summarize(rows, spec)
+
+
+def solve_task(planner, env, policy, scorer, task, index: int, limits: dict) -> dict:
+    """One task's result row: ``env`` reset to ``task`` with seed ``index`` (its place in the
+    whole task list), a cold PRM cache, a fresh `Budget` of ``limits``. Rows depend on nothing
+    but these, so tasks can be solved in any process, in any order (`prmgym.search.distributed`)."""
+    env.reset(seed=index, options={"task": task})
+    if hasattr(scorer, "clear_cache"):
+        # Each search pays for its own PRM tokens: no prefix cache carried over
+        # from earlier tasks or runs (the search engine still caches within one search).
+        scorer.clear_cache()
+    res = planner.solve(env, policy, scorer, Budget(**limits))
+    correct = bool(res.reward >= 1.0 - 1e-9)
+    return {"task_id": task.id, "answer": res.answer, "reference": task.answer, "reward": res.reward,
+            "correct": correct, "score": res.score, "steps": res.steps, "budget": res.budget,
+            "tree": {k: v for k, v in res.tree.items() if isinstance(v, (int, float, str))}}
 
 
 def summarize(rows: list[dict], limits: dict | None = None) -> dict:

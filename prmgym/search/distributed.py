@@ -1,0 +1,157 @@
+"""Search and evaluation fan-out on Ray: `RaySearchRunner` solves a planner's tasks on Ray actors,
+each holding its own policy, scorer and env, and hands the rows back in task order.
+
+Each task's row depends only on the task, its index in the whole list (the reset seed), the
+planner (seeded per search) and the models (`prmgym.search.evaluate.solve_task`), so the rows,
+and the report `evaluate_planner` writes from them, are the same as the single-process ones.
+
+The policy and PRM directories are read once here and shipped to the actors through Ray's object
+store (each actor writes them to a temporary directory and loads them), so the nodes need no
+shared file system, only prmgym installed.
+
+>>> runner = RaySearchRunner("runs/tiny", None, "prmgym/ChainArithmetic-v0", workers=2)  # doctest: +SKIP
+>>> evaluate_planner(make_planner("sample"), None, None, None, tasks, "generated=200", runner=runner)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator, Sequence
+
+from prmgym.cluster import connect
+
+
+def pack_dir(path: str | os.PathLike) -> dict[str, bytes]:
+    """Every file under ``path`` as ``{relative path: bytes}`` (a model directory to ship)."""
+    root = os.fspath(path)
+    out = {}
+    for base, _, files in os.walk(root):
+        for name in files:
+            full = os.path.join(base, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, root)] = f.read()
+    return out
+
+
+def unpack_dir(files: dict[str, bytes], root: str) -> str:
+    for rel, data in files.items():
+        full = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+    return root
+
+
+class _SearchWorker:
+    """The body of one search actor: a policy, an optional scorer and an env, built here."""
+
+    def __init__(self, policy_files: dict, prm_files: dict | None, env_id: str, env_kwargs: dict, threads: int):
+        import torch
+
+        import prmgym  # noqa: F401  (registers the envs)
+        from prmgym.envs import make
+        from prmgym.models import TransformersPolicy
+
+        torch.set_num_threads(threads)
+        self.tmp = tempfile.mkdtemp(prefix="prmgym-search-worker-")
+        self.policy = TransformersPolicy.from_pretrained(unpack_dir(policy_files, os.path.join(self.tmp, "policy")))
+        self.scorer = None
+        if prm_files is not None:
+            from prmgym.rewards import load_prm
+
+            self.scorer = load_prm(unpack_dir(prm_files, os.path.join(self.tmp, "prm")))
+        self.env = make(env_id, **env_kwargs)
+
+    def solve(self, planner: Any, items: list, limits: dict) -> list[dict]:
+        from prmgym.search.evaluate import solve_task
+
+        return [solve_task(planner, self.env, self.policy, self.scorer, task, i, limits) for i, task in items]
+
+    def close(self) -> None:
+        self.env.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class RaySearchRunner:
+    """Solve search tasks on ``workers`` Ray actors (a ``runner`` for `evaluate_planner`).
+
+    Args:
+        policy_dir: the policy's directory (save_pretrained output).
+        prm_dir: the PRM / value-model directory, or None for scorer-free planners.
+        env_id, env_kwargs: how each actor makes its env (``make(env_id, **env_kwargs)``; pass
+            the ``split`` here).
+        workers: actors; they are spread over the cluster's CPUs by Ray's scheduler.
+        threads: torch threads per actor (with ``num_cpus`` Ray CPUs reserved for each).
+        chunk_size: tasks handed to an actor at once (1 balances best; more saves round trips).
+
+    Call `close()` (or use ``with``) to end the actors. To join a cluster call
+    `prmgym.cluster.connect` with its address first; otherwise a local Ray is started.
+    """
+
+    def __init__(self, policy_dir: str | os.PathLike, prm_dir: str | os.PathLike | None, env_id: str,
+                 env_kwargs: dict | None = None, *, workers: int = 2, threads: int = 1, num_cpus: float | None = None,
+                 chunk_size: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        ray = connect()  # the Ray already initialised (connect(address) first to join a cluster), else a local one
+        self._ray, self.chunk_size = ray, chunk_size
+        policy_ref = ray.put(pack_dir(policy_dir))
+        prm_ref = ray.put(pack_dir(prm_dir)) if prm_dir is not None else None
+        cls = ray.remote(_SearchWorker).options(num_cpus=threads if num_cpus is None else num_cpus)
+        self.actors = [cls.remote(policy_ref, prm_ref, env_id, dict(env_kwargs or {}), threads) for _ in range(workers)]
+        self.solved_by: list[int] = []  # per row, which actor solved it (for the report, and tests)
+
+    def rows(self, planner: Any, tasks: Sequence, limits: dict, start: int = 0) -> Iterator[dict]:
+        """The rows of ``tasks`` (indices from ``start``), yielded in task order as soon as every
+        earlier row is in."""
+        ray = self._ray
+        items = list(enumerate(tasks, start))
+        chunks = [items[k:k + self.chunk_size] for k in range(0, len(items), self.chunk_size)]
+        chunks.reverse()
+        planner_ref = ray.put(planner)
+        running: dict = {}  # ref -> (actor index, chunk)
+        free = list(range(len(self.actors)))
+        ready: dict[int, tuple[dict, int]] = {}
+        next_i = start
+        self.solved_by = []
+        while chunks or running:
+            while chunks and free:
+                a = free.pop(0)
+                chunk = chunks.pop()
+                running[self.actors[a].solve.remote(planner_ref, chunk, limits)] = (a, chunk)
+            done, _ = ray.wait(list(running), num_returns=1)
+            a, chunk = running.pop(done[0])
+            free.append(a)
+            for (i, _), row in zip(chunk, ray.get(done[0])):
+                ready[i] = (row, a)
+            while next_i in ready:
+                row, a = ready.pop(next_i)
+                self.solved_by.append(a)
+                next_i += 1
+                yield row
+
+    def close(self) -> None:
+        ray = self._ray
+        try:
+            ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
+        except Exception:  # noqa: BLE001  (an actor already gone)
+            pass
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []
+
+    def __enter__(self) -> "RaySearchRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["RaySearchRunner", "pack_dir", "unpack_dir"]
