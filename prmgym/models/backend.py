@@ -87,22 +87,22 @@ def as_policy_config(config: PolicyConfig | dict | str | None) -> PolicyConfig:
 
 
 def load_policy(path: str | os.PathLike, config: PolicyConfig | dict | str | None = None,
-                device: str | None = None):
+                device: str | None = None, prompt_format: str = "plain"):
     """The policy of the local model directory ``path`` on ``config``'s backend.
 
     ``hf``: a `TransformersPolicy`. ``vllm``: a `VLLMPolicy` whose scorer (and trainer model)
-    is the `TransformersPolicy` of the same directory on ``device``. Close a VLLMPolicy
-    (``close()`` or ``with``) when done.
+    is the `TransformersPolicy` of the same directory on ``device``; both encode observations
+    with ``prompt_format`` (plain | chat). Close a VLLMPolicy (``close()`` or ``with``) when done.
     """
     from prmgym.models.hf import TransformersPolicy
 
     cfg = as_policy_config(config)
-    torch_policy = TransformersPolicy.from_pretrained(path, device=device)
+    torch_policy = TransformersPolicy.from_pretrained(path, device=device, prompt_format=prompt_format)
     if cfg.backend == "hf":
         return torch_policy
     from prmgym.models.vllm_policy import VLLMPolicy
 
-    return VLLMPolicy(path, scorer=torch_policy, **cfg.engine_options())
+    return VLLMPolicy(path, scorer=torch_policy, prompt_format=prompt_format, **cfg.engine_options())
 
 
 def close_policy(policy: Any) -> None:
