@@ -30,6 +30,7 @@ import torch
 
 from prmgym.config import ConfigError, from_dict, help_field, to_dict
 from prmgym.envs.trace import DEFAULT_DELIMITER
+from prmgym.models.formatting import check_prompt_format
 from prmgym.rewards.backbone import (
     BACKBONE_DIR,
     HEAD_FILE,
@@ -72,6 +73,8 @@ class PRMOptions(OptimKnobs):
     squash: bool = help_field(True, "pass search scores through a sigmoid (scores in [0, 1])")
     cache: bool = help_field(True, "prefix cache of step scores (cleared by every update)")
     delimiter: str = help_field(DEFAULT_DELIMITER, "step delimiter of the traces (env.unwrapped.delimiter)")
+    prompt_format: str = help_field("plain", "how traces are tokenised: plain (the trace text) | chat (the "
+                                    "tokenizer's chat template; a PRM built on a policy takes the policy's)")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the OptimKnobs checks
@@ -79,6 +82,7 @@ class PRMOptions(OptimKnobs):
             raise ValueError(f"micro_batch_size={self.micro_batch_size}: PRM updates do not accumulate over micro-batches "
                              "(a learner's loss normalises over its whole batch); set micro_batch_size: 0 and save memory "
                              "with a smaller batch_size (rows per forward) or gradient_checkpointing: true")
+        check_prompt_format(self.prompt_format)
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
         if self.batch_size < 1:
@@ -280,7 +284,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         device = prepare_model(model, o)  # device, gradient checkpointing (prmgym.models.optim)
         self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size).to(device)
         self.net.pad_token_id = pad_id(tokenizer)
-        self.encoder = TraceEncoder(tokenizer, o.delimiter)
+        self.encoder = TraceEncoder(tokenizer, o.delimiter, mode=o.prompt_format)
         self.cache: dict | None = {} if o.cache else None
         self.cache_hits = 0
         self.tokens_scored = 0  # tokens run through the model by score_steps (charge Budget.prm)
@@ -294,8 +298,12 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """A fresh PRM (new random head) on a causal LM directory, a policy or a model.
 
         ``copy=True`` deep-copies an in-memory model so training the PRM never touches the
-        policy it came from.
+        policy it came from. Without a ``prompt_format`` option, a PRM built on a policy takes
+        the policy's (``policy.formatter.mode``), so both read the same token ids.
         """
+        fmt = getattr(source, "formatter", None)
+        if "prompt_format" not in kwargs and fmt is not None:
+            kwargs["prompt_format"] = fmt.mode
         model, tok = resolve_backbone(source, tokenizer)
         if copy and not isinstance(source, (str, os.PathLike)):
             import copy as _copy
@@ -488,7 +496,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         owner.net.load_state_dict(other.net.state_dict())
         owner._load_extra_state(other._extra_state())
         owner.updates, owner.tokens_trained = other.updates, other.tokens_trained
-        kept = {"learning_rate", "cache", "batch_size", "delimiter", "device", "dtype"}  # the instance's own settings win
+        kept = {"learning_rate", "cache", "batch_size", "delimiter", "prompt_format", "device", "dtype"}  # the instance's own settings win
         owner.options = replace(owner.options, **{f.name: getattr(other.options, f.name)
                                                   for f in fields(owner.options) if f.name not in kept})
         for k in ("aggregation", "squash", "weight_decay", "train_backbone"):
