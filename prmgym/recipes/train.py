@@ -49,6 +49,8 @@ class RunConfig:
     eval_tasks: int = _f(64, "held-out tasks for pass@1 before and after training (0 = skip)")
     device: str | None = _f(None, "torch device (default: cpu)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
+    wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
     lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
                            "null = train every weight); see prmgym.models.lora.LoRAConfig")
 
@@ -57,6 +59,11 @@ class RunConfig:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        from prmgym.logger import RUN_FORMATS
+
+        bad = [f for f in self.logging if f not in RUN_FORMATS]
+        if bad:
+            raise ValueError(f"unknown logging writer(s) {bad}; valid: {', '.join(RUN_FORMATS)} (metrics.jsonl is always written)")
         if self.lora is not None:
             if self.algorithm == "sb3_ppo":
                 raise ValueError("lora applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the lora section")
@@ -195,7 +202,8 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
 
 
 #: what `prmgym train` writes into a run directory (``--overwrite`` removes these and nothing else)
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "hparams.json", "summary.json", "tb", "checkpoints")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "metrics.csv", "hparams.json", "summary.json", "tb", "wandb",
+               "wandb_group.txt", "checkpoints")
 
 
 def run_outputs(run_dir: str) -> list[str]:
