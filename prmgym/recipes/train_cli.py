@@ -131,6 +131,7 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
     from prmgym.checkpoints import checkpoint_step, latest_checkpoint
     from prmgym.config import to_dict
     from prmgym.logger import Logger
+    from prmgym.models.backend import close_policy
     from prmgym.recipes.train import load_policy, build_reward, build_trainer, clear_run, run_outputs, save_run_config
 
     _quiet_transformers()
@@ -199,3 +200,4 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
         return 130
     finally:
         trainer.close()
+        close_policy(policy)  # a vLLM engine shuts down here
