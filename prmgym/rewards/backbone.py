@@ -152,7 +152,7 @@ class LMScalarHead(nn.Module):
             for k, (_, wids, _, _) in enumerate(chunk):
                 input_ids[k, : len(wids)] = torch.tensor(wids, dtype=torch.long, device=device)
                 mask[k, : len(wids)] = 1
-            hidden = self.body(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+            hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state.float()  # (B, T, H), fp32 under autocast too
             for k, (i, _, wpos, idx) in enumerate(chunk):
                 parts[i].append((idx, hidden[k, torch.tensor(wpos, dtype=torch.long, device=device)]))
         for i, plist in enumerate(parts):
@@ -173,7 +173,7 @@ class LMScalarHead(nn.Module):
         ``positions[i][j]``; returns ``list[(outputs (n, n_outputs), seg_logprob (n-1,))]``.
         Needs each trace within the model's context (no windowing).
         """
-        return [(self.head(h), lp) for h, lp in self.hidden_and_segment_logprobs(id_rows, positions)]
+        return [(self.head(h).float(), lp) for h, lp in self.hidden_and_segment_logprobs(id_rows, positions)]
 
     def hidden_and_segment_logprobs(
         self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
@@ -199,8 +199,8 @@ class LMScalarHead(nn.Module):
             for k, i in enumerate(chunk):
                 ids[k, : len(id_rows[i])] = torch.tensor(list(id_rows[i]), dtype=torch.long, device=device)
                 mask[k, : len(id_rows[i])] = 1
-            res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            hidden = res.hidden_states[-1]  # (B, T, H) final (normed) hidden state
+            res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            hidden = res.hidden_states[-1].float()  # (B, T, H) final (normed) hidden state
             lp = torch.log_softmax(res.logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
             for k, i in enumerate(chunk):
                 pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
@@ -210,7 +210,7 @@ class LMScalarHead(nn.Module):
 
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Head outputs at ``positions``: ``list[(len(positions[i]), n_outputs)]``."""
-        return [self.head(h) for h in self.hidden_at(id_rows, positions)]
+        return [self.head(h).float() for h in self.hidden_at(id_rows, positions)]  # fp32 under autocast too
 
 
 # ----------------------------------------------------------------------------------------
