@@ -49,6 +49,8 @@ class RunConfig:
     eval_tasks: int = _f(64, "held-out tasks for pass@1 before and after training (0 = skip)")
     device: str | None = _f(None, "torch device (default: cpu)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers} "
+                           "(prmgym.cluster.DistributedConfig; docs/distributed.md)")
     lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
                            "null = train every weight); see prmgym.models.lora.LoRAConfig")
 
@@ -63,6 +65,12 @@ class RunConfig:
             from prmgym.models.lora import lora_config
 
             lora_config(self.lora)  # validates the section (errors name lora.KEY)
+        if self.distributed:
+            if self.algorithm == "sb3_ppo":
+                raise ValueError("distributed applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the section")
+            from prmgym.recipes.distributed import distributed_config
+
+            distributed_config(self.distributed)  # validates the section (errors name distributed.KEY)
 
     def trainer_config(self):
         """The typed trainer section (validated; errors name the ``trainer.`` key)."""
@@ -183,7 +191,9 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy) if reward == "build" else reward
-    env_kwargs = {"split": "train", **cfg.env_kwargs}
+    from prmgym.recipes.distributed import with_ray_sandbox
+
+    env_kwargs = with_ray_sandbox(cfg.distributed, cfg.env, {"split": "train", **cfg.env_kwargs})
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
     from prmgym.agents.grpo import _env_factory
 
