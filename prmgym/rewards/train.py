@@ -98,6 +98,17 @@ class TrainPRMRun(PRMTrainConfig):
     prm: dict = _f({}, "the kind's learner options (its Options dataclass, e.g. learning_rate, train_backbone, "
                       "search_score); unset ones take the learner's defaults")
     quiet: bool = _f(False, "no stdout metric tables")
+    device: str = _f("auto", "torch device of the policy and the PRM: auto (cuda if visible, else cpu) | cpu | cuda | "
+                             "cuda:N | mps")
+    dtype: str = _f("fp32", "compute precision of the PRM's and the policy's forward passes: fp32 | bf16 | fp16 "
+                            "(autocast; weights stay fp32; fp16 needs CUDA); prm.dtype, if set, wins for the PRM")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from prmgym.models.optim import check_device_name, dtype_name
+
+        self.dtype = dtype_name(self.dtype)
+        check_device_name(self.device)
 
     def train_config(self) -> PRMTrainConfig:
         """The `PRMTrainConfig` part."""
