@@ -140,3 +140,43 @@ def test_save_load_round_trip_in_peft_format(tmp_path):
     assert torch.allclose(lps(fresh), want, atol=1e-6) and tr2.num_steps == 2
     with pytest.raises(ValueError, match="LoRA adapter but the model has no LoRA"):
         grpo(TransformersPolicy.from_pretrained(d)).load(ck)
+
+
+def test_prmgym_train_with_lora_csv_and_wandb_offline_then_resume(tmp_path, monkeypatch):
+    import csv
+    import glob
+
+    import gymnasium as gym
+    import yaml
+
+    from prmgym.cli import main
+
+    if "prmgym_test/Toy-v0" not in gym.registry:
+        gym.register(id="prmgym_test/Toy-v0", entry_point="test_rollout_toyenv:ToyEnv")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _, base_dir = saved_base(tmp_path)
+    run = tmp_path / "run"
+    cfg = {"algorithm": "grpo", "env": "prmgym_test/Toy-v0", "model": base_dir, "steps": 2, "run_dir": str(run),
+           "eval_tasks": 4, "lora": {"r": 4}, "logging": ["tensorboard", "csv", "wandb"],
+           "trainer": {**FAST, "beta": 0.05, "save_every": 1}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(run), "--set", "steps=3", "--no-progress"]) == 0
+    import wandb
+
+    wandb.teardown()  # flushes the offline run files
+    summary = json.load(open(run / "summary.json"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(summary["policy_dir"]))
+    policy = TransformersPolicy.from_pretrained(summary["policy_dir"])
+    assert L.is_peft_model(policy.model)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["step"] for r in rows if r["train/loss"]] == ["1", "2", "3"]
+    assert [r["step"] for r in rows if r["eval/pass@1"]] == ["0", "2", "3"]  # before, end of run 1, end of run 2
+    runs = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(runs) == 2  # the resumed run is a second W&B run in the first one's group
+    assert all(b"train/loss" in open(r, "rb").read() for r in runs)
+    with pytest.raises(ConfigError, match="unknown logging writer"):
+        from prmgym.recipes.train import load_run_config
+
+        load_run_config({**cfg, "logging": ["mlflow"]})
