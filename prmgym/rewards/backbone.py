@@ -152,7 +152,7 @@ class LMScalarHead(nn.Module):
             for k, (_, wids, _, _) in enumerate(chunk):
                 input_ids[k, : len(wids)] = torch.tensor(wids, dtype=torch.long, device=device)
                 mask[k, : len(wids)] = 1
-            hidden = self.body(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+            hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state.float()  # (B, T, H), fp32 under autocast too
             for k, (i, _, wpos, idx) in enumerate(chunk):
                 parts[i].append((idx, hidden[k, torch.tensor(wpos, dtype=torch.long, device=device)]))
         for i, plist in enumerate(parts):
@@ -173,12 +173,20 @@ class LMScalarHead(nn.Module):
         ``positions[i][j]``; returns ``list[(outputs (n, n_outputs), seg_logprob (n-1,))]``.
         Needs each trace within the model's context (no windowing).
         """
+        return [(self.head(h).float(), lp) for h, lp in self.hidden_and_segment_logprobs(id_rows, positions)]
+
+    def hidden_and_segment_logprobs(
+        self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Last hidden states at ``positions`` and the LM's log-prob of each segment between them:
+        ``list[(hidden (n, H), seg_logprob (n-1,))]``, one forward pass (no windowing)."""
         limit = max_positions(self.model)
         for ids in id_rows:
             if limit is not None and len(ids) > limit:
                 raise ValueError(
-                    f"a trace of {len(ids)} tokens exceeds the model's context ({limit}); the LM prior needs the "
-                    "whole trace in context: shorten the trace (max_steps / max_new_tokens) or set lm_prior=False"
+                    f"a trace of {len(ids)} tokens exceeds the model's context ({limit}); reading the LM's log-prob "
+                    "needs the whole trace in context: shorten the trace (max_steps / max_new_tokens), or turn the "
+                    "LM term off (AIRL: lm_prior=False; ORM/MC/rePIRL: lm_feature=none)"
                 )
         device = next(self.parameters()).device
         out: list = [None] * len(id_rows)
@@ -191,18 +199,18 @@ class LMScalarHead(nn.Module):
             for k, i in enumerate(chunk):
                 ids[k, : len(id_rows[i])] = torch.tensor(list(id_rows[i]), dtype=torch.long, device=device)
                 mask[k, : len(id_rows[i])] = 1
-            res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            hidden = res.hidden_states[-1]  # (B, T, H) final (normed) hidden state
+            res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            hidden = res.hidden_states[-1].float()  # (B, T, H) final (normed) hidden state
             lp = torch.log_softmax(res.logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
             for k, i in enumerate(chunk):
                 pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
                 cums = torch.cat([lp.new_zeros(1), lp[k].cumsum(0)])  # cums[p] = Σ lp[:p]; token p is lp[p-1]
-                out[i] = (self.head(hidden[k, pos]), cums[pos[1:]] - cums[pos[:-1]])
+                out[i] = (hidden[k, pos], cums[pos[1:]] - cums[pos[:-1]])
         return out
 
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Head outputs at ``positions``: ``list[(len(positions[i]), n_outputs)]``."""
-        return [self.head(h) for h in self.hidden_at(id_rows, positions)]
+        return [self.head(h).float() for h in self.hidden_at(id_rows, positions)]  # fp32 under autocast too
 
 
 # ----------------------------------------------------------------------------------------
