@@ -159,7 +159,7 @@ class LMScalarHead(nn.Module):
                 input_ids[k, : len(wids)] = torch.tensor(wids, dtype=torch.long, device=device)
                 mask[k, : len(wids)] = 1
             with lora.adapter_active(self.model, self.adapter):
-                hidden = self.body(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+                hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state.float()  # (B, T, H), fp32 under autocast too
             for k, (i, _, wpos, idx) in enumerate(chunk):
                 parts[i].append((idx, hidden[k, torch.tensor(wpos, dtype=torch.long, device=device)]))
         for i, plist in enumerate(parts):
@@ -199,18 +199,18 @@ class LMScalarHead(nn.Module):
                 ids[k, : len(id_rows[i])] = torch.tensor(list(id_rows[i]), dtype=torch.long, device=device)
                 mask[k, : len(id_rows[i])] = 1
             with lora.adapter_active(self.model, self.adapter):
-                res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            hidden = res.hidden_states[-1]  # (B, T, H) final (normed) hidden state
+                res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            hidden = res.hidden_states[-1].float()  # (B, T, H) final (normed) hidden state
             lp = torch.log_softmax(res.logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
             for k, i in enumerate(chunk):
                 pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
                 cums = torch.cat([lp.new_zeros(1), lp[k].cumsum(0)])  # cums[p] = Σ lp[:p]; token p is lp[p-1]
-                out[i] = (self.head(hidden[k, pos]), cums[pos[1:]] - cums[pos[:-1]])
+                out[i] = (self.head(hidden[k, pos]).float(), cums[pos[1:]] - cums[pos[:-1]])
         return out
 
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Head outputs at ``positions``: ``list[(len(positions[i]), n_outputs)]``."""
-        return [self.head(h) for h in self.hidden_at(id_rows, positions)]
+        return [self.head(h).float() for h in self.hidden_at(id_rows, positions)]  # fp32 under autocast too
 
 
     def trainable(self) -> list[nn.Parameter]:

@@ -45,6 +45,7 @@ from prmgym.rewards.backbone import (
     read_prm_config,
     resolve_backbone,
 )
+from prmgym.models.optim import OptimKnobs, Optimization, autocast, model_device, prepare_model
 from prmgym.rewards.base import AGGREGATIONS, ProcessRewardModel
 
 #: kind -> class, filled by subclasses (see `load_prm`)
@@ -59,14 +60,15 @@ class MissingClassError(ValueError):
 
 
 @dataclass
-class PRMOptions:
+class PRMOptions(OptimKnobs):
     """Constructor options shared by every `ScalarHeadPRM` (a kind adds its own in a subclass,
     ``SomePRM.Options``). ``learning_rate``'s default here is the learner's one default, used by
-    every entry point (`prmgym train-prm`, `prmgym train` rewards, benchmarks)."""
+    every entry point (`prmgym train-prm`, `prmgym train` rewards, benchmarks). The optimiser,
+    precision and memory knobs are `OptimKnobs`' (their steps are PRM updates); a PRM update is
+    one batch (``micro_batch_size`` must stay 0: the learners' losses normalise over the batch)."""
 
     learning_rate: float = help_field(1e-4, "AdamW learning rate of `update`")
     weight_decay: float = help_field(0.0, "AdamW weight decay")
-    grad_clip: float = help_field(1.0, "gradient-norm clip per update (0 = off)")
     train_backbone: bool = help_field(True, "train the LM body too (false: only the head)")
     batch_size: int = help_field(16, "rows per forward pass")
     aggregation: str = help_field("last", f"default aggregation of `score`: {' | '.join(AGGREGATIONS)}")
@@ -81,23 +83,27 @@ class PRMOptions:
                                     "tokenizer's chat template; a PRM built on a policy takes the policy's)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the OptimKnobs checks
+        if self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size}: PRM updates do not accumulate over micro-batches "
+                             "(a learner's loss normalises over its whole batch); set micro_batch_size: 0 and save memory "
+                             "with a smaller batch_size (rows per forward) or gradient_checkpointing: true")
         check_prompt_format(self.prompt_format)
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 def parse_options(cls: type, options: dict, where: str = "") -> Any:
     """``options`` as ``cls.Options`` (a `PRMOptions` dataclass); errors name the key and the
-    valid ones. ``lr`` is spelled ``learning_rate``."""
-    if "lr" in options:
-        raise ConfigError(f"{where or cls.kind + ' PRM'}: the option 'lr' is spelled 'learning_rate' "
-                          f"(e.g. learning_rate={options['lr']})")
+    valid ones. ``lr`` is spelled ``learning_rate``, ``grad_clip`` ``max_grad_norm``."""
+    for old, new in (("lr", "learning_rate"), ("grad_clip", "max_grad_norm")):
+        if old in options:
+            raise ConfigError(f"{where or cls.kind + ' PRM'}: the option '{old}' is spelled '{new}' "
+                              f"(e.g. {new}={options[old]})")
     return from_dict(cls.Options, options, where)
 
 
@@ -247,7 +253,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         model, tokenizer: the backbone (use `from_backbone` for a directory or a policy).
         **options: the fields of ``Options`` (`PRMOptions` plus the kind's own): delimiter,
             aggregation, squash, cache (a prefix cache ``{(prompt, steps[:i+1]): score}``),
-            learning_rate, weight_decay, grad_clip, train_backbone, batch_size, ...
+            learning_rate, weight_decay, max_grad_norm, train_backbone, batch_size, dtype, ...
 
     Class attributes a kind sets: ``kind`` (registers the class), ``n_outputs``, ``Options``,
     ``data_source`` (``"env"``: a policy and an environment; ``"targets"``: a value-targets
@@ -280,10 +286,10 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         self.squash = bool(o.squash)
         self.learning_rate = float(o.learning_rate)
         self.weight_decay = float(o.weight_decay)
-        self.grad_clip = float(o.grad_clip)
         self.train_backbone = bool(o.train_backbone)
         model, adapter = lora_prm_adapter(model, o.lora, o.share_backbone)
-        self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size)
+        device = prepare_model(model, o)  # device, gradient checkpointing (prmgym.models.optim)
+        self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size).to(device)
         self.net.adapter = adapter
         self.net.pad_token_id = pad_id(tokenizer)
         self.encoder = TraceEncoder(tokenizer, o.delimiter, mode=o.prompt_format)
@@ -292,7 +298,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         self.tokens_scored = 0  # tokens run through the model by score_steps (charge Budget.prm)
         self.tokens_trained = 0  # tokens run through the model by update
         self.updates = 0
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optim: Optimization | None = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -322,8 +328,9 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
                         "it cannot be trained offline")
 
     def config(self) -> dict:
-        """JSON-able constructor options (written to ``prm_config.json``)."""
-        return to_dict(self.options)
+        """JSON-able constructor options (written to ``prm_config.json``), without the run-time
+        ``device`` and ``dtype`` (a PRM trained on a GPU in bf16 loads anywhere; pass them to `load`)."""
+        return {k: v for k, v in to_dict(self.options).items() if k not in ("device", "dtype")}
 
     # -- reading the head ----------------------------------------------------------------------
     def parameters(self):
@@ -385,7 +392,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
             was_training = self.net.training
             self.net.eval()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), autocast(self.options.dtype, model_device(self.net)):
                     scores = self.step_scores_tensor(ps, ss)
             finally:
                 self.net.train(was_training)
@@ -405,10 +412,16 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
 
     # -- training ---------------------------------------------------------------------------
     @property
+    def optim(self) -> Optimization:
+        """AdamW run by the `OptimKnobs` in ``options`` (schedule over updates, clipping, precision)."""
+        if self._optim is None:
+            self._optim = Optimization(self.options, self.parameters(), model_device(self.net),
+                                       weight_decay=self.weight_decay)
+        return self._optim
+
+    @property
     def optimizer(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            self._optimizer = torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        return self._optimizer
+        return self.optim.optimizer
 
     @abc.abstractmethod
     def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
@@ -429,12 +442,12 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if len(batch) == 0:
             raise ValueError("update() got an empty batch")
         self.net.train()
-        loss, metrics = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip))
-        self.optimizer.step()
+        with self.optim.autocast():
+            loss, metrics = self.loss(batch)
+        self.optim.zero_grad()
+        self.optim.backward(loss)
+        info = self.optim.step()  # schedule, clipping; a non-finite gradient norm skips the update
+        metrics.update(grad_norm=info["grad_norm"], lr=info["lr"])
         self.updates += 1
         self.tokens_trained += self.token_count(batch.prompts, batch.step_lists)
         self.clear_cache()  # scores changed
@@ -462,7 +475,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if trainer_state:
             torch.save(
                 {
-                    "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
+                    "optimizer": self._optim.state_dict() if self._optim is not None else None,
                     "updates": self.updates,
                     "tokens_trained": self.tokens_trained,
                     "torch_rng": torch.get_rng_state(),
@@ -487,14 +500,17 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         owner.net.load_weights_from(other.net)
         owner._load_extra_state(other._extra_state())
         owner.updates, owner.tokens_trained = other.updates, other.tokens_trained
-        kept = {"learning_rate", "cache", "batch_size", "delimiter", "prompt_format", "lora", "share_backbone"}  # the instance's own settings win
+        kept = {"learning_rate", "cache", "batch_size", "delimiter", "prompt_format", "device", "dtype",
+                "lora", "share_backbone"}  # the instance's own settings win
         owner.options = replace(owner.options, **{f.name: getattr(other.options, f.name)
                                                   for f in fields(owner.options) if f.name not in kept})
-        for k in ("aggregation", "squash", "weight_decay", "grad_clip", "train_backbone"):
+        for k in ("aggregation", "squash", "weight_decay", "train_backbone"):
             setattr(owner, k, getattr(owner.options, k))
         owner._after_inplace_load(other)
-        if other._optimizer is not None:
-            owner.optimizer.load_state_dict(other._optimizer.state_dict())
+        if owner._optim is not None:
+            owner._optim.knobs = owner.options
+        if other._optim is not None:
+            owner.optim.load_state_dict(other._optim.state_dict())
         owner.clear_cache()
         return owner
 
@@ -503,8 +519,9 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         cfg = read_prm_config(path)
         kind = cfg.pop("kind")
         cfg.pop("format_version", None)
-        if "lr" in cfg:  # PRMs saved before the option was spelled learning_rate
-            cfg["learning_rate"] = cfg.pop("lr")
+        for old, new in (("lr", "learning_rate"), ("grad_clip", "max_grad_norm")):  # PRMs saved before the renames
+            if old in cfg:
+                cfg[new] = cfg.pop(old)
         target = cls
         if cls.kind != kind:
             if cls is not ScalarHeadPRM and not issubclass(PRM_CLASSES.get(kind, object), cls):
@@ -531,7 +548,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
             prm.tokens_trained = int(ts.get("tokens_trained", 0))
             if resume:
                 if ts.get("optimizer") is not None:
-                    prm.optimizer.load_state_dict(ts["optimizer"])
+                    prm.optim.load_state_dict(ts["optimizer"])
                 torch.set_rng_state(ts["torch_rng"])
                 random.setstate(ts["python_rng"])
         return prm
