@@ -180,12 +180,20 @@ class LMScalarHead(nn.Module):
         ``positions[i][j]``; returns ``list[(outputs (n, n_outputs), seg_logprob (n-1,))]``.
         Needs each trace within the model's context (no windowing).
         """
+        return [(self.head(h).float(), lp) for h, lp in self.hidden_and_segment_logprobs(id_rows, positions)]
+
+    def hidden_and_segment_logprobs(
+        self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Last hidden states at ``positions`` and the LM's log-prob of each segment between them:
+        ``list[(hidden (n, H), seg_logprob (n-1,))]``, one forward pass (no windowing)."""
         limit = max_positions(self.model)
         for ids in id_rows:
             if limit is not None and len(ids) > limit:
                 raise ValueError(
-                    f"a trace of {len(ids)} tokens exceeds the model's context ({limit}); the LM prior needs the "
-                    "whole trace in context: shorten the trace (max_steps / max_new_tokens) or set lm_prior=False"
+                    f"a trace of {len(ids)} tokens exceeds the model's context ({limit}); reading the LM's log-prob "
+                    "needs the whole trace in context: shorten the trace (max_steps / max_new_tokens), or turn the "
+                    "LM term off (AIRL: lm_prior=False; ORM/MC/rePIRL: lm_feature=none)"
                 )
         device = next(self.parameters()).device
         out: list = [None] * len(id_rows)
@@ -205,7 +213,7 @@ class LMScalarHead(nn.Module):
             for k, i in enumerate(chunk):
                 pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
                 cums = torch.cat([lp.new_zeros(1), lp[k].cumsum(0)])  # cums[p] = Σ lp[:p]; token p is lp[p-1]
-                out[i] = (self.head(hidden[k, pos]).float(), cums[pos[1:]] - cums[pos[:-1]])
+                out[i] = (hidden[k, pos], cums[pos[1:]] - cums[pos[:-1]])
         return out
 
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:

@@ -47,6 +47,7 @@ from prmgym.rewards.backbone import (
 )
 from prmgym.models.optim import OptimKnobs, Optimization, autocast, model_device, prepare_model
 from prmgym.rewards.base import AGGREGATIONS, ProcessRewardModel
+from prmgym.rewards.lmfeature import check_lm_feature, init_feature_head, lm_feature_values
 
 #: kind -> class, filled by subclasses (see `load_prm`)
 PRM_CLASSES: dict[str, type] = {}
@@ -95,6 +96,21 @@ class PRMOptions(OptimKnobs):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class LMFeatureOptions(PRMOptions):
+    """Options of a kind whose head also reads the LM's log-prob of the step
+    (`prmgym.rewards.lmfeature`: ORM, MC-PRM, rePIRL); a kind sets its own default."""
+
+    lm_feature: str = help_field("none", "LM log-prob input of the head: none | step (the step's mean token "
+                                 "log-prob) | running_min (its minimum over the steps so far); the head starts "
+                                 "at zero on everything else, so the untrained PRM ranks as the LM does")
+    lm_feature_weight: float = help_field(1.0, "initial head weight on the LM feature (> 0)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_lm_feature(self.lm_feature, self.lm_feature_weight)
 
 
 def parse_options(cls: type, options: dict, where: str = "") -> Any:
@@ -269,6 +285,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     recipe_fields: tuple[str, ...] = ()
     needs_both_classes: bool = False
     validation: str | None = None  # held-out metric while training offline (prmgym.rewards.heldout.VALIDATORS)
+    also_validate: tuple[str, ...] = ()  # more held-out metrics logged beside it (not used to pick the best)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -292,6 +309,9 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size).to(device)
         self.net.adapter = adapter
         self.net.pad_token_id = pad_id(tokenizer)
+        self.lm_feature = getattr(o, "lm_feature", "none")
+        if self.lm_feature != "none":  # the head reads [hidden, LM feature]: zero but the feature's weight
+            self.net.head = init_feature_head(self.net.head, o.lm_feature_weight)
         self.encoder = TraceEncoder(tokenizer, o.delimiter, mode=o.prompt_format)
         self.cache: dict | None = {} if o.cache else None
         self.cache_hits = 0
@@ -348,7 +368,15 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """
         check_traces(prompts, step_lists)
         enc = [self.encoder.encode(p, s) for p, s in zip(prompts, step_lists)]
-        return self.net.outputs_at([e[0] for e in enc], [e[1] for e in enc])
+        if self.lm_feature == "none":
+            return self.net.outputs_at([e[0] for e in enc], [e[1] for e in enc])
+        res = self.net.hidden_and_segment_logprobs([e[0] for e in enc], [e[1] for e in enc])
+        outs = []
+        for (_, bounds), (hidden, seg_lp) in zip(enc, res):
+            n_tok = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=seg_lp.device)
+            x = lm_feature_values(seg_lp, n_tok, self.lm_feature).to(hidden.dtype)  # (n+1,)
+            outs.append(self.net.head(torch.cat([hidden, x[:, None]], dim=1)).float())  # (n+1, n_outputs), fp32
+        return outs
 
     def token_count(self, prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> int:
         return sum(len(self.encoder.encode(p, s)[0]) for p, s in zip(prompts, step_lists))
@@ -533,6 +561,8 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if not os.path.exists(head_path):
             raise ValueError(f"{os.fspath(path)!r} has {PRM_CONFIG} but no {HEAD_FILE}: the PRM head is missing; re-save the PRM")
         model, tok = load_causal_lm(os.path.join(os.fspath(path), BACKBONE_DIR))
+        if "lm_feature" in {f.name for f in fields(target.Options)}:
+            cfg.setdefault("lm_feature", "none")  # saved before the option existed: a head without the feature
         cfg.update(overrides)
         cfg["share_backbone"] = False  # loaded on its own: its backbone directory is its own
         prm = target(model, tokenizer or tok, **cfg)
