@@ -92,14 +92,14 @@ def test_make_vec_steps(env_id, jsonl_file):
 def test_every_registered_prmgym_id_is_described():
     ids = [i for i in gym.registry if i.startswith("prmgym/")]
     assert set(ids) >= {"prmgym/ChainArithmetic-v0", "prmgym/Countdown-v0", "prmgym/ReasoningGym-v0",
-                        "prmgym/Jsonl-v0", "prmgym/ProgramSynthesis-v0", "prmgym/HumanEval-v0"}
+                        "prmgym/Jsonl-v0", "prmgym/ProgramSynthesis-v0", "prmgym/HumanEval-v0", "prmgym/ToolMath-v0"}
     assert all(i in DESCRIPTIONS for i in ids)
 
 
 def test_cli_envs_lists_ids(capsys):
     out = subprocess.run([sys.executable, "-m", "prmgym.cli", "envs"], capture_output=True, text=True, check=True).stdout
     lines = [line for line in out.splitlines() if line.startswith("prmgym/")]
-    assert len(lines) == 6 and any("Countdown-v0" in line for line in lines)
+    assert len(lines) == 7 and any("Countdown-v0" in line for line in lines) and any("ToolMath-v0" in line for line in lines)
 
 
 def test_cli_demo_runs():
@@ -479,7 +479,7 @@ def test_math_verifier_works_off_the_main_thread():
     assert results == [True, True, False]
 
 
-@pytest.mark.parametrize("module", ["core", "sources", "spaces", "verifiers", "registration", "task", "trace"])
+@pytest.mark.parametrize("module", ["core", "sources", "spaces", "verifiers", "registration", "task", "trace", "tools"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

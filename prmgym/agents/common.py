@@ -9,6 +9,12 @@ row ``encode(first observation) + step tokens``; otherwise (a step ended by leng
 or a tokenizer that merges across the delimiter) each step is its own row
 ``encode(observation_k) + step_k tokens``. Either way every trained token is scored in
 exactly the context it was sampled in.
+
+Tool segments (`prmgym.envs.tools`): after a code-cell step the env appends the cell's
+output to the observation. The policy did not generate it, so it is context only: in the
+one-row layout the row holds it between the step spans and no target falls on it (its
+tokens get no loss and no gradient); in the row-per-step layout it is part of the next
+step's observation.
 """
 
 from __future__ import annotations
@@ -184,19 +190,29 @@ class PackedBatch:
     rows_per_step: int  # how many trajectories needed one row per step (tokenization mismatch)
 
 
-def _trajectory_rows(traj, encode: Callable[[str], list[int]]) -> list[tuple[list[int], int, int]]:
-    """Rows ``(ids, first_target_col, first_token_index)`` covering the trajectory's tokens."""
+def _trajectory_rows(traj, encode: Callable[[str], list[int]]) -> list[tuple[list[int], list[tuple[int, int, int]]]]:
+    """Rows ``(ids, spans)`` covering the trajectory's tokens; a span ``(first_target_col,
+    n_tokens, first_token_index)`` marks trained tokens in the row. Tokens of the row outside
+    the spans are context: the prompt, and tool segments the env appended after a step."""
     obs_ids = [encode(o) for o in traj.step_observations]
+    steps = [list(ids) for ids in traj.step_token_ids]
+    # One row when each observation extends the previous one plus its sampled step; what the
+    # env added after the step (a tool segment) lies between the spans, untrained.
     single = all(
-        traj.finish_reasons[k] == "stop" and obs_ids[k + 1] == obs_ids[k] + list(traj.step_token_ids[k])
-        for k in range(len(traj.step_token_ids) - 1)
+        traj.finish_reasons[k] == "stop"
+        and obs_ids[k + 1][: len(obs_ids[k]) + len(steps[k])] == obs_ids[k] + steps[k]
+        for k in range(len(steps) - 1)
     )
-    if single:
-        return [(obs_ids[0] + traj.token_ids, len(obs_ids[0]), 0)]
+    if single and steps:
+        spans, pos = [], 0
+        for k, ids in enumerate(steps):
+            spans.append((len(obs_ids[k]), len(ids), pos))
+            pos += len(ids)
+        return [(obs_ids[-1] + steps[-1], spans)]
     rows, pos = [], 0
-    for k, ids in enumerate(traj.step_token_ids):
+    for k, ids in enumerate(steps):
         if ids:
-            rows.append((obs_ids[k] + list(ids), len(obs_ids[k]), pos))
+            rows.append((obs_ids[k] + ids, [(len(obs_ids[k]), len(ids), pos)]))
         pos += len(ids)
     return rows
 
@@ -208,15 +224,15 @@ def pack_trajectories(trajs: Sequence[Any], encode: Callable[[str], list[int]], 
     for b, t in enumerate(trajs):
         tr = _trajectory_rows(t, encode)
         multi += int(len(tr) > 1)
-        for ids, start, first_tok in tr:
+        for ids, spans in tr:
             r = len(rows)
             rows.append(ids)
-            n = len(ids) - start
-            src_row += [r] * n
-            src_col += list(range(start - 1, len(ids) - 1))
-            tgt += ids[start:]
-            dst_traj += [b] * n
-            dst_tok += list(range(first_tok, first_tok + n))
+            for start, n, first_tok in spans:
+                src_row += [r] * n
+                src_col += list(range(start - 1, start + n - 1))
+                tgt += ids[start:start + n]
+                dst_traj += [b] * n
+                dst_tok += list(range(first_tok, first_tok + n))
     R = max(len(rows), 1)
     L = max((len(r) for r in rows), default=1)
     input_ids = torch.full((R, L), pad_id, dtype=torch.long)

@@ -96,7 +96,8 @@ class Trajectory:
         prompt: the `Prompt` this episode started from.
         group: index of its group (episodes of one prompt) in the batch.
         observation: the first observation the policy saw (prompt + prefix steps).
-        steps: the generated steps' text (without the delimiter).
+        steps: the generated steps' text (without the delimiter); a code-cell step of a
+            `prmgym.envs.tools.ToolEnv` is stored as the env keeps it, with its tool output.
         step_observations: the observation each step was sampled from.
         step_token_ids / step_logprobs: per step, the sampled token ids and their
             log-probs under the sampling policy (the "old" log-probs of GRPO).
@@ -348,6 +349,10 @@ def play_rounds(
             t = trajs[i]
             obs_of[i] = t.last_observation = obs
             t.terminated, t.truncated = bool(term), bool(trunc)
+            tool = info.get("tool") if isinstance(info, dict) else None
+            if tool is not None:  # a code cell (prmgym.envs.tools): keep the step with its output
+                t.steps[-1] = info["steps"][-1]
+                stats.sandbox += int(tool.ran)
             if t.done:
                 t.finish(reward, info)
                 if t.task.is_code and t.verdict is not None:

@@ -6,6 +6,7 @@
     prmgym/Jsonl-v0             make(id, path="problems.jsonl", verifier="math"|"exact")
     prmgym/ProgramSynthesis-v0  make(id, difficulty=, sandbox="local"|"docker"|Sandbox)
     prmgym/HumanEval-v0         make(id, sandbox="local"|"docker"|Sandbox)
+    prmgym/ToolMath-v0          make(id, difficulty=, sandbox="local"|"docker"|Sandbox, tool_timeout_s=, ...)
 
 ``make`` is `prmgym.envs.make` (``gymnasium.make`` works too; ``make`` adds the helpful
 errors). Every builder also takes the `ReasoningEnv` keywords (``delimiter``, ``max_steps``,
@@ -96,6 +97,18 @@ def make_humaneval(split: str = "test", sandbox: Any = "local", reward: str = "f
     src = HumanEval(code_end=env_kwargs.get("code_end", "```"))
     src.tasks(split)  # an unknown split raises the message that says what to use instead
     return ReasoningEnv(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, **env_kwargs)
+
+
+def make_tool_math(split: str = "train", difficulty: int = 1, sandbox: Any = "local", test_fraction: float = 0.2,
+                   source_kwargs: dict | None = None, **env_kwargs: Any) -> ReasoningEnv:
+    """A `prmgym.envs.tools.ToolEnv`: code-cell steps run in ``sandbox`` (``tool_timeout_s=``,
+    ``tool_memory_mb=``, ``tool_output_chars=`` are its keywords too)."""
+    from prmgym.envs.tools import ToolEnv, ToolMath
+    from prmgym.envs.verifiers import MathVerifier
+
+    env_kwargs.setdefault("max_steps", 6)
+    return ToolEnv(ToolMath(difficulty, test_fraction, **(source_kwargs or {})), MathVerifier(), split,
+                   sandbox=sandbox, **env_kwargs)
 
 
 def register_reasoning_env(
@@ -331,3 +344,6 @@ register_reasoning_env(
 register_reasoning_env(
     "prmgym/HumanEval-v0", builder=_HERE + "make_humaneval",
     description="the 164 HumanEval problems, one completion line per step; tests run in a sandbox")
+register_reasoning_env(
+    "prmgym/ToolMath-v0", builder=_HERE + "make_tool_math",
+    description="arithmetic solved with Python code-cell steps run in a sandbox (output shown as a tool segment)")

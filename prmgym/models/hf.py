@@ -26,7 +26,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from prmgym.models.formatting import ObservationFormatter
 from prmgym.models.policy import Policy, Proposal, check_propose_args
+from prmgym.models.tokenizer import load_tokenizer
 
 
 
@@ -38,12 +40,14 @@ class TransformersPolicy(Policy):
         tokenizer: its tokenizer. Without a pad token the eos token is used for padding;
             a tokenizer with neither is rejected.
         device: where to run (default: the model's device).
+        prompt_format: ``"plain"`` (the observation text as is) or ``"chat"`` (through the
+            tokenizer's chat template), see `prmgym.models.formatting`.
 
     Attributes:
-        model, tokenizer, device.
+        model, tokenizer, device, formatter (the `ObservationFormatter`).
     """
 
-    def __init__(self, model, tokenizer, device: str | torch.device | None = None) -> None:
+    def __init__(self, model, tokenizer, device: str | torch.device | None = None, prompt_format: str = "plain") -> None:
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
                 raise ValueError(
@@ -55,6 +59,7 @@ class TransformersPolicy(Policy):
             tokenizer.pad_token = tokenizer.eos_token
         self.model = model
         self.tokenizer = tokenizer
+        self.formatter = ObservationFormatter(tokenizer, prompt_format)
         if device is not None:
             self.model.to(device)
         self.device = next(model.parameters()).device
@@ -67,18 +72,21 @@ class TransformersPolicy(Policy):
         path: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        prompt_format: str = "plain",
     ) -> "TransformersPolicy":
         """Load a local directory saved with ``save_pretrained`` (model + tokenizer).
 
-        Nothing is downloaded: the path must exist locally.
+        Nothing is downloaded: the path must exist locally. Transformers' weight-loading
+        progress bar is off while loading (set ``PRMGYM_LOADING_BARS=1`` to see it).
         """
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         path = os.fspath(path)
         from prmgym.models import lora
 
         if os.path.isdir(path) and lora.is_adapter_dir(path):  # a LoRA policy: base named in adapter_config.json
-            policy = cls.from_pretrained(lora.base_model_path(path), device=device, dtype=dtype)
+            policy = cls.from_pretrained(lora.base_model_path(path), device=device, dtype=dtype,
+                                     prompt_format=prompt_format)
             policy.model = lora.load_adapter(policy.model, path)
             policy.model.eval()
             return policy
@@ -94,15 +102,16 @@ class TransformersPolicy(Policy):
             )
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+            with quiet_loading():
+                model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         except ValueError as e:
             raise ValueError(
                 f"{path!r} holds a {type(config).__name__} ({config.model_type!r}) that is not a causal "
                 f"language model; TransformersPolicy needs one AutoModelForCausalLM can load "
                 f"({str(e).splitlines()[0]})"
             ) from e
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        return cls(model, tokenizer, device=device)
+        tokenizer = load_tokenizer(path)
+        return cls(model, tokenizer, device=device, prompt_format=prompt_format)
 
     def save(self, path: str | os.PathLike) -> str:
         """Write model and tokenizer with ``save_pretrained``; returns the directory. A LoRA
@@ -114,7 +123,8 @@ class TransformersPolicy(Policy):
         if lora.is_peft_model(self.model):
             lora.save_adapter(self.model, path)
         else:
-            self.model.save_pretrained(path)
+            with quiet_loading():
+                self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
 
@@ -129,15 +139,10 @@ class TransformersPolicy(Policy):
         return None
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of an observation, exactly as `propose`/`logprobs` feed it (special
-        tokens such as a bos are added the tokenizer's way)."""
-        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-        if not ids:  # an empty observation with a tokenizer that adds nothing
-            start = self.tokenizer.bos_token_id
-            if start is None:
-                start = self.tokenizer.eos_token_id
-            ids = [start]
-        return list(ids)
+        """Token ids of an observation, exactly as `propose`/`logprobs` feed it: the
+        `formatter`'s (plain: the text with the tokenizer's special tokens such as a bos;
+        chat: through the chat template)."""
+        return self.formatter.encode_observation(text)
 
     def _encode_continuation(self, cont: Sequence[int] | str) -> list[int]:
         if isinstance(cont, str):
@@ -217,8 +222,9 @@ class TransformersPolicy(Policy):
 
         ids, mask, pos = self._left_pad(prefixes)
         extra = {"logits_to_keep": 1} if self._accepts_logits_to_keep() else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
-        cache = out.past_key_values
+        cache = self._new_cache()  # filled in place by every forward pass below
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         **{self._cache_kwarg(): cache}, **extra)
         logits = out.logits[:, -1, :].float()  # (B, V)
         # Expand prefix state to the n samples per observation (row r = obs r // n, sample r % n).
         if n > 1:
@@ -278,10 +284,9 @@ class TransformersPolicy(Policy):
                 input_ids=nxt[:, None],
                 attention_mask=mask,
                 position_ids=next_pos[:, None],
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_kwarg(): cache},
             )
-            cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
@@ -308,6 +313,23 @@ class TransformersPolicy(Policy):
                 )
             results.append(group)
         return results
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # transformers releases whose DynamicCache takes no config
+            return DynamicCache()
+
+    def _cache_kwarg(self) -> str:
+        """``cache`` (current transformers) or ``past_key_values`` (releases before the rename)."""
+        if not hasattr(self, "_ckw"):
+            import inspect
+
+            params = inspect.signature(self.model.forward).parameters
+            self._ckw = "cache" if "cache" in params else "past_key_values"
+        return self._ckw
 
     def _accepts_logits_to_keep(self) -> bool:
         if not hasattr(self, "_ltk"):
@@ -380,6 +402,26 @@ class TransformersPolicy(Policy):
                 target = torch.tensor(c, device=lp.device)[:, None]
                 out.append(lp.gather(1, target).squeeze(1))
         return out
+
+
+class quiet_loading:
+    """Context manager: transformers' weight-loading progress bars off inside (unless
+    ``PRMGYM_LOADING_BARS=1``), restored on exit."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._was = hf_logging.is_progress_bar_enabled()
+        if os.environ.get("PRMGYM_LOADING_BARS", "") != "1":
+            hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        if self._was:
+            hf_logging.enable_progress_bar()
+        return False
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> torch.Tensor:

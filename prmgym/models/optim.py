@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from prmgym.config import help_field
+from prmgym.config import ConfigError, help_field
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,13 +79,11 @@ def check_knobs(k: Any) -> None:
     for name in ("warmup_steps", "schedule_steps", "micro_batch_size"):
         if getattr(k, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(k, name)}")
-    if k.lr_schedule != "constant":
-        if k.schedule_steps <= k.warmup_steps:
-            raise ValueError(
-                f"lr_schedule {k.lr_schedule} decays over schedule_steps optimizer updates, which must exceed "
-                f"warmup_steps ({k.warmup_steps}); got schedule_steps={k.schedule_steps}. Set schedule_steps to the "
-                "run's optimizer updates (prmgym train fills it from steps), or use lr_schedule: constant"
-            )
+    if k.lr_schedule != "constant" and k.schedule_steps < 1:
+        raise ValueError(
+            f"lr_schedule {k.lr_schedule} decays over schedule_steps optimizer updates, and schedule_steps is 0; set it "
+            "to the run's optimizer updates (prmgym train fills it from steps), or use lr_schedule: constant"
+        )
     if not 0.0 <= k.min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {k.min_lr_ratio}")
     if k.max_grad_norm < 0:
@@ -170,6 +168,16 @@ def autocast(dtype: Any, device: Any) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     return torch.autocast(device_type=dev.type, dtype=DTYPES[name])
+
+
+def resolve_precision(dtype: Any, device: Any) -> tuple[str, torch.device]:
+    """For the commands: ``(dtype name, device)`` of a ``--dtype`` / ``--device`` pair, with every
+    problem (unknown names, a device this machine lacks, fp16 off CUDA) as a `ConfigError`."""
+    try:
+        dev = resolve_device(device if device is not None else "auto")
+        return check_precision(dtype if dtype is not None else "fp32", dev), dev
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

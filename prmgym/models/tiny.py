@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from prmgym.models.hf import TransformersPolicy
-from prmgym.models.tokenizer import DEFAULT_CHARSET, char_tokenizer
+from prmgym.models.tokenizer import DEFAULT_CHARSET, add_chat_template, char_tokenizer
 
 ARCHS = ("gpt2", "llama", "qwen2")
 
@@ -64,17 +64,23 @@ def random_tiny_policy(
     arch: str = "gpt2",
     charset: str = DEFAULT_CHARSET,
     device: str | None = None,
+    chat_template: str | None = None,
+    prompt_format: str = "plain",
 ) -> TransformersPolicy:
     """A randomly initialised tiny causal LM (GPT-2 by default) with the character tokenizer.
 
-    Deterministic given ``seed`` (the global torch RNG is left untouched).
+    Deterministic given ``seed`` (the global torch RNG is left untouched). ``chat_template``
+    (``"qwen2"`` or ``"llama"``, `prmgym.models.tokenizer.add_chat_template`) gives the
+    tokenizer a chat template, as an instruct model has; ``prompt_format`` is the policy's.
     """
     from transformers import AutoModelForCausalLM
 
     tokenizer = char_tokenizer(charset, model_max_length=n_positions)
+    if chat_template is not None:
+        add_chat_template(tokenizer, chat_template)
     config = tiny_config(tokenizer, arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                          n_positions=n_positions)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
-    return TransformersPolicy(model, tokenizer, device=device)
+    return TransformersPolicy(model, tokenizer, device=device, prompt_format=prompt_format)

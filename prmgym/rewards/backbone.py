@@ -1,8 +1,8 @@
 """A causal LM with a linear scalar head, read at step boundaries: the base of every learned PRM.
 
-Layout. A trace is tokenised segment by segment: ``prompt + delimiter`` first, then
-``step + delimiter`` for each step (the segments of `prmgym.envs.trace.render_trace`,
-concatenated). The PRM reads its head at the *last token of each segment*, i.e. the last token
+Layout. A trace is tokenised segment by segment: ``prompt + delimiter`` first (or, with
+``prompt_format="chat"``, the chat template's header with the prompt as the user turn), then
+``step + delimiter`` for each step (`prmgym.models.formatting.ObservationFormatter`). The PRM reads its head at the *last token of each segment*, i.e. the last token
 of each step's delimiter (character offset ``step_end_offsets(...)[i] - 1``). Tokenising per
 segment makes the token sequence of a prefix a prefix of the token sequence of the full trace,
 so (causal attention) one forward pass over the whole trace gives exactly the scores that
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -37,6 +36,8 @@ from torch import nn
 
 from prmgym.checkpoints import TRAINER_STATE  # noqa: F401  (the PRM's optimiser/RNG state file, one name project-wide)
 from prmgym.envs.trace import DEFAULT_DELIMITER
+from prmgym.models import lora
+from prmgym.models.formatting import ObservationFormatter, encode_text  # noqa: F401  (encode_text re-exported)
 
 PRM_CONFIG = "prm_config.json"
 HEAD_FILE = "head.pt"
@@ -46,17 +47,6 @@ BACKBONE_DIR = "backbone"
 # ----------------------------------------------------------------------------------------
 # tokenisation
 # ----------------------------------------------------------------------------------------
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens (HF tokenizers and minimal ones)."""
-    try:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-    except TypeError:  # minimal tokenizers without the keyword
-        ids = tokenizer.encode(text)
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    return [int(i) for i in ids]
-
-
 def pad_id(tokenizer: Any) -> int:
     for name in ("pad_token_id", "eos_token_id"):
         v = getattr(tokenizer, name, None)
@@ -65,51 +55,21 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-class TraceEncoder:
-    """Turns (prompt, steps) into token ids and the positions the PRM reads.
-
-    Segments are tokenised separately and memoised (planners re-encode the same prefixes
-    over and over).
+class TraceEncoder(ObservationFormatter):
+    """Turns (prompt, steps) into token ids and the positions the PRM reads: the
+    `ObservationFormatter` of the PRM's ``prompt_format`` (``"plain"`` or ``"chat"``), so a PRM
+    on a policy's backbone reads the ids that policy is fed. Segments and chat headers are
+    memoised (planners re-encode the same prefixes over and over).
     """
 
     def __init__(self, tokenizer: Any, delimiter: str = DEFAULT_DELIMITER, memo_size: int = 20000,
-                 add_bos: bool = True) -> None:
-        self.tokenizer = tokenizer
-        self.delimiter = delimiter
-        # Policies see a <bos> first (TransformersPolicy.encode); a PRM on the same body should too.
-        bos = getattr(tokenizer, "bos_token_id", None) if add_bos else None
-        self.prefix_ids: list[int] = [int(bos)] if bos is not None else []
-        self._memo: OrderedDict[str, list[int]] = OrderedDict()
-        self._memo_size = memo_size
-
-    def segment(self, text: str) -> list[int]:
-        ids = self._memo.get(text)
-        if ids is None:
-            ids = encode_text(self.tokenizer, text)
-            self._memo[text] = ids
-            if len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
-        return ids
+                 add_bos: bool = True, mode: str = "plain", template: Any = None) -> None:
+        super().__init__(tokenizer, mode, delimiter, template=template, add_bos=add_bos, memo_size=memo_size)
 
     def encode(self, prompt: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
-        """Token ids of the trace and the boundary positions ``[prompt_end, step_1_end, ...]``.
-
-        A ``<bos>`` token comes first when the tokenizer has one. Position ``k`` is the index of the last token of segment ``k`` (the prompt segment is
-        ``prompt + delimiter``; segment ``i >= 1`` is ``steps[i-1] + delimiter``).
-        """
-        ids: list[int] = list(self.prefix_ids)
-        bounds: list[int] = []
-        for k, text in enumerate([prompt] + list(steps)):
-            seg = self.segment(text + self.delimiter)
-            if not seg:
-                what = "the prompt" if k == 0 else f"step {k - 1}"
-                raise ValueError(
-                    f"{what} tokenises to no tokens (empty text and empty delimiter): the PRM has no "
-                    "position to read; use a non-empty delimiter or drop empty steps"
-                )
-            ids.extend(seg)
-            bounds.append(len(ids) - 1)
-        return ids, bounds
+        """Token ids of the trace and the boundary positions ``[prompt_end, step_1_end, ...]``
+        (`ObservationFormatter.encode_trace`)."""
+        return self.encode_trace(prompt, steps)
 
 
 # ----------------------------------------------------------------------------------------
@@ -152,10 +112,15 @@ class LMScalarHead(nn.Module):
         self.batch_size = int(batch_size)
         self.pad_token_id = 0
 
+    #: the PEFT adapter this head reads through (None: no LoRA); set by `ScalarHeadPRM`
+    adapter: str | None = None
+
     @property
     def body(self) -> nn.Module:
-        """The transformer without its LM head (``model.base_model`` for HF causal LMs)."""
-        return getattr(self.model, "base_model", self.model)
+        """The transformer without its LM head (``model.base_model`` for HF causal LMs; inside a
+        PEFT model, whose adapter layers it keeps)."""
+        inner = lora.base_model(self.model)
+        return getattr(inner, "base_model", inner)
 
     def _windows(self, ids: list[int], pos: list[int]) -> list[tuple[list[int], list[int], list[int]]]:
         """(row ids, positions in the row, indices into ``pos``) covering every position."""
@@ -193,7 +158,8 @@ class LMScalarHead(nn.Module):
             for k, (_, wids, _, _) in enumerate(chunk):
                 input_ids[k, : len(wids)] = torch.tensor(wids, dtype=torch.long, device=device)
                 mask[k, : len(wids)] = 1
-            hidden = self.body(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+            with lora.adapter_active(self.model, self.adapter):
+                hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state.float()  # (B, T, H), fp32 under autocast too
             for k, (i, _, wpos, idx) in enumerate(chunk):
                 parts[i].append((idx, hidden[k, torch.tensor(wpos, dtype=torch.long, device=device)]))
         for i, plist in enumerate(parts):
@@ -214,12 +180,20 @@ class LMScalarHead(nn.Module):
         ``positions[i][j]``; returns ``list[(outputs (n, n_outputs), seg_logprob (n-1,))]``.
         Needs each trace within the model's context (no windowing).
         """
+        return [(self.head(h).float(), lp) for h, lp in self.hidden_and_segment_logprobs(id_rows, positions)]
+
+    def hidden_and_segment_logprobs(
+        self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Last hidden states at ``positions`` and the LM's log-prob of each segment between them:
+        ``list[(hidden (n, H), seg_logprob (n-1,))]``, one forward pass (no windowing)."""
         limit = max_positions(self.model)
         for ids in id_rows:
             if limit is not None and len(ids) > limit:
                 raise ValueError(
-                    f"a trace of {len(ids)} tokens exceeds the model's context ({limit}); the LM prior needs the "
-                    "whole trace in context: shorten the trace (max_steps / max_new_tokens) or set lm_prior=False"
+                    f"a trace of {len(ids)} tokens exceeds the model's context ({limit}); reading the LM's log-prob "
+                    "needs the whole trace in context: shorten the trace (max_steps / max_new_tokens), or turn the "
+                    "LM term off (AIRL: lm_prior=False; ORM/MC/rePIRL: lm_feature=none)"
                 )
         device = next(self.parameters()).device
         out: list = [None] * len(id_rows)
@@ -232,18 +206,51 @@ class LMScalarHead(nn.Module):
             for k, i in enumerate(chunk):
                 ids[k, : len(id_rows[i])] = torch.tensor(list(id_rows[i]), dtype=torch.long, device=device)
                 mask[k, : len(id_rows[i])] = 1
-            res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            hidden = res.hidden_states[-1]  # (B, T, H) final (normed) hidden state
+            with lora.adapter_active(self.model, self.adapter):
+                res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            hidden = res.hidden_states[-1].float()  # (B, T, H) final (normed) hidden state
             lp = torch.log_softmax(res.logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
             for k, i in enumerate(chunk):
                 pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
                 cums = torch.cat([lp.new_zeros(1), lp[k].cumsum(0)])  # cums[p] = Σ lp[:p]; token p is lp[p-1]
-                out[i] = (self.head(hidden[k, pos]), cums[pos[1:]] - cums[pos[:-1]])
+                out[i] = (hidden[k, pos], cums[pos[1:]] - cums[pos[:-1]])
         return out
 
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Head outputs at ``positions``: ``list[(len(positions[i]), n_outputs)]``."""
-        return [self.head(h) for h in self.hidden_at(id_rows, positions)]
+        return [self.head(h).float() for h in self.hidden_at(id_rows, positions)]  # fp32 under autocast too
+
+
+    def trainable(self) -> list[nn.Parameter]:
+        """With an adapter: the head's and the adapter's parameters (never a shared model's other
+        adapters or frozen base); else every parameter."""
+        if self.adapter is None:
+            return list(self.parameters())
+        return list(self.head.parameters()) + lora.adapter_parameters(self.model, self.adapter)
+
+    def save_backbone(self, path: str, tokenizer: Any) -> None:
+        """``path/backbone`` (``save_pretrained``; with an adapter the frozen base only) and, with
+        an adapter, ``path/adapter`` in PEFT's format."""
+        bb = os.path.join(path, BACKBONE_DIR)
+        if self.adapter is None:
+            self.model.save_pretrained(bb)
+        else:
+            lora.save_base(self.model, bb)
+            lora.save_adapter(self.model, os.path.join(path, lora.ADAPTER_DIR), self.adapter)
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(bb)
+
+    def load_weights_from(self, other: "LMScalarHead") -> None:
+        """Copy ``other``'s trained weights (head; with an adapter only the adapter, so a model
+        shared with a policy keeps the policy's weights)."""
+        if self.adapter is None:
+            self.load_state_dict(other.state_dict())
+            return
+        self.head.load_state_dict(other.head.state_dict())
+        with torch.no_grad():
+            for mine, theirs in zip(lora.adapter_parameters(self.model, self.adapter),
+                                    lora.adapter_parameters(other.model, other.adapter)):
+                mine.copy_(theirs)
 
 
 # ----------------------------------------------------------------------------------------

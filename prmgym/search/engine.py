@@ -15,7 +15,9 @@ policy, the scorer and the budget, so the accounting rules live in one file:
   trace, so a trace is never paid for twice.
 * Env branching goes through ``env.unwrapped`` (``get_state``/``set_state``/``step``):
   wrappers keep per-episode counters that ``set_state`` cannot rewind. Sandbox runs are
-  charged as ``sandbox`` (see `SearchEngine._charge_verdict`).
+  charged as ``sandbox`` (see `SearchEngine._charge_verdict`), and so is every code-cell step
+  that ran the sandbox (``info["tool"].ran``, `prmgym.envs.tools.ToolEnv`); a node of a tool
+  step holds the step with its output, so its children see it and the scorer scores it.
 
 Planners never read the verifier reward to choose; it is carried on nodes only so the
 chosen trace's `SearchResult.reward` can be reported.
@@ -162,8 +164,8 @@ class SearchEngine:
         enc_cost = [self.count_tokens(o) for o in obs]
         remaining_gen = self.budget.remaining("generated")
         remaining_enc = self.budget.remaining("encoded")
-        if self.budget.remaining("seconds") <= 0:
-            self.stats["budget_stops"] += 1
+        if self.budget.remaining("seconds") <= 0 or (hasattr(self.u, "tool_runs") and self.budget.remaining("sandbox") <= 0):
+            self.stats["budget_stops"] += 1  # (a tool env's steps may run the sandbox: no runs left, no new steps)
             return out
         plan: list[int] = []
         gen_left, enc_left = remaining_gen, remaining_enc
@@ -215,8 +217,11 @@ class SearchEngine:
         self.u.set_state(parent.state)
         _, reward, terminated, truncated, info = self.u.step(step)
         self.stats["env_steps"] += 1
-        node = Node(steps=parent.steps + (step,), state=self.u.get_state(), parent=parent,
-                    depth=parent.depth + 1)
+        tool = info.get("tool")  # a code cell (prmgym.envs.tools): the step as stored, with its output
+        if tool is not None and tool.ran:
+            self.budget.charge(sandbox=1)
+        node = Node(steps=parent.steps + (info["steps"][-1] if tool is not None else step,), state=self.u.get_state(),
+                    parent=parent, depth=parent.depth + 1)
         if terminated or truncated:
             node.terminal = True
             node.answer = info.get("answer")

@@ -1,0 +1,104 @@
+"""Tool segments are context, not generated: GRPO's loss puts no target on them (zero gradient)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prmgym.agents.common import pack_trajectories, packed_logprobs
+from prmgym.agents.grpo import GRPOConfig, GRPOTrainer
+from prmgym.envs import make
+from prmgym.envs.episodes import run_episodes
+from prmgym.envs.tools import ToolMath
+from prmgym.models import tiny
+from prmgym.models.policy import Policy, Proposal
+from prmgym.sandbox import LocalSandbox
+
+torch.set_num_threads(1)
+
+
+class ExpertPolicy(Policy):
+    """Plays each task's expert steps, tokenized with ``policy``'s tokenizer (log-probs are
+    placeholders: the test only needs the tokens and their contexts)."""
+
+    def __init__(self, policy, tasks):
+        self.policy, self.by_prompt = policy, {t.prompt: t for t in tasks}
+
+    def propose(self, observations, n=1, stop="\n", max_new_tokens=64, temperature=1.0, top_p=1.0, seed=None):
+        out = []
+        for obs in observations:
+            prompt = obs.split("\n", 1)[0]
+            done = obs.count("```python")
+            text = self.by_prompt[prompt].expert_steps[done]
+            ids = self.policy.encode(text + "\n")[1:]  # without the <bos> the tokenizer puts in front
+            out.append([Proposal(text, ids, [-1.0] * len(ids), "stop", len(ids), len(obs)) for _ in range(n)])
+        return out
+
+    def logprobs(self, observations, continuations, requires_grad=False):
+        raise NotImplementedError
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    sb = LocalSandbox(workers=1)
+    yield sb
+    sb.close()
+
+
+def test_tool_tokens_get_no_target_and_zero_gradient(sandbox):
+    tasks = ToolMath(difficulty=2, families=("sumsq",)).tasks("train", 2)  # two cells, then the answer
+    pol = tiny.random_tiny_policy(seed=0)
+    envs = [make("prmgym/ToolMath-v0", sandbox=sandbox) for _ in range(4)]
+    trajs, _ = run_episodes(envs, ExpertPolicy(pol, tasks), tasks, group_size=2, seed=0)
+    assert all(t.correct and len(t.steps) == 3 for t in trajs)
+    packed = pack_trajectories(trajs, pol.encode, pol.tokenizer.pad_token_id)
+    assert packed.rows_per_step == 0 and packed.input_ids.shape[0] == len(trajs)  # one row per trajectory
+
+    # every trained token is a token the policy sampled; the tool segments are in the rows, untargeted
+    for b, t in enumerate(trajs):
+        sel = packed.dst_traj == b
+        assert packed.tgt_ids[sel].tolist() == t.token_ids
+        row = packed.input_ids[b][packed.attention_mask[b].bool()].tolist()
+        assert row == pol.encode(t.last_observation)  # prompt + steps + tool outputs, in order
+        targets = set((packed.src_col[sel] + 1).tolist())
+        prompt_len = len(pol.encode(t.observation))
+        tool_pos = [p for p in range(prompt_len, len(row)) if p not in targets]
+        tool_text = "".join(pol.tokenizer.decode([row[p]]) for p in tool_pos)
+        outputs = [s.split("\n", 1)[1] + "\n" for s in t.steps if "```output" in s]
+        assert tool_text == "".join(outputs) and len(outputs) == 2  # exactly the tool segments
+
+    # GRPO's own loss: the logits that would predict a tool token get exactly zero gradient
+    cfg = GRPOConfig(num_generations=2, batch_size=4, max_new_tokens=48)
+    tr = GRPOTrainer(pol, lambda: make("prmgym/ToolMath-v0", sandbox=sandbox), cfg)
+    captured = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["logits"] = output
+
+    handle = tr.model.lm_head.register_forward_hook(keep)
+    try:
+        tr.model.train()
+        adv = torch.ones(len(trajs), packed.T)
+        loss, _ = tr._loss(trajs, adv)
+        loss.backward()
+    finally:
+        handle.remove()
+    grad = captured["logits"].grad.abs().sum(-1)  # (R, L)
+    for b, t in enumerate(trajs):
+        sel = packed.dst_traj == b
+        targets = set((packed.src_col[sel] + 1).tolist())
+        n = int(packed.attention_mask[b].sum())
+        prompt_len = len(pol.encode(t.observation))
+        tool_pos = [p for p in range(prompt_len, n) if p not in targets]
+        assert tool_pos and all(grad[b, p - 1] == 0 for p in tool_pos)
+        assert all(grad[b, p - 1] > 0 for p in targets)
+    # the tool output still conditions the steps after it: the answer's log-prob changes with it
+    t = trajs[0]
+    with torch.no_grad():
+        lp, _ = packed_logprobs(tr.model.eval(), pack_trajectories([t], pol.encode, pol.tokenizer.pad_token_id))
+        changed = type(t)(**{**t.__dict__, "step_observations": [o.replace("```output\n", "```output\n9") for o in t.step_observations]})
+        lp2, _ = packed_logprobs(tr.model, pack_trajectories([changed], pol.encode, pol.tokenizer.pad_token_id))
+    s, e = t.step_bounds[-1]
+    assert not torch.allclose(lp[0, s:e], lp2[0, s:e])
+    tr.close()
