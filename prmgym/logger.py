@@ -188,3 +188,13 @@ def _make_tb_writer(logdir: str, purge_step: int | None = None):
     if purge_step is not None:
         _after_older_event_files(logdir)
     return SummaryWriter(log_dir=logdir, purge_step=purge_step)
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, initial: int = 0):
+    """A tqdm bar (total, rate, ETA) on stderr when ``enabled`` and stderr is a terminal, else
+    None (logs and pipes get no bar lines). Callers ``update(1)`` it and ``close()`` it."""
+    if not enabled or not getattr(sys.stderr, "isatty", lambda: False)():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)

@@ -26,7 +26,7 @@ from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer,
 OUTPUTS = ("search.json", "results.jsonl", "summary.json", "metrics.jsonl", "hparams.json", "tb")
 #: settings that must match for --resume (the rest, e.g. --quiet, may change)
 RESUME_KEYS = ("planner", "policy", "prm", "env", "env_arg", "split", "n_tasks", "budget", "n", "beam_width",
-               "expansions", "iterations", "max_depth", "aggregation", "temperature", "seed")
+               "expansions", "iterations", "max_depth", "aggregation", "temperature", "seed", "prompt_format")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again.add_argument("--resume", action="store_true", help="continue the search in --out: skip the tasks already "
                        "in its results.jsonl (the settings must be the same)")
     again.add_argument("--overwrite", action="store_true", help="replace the search already in --out")
-    p.add_argument("--quiet", action="store_true", help="no per-task lines")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
+                   help="how the policy reads observations: plain text or its tokenizer's chat template (docs/models.md)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (on a terminal) or per-task lines (otherwise)")
     p.add_argument("--ray", action="store_true", help="split the tasks over Ray actors (pip install -e '.[ray]'); "
                    "the report is the same as without it (docs/distributed.md)")
     p.add_argument("--address", default=None, help="with --ray: the Ray head to join (HOST:PORT, or auto); "
@@ -69,6 +71,8 @@ def _check_args(args) -> None:
         raise ConfigError(f"--n-tasks must be >= 1, got {args.n_tasks}")
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.ray and args.prompt_format != "plain":
+        raise ConfigError("--prompt-format chat is not wired into the Ray search actors yet; run without --ray")
     if args.address and not args.ray:
         raise ConfigError("--address only applies with --ray; add --ray to run the search on that Ray cluster")
     if needs_scorer(args.planner) and not args.prm:
@@ -167,7 +171,7 @@ def run(args) -> int:
     if args.ray:  # the actors load the models; this process only writes the report
         runner = ray_runner(args, prm_dir, dict(env_kwargs, split=args.split))
     else:
-        policy = TransformersPolicy.from_pretrained(args.policy)
+        policy = TransformersPolicy.from_pretrained(args.policy, prompt_format=args.prompt_format)
         if prm_dir:
             from prmgym.rewards import load_prm
 
