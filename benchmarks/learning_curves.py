@@ -38,7 +38,7 @@ import torch
 from prmgym.agents import GRPOConfig, GRPOTrainer, ReSTGRPOConfig, ReSTGRPOTrainer
 from prmgym.agents.grpo import apply_preset
 from prmgym.config import add_set_arg, apply_overrides, from_dict
-from prmgym.models import TransformersPolicy
+from prmgym.models.backend import add_backend_arg, close_policy, load_policy, policy_config_from_args, tiny_layout
 from prmgym.recipes import tiny as tiny_recipe
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -89,22 +89,25 @@ def algo_list(text: str) -> list[str]:
     return names
 
 
-def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, trainer_kw, env_kwargs, tokens=0, evals=2):
+def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, trainer_kw, env_kwargs, tokens=0, evals=2,
+            policy_config=None):
     """One training run; with ``tokens`` > 0 it stops once that many tokens were generated and
-    evaluates at every ``tokens / evals`` (the curve's x is then tokens, not steps)."""
+    evaluates at every ``tokens / evals`` (the curve's x is then tokens, not steps). ``policy_config``
+    picks the generation backend (`prmgym.models.backend`; default hf)."""
     torch.manual_seed(seed)
-    policy = TransformersPolicy.from_pretrained(policy_dir)
+    policy = load_policy(policy_dir, policy_config)
     kw = {**trainer_kw, "seed": seed}
     cls, ccls = (ReSTGRPOTrainer, ReSTGRPOConfig) if algo == "rest_grpo" else (GRPOTrainer, GRPOConfig)
     cfg = from_dict(ccls, kw)  # coerces "1e-4" (YAML reads it as a string) and validates
     tr = cls(policy, env_id, cfg, env_kwargs={"split": "train", **env_kwargs})
     curve = [(0, tr.pass_at_1(eval_tasks))]
     t0 = time.perf_counter()
-    train_rewards, generated, done = [], 0.0, 0
+    train_rewards, generated, done, sync = [], 0.0, 0, []
     while (generated < tokens) if tokens else (done < steps):
         k = 1 if tokens else min(eval_every, steps - done)
         hist = tr.train(k)
         train_rewards += [m["reward_mean"] for m in hist]
+        sync += [(m["perf/sync_seconds"], m["train/logprob_mismatch"]) for m in hist if "perf/sync_seconds" in m]
         generated += sum(m["budget/generated_total"] for m in hist)
         done += k
         if not tokens:
@@ -113,8 +116,12 @@ def run_one(env_id, policy_dir, algo, seed, steps, eval_every, eval_tasks, train
             curve.append((int(tokens * len(curve) / evals), tr.pass_at_1(eval_tasks)))
     seconds = time.perf_counter() - t0  # includes the evaluations along the way
     tr.close()
-    return {"curve": curve, "train_seconds": seconds, "train_rewards": train_rewards, "steps_done": done,
-            "generated_tokens": generated}
+    close_policy(policy)
+    out = {"curve": curve, "train_seconds": seconds, "train_rewards": train_rewards, "steps_done": done,
+           "generated_tokens": generated}
+    if sync:  # a vLLM run: weight-sync seconds and sampler/trainer mismatch, mean over steps
+        out.update(sync_seconds=float(np.mean([a for a, _ in sync])), logprob_mismatch=float(np.mean([b for _, b in sync])))
+    return out
 
 
 def main(argv=None) -> int:
@@ -135,6 +142,7 @@ def main(argv=None) -> int:
     add_set_arg(p, example="learning_rate=5e-5")
     p.add_argument("--pretrain", action="append", default=[], metavar="KEY=VALUE", help="tiny.pretrain override")
     p.add_argument("--out", default="benchmarks/results/learning_curves")
+    add_backend_arg(p)  # --backend vllm: rollouts and evaluation on a vLLM engine (tiny model with 3 heads of 32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="run nothing: combine the results.json of runs made separately (e.g. one seed per "
@@ -145,7 +153,8 @@ def main(argv=None) -> int:
         return write_report(merge_results(args.merge), args.out)
     torch.set_num_threads(args.threads)
     overrides = apply_overrides({}, args.overrides)
-    pre_kw = apply_overrides(PRETRAIN, args.pretrain, flag="--pretrain")
+    pc = policy_config_from_args(args)
+    pre_kw = apply_overrides({**PRETRAIN, **tiny_layout(pc)}, args.pretrain, flag="--pretrain")
     os.makedirs(args.out, exist_ok=True)
 
     results = {}
@@ -164,10 +173,11 @@ def main(argv=None) -> int:
                     r.update(steps_done=r["curve"][-1][0], generated_tokens=r["tokens_generated"])
                 else:
                     r = run_one(env_id, policy_dir, algo, seed, args.steps, args.eval_every, args.eval_tasks,
-                                trainer_kw, {}, tokens=args.tokens, evals=args.evals)
+                                trainer_kw, {}, tokens=args.tokens, evals=args.evals, policy_config=pc)
                 r.update(seed=seed, steps=args.steps if not args.tokens else f"{args.tokens} tokens",
-                         eval_tasks=args.eval_tasks, trainer=trainer_kw, pretrain=pre_kw)
-                results.setdefault(env, {}).setdefault(algo, []).append(r)
+                         eval_tasks=args.eval_tasks, trainer=trainer_kw, pretrain=pre_kw, backend=pc.backend)
+                label = algo if pc.backend == "hf" else f"{algo}@{pc.backend}"  # --merge puts both in one table
+                results.setdefault(env, {}).setdefault(label, []).append(r)
                 c = r["curve"]
                 print(f"[{env}] {algo} seed {seed}: pass@1 {c[0][1]:.3f} -> {c[-1][1]:.3f} "
                       f"in {r['train_seconds'] / 60:.1f} min, {r['steps_done']} steps, "

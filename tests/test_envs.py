@@ -481,7 +481,7 @@ def test_math_verifier_works_off_the_main_thread():
     assert results == [True, True, False]
 
 
-@pytest.mark.parametrize("module", ["core", "sources", "spaces", "verifiers", "registration", "task", "trace"])
+@pytest.mark.parametrize("module", ["core", "sources", "spaces", "verifiers", "registration", "task", "trace", "tools"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

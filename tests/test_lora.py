@@ -140,3 +140,105 @@ def test_save_load_round_trip_in_peft_format(tmp_path):
     assert torch.allclose(lps(fresh), want, atol=1e-6) and tr2.num_steps == 2
     with pytest.raises(ValueError, match="LoRA adapter but the model has no LoRA"):
         grpo(TransformersPolicy.from_pretrained(d)).load(ck)
+
+
+def test_prmgym_train_with_lora_csv_and_wandb_offline_then_resume(tmp_path, monkeypatch):
+    import csv
+    import glob
+
+    import gymnasium as gym
+    import yaml
+
+    from prmgym.cli import main
+
+    if "prmgym_test/Toy-v0" not in gym.registry:
+        gym.register(id="prmgym_test/Toy-v0", entry_point="test_rollout_toyenv:ToyEnv")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _, base_dir = saved_base(tmp_path)
+    run = tmp_path / "run"
+    cfg = {"algorithm": "grpo", "env": "prmgym_test/Toy-v0", "model": base_dir, "steps": 2, "run_dir": str(run),
+           "eval_tasks": 4, "lora": {"r": 4}, "logging": ["tensorboard", "csv", "wandb"],
+           "trainer": {**FAST, "beta": 0.05, "save_every": 1}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(run), "--set", "steps=3", "--no-progress"]) == 0
+    import wandb
+
+    wandb.teardown()  # flushes the offline run files
+    summary = json.load(open(run / "summary.json"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(summary["policy_dir"]))
+    policy = TransformersPolicy.from_pretrained(summary["policy_dir"])
+    assert L.is_peft_model(policy.model)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["step"] for r in rows if r["train/loss"]] == ["1", "2", "3"]
+    assert [r["step"] for r in rows if r["eval/pass@1"]] == ["0", "2", "3"]  # before, end of run 1, end of run 2
+    runs = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(runs) == 2  # the resumed run is a second W&B run in the first one's group
+    assert all(b"train/loss" in open(r, "rb").read() for r in runs)
+    with pytest.raises(ConfigError, match="unknown logging writer"):
+        from prmgym.recipes.train import load_run_config
+
+        load_run_config({**cfg, "logging": ["mlflow"]})
+
+
+# ------------------------------------------------------------------ PRMs
+def _prm(policy, **kw):
+    from prmgym.rewards import AIRLPRM
+
+    torch.manual_seed(0)
+    return AIRLPRM.from_backbone(policy, learning_rate=3e-2, **kw)
+
+
+def _prm_batch():
+    from prmgym.rewards.scalar import PRMBatch
+
+    return PRMBatch(["1+1=", "2+2="], [["2"], ["5"]], labels=[1.0, 0.0], step_logprobs=[[-1.0], [-2.0]],
+                    step_ntokens=[[1], [1]])
+
+
+PROMPTS, STEPS = ["1+1=", "2+2="], [["2"], ["5"]]
+
+
+def test_prm_sharing_the_policy_backbone_and_policy_do_not_touch_each_other(tmp_path):
+    policy, _ = lora_policy(tmp_path)
+    prm = _prm(policy, lora={"r": 4}, share_backbone=True)
+    assert prm.net.model is policy.model and prm.net.adapter == "prm"  # one frozen base, two adapters
+    names = {id(p) for p in prm.parameters()}
+    assert names == {id(p) for p in prm.net.head.parameters()} | {id(p) for p in L.adapter_parameters(policy.model, "prm")}
+    pol0, prm0 = lps(policy), torch.tensor(prm.score_steps(PROMPTS, STEPS))
+    for _ in range(3):  # PRM updates: the policy's outputs stay exactly the same
+        prm.update(_prm_batch())
+    prm1 = torch.tensor(prm.score_steps(PROMPTS, STEPS))
+    assert torch.equal(lps(policy), pol0) and not torch.allclose(prm1, prm0)
+    tr = grpo(policy, beta=0.1, entropy_coef=0.1)  # policy updates: the PRM's scores stay exactly the same
+    assert all(id(p) not in names for g in tr.optimizer.param_groups for p in g["params"])
+    tr.train(2)
+    prm.clear_cache()
+    assert torch.equal(torch.tensor(prm.score_steps(PROMPTS, STEPS)), prm1) and not torch.allclose(lps(policy), pol0)
+    # its checkpoint: the frozen base, its adapter in PEFT format and its head; loads on its own and in place
+    d = prm.save(tmp_path / "prm")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(os.path.join(d, "adapter")))
+    from prmgym.rewards import load_prm
+
+    alone = load_prm(d)
+    assert alone.net.model is not policy.model and torch.allclose(torch.tensor(alone.score_steps(PROMPTS, STEPS)), prm1, atol=1e-6)
+    prm.update(_prm_batch())
+    pol1 = lps(policy)
+    prm.load(d)  # in place (what a resuming trainer does): only the PRM's adapter and head change
+    assert torch.allclose(torch.tensor(prm.score_steps(PROMPTS, STEPS)), prm1, atol=1e-6)
+    assert torch.equal(lps(policy), pol1) and prm.net.model is policy.model
+
+
+def test_prm_lora_on_its_own_copy_trains_only_head_and_adapter(tmp_path):
+    policy, _ = lora_policy(tmp_path)
+    prm = _prm(policy, lora={"r": 4})  # a private copy: the policy's adapter merged in, then the PRM's own
+    assert prm.net.model is not policy.model and prm.net.adapter == "prm"
+    frozen = {n: p.detach().clone() for n, p in prm.net.model.named_parameters() if ".lora_" not in n}
+    prm.update(_prm_batch())
+    now = dict(prm.net.model.named_parameters())
+    assert all(torch.equal(now[n], v) for n, v in frozen.items())
+    with pytest.raises(ValueError, match="share_backbone needs a LoRA policy"):
+        _prm(tiny.random_tiny_policy(seed=0), lora={}, share_backbone=True)
+    with pytest.raises(ValueError, match="share_backbone needs a lora section"):
+        _prm(policy, share_backbone=True)

@@ -244,3 +244,87 @@ def test_device_knob_moves_the_policy():
     policy.device = torch.device("meta")  # a stale attribute: the knob must set it
     tr = GRPOTrainer(policy, lambda: ToyEnv(), GRPOConfig(**BASE, device="cpu"))
     assert tr.device == policy.device == torch.device("cpu")
+
+
+# ------------------------------------------------------------------ SFT shares the knobs
+SFT_EXAMPLES = [("12+3=", "15\n"), ("1+1=", "2\n"), ("7*6=", "42 and some more\n"), ("9-9=", "0\n")]
+
+
+def sft_grads(**kw):
+    from prmgym.agents.sft import SFTConfig, SFTTrainer
+
+    tr = SFTTrainer(tiny.random_tiny_policy(seed=0), SFT_EXAMPLES, SFTConfig(batch_size=4, max_grad_norm=0.0, **kw))
+    seen = {}
+    real = tr.optim.optimizer.step
+
+    def capture(*a, **k):
+        seen.update({n: p.grad.detach().clone() for n, p in tr.model.named_parameters() if p.grad is not None})
+        return real(*a, **k)
+
+    tr.optim.optimizer.step = capture
+    return seen, tr.step(), tr
+
+
+def test_sft_micro_batches_give_the_full_batch_gradient():
+    g_full, m_full, _ = sft_grads()
+    g_acc, m_acc, _ = sft_grads(micro_batch_size=1)  # 4 micro-batches of unequal token counts
+    assert max(float((g_full[k] - g_acc[k]).abs().max()) for k in g_full) < 1e-5
+    assert m_acc["train/loss"] == pytest.approx(m_full["train/loss"], rel=1e-5)
+
+
+def test_sft_bf16_and_checkpointing():
+    _, m32, _ = sft_grads()
+    _, m16, _ = sft_grads(dtype="bf16")
+    assert math.isfinite(m16["train/loss"]) and m16["train/loss"] != m32["train/loss"]
+    assert m16["train/loss"] == pytest.approx(m32["train/loss"], rel=1e-2)
+    g_ck, m_ck, tr = sft_grads(gradient_checkpointing=True)
+    assert gradient_checkpointing_on(tr.model) and m_ck["train/loss"] == pytest.approx(m32["train/loss"], abs=1e-6)
+
+
+def test_sft_schedule_is_logged():
+    from prmgym.agents.sft import SFTConfig, SFTTrainer
+
+    tr = SFTTrainer(tiny.random_tiny_policy(seed=0), SFT_EXAMPLES,
+                    SFTConfig(batch_size=2, learning_rate=1.0, warmup_steps=0, lr_schedule="linear", schedule_steps=4))
+    assert [tr.step()["train/lr"] for _ in range(5)] == [1.0, 0.775, 0.55, 0.325, 0.1]
+
+
+# ------------------------------------------------------------------ PRMs share the knobs
+def prm_batch():
+    from prmgym.rewards.scalar import PRMBatch
+
+    good = [("Compute 2+3.", ["2 + 3 = 5", "Answer: 5"]), ("Compute 4+4.", ["4 + 4 = 8", "Answer: 8"])]
+    bad = [("Compute 2+3.", ["2 + 3 = 6", "Answer: 6"]), ("Compute 4+4.", ["4 + 4 = 9", "Answer: 9"])]
+    traces = good + bad
+    return PRMBatch([p for p, _ in traces], [s for _, s in traces], labels=[1.0, 1.0, 0.0, 0.0],
+                    step_logprobs=[[-8.0] * len(s) for _, s in traces], step_ntokens=[[4] * len(s) for _, s in traces])
+
+
+def orm(**options):
+    from prmgym.rewards.baselines import ORMPRM
+
+    torch.manual_seed(0)
+    return ORMPRM.from_backbone(tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32), **options)
+
+
+def test_prm_update_follows_the_schedule_and_clips():
+    prm = orm(learning_rate=1.0, lr_schedule="linear", schedule_steps=2, max_grad_norm=1e-4)
+    ms = [prm.update(prm_batch()) for _ in range(3)]
+    assert [m["lr"] for m in ms] == [1.0, 0.5, 0.0]
+    assert ms[0]["grad_norm"] > 1e-4
+
+
+def test_prm_bf16_checkpointing_and_refusals():
+    from prmgym.config import ConfigError
+
+    m32 = orm().update(prm_batch())
+    m16 = orm(dtype="bf16").update(prm_batch())
+    assert math.isfinite(m16["loss"]) and m16["loss"] != m32["loss"]
+    assert m16["loss"] == pytest.approx(m32["loss"], rel=2e-2)
+    ck = orm(gradient_checkpointing=True)
+    assert gradient_checkpointing_on(ck.net.model)
+    assert ck.update(prm_batch())["loss"] == pytest.approx(m32["loss"], abs=1e-6)
+    with pytest.raises(ConfigError, match="'grad_clip' is spelled 'max_grad_norm'"):
+        orm(grad_clip=1.0)
+    with pytest.raises(ConfigError, match="do not accumulate"):
+        orm(micro_batch_size=2)

@@ -31,7 +31,7 @@ def test_train_value_model_and_resume(policy_dir, tmp_path):
     write_targets(tmp_path / "t.jsonl")
     out = str(tmp_path / "vm")
     args = ["train-prm", "--kind", "value", "--policy", policy_dir, "--targets", str(tmp_path / "t.jsonl"),
-            "--out", out, "--set", "batch_size=4", "--set", "prm.learning_rate=1e-3", "--quiet"]
+            "--out", out, "--set", "batch_size=4", "--set", "prm.learning_rate=1e-3", "--set", "eval_every=0", "--quiet"]
     assert main(args + ["--steps", "3"]) == 0
     prm = load_prm(out)
     assert isinstance(prm, ValueModel) and prm.updates == 3

@@ -44,7 +44,7 @@ def test_one_pass_equals_per_prefix(policy, kind):
             [prefix_scores] = prm.score_steps([p], [steps[: i + 1]])
             assert prefix_scores[-1] == pytest.approx(scores[i], abs=1e-4)
     # scores differ between steps (the head is not constant)
-    assert len({round(x, 6) for x in full[0]}) > 1
+    assert len({round(x, 6) for row in full for x in row}) > 1
 
 
 def test_batched_equals_unbatched_with_padding(policy):
@@ -57,8 +57,10 @@ def test_batched_equals_unbatched_with_padding(policy):
 
 def test_long_trace_is_windowed(policy):
     small = tiny.random_tiny_policy(seed=1, n_layer=1, n_embd=32, n_head=2, n_positions=32)
-    prm = ORMPRM.from_backbone(small, cache=False)
     steps = [f"{i} + 1 = {i + 1}" for i in range(8)]  # ~90 tokens > 32
+    with pytest.raises(ValueError, match="lm_feature=none"):  # the LM feature needs the whole trace in context
+        ORMPRM.from_backbone(small, cache=False).score_steps(["Count."], [steps])
+    prm = ORMPRM.from_backbone(small, cache=False, lm_feature="none")  # the head alone reads windows
     [scores] = prm.score_steps(["Count."], [steps])
     assert len(scores) == 8 and all(0.0 <= s <= 1.0 for s in scores)
     # the last step is read from the window of the last 32 tokens, which ends at it

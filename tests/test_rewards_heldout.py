@@ -177,3 +177,62 @@ def test_train_prm_logs_the_heldout_score_and_prints_the_summary(policy, scripte
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and rows[0]["prm/heldout/toy"] == 0.5
     assert rows[-1]["prm/heldout/best_score"] == 0.9 and load_prm(out).updates == 2  # the best PRM, saved at update 2
+
+
+# ------------------------------------------------------------------------------- corrupted steps
+def test_corrupted_pairs_change_one_number_of_one_step():
+    from prmgym.rewards.heldout import corrupted_pairs
+
+    env = gym.make(ENV, split="train")
+    tasks = list(env.unwrapped.source.tasks("train", 30, seed=5))
+    env.close()
+    traces = [Trace(t.prompt, list(t.expert_steps)) for t in tasks] + [Trace("no numbers", ["a", "b"])]
+    pairs = corrupted_pairs(traces, seed=0)
+    assert len(pairs) == 30  # the trace without a number is skipped
+    assert corrupted_pairs(traces, seed=0) == pairs  # deterministic in the seed
+    where = set()
+    for prompt, clean, bad, i in pairs:
+        diff = [k for k, (a, b) in enumerate(zip(clean, bad)) if a != b]
+        assert diff == [i] and len(clean) == len(bad)
+        old, new = clean[i].rsplit("=", 1)[-1].split(":")[-1], bad[i].rsplit("=", 1)[-1].split(":")[-1]
+        assert int(new) >= 0 and 1 <= abs(int(new) - int(old)) <= 3  # the last number, moved by 1 to 3
+        where.add(i)
+    assert len(where) > 1  # not always the same step
+
+
+def test_corrupted_auc_and_reported_beside_the_own_score(policy):
+    from prmgym.rewards.heldout import measure_corrupted
+
+    pairs = [("q", ["1+1=2", "Answer: 2"], ["1+1=3", "Answer: 2"], 0), ("r", ["2+2=4"], ["2+2=5"], 0)]
+    prm = _FixedScores({("q", ("1+1=2",)): [0.9], ("q", ("1+1=2", "Answer: 2")): [0.9, 0.8],
+                        ("q", ("1+1=3", "Answer: 2")): [0.2, 0.85], ("r", ("2+2=4",)): [0.3], ("r", ("2+2=5",)): [0.35]})
+    m = measure_corrupted(prm, pairs)
+    # min scores: clean 0.8, 0.3; corrupted 0.2, 0.35 -> 3 of 4 pairs ranked right (the step scores too)
+    assert m["corrupted_auc"] == pytest.approx(0.75) and m["corrupted_step_auc"] == pytest.approx(0.75)
+    assert m["corrupted_pairs"] == 2
+    for kind in ("airl", "mc", "repirl"):
+        assert "corrupted" in PRM_CLASSES[kind].also_validate
+    # measured by HeldOut next to the kind's own score, which stays the one that picks the best PRM
+    from prmgym.rewards.train import PRMData
+
+    cfg = PRMTrainConfig(kind="mc", eval_tasks=3, rollouts_per_task=1, mc_rollouts=1, max_new_tokens=6, max_steps=2)
+    from prmgym.rewards.data import EnvPool
+
+    pool = EnvPool(lambda: gym.make(ENV, split="train"))
+    prm = build_prm("mc", policy)
+    try:
+        held = HeldOut(prm, PRMData(cfg, policy, pool, None, prm), 3)
+        ev = held.measure(prm)
+    finally:
+        pool.close()
+    assert held.name == "step_labels" and ev["corrupted_pairs"] == 3 and 0.0 <= ev["corrupted_auc"] <= 1.0
+    assert ev["score"] == ev["step_auc"] or ev["score"] != ev["score"]
+
+
+def test_train_prm_stops_early_by_default():
+    from prmgym.rewards.train import TrainPRMRun
+
+    run = TrainPRMRun(kind="orm")
+    assert (run.eval_every, run.patience) == (10, 5) and run.train_config().eval_every == 10
+    assert (PRMTrainConfig(kind="orm").eval_every, PRMTrainConfig(kind="orm").patience) == (0, 0)  # the Python API: off
+    assert TrainPRMRun(kind="orm", eval_every=0).patience == 0  # eval_every=0 turns early stopping off with it

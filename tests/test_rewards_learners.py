@@ -215,7 +215,7 @@ def test_orm_learns_and_reads_last_step(policy):
     prm = ORMPRM.from_backbone(policy, learning_rate=3e-3)
     train, held = toy_batch(8, seed=8), toy_batch(8, seed=9)
     first = prm.update(train)
-    for _ in range(15):
+    for _ in range(30):  # 30: the head starts at the LM feature of a random body (lm_feature), its bias at 0
         last = prm.update(train)
     assert last["loss"] < first["loss"] - 0.2 and last["acc"] == 1.0
     final = prm.score(held.prompts, held.step_lists)  # aggregation "last"

@@ -95,7 +95,7 @@ def test_a_new_kind_trains_through_its_own_recipe(policy, toy_kinds, tmp_path):
     policy.save(pdir)
     out = str(tmp_path / "toy")
     assert main(["train-prm", "--kind", "toy_truncation", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
-                 "--set", "tasks_per_step=2", "--set", "prm.cut=2", "--quiet"]) == 0
+                 "--set", "tasks_per_step=2", "--set", "prm.cut=2", "--set", "eval_every=0", "--quiet"]) == 0
     saved = load_prm(out)
     assert saved.kind == "toy_truncation" and saved.updates == 1 and saved.options.cut == 2
     cut2 = OfflinePRMTrainer(saved, policy, env_fn, cfg).collect(0)
@@ -166,7 +166,7 @@ def test_train_prm_config_yaml_and_set(policy, tmp_path, capsys):
     out = str(tmp_path / "vm")
     cfg = tmp_path / "vm.yaml"
     cfg.write_text(yaml.safe_dump({"kind": "value", "policy": pdir, "targets": str(tmp_path / "t.jsonl"), "out": out,
-                                   "steps": 5, "batch_size": 4, "quiet": True,
+                                   "steps": 5, "batch_size": 4, "quiet": True, "eval_every": 0,
                                    "prm": {"learning_rate": 3e-4, "train_backbone": False, "weight_by_visits": True}}))
     # YAML, then the flags, then every --set (later wins)
     assert main(["train-prm", "--config", str(cfg), "--steps", "3", "--set", "steps=2", "--set", "prm.learning_rate=2e-4"]) == 0

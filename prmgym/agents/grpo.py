@@ -43,9 +43,10 @@ from prmgym.agents.common import (
     write_checkpoint,
 )
 from prmgym.agents.rollout import Prompt, RolloutCollector, Trajectory
+from prmgym.agents.sync import EngineSync
 from prmgym.config import help_field
 from prmgym.envs.episodes import evaluate_policy
-from prmgym.models.lora import reference_model
+from prmgym.models.lora import policy_parameters, reference_model
 from prmgym.models.optim import OptimKnobs, Optimization, micro_batches, prepare_model
 
 
@@ -270,6 +271,7 @@ class GRPOTrainer:
         self.policy = policy
         self.model: torch.nn.Module = policy.model
         self.device = prepare_model(policy, cfg)  # device, gradient checkpointing (prmgym.models.optim)
+        self.engine_sync = EngineSync.attach(policy, self.model)  # a vLLM policy: rescore + weight sync (sync.py)
         self.env_fn = _env_factory(env, env_kwargs or {})
         if eval_env is None and isinstance(env, str):
             eval_env = _env_factory(env, {**(env_kwargs or {}), "split": "test"})
@@ -287,7 +289,7 @@ class GRPOTrainer:
         self.ref_model = None
         if cfg.beta > 0 or cfg.reward_kl_coef > 0:
             self.ref_model = reference_model(self.model)  # LoRA: the base with adapters off, no copy
-        self.optim = Optimization(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device,
+        self.optim = Optimization(cfg, policy_parameters(self.model), self.device,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         self.optimizer = self.optim.optimizer
         self.rng = np.random.default_rng(cfg.seed)
@@ -511,9 +513,13 @@ class GRPOTrainer:
         trajs, metrics = self.collect_batch()
         t1 = time.perf_counter()
         if trajs:
+            if self.engine_sync:  # old log-probs from the torch model; engine-vs-torch mismatch logged
+                metrics.update(self.engine_sync.rescore(trajs))
             tok_adv, adv_info = self.compute_advantages(trajs)
             metrics.update(adv_info)
             metrics.update(self.update(trajs, tok_adv))
+            if self.engine_sync:
+                metrics.update(self.engine_sync.push())  # the new weights into the engine
         if self.process_reward is not None and self.config.update_process_reward and hasattr(self.process_reward, "update"):
             prm = self.process_reward.update(trajs) or {}
             metrics.update({f"prm/{k}": v for k, v in prm.items() if isinstance(v, (int, float))})
@@ -695,6 +701,8 @@ class GRPOTrainer:
         if state.get("algorithm") != self.algorithm:
             raise ValueError(f"checkpoint {path!r} was written by {state.get('algorithm')!r}, not {self.algorithm!r}")
         load_model_weights(self.model, os.path.join(path, POLICY_DIR))
+        if self.engine_sync:
+            self.engine_sync.push()
         self.optim.load_state_dict(state["optimizer"])
         if self.ref_model is not None and state.get("ref_model") is not None:
             self.ref_model.load_state_dict(state["ref_model"])

@@ -19,7 +19,6 @@ by the delimiter) — see `trace_example`.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -41,49 +40,32 @@ from prmgym.agents.common import (
     write_checkpoint,
     write_json,
 )
+from prmgym.config import help_field as _f
 from prmgym.envs.trace import DEFAULT_DELIMITER, render_trace
+from prmgym.models.optim import OptimKnobs, Optimization, lr_at, micro_batches, prepare_model
 
 
 @dataclass
-class SFTConfig:
-    """Hyperparameters of `SFTTrainer`.
+class SFTConfig(OptimKnobs):
+    """Hyperparameters of `SFTTrainer`. The optimiser, precision and memory knobs
+    (learning_rate, lr_schedule, warmup_steps, schedule_steps, min_lr_ratio, max_grad_norm,
+    micro_batch_size, gradient_checkpointing, dtype, device) are `OptimKnobs`'; their steps are
+    SFT steps (one optimizer update each)."""
 
-    Attributes:
-        learning_rate: peak AdamW learning rate.
-        batch_size: examples per optimizer step (sampled with replacement-free epochs).
-        warmup_steps: linear warm-up from 0 to ``learning_rate``.
-        total_steps: length of the cosine decay to ``min_lr_ratio * learning_rate``;
-            0 keeps the rate constant after warm-up.
-        min_lr_ratio: final learning rate as a fraction of the peak.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        max_grad_norm: gradient clipping (0 disables).
-        add_eos: append the eos token to every completion (the model learns to stop).
-        loss_on_prompt: also train on the prompt tokens (off: completion tokens only).
-        seed: seeds the batch order (the trainer's own numpy generator).
-        log_every: dump the logger every this many steps.
-    """
-
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    warmup_steps: int = 20
-    total_steps: int = 0
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    add_eos: bool = True
-    loss_on_prompt: bool = False
-    seed: int = 0
-    log_every: int = 10
+    learning_rate: float = _f(1e-3, "peak AdamW learning rate")
+    warmup_steps: int = _f(20, "steps of linear warm-up to learning_rate")
+    min_lr_ratio: float = _f(0.1, "linear/cosine: the final learning rate as a fraction of the peak")
+    batch_size: int = _f(32, "examples per optimizer step (epochs drawn without replacement)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms)")
+    add_eos: bool = _f(True, "append the eos token to every completion (the model learns to stop)")
+    loss_on_prompt: bool = _f(False, "also train on the prompt tokens (off: completion tokens only)")
+    seed: int = _f(0, "seeds the batch order (the trainer's own numpy generator)")
+    log_every: int = _f(10, "dump the logger every this many steps")
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        super().__post_init__()  # the OptimKnobs checks
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.warmup_steps < 0 or self.total_steps < 0:
-            raise ValueError("warmup_steps and total_steps must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 
@@ -115,6 +97,7 @@ class SFTTrainer:
                  logger=None, callbacks: Sequence = ()) -> None:
         self.policy = policy
         self.config = config or SFTConfig()
+        self.device = prepare_model(policy, self.config)  # device, gradient checkpointing (prmgym.models.optim)
         self.logger = logger
         self.callbacks: list[Callback] = [c if isinstance(c, Callback) else FunctionCallback(c) for c in callbacks]
         for cb in self.callbacks:
@@ -141,31 +124,21 @@ class SFTTrainer:
                 "build the model with a larger n_positions or drop long examples"
             )
         self.model = policy.model
-        self.device = policy.device
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.config.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.config.learning_rate,
-        )
+        self.optim = Optimization(self.config, [{"params": decay, "weight_decay": self.config.weight_decay},
+                                                {"params": no_decay, "weight_decay": 0.0}], self.device)
+        self.optimizer = self.optim.optimizer
         self.rng = np.random.default_rng(self.config.seed)
         self.num_steps = 0
         self._order: list[int] = []
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, step: int) -> float:
-        """Learning rate for optimizer step ``step`` (0-based): warm-up, then cosine or constant."""
-        c = self.config
-        if c.warmup_steps and step < c.warmup_steps:
-            return c.learning_rate * (step + 1) / c.warmup_steps
-        if not c.total_steps:
-            return c.learning_rate
-        span = max(1, c.total_steps - c.warmup_steps)
-        frac = min(1.0, (step - c.warmup_steps) / span)
-        return c.learning_rate * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+        """Learning rate for optimizer step ``step`` (0-based): `prmgym.models.optim.lr_at`."""
+        return lr_at(self.config, step)
 
     # ------------------------------------------------------------------ batches
     def _next_indices(self) -> list[int]:
@@ -193,38 +166,41 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------ training
     def step(self) -> dict[str, float]:
-        """One optimizer step on one batch; returns its metrics."""
+        """One optimizer step on one batch (accumulated over micro-batches of ``micro_batch_size``
+        examples, each weighted by its share of the batch's completion tokens); returns its metrics."""
         t0 = time.perf_counter()
         self.model.train()
-        ids, attn, lmask = self._batch(self._next_indices())
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos).logits  # (B, L, V)
-        pred = logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
-        target = ids[:, 1:]  # (B, L-1)
-        m = lmask[:, 1:]  # (B, L-1)
-        nll = torch.nn.functional.cross_entropy(pred[m], target[m], reduction="mean")
-        if not torch.isfinite(nll):
-            raise NonFiniteLossError(f"SFT loss is {nll.item()} at step {self.num_steps}; lower the learning rate")
-        lr = self.lr_at(self.num_steps)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        nll.backward()
-        if self.config.max_grad_norm:
-            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        else:
-            gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.model.parameters() if p.grad is not None))
-        self.optimizer.step()
-        self.model.eval()
+        idx = self._next_indices()
+        weights = [self._trained_tokens(i) for i in idx]
+        loss = acc = 0.0
+        try:
+            for micro, share in micro_batches(weights, self.config.micro_batch_size):
+                ids, attn, lmask = self._batch([idx[i] for i in micro])
+                pos = (attn.cumsum(-1) - 1).clamp(min=0)
+                with self.optim.autocast():
+                    logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits  # (B, L, V)
+                pred = logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1; the loss in fp32
+                target, m = ids[:, 1:], lmask[:, 1:]  # (B, L-1)
+                nll = torch.nn.functional.cross_entropy(pred[m], target[m], reduction="mean")
+                if not torch.isfinite(nll):
+                    self.optim.zero_grad()
+                    raise NonFiniteLossError(f"SFT loss is {nll.item()} at step {self.num_steps}; lower the learning rate")
+                self.optim.backward(nll * share)
+                loss += share * nll.item()
+                with torch.no_grad():
+                    acc += share * (pred[m].argmax(-1) == target[m]).float().mean().item()
+            info = self.optim.step()  # schedule, clipping (prmgym.models.optim)
+            if info["skipped"] and self.optim.scaler is None:
+                raise NonFiniteLossError(f"SFT gradient norm is {info['grad_norm']} at step {self.num_steps}; lower the learning rate")
+        finally:
+            self.model.eval()
         self.num_steps += 1
-        with torch.no_grad():
-            acc = (pred[m].argmax(-1) == target[m]).float().mean().item()
         metrics = {
-            "train/loss": nll.item(),
+            "train/loss": loss,
             "train/token_accuracy": acc,
-            "train/grad_norm": float(gn),
-            "train/lr": lr,
-            "train/tokens": int(m.sum().item()),
+            "train/grad_norm": info["grad_norm"],
+            "train/lr": info["lr"],
+            "train/tokens": int(sum(weights)),
             "train/step": self.num_steps,
             "time/step_seconds": time.perf_counter() - t0,
         }
@@ -233,6 +209,10 @@ class SFTTrainer:
             if self.num_steps % self.config.log_every == 0:
                 self.logger.dump(self.num_steps)
         return metrics
+
+    def _trained_tokens(self, i: int) -> int:
+        p, c = self.examples[i]
+        return len(c) + (len(p) - 1 if self.config.loss_on_prompt else 0)
 
     def train(self, num_steps: int, progress: bool = True) -> dict[str, float]:
         """Run ``num_steps`` steps (fewer if a callback returns False); returns the last metrics.
@@ -271,7 +251,7 @@ class SFTTrainer:
         def write(tmp: str) -> None:
             self.policy.save(os.path.join(tmp, POLICY_DIR))
             save_trainer_state(tmp, {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.optim.state_dict(),
                 "rng": rng_state(self.rng),
                 "order": list(self._order),
                 "num_steps": self.num_steps,
@@ -292,7 +272,7 @@ class SFTTrainer:
         if diff:
             raise ValueError(f"checkpoint config differs from this trainer's config (saved, current): {diff}")
         load_model_weights(self.model, os.path.join(path, POLICY_DIR))
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optim.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], self.rng)
         self._order = list(state["order"])
         self.num_steps = int(state["num_steps"])

@@ -25,13 +25,13 @@ targets.
 
 **Output** (`tool_output`): the cell's stdout; when the cell raised, the stdout it printed
 first and then the error's last line (``ZeroDivisionError: division by zero``); a timeout,
-memory or output-limit stop is one line naming it. Trailing newlines are dropped and the text
+memory or output-limit stop, or a cell that ended the interpreter, adds one line naming it. Trailing newlines are dropped and the text
 is cut to ``tool_output_chars`` characters (default `TOOL_OUTPUT_CHARS` = 512), the cut
 marked ``...[N more characters]``.
 
 **State between cells**: a cell sees the variables of the episode's earlier cells because
 every run re-executes them first (their output discarded, their errors ignored; cells that
-timed out or hit a limit are skipped), then runs the new cell. We chose this over a
+timed out, hit a limit or ended the interpreter are skipped), then runs the new cell. We chose this over a
 per-episode interpreter in the sandbox: each run stays one fresh, single-use, isolated
 process (nothing of one episode can leak into another or outlive a job), ``set_state`` is
 free (there is no process to fork or rewind when a planner branches), and in the short
@@ -70,8 +70,11 @@ OUTPUT_OPEN = "```output"
 FENCE = "```"
 #: default length (characters) a tool segment's output is cut to
 TOOL_OUTPUT_CHARS = 512
-#: statuses after which a cell is not re-run before later cells (it would stop them again)
-_SKIP_ON_RERUN = ("timeout", "memory", "output_limit", "sandbox_error")
+#: statuses after which a cell is not re-run before later cells (it would stop them again);
+#: ``"exited"``: the cell ended the interpreter (``sys.exit``, ``os._exit``) before its end
+_SKIP_ON_RERUN = ("timeout", "memory", "output_limit", "sandbox_error", "exited")
+#: what a tool run prints after its cell completed (removed from the output)
+CELL_DONE = "\x1eprmgym-cell-done\x1e"
 
 
 def split_tool_step(step: str) -> tuple[str, str | None]:
@@ -121,7 +124,9 @@ def tool_output(result: Any, limit: int = TOOL_OUTPUT_CHARS, timeout_s: float | 
     """What the tool segment shows for a sandbox `ExecResult` (see the module docstring)."""
     status = result.status
     if status == "passed":
-        return cut_output(result.stdout, limit)
+        if result.stdout.endswith(CELL_DONE):
+            return cut_output(result.stdout[: -len(CELL_DONE)], limit)
+        return cut_output(result.stdout.rstrip("\n") + "\nSystemExit: the cell ended the interpreter", limit)
     if status in ("runtime_error", "compile_error"):
         lines = [ln for ln in (result.stderr or "").splitlines() if ln.strip()]
         if not lines:
@@ -139,9 +144,11 @@ def tool_output(result: Any, limit: int = TOOL_OUTPUT_CHARS, timeout_s: float | 
 
 
 def cell_program(earlier: Sequence[str], code: str) -> str:
-    """The program one tool run executes: ``earlier`` cells (output discarded, errors ignored)
-    then ``code``, all in one namespace. Cells are embedded as string literals and compiled
-    inside the run, so a cell with a syntax error fails at run time like any other error."""
+    """The program one tool run executes: ``earlier`` cells (output discarded, errors and
+    ``sys.exit`` ignored) then ``code``, all in one namespace, then `CELL_DONE` on stdout (a
+    cell that ends the interpreter early, e.g. ``os._exit``, never prints it). Cells are
+    embedded as string literals and compiled inside the run, so a cell with a syntax error
+    fails at run time like any other error."""
     return (
         "import io as _io, sys as _sys\n"
         "_g = {'__name__': '__main__', '__builtins__': __builtins__}\n"
@@ -149,11 +156,12 @@ def cell_program(earlier: Sequence[str], code: str) -> str:
         "    _out, _sys.stdout = _sys.stdout, _io.StringIO()\n"
         "    try:\n"
         "        exec(compile(_c, '<cell %d>' % (_i + 1), 'exec'), _g)\n"
-        "    except Exception:\n"
+        "    except BaseException:\n"
         "        pass\n"
         "    finally:\n"
         "        _sys.stdout = _out\n"
         f"exec(compile({code!r}, '<cell>', 'exec'), _g)\n"
+        f"_sys.stdout.flush()\n_sys.stdout.write({CELL_DONE!r})\n"
     )
 
 
@@ -164,7 +172,8 @@ class ToolRun:
     Attributes:
         code: the cell's code.
         output: the text of its tool segment.
-        status: the sandbox status (``"passed"``, ``"runtime_error"``, ``"timeout"``, ...).
+        status: the sandbox status (``"passed"``, ``"runtime_error"``, ``"timeout"``, ...), or
+            ``"exited"`` when the cell ended the interpreter before its end (``os._exit``).
         ran: True if this step ran the sandbox (False: the output came from the cache).
         wall_s: the sandbox's wall time for the run (0 when cached).
     """
@@ -283,11 +292,12 @@ class ToolEnv(ReasoningEnv):
         result = self.sandbox.run(job)
         self.tool_runs += 1
         output = tool_output(result, self.tool_output_chars, self.tool_timeout_s, self.tool_memory_mb)
+        status = "exited" if result.status == "passed" and not result.stdout.endswith(CELL_DONE) else result.status
         if self._tool_cache_size > 0 and result.status != "sandbox_error":
             if len(self._tool_cache) >= self._tool_cache_size:
                 self._tool_cache.pop(next(iter(self._tool_cache)))
-            self._tool_cache[key] = (output, result.status)
-        return ToolRun(code, output, result.status, ran=True, wall_s=float(result.wall_s))
+            self._tool_cache[key] = (output, status)
+        return ToolRun(code, output, status, ran=True, wall_s=float(result.wall_s))
 
     # ------------------------------------------------------------------ planners
     def get_state(self) -> ToolEnvState:

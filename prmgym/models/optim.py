@@ -79,13 +79,11 @@ def check_knobs(k: Any) -> None:
     for name in ("warmup_steps", "schedule_steps", "micro_batch_size"):
         if getattr(k, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(k, name)}")
-    if k.lr_schedule != "constant":
-        if k.schedule_steps <= k.warmup_steps:
-            raise ValueError(
-                f"lr_schedule {k.lr_schedule} decays over schedule_steps optimizer updates, which must exceed "
-                f"warmup_steps ({k.warmup_steps}); got schedule_steps={k.schedule_steps}. Set schedule_steps to the "
-                "run's optimizer updates (prmgym train fills it from steps), or use lr_schedule: constant"
-            )
+    if k.lr_schedule != "constant" and k.schedule_steps < 1:
+        raise ValueError(
+            f"lr_schedule {k.lr_schedule} decays over schedule_steps optimizer updates, and schedule_steps is 0; set it "
+            "to the run's optimizer updates (prmgym train fills it from steps), or use lr_schedule: constant"
+        )
     if not 0.0 <= k.min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {k.min_lr_ratio}")
     if k.max_grad_norm < 0:

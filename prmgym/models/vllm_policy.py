@@ -218,6 +218,31 @@ class VLLMPolicy(Policy):
         return group
 
     # ------------------------------------------------------------------ trainer side
+    def _scorer(self) -> Policy:
+        if self.scorer is None:
+            raise RuntimeError(
+                "this VLLMPolicy has no torch model: build it with scorer=TransformersPolicy(...) "
+                "(or with prmgym.models.backend.load_policy(path, 'vllm'))"
+            )
+        return self.scorer
+
+    @property
+    def model(self):
+        """The scorer's torch model: what a trainer trains and pushes back with `sync_weights`."""
+        return self._scorer().model
+
+    @property
+    def device(self):
+        return self._scorer().device
+
+    @device.setter
+    def device(self, value) -> None:  # a trainer that moves the model keeps the scorer's device in step
+        self._scorer().device = value
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Save the torch model and tokenizer (the scorer's ``save``); returns the directory."""
+        return self._scorer().save(path)
+
     def logprobs(self, observations, continuations, requires_grad: bool = False) -> list:
         """The trainer's log-probs: delegated to ``scorer`` (the torch model)."""
         if self.scorer is None:

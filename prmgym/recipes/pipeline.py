@@ -50,16 +50,18 @@ ONLINE_AIRL_LR = 1e-4
 
 def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None, reward: str = "airl",
                steps: int = 20, seconds: float | None = None, process_reward_weight: float = 0.5,
-               airl_options: dict | None = None, seed: int = 0, **grpo_overrides) -> dict:
+               airl_options: dict | None = None, seed: int = 0, policy_config: dict | None = None,
+               **grpo_overrides) -> dict:
     """GRPO from ``policy_dir``; ``reward="airl"`` adds the online AIRL step reward
     (AIRL-S), ``reward="outcome"`` is plain GRPO. Saves the policy to ``out_dir/policy`` and
-    the AIRL PRM to ``out_dir/prm_airl``. Returns paths, step count and metrics history."""
+    the AIRL PRM to ``out_dir/prm_airl``. Returns paths, step count and metrics history.
+    ``policy_config`` picks the generation backend (`prmgym.models.backend.PolicyConfig`)."""
     from prmgym.agents import GRPOConfig, GRPOTrainer
-    from prmgym.models import TransformersPolicy
+    from prmgym.models.backend import close_policy, load_policy
 
     if reward not in ("airl", "outcome"):
         raise ValueError(f"reward must be 'airl' or 'outcome', got {reward!r}")
-    policy = TransformersPolicy.from_pretrained(policy_dir)
+    policy = load_policy(policy_dir, policy_config)
     cfg_kw = dict(num_generations=4, batch_size=16, max_new_tokens=24, max_steps=10, learning_rate=5e-5,
                   num_iterations=2, rollout_workers=1, seed=seed,
                   process_reward_weight=process_reward_weight if reward == "airl" else 0.0)
@@ -79,6 +81,7 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
         history = trainer.train(steps)
     finally:
         trainer.close()
+        close_policy(policy)
     pol_dir = policy.save(os.path.join(out_dir, "policy"))
     out = {"policy": pol_dir, "steps": trainer.num_steps, "history": history, "prm": None}
     if provider is not None:

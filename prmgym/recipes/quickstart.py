@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from prmgym.config import ConfigError
+from prmgym.models.backend import add_backend_arg, close_policy, load_policy, policy_config_from_args, tiny_layout
 from prmgym.recipes.pipeline import Method, say
 
 DEFAULT_ENV = "prmgym/ChainArithmetic-v0"
@@ -63,6 +64,7 @@ class QuickstartConfig:
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
     threads: int = 1  # torch intra-op threads (why one: docs/models.md, "--threads")
+    policy: dict = field(default_factory=dict)  # generation backend: prmgym.models.backend.PolicyConfig fields
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
@@ -120,7 +122,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         policy_dir = cfg.policy_dir
     else:
         t = stage(1, "policy", "tiny SFT policy (cached after the first run)")
-        policy_dir = P.tiny_policy_dir(cfg.env_id, cfg.env_kwargs, **cfg.pretrain)
+        policy_dir = P.tiny_policy_dir(cfg.env_id, cfg.env_kwargs, **{**tiny_layout(cfg.policy), **cfg.pretrain})
     stages["policy"] = time.perf_counter() - t
     info["sft_policy"] = policy_dir
     manifest = os.path.join(policy_dir, "manifest.json")
@@ -135,7 +137,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     try:
         g = P.train_grpo(policy_dir, cfg.env_id, os.path.join(out, "grpo_airl"), env_kwargs=cfg.env_kwargs,
                          reward="airl", steps=cfg.grpo_steps, seconds=cfg.grpo_seconds,
-                         process_reward_weight=cfg.process_reward_weight, seed=cfg.seed)
+                         process_reward_weight=cfg.process_reward_weight, seed=cfg.seed, policy_config=cfg.policy)
         search_policy_dir, airl_dir = g["policy"], g["prm"]
         hist = g["history"]
         info["grpo"] = {"steps": g["steps"],
@@ -176,9 +178,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     # 5. compare -------------------------------------------------------------------------
     t = stage(5, "compare", f"{cfg.eval_tasks} held-out tasks x budgets {cfg.budgets} generated tokens per task")
-    from prmgym.models import TransformersPolicy
-
-    policy = TransformersPolicy.from_pretrained(search_policy_dir)
+    policy = load_policy(search_policy_dir, cfg.policy)  # --backend: hf or a vLLM engine
     scorers = {k: P.load_scorer(d) for k, d in prm_dirs.items()}
     rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
                               n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
@@ -186,6 +186,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
                               on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
                                                    f"accuracy {r['accuracy']:.3f}  (gen {r['mean_generated']:.0f}, "
                                                    f"prm {r['mean_prm']:.0f} tokens/task)"))
+    close_policy(policy)
     absent.update(skipped)
     stages["compare"] = time.perf_counter() - t
     log.close()
@@ -299,6 +300,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for the tiny models)")
+    add_backend_arg(p)  # --backend vllm: GRPO's rollouts and the compare stage generate on a vLLM engine
 
 
 def run(args) -> int:
@@ -320,5 +322,6 @@ def run(args) -> int:
     if args.threads < 1:
         raise ConfigError("--threads must be >= 1")
     cfg.threads = args.threads
+    cfg.policy = asdict(policy_config_from_args(args))
     quickstart(cfg, args.out)
     return 0

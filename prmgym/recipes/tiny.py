@@ -272,7 +272,7 @@ def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str
     logger = Logger(os.path.join(out_dir, "logs"), formats=("jsonl", "tensorboard"), hparams=hparams)
     sft = SFTConfig(
         learning_rate=config.learning_rate, batch_size=config.batch_size, warmup_steps=config.warmup_steps,
-        total_steps=config.steps, seed=config.seed, log_every=max(1, min(50, config.steps // 20)),
+        lr_schedule="cosine", schedule_steps=config.steps, seed=config.seed, log_every=max(1, min(50, config.steps // 20)),
     )
     try:
         with torch.random.fork_rng(devices=[]):

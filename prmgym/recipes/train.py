@@ -13,6 +13,7 @@ policy, the optional dense reward and the trainer section:
     steps: 100
     run_dir: runs/grpo_chain
     trainer: {num_generations: 8, batch_size: 32, learning_rate: 5.0e-4}
+    policy: {backend: hf}            # hf | vllm (+ vLLM engine options; prmgym.models.backend.PolicyConfig)
 
 `build_run` checks every name before anything heavy starts and lists the valid choices.
 """
@@ -52,7 +53,11 @@ class RunConfig:
     run_dir: str = _f("runs/train", "where metrics.jsonl, tb/ (TensorBoard) and checkpoints/ go")
     eval_tasks: int = _f(64, "held-out tasks for pass@1 before and after training (0 = skip)")
     device: str | None = _f(None, "torch device (default: cpu)")
+    policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
+                          "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
+    wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
     lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
                            "null = train every weight); see prmgym.models.lora.LoRAConfig")
 
@@ -64,12 +69,23 @@ class RunConfig:
         from prmgym.models.formatting import check_prompt_format
 
         check_prompt_format(self.prompt_format)
+        from prmgym.logger import RUN_FORMATS
+
+        bad = [f for f in self.logging if f not in RUN_FORMATS]
+        if bad:
+            raise ValueError(f"unknown logging writer(s) {bad}; valid: {', '.join(RUN_FORMATS)} (metrics.jsonl is always written)")
         if self.lora is not None:
             if self.algorithm == "sb3_ppo":
                 raise ValueError("lora applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the lora section")
             from prmgym.models.lora import lora_config
 
             lora_config(self.lora)  # validates the section (errors name lora.KEY)
+
+    def policy_config(self):
+        """The typed ``policy`` section (errors name the ``policy.`` key)."""
+        from prmgym.models.backend import PolicyConfig
+
+        return from_dict(PolicyConfig, self.policy, where="policy")
 
     def trainer_config(self):
         """The typed trainer section (validated; errors name the ``trainer.`` key)."""
@@ -91,6 +107,7 @@ class RunConfig:
 def load_run_config(data: dict) -> RunConfig:
     cfg = from_dict(RunConfig, data)
     cfg.trainer_config()  # validate the trainer section now
+    cfg.policy_config()
     return cfg
 
 
@@ -152,17 +169,22 @@ def check_env_kwargs(cfg: RunConfig) -> None:
 
 
 def load_policy(cfg: RunConfig, progress: bool = False):
-    """The run's policy: the tiny model pretrained for ``cfg.env`` (trained once, then loaded
-    from the cache) or the Hugging Face directory ``cfg.model``."""
-    from prmgym.models import TransformersPolicy
+    """The run's policy on the ``policy.backend`` (`prmgym.models.backend.load_policy`): the
+    tiny model pretrained for ``cfg.env`` (trained once, then loaded from the cache; with 3
+    heads of 32 for vllm) or the Hugging Face directory ``cfg.model``."""
+    from prmgym.models import backend
 
+    pc = cfg.policy_config()
+    if cfg.lora is not None and pc.backend != "hf":
+        raise ConfigError("lora with policy.backend vllm is not supported: the weight sync pushes full weights, "
+                          "not adapters. Drop the lora section or use policy.backend hf")
     if cfg.model == "tiny":
         from prmgym.recipes.tiny import pretrain  # lazy: the training recipe composes agents.sft
 
-        path = pretrain(cfg.env, progress=progress, **cfg.model_kwargs)
+        path = pretrain(cfg.env, progress=progress, **{**backend.tiny_layout(pc), **cfg.model_kwargs})
     else:
         path = cfg.model
-    policy = TransformersPolicy.from_pretrained(path, device=cfg.device, prompt_format=cfg.prompt_format)
+    policy = backend.load_policy(path, pc, device=cfg.device, prompt_format=cfg.prompt_format)
     if cfg.lora is not None:
         from prmgym.models.lora import apply_lora, lora_config
 
@@ -208,7 +230,8 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
 
 
 #: what `prmgym train` writes into a run directory (``--overwrite`` removes these and nothing else)
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "hparams.json", "summary.json", "tb", "checkpoints")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "metrics.csv", "hparams.json", "summary.json", "tb", "wandb",
+               "wandb_group.txt", "checkpoints")
 
 
 def run_outputs(run_dir: str) -> list[str]:

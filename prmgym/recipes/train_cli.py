@@ -163,6 +163,7 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
     from prmgym.checkpoints import checkpoint_step, latest_checkpoint
     from prmgym.config import to_dict
     from prmgym.logger import Logger
+    from prmgym.models.backend import close_policy
     from prmgym.recipes.train import load_policy, build_reward, build_trainer, clear_run, run_outputs, save_run_config
 
     _quiet_transformers()
@@ -184,8 +185,8 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
     if held:
         clear_run(run_dir)
     save_run_config(cfg, run_dir)
-    logger = Logger(run_dir, formats=("jsonl", "tensorboard"), hparams=None if resume else to_dict(cfg),
-                    resume_step=start if resume else None)
+    logger = Logger(run_dir, formats=("jsonl", *cfg.logging), hparams=None if resume else to_dict(cfg),
+                    resume_step=start if resume else None, wandb=cfg.wandb)
     stop = StopOnSignal()
     trainer = build_trainer(cfg, policy=policy, logger=logger, progress=progress, reward=reward)
     trainer.callbacks.append(FunctionCallback(stop.should_continue))
@@ -200,9 +201,11 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
         if cfg.eval_tasks and trainer.num_steps == 0 and "pass@1_before" not in summary:
             summary["pass@1_before"] = trainer.pass_at_1(cfg.eval_tasks)
             _write_summary(summary_path, summary)
+            logger.record("eval/pass@1", summary["pass@1_before"])  # step 0 of the eval/pass@1 curve
+            logger.dump(0)
             print(f"held-out pass@1 before training: {summary['pass@1_before']:.3f}", file=sys.stderr)
         with stop:
-            trainer.train(max(0, cfg.steps - trainer.num_steps), progress=progress)
+            history = trainer.train(max(0, cfg.steps - trainer.num_steps), progress=progress)
         if stop.signum is not None:
             where = trainer.save_checkpoint()
             print(f"stopped at step {trainer.num_steps} of {cfg.steps}; checkpoint {where}; {how_to_resume}",
@@ -212,6 +215,9 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
         summary.update(steps=trainer.num_steps, final_checkpoint=final, policy_dir=os.path.join(final, "policy"))
         if cfg.eval_tasks:
             summary["pass@1_after"] = trainer.pass_at_1(cfg.eval_tasks)
+            if not (history and "eval/pass@1" in history[-1]):  # the last step did not evaluate already
+                logger.record("eval/pass@1", summary["pass@1_after"])
+                logger.dump(trainer.num_steps)
             print(f"held-out pass@1 after {trainer.num_steps} steps: {summary['pass@1_after']:.3f}", file=sys.stderr)
         _write_summary(summary_path, summary)
         print(f"run directory: {run_dir} (tensorboard --logdir {run_dir})", file=sys.stderr)
@@ -226,3 +232,4 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
         return 130
     finally:
         trainer.close()
+        close_policy(policy)  # a vLLM engine shuts down here

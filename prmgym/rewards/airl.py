@@ -130,6 +130,7 @@ class AIRLPRM(ScalarHeadPRM):
     recipe_fields = ("airl_negatives", "proposals_per_prefix")
     needs_both_classes = True
     validation = "proposals"
+    also_validate = ("corrupted",)  # prmgym.rewards.heldout: one-step-corrupted expert solutions
 
     def __init__(self, model, tokenizer, *, bias_initialised: bool = False, **options) -> None:
         super().__init__(model, tokenizer, **options)

@@ -1,5 +1,9 @@
 """Baseline PRMs the learned ones are compared against: ORM and Monte-Carlo PRM.
 
+Both heads also read the LM's mean token log-prob of the steps (``lm_feature``, default
+``running_min``: `prmgym.rewards.lmfeature`), starting from zero on everything else, so that an
+untrained ORM or MC-PRM ranks traces as the policy's LM does.
+
 * `ORMPRM` — outcome reward model: one scalar head, binary cross-entropy of the head at the
   *last* step against final correctness (``PRMBatch.labels``). As a PRM it reads the same
   head at every step boundary (the probability that the trace so far ends correct).
@@ -12,10 +16,27 @@ The implicit PRM (PRIME) lives in `prmgym.rewards.implicit`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from prmgym.rewards.scalar import PRMBatch, ScalarHeadPRM
+from prmgym.config import help_field
+from prmgym.rewards.scalar import LMFeatureOptions, PRMBatch, ScalarHeadPRM
+
+
+@dataclass
+class ORMOptions(LMFeatureOptions):
+    """`ORMPRM`'s options: the head reads the worst step's LM log-prob so far (`prmgym.rewards.lmfeature`)."""
+
+    lm_feature: str = help_field("running_min", "LM log-prob input of the head: none | step | running_min")
+
+
+@dataclass
+class MCOptions(LMFeatureOptions):
+    """`MCPRM`'s options: the head reads the worst step's LM log-prob so far (`prmgym.rewards.lmfeature`)."""
+
+    lm_feature: str = help_field("running_min", "LM log-prob input of the head: none | step | running_min")
 
 
 def _bce_metrics(z: torch.Tensor, y: torch.Tensor) -> dict:
@@ -38,6 +59,7 @@ class ORMPRM(ScalarHeadPRM):
 
     kind = "orm"
     n_outputs = 1
+    Options = ORMOptions
     validation = "outcome"
 
     @classmethod
@@ -61,8 +83,10 @@ class MCPRM(ScalarHeadPRM):
 
     kind = "mc"
     n_outputs = 1
+    Options = MCOptions
     recipe_fields = ("mc_rollouts", "mc_labels")
     validation = "step_labels"
+    also_validate = ("corrupted",)  # prmgym.rewards.heldout: one-step-corrupted expert solutions
 
     @classmethod
     def training_batch(cls, data, step: int) -> PRMBatch:

@@ -14,12 +14,17 @@ trainer keeps the best PRM and stops when it stops rising; `PRMTrainConfig.eval_
 | ``step_labels``| mc            | the same, every step labelled by Monte-Carlo completions | step AUC, label ≥ ½ > label < ½ |
 | ``proposals``  | airl, repirl  | k policy proposals at every prefix of held-out expert solutions; right = equal to the expert's step | within-prefix AUC (right vs wrong siblings) |
 | ``value_mse``  | value         | every 10th value target (left out of training)         | −MSE                        |
+| ``corrupted``  | (also: airl, mc, repirl) | held-out expert solutions, each also with one step's last number changed | AUC clean > corrupted, ``min`` aggregation |
 
+A kind's class attribute ``also_validate`` names validators measured next to its own and logged
+beside it (not used to pick the best PRM): AIRL, MC-PRM and rePIRL add ``corrupted``.
 A new validator is one more entry in `VALIDATORS` (or a kind's own ``validation`` name).
 """
 
 from __future__ import annotations
 
+import random
+import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -139,6 +144,65 @@ def measure_proposals(prm: Any, items: list) -> dict:
     return {"score": within, "within_prefix_auc": within, "proposal_auc": pooled, "sibling_pairs": int(pairs)}
 
 
+_NUMBER = re.compile(r"\d+")
+
+
+def corrupt_step(step: str, rng: random.Random) -> str | None:
+    """``step`` with its last number changed by 1 to 3 (never below 0); None if it has no number.
+
+    >>> corrupt_step("9+4=13", random.Random(0)) != "9+4=13", corrupt_step("Answer:", random.Random(0))
+    (True, None)
+    """
+    found = list(_NUMBER.finditer(step))
+    if not found:
+        return None
+    m = found[-1]
+    old = int(m.group())
+    delta = rng.choice([-3, -2, -1, 1, 2, 3])
+    new = old + delta if old + delta >= 0 else old + abs(delta)
+    return step[: m.start()] + str(new) + step[m.end():]
+
+
+def corrupted_pairs(traces: Sequence[Any], seed: int) -> list[tuple[str, list[str], list[str], int]]:
+    """``(prompt, clean steps, corrupted steps, corrupted index)`` per correct trace: one step chosen
+    at random among those with a number (`corrupt_step`), the other steps left as they were.
+    Traces without a number in any step are skipped.
+
+    >>> corrupted_pairs([type("T", (), {"prompt": "Q", "steps": ["1+2=3", "Answer: 3"]})()], seed=0)[0][3] in (0, 1)
+    True
+    """
+    rng = random.Random(seed)
+    out = []
+    for t in traces:
+        steps = list(t.steps)
+        idx = [i for i, st in enumerate(steps) if _NUMBER.search(st)]
+        if not idx:
+            continue
+        i = rng.choice(idx)
+        bad = list(steps)
+        bad[i] = corrupt_step(steps[i], rng)
+        out.append((t.prompt, steps, bad, i))
+    return out
+
+
+def build_corrupted(data: Any, n: int) -> list:
+    """One-step-corrupted copies of ``n`` held-out tasks' expert solutions (`corrupted_pairs`)."""
+    return corrupted_pairs(expert_traces(_heldout_tasks(data, n)), seed=HELDOUT_SEED + data.config.seed)
+
+
+def measure_corrupted(prm: Any, pairs: list) -> dict:
+    """AUC of the ``min``-aggregated score, clean traces > their one-step-corrupted copies (pooled),
+    and the AUC of the corrupted step's own score against the clean step at the same place."""
+    if not pairs:
+        return {"score": float("nan"), "corrupted_auc": float("nan"), "corrupted_pairs": 0}
+    prompts = [p for p, _, _, _ in pairs]
+    clean = prm.score_steps(prompts, [c for _, c, _, _ in pairs])
+    bad = prm.score_steps(prompts, [b for _, _, b, _ in pairs])
+    a = auc([min(r) for r in clean], [min(r) for r in bad])
+    at = auc([r[i] for r, (_, _, _, i) in zip(clean, pairs)], [r[i] for r, (_, _, _, i) in zip(bad, pairs)])
+    return {"score": a, "corrupted_auc": a, "corrupted_step_auc": at, "corrupted_pairs": len(pairs)}
+
+
 def build_value(data: Any, n: int) -> list:
     """Every `VALUE_HOLDOUT_EVERY`-th target, removed from ``data.targets`` (training never sees it)."""
     if len(data.targets) < VALUE_HOLDOUT_EVERY:
@@ -163,6 +227,7 @@ VALIDATORS: dict[str, tuple[Callable[[Any, int], Any], Callable[[Any, Any], dict
     "step_labels": (build_step_labels, measure_step_labels),
     "proposals": (build_proposals, measure_proposals),
     "value_mse": (build_value, measure_value),
+    "corrupted": (build_corrupted, measure_corrupted),
 }
 
 
@@ -174,9 +239,15 @@ class HeldOut:
         if name not in VALIDATORS:
             raise ValueError(f"PRM kind {prm.kind!r} names no held-out validation (its class attribute validation is "
                              f"{name!r}; valid: {', '.join(VALIDATORS)}); set eval_every=0 to train without one")
+        also = tuple(getattr(type(prm), "also_validate", ()))
+        unknown = [a for a in also if a not in VALIDATORS]
+        if unknown:
+            raise ValueError(f"PRM kind {prm.kind!r}: also_validate names unknown validator(s) {unknown}; "
+                             f"valid: {', '.join(VALIDATORS)}")
         build, self._measure = VALIDATORS[name]
         self.name = name
         self.items = build(data, n_tasks)
+        self.also = [(VALIDATORS[a][1], VALIDATORS[a][0](data, n_tasks)) for a in also if a != name]
 
     def measure(self, prm: Any) -> dict:
         was, tokens = prm.net.training, prm.tokens_scored
@@ -184,7 +255,10 @@ class HeldOut:
         try:
             with torch.no_grad():
                 prm.clear_cache()
-                return self._measure(prm, self.items)
+                metrics = self._measure(prm, self.items)
+                for measure, items in self.also:  # reported beside the score, never instead of it
+                    metrics.update({k: v for k, v in measure(prm, items).items() if k != "score"})
+                return metrics
         finally:
             prm.net.train(was)
             prm.clear_cache()

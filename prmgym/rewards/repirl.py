@@ -28,13 +28,15 @@ import torch
 
 from prmgym.config import help_field
 from prmgym.rewards.airl import LOGPI_SCALES, expert_vs_policy_batch, normalised_logpi
-from prmgym.rewards.scalar import MissingClassError, PRMBatch, PRMOptions, ScalarHeadPRM
+from prmgym.rewards.scalar import LMFeatureOptions, MissingClassError, PRMBatch, ScalarHeadPRM
 
 
 @dataclass
-class RePIRLOptions(PRMOptions):
-    """`RePIRLPRM`'s options (besides `PRMOptions`)."""
+class RePIRLOptions(LMFeatureOptions):
+    """`RePIRLPRM`'s options (besides `PRMOptions`). r_φ's head also reads the LM's mean token
+    log-prob of the step (``lm_feature``, `prmgym.rewards.lmfeature`), so r_φ starts as it."""
 
+    lm_feature: str = help_field("step", "LM log-prob input of the head: none | step | running_min")
     logpi_scale: str = help_field("mean", "log pi of a step: mean (length-normalised) | sum")
     reward_l2: float = help_field(0.1, "L2 penalty reward_l2 * mean(r^2) over the batch's steps")
 
@@ -52,6 +54,7 @@ class RePIRLPRM(ScalarHeadPRM):
     Options = RePIRLOptions
     needs_both_classes = True
     validation = "proposals"
+    also_validate = ("corrupted",)  # prmgym.rewards.heldout: one-step-corrupted expert solutions
 
     def __init__(self, model, tokenizer, **options) -> None:
         super().__init__(model, tokenizer, **options)

@@ -31,6 +31,8 @@ import torch
 from prmgym.config import ConfigError, from_dict, help_field, to_dict
 from prmgym.envs.trace import DEFAULT_DELIMITER
 from prmgym.models.formatting import check_prompt_format
+from prmgym.models.lora import ADAPTER_DIR, load_adapter, private_copy
+from prmgym.models.lora import prm_adapter as lora_prm_adapter
 from prmgym.rewards.backbone import (
     BACKBONE_DIR,
     HEAD_FILE,
@@ -43,7 +45,9 @@ from prmgym.rewards.backbone import (
     read_prm_config,
     resolve_backbone,
 )
+from prmgym.models.optim import OptimKnobs, Optimization, autocast, model_device, prepare_model
 from prmgym.rewards.base import AGGREGATIONS, ProcessRewardModel
+from prmgym.rewards.lmfeature import check_lm_feature, init_feature_head, lm_feature_values
 
 #: kind -> class, filled by subclasses (see `load_prm`)
 PRM_CLASSES: dict[str, type] = {}
@@ -57,41 +61,65 @@ class MissingClassError(ValueError):
 
 
 @dataclass
-class PRMOptions:
+class PRMOptions(OptimKnobs):
     """Constructor options shared by every `ScalarHeadPRM` (a kind adds its own in a subclass,
     ``SomePRM.Options``). ``learning_rate``'s default here is the learner's one default, used by
-    every entry point (`prmgym train-prm`, `prmgym train` rewards, benchmarks)."""
+    every entry point (`prmgym train-prm`, `prmgym train` rewards, benchmarks). The optimiser,
+    precision and memory knobs are `OptimKnobs`' (their steps are PRM updates); a PRM update is
+    one batch (``micro_batch_size`` must stay 0: the learners' losses normalise over the batch)."""
 
     learning_rate: float = help_field(1e-4, "AdamW learning rate of `update`")
     weight_decay: float = help_field(0.0, "AdamW weight decay")
-    grad_clip: float = help_field(1.0, "gradient-norm clip per update (0 = off)")
     train_backbone: bool = help_field(True, "train the LM body too (false: only the head)")
     batch_size: int = help_field(16, "rows per forward pass")
     aggregation: str = help_field("last", f"default aggregation of `score`: {' | '.join(AGGREGATIONS)}")
     squash: bool = help_field(True, "pass search scores through a sigmoid (scores in [0, 1])")
     cache: bool = help_field(True, "prefix cache of step scores (cleared by every update)")
     delimiter: str = help_field(DEFAULT_DELIMITER, "step delimiter of the traces (env.unwrapped.delimiter)")
+    lora: dict | None = help_field(None, "LoRA adapter on the backbone {r, alpha, dropout, target_modules} "
+                                   "instead of training all of it (null = no LoRA); see prmgym.models.lora")
+    share_backbone: bool = help_field(False, "with lora, on a LoRA policy: put this PRM's adapter on the policy's "
+                                      "own model (one frozen base for both) instead of a copy of the whole LM")
     prompt_format: str = help_field("plain", "how traces are tokenised: plain (the trace text) | chat (the "
                                     "tokenizer's chat template; a PRM built on a policy takes the policy's)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the OptimKnobs checks
+        if self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size}: PRM updates do not accumulate over micro-batches "
+                             "(a learner's loss normalises over its whole batch); set micro_batch_size: 0 and save memory "
+                             "with a smaller batch_size (rows per forward) or gradient_checkpointing: true")
         check_prompt_format(self.prompt_format)
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and {self.weight_decay}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class LMFeatureOptions(PRMOptions):
+    """Options of a kind whose head also reads the LM's log-prob of the step
+    (`prmgym.rewards.lmfeature`: ORM, MC-PRM, rePIRL); a kind sets its own default."""
+
+    lm_feature: str = help_field("none", "LM log-prob input of the head: none | step (the step's mean token "
+                                 "log-prob) | running_min (its minimum over the steps so far); the head starts "
+                                 "at zero on everything else, so the untrained PRM ranks as the LM does")
+    lm_feature_weight: float = help_field(1.0, "initial head weight on the LM feature (> 0)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_lm_feature(self.lm_feature, self.lm_feature_weight)
 
 
 def parse_options(cls: type, options: dict, where: str = "") -> Any:
     """``options`` as ``cls.Options`` (a `PRMOptions` dataclass); errors name the key and the
-    valid ones. ``lr`` is spelled ``learning_rate``."""
-    if "lr" in options:
-        raise ConfigError(f"{where or cls.kind + ' PRM'}: the option 'lr' is spelled 'learning_rate' "
-                          f"(e.g. learning_rate={options['lr']})")
+    valid ones. ``lr`` is spelled ``learning_rate``, ``grad_clip`` ``max_grad_norm``."""
+    for old, new in (("lr", "learning_rate"), ("grad_clip", "max_grad_norm")):
+        if old in options:
+            raise ConfigError(f"{where or cls.kind + ' PRM'}: the option '{old}' is spelled '{new}' "
+                              f"(e.g. {new}={options[old]})")
     return from_dict(cls.Options, options, where)
 
 
@@ -241,7 +269,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         model, tokenizer: the backbone (use `from_backbone` for a directory or a policy).
         **options: the fields of ``Options`` (`PRMOptions` plus the kind's own): delimiter,
             aggregation, squash, cache (a prefix cache ``{(prompt, steps[:i+1]): score}``),
-            learning_rate, weight_decay, grad_clip, train_backbone, batch_size, ...
+            learning_rate, weight_decay, max_grad_norm, train_backbone, batch_size, dtype, ...
 
     Class attributes a kind sets: ``kind`` (registers the class), ``n_outputs``, ``Options``,
     ``data_source`` (``"env"``: a policy and an environment; ``"targets"``: a value-targets
@@ -257,6 +285,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     recipe_fields: tuple[str, ...] = ()
     needs_both_classes: bool = False
     validation: str | None = None  # held-out metric while training offline (prmgym.rewards.heldout.VALIDATORS)
+    also_validate: tuple[str, ...] = ()  # more held-out metrics logged beside it (not used to pick the best)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -274,17 +303,22 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         self.squash = bool(o.squash)
         self.learning_rate = float(o.learning_rate)
         self.weight_decay = float(o.weight_decay)
-        self.grad_clip = float(o.grad_clip)
         self.train_backbone = bool(o.train_backbone)
-        self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size)
+        model, adapter = lora_prm_adapter(model, o.lora, o.share_backbone)
+        device = prepare_model(model, o)  # device, gradient checkpointing (prmgym.models.optim)
+        self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size).to(device)
+        self.net.adapter = adapter
         self.net.pad_token_id = pad_id(tokenizer)
+        self.lm_feature = getattr(o, "lm_feature", "none")
+        if self.lm_feature != "none":  # the head reads [hidden, LM feature]: zero but the feature's weight
+            self.net.head = init_feature_head(self.net.head, o.lm_feature_weight)
         self.encoder = TraceEncoder(tokenizer, o.delimiter, mode=o.prompt_format)
         self.cache: dict | None = {} if o.cache else None
         self.cache_hits = 0
         self.tokens_scored = 0  # tokens run through the model by score_steps (charge Budget.prm)
         self.tokens_trained = 0  # tokens run through the model by update
         self.updates = 0
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optim: Optimization | None = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -292,17 +326,16 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """A fresh PRM (new random head) on a causal LM directory, a policy or a model.
 
         ``copy=True`` deep-copies an in-memory model so training the PRM never touches the
-        policy it came from. Without a ``prompt_format`` option, a PRM built on a policy takes
+        policy it came from; ``share_backbone=True`` (with ``lora``) shares a LoRA policy's
+        model instead, the PRM training only its own adapter and head. Without a ``prompt_format`` option, a PRM built on a policy takes
         the policy's (``policy.formatter.mode``), so both read the same token ids.
         """
         fmt = getattr(source, "formatter", None)
         if "prompt_format" not in kwargs and fmt is not None:
             kwargs["prompt_format"] = fmt.mode
         model, tok = resolve_backbone(source, tokenizer)
-        if copy and not isinstance(source, (str, os.PathLike)):
-            import copy as _copy
-
-            model = _copy.deepcopy(model)
+        if copy and not kwargs.get("share_backbone") and not isinstance(source, (str, os.PathLike)):
+            model = private_copy(model)  # a LoRA policy's copy has its adapter merged in
         return cls(model, tok, **kwargs)
 
     @classmethod
@@ -315,13 +348,14 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
                         "it cannot be trained offline")
 
     def config(self) -> dict:
-        """JSON-able constructor options (written to ``prm_config.json``)."""
-        return to_dict(self.options)
+        """JSON-able constructor options (written to ``prm_config.json``), without the run-time
+        ``device`` and ``dtype`` (a PRM trained on a GPU in bf16 loads anywhere; pass them to `load`)."""
+        return {k: v for k, v in to_dict(self.options).items() if k not in ("device", "dtype")}
 
     # -- reading the head ----------------------------------------------------------------------
     def parameters(self):
         if self.train_backbone:
-            return list(self.net.parameters())
+            return self.net.trainable() + (list(self._extra_parameters()) if self.net.adapter else [])
         return list(self.net.head.parameters()) + list(self._extra_parameters())
 
     def _extra_parameters(self):
@@ -334,7 +368,15 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """
         check_traces(prompts, step_lists)
         enc = [self.encoder.encode(p, s) for p, s in zip(prompts, step_lists)]
-        return self.net.outputs_at([e[0] for e in enc], [e[1] for e in enc])
+        if self.lm_feature == "none":
+            return self.net.outputs_at([e[0] for e in enc], [e[1] for e in enc])
+        res = self.net.hidden_and_segment_logprobs([e[0] for e in enc], [e[1] for e in enc])
+        outs = []
+        for (_, bounds), (hidden, seg_lp) in zip(enc, res):
+            n_tok = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=seg_lp.device)
+            x = lm_feature_values(seg_lp, n_tok, self.lm_feature).to(hidden.dtype)  # (n+1,)
+            outs.append(self.net.head(torch.cat([hidden, x[:, None]], dim=1)).float())  # (n+1, n_outputs), fp32
+        return outs
 
     def token_count(self, prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> int:
         return sum(len(self.encoder.encode(p, s)[0]) for p, s in zip(prompts, step_lists))
@@ -378,7 +420,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
             was_training = self.net.training
             self.net.eval()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), autocast(self.options.dtype, model_device(self.net)):
                     scores = self.step_scores_tensor(ps, ss)
             finally:
                 self.net.train(was_training)
@@ -398,10 +440,16 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
 
     # -- training ---------------------------------------------------------------------------
     @property
+    def optim(self) -> Optimization:
+        """AdamW run by the `OptimKnobs` in ``options`` (schedule over updates, clipping, precision)."""
+        if self._optim is None:
+            self._optim = Optimization(self.options, self.parameters(), model_device(self.net),
+                                       weight_decay=self.weight_decay)
+        return self._optim
+
+    @property
     def optimizer(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            self._optimizer = torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        return self._optimizer
+        return self.optim.optimizer
 
     @abc.abstractmethod
     def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
@@ -422,12 +470,12 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if len(batch) == 0:
             raise ValueError("update() got an empty batch")
         self.net.train()
-        loss, metrics = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip))
-        self.optimizer.step()
+        with self.optim.autocast():
+            loss, metrics = self.loss(batch)
+        self.optim.zero_grad()
+        self.optim.backward(loss)
+        info = self.optim.step()  # schedule, clipping; a non-finite gradient norm skips the update
+        metrics.update(grad_norm=info["grad_norm"], lr=info["lr"])
         self.updates += 1
         self.tokens_trained += self.token_count(batch.prompts, batch.step_lists)
         self.clear_cache()  # scores changed
@@ -448,17 +496,14 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """Write the PRM directory (see the module docstring); returns the path."""
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        bb = os.path.join(path, BACKBONE_DIR)
-        self.net.model.save_pretrained(bb)
-        if hasattr(self.tokenizer, "save_pretrained"):
-            self.tokenizer.save_pretrained(bb)
+        self.net.save_backbone(path, self.tokenizer)
         torch.save({"head": self.net.head.state_dict(), "extra": self._extra_state()}, os.path.join(path, HEAD_FILE))
         with open(os.path.join(path, PRM_CONFIG), "w") as f:
             json.dump({"kind": self.kind, "format_version": 1, **self.config()}, f, indent=2)
         if trainer_state:
             torch.save(
                 {
-                    "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
+                    "optimizer": self._optim.state_dict() if self._optim is not None else None,
                     "updates": self.updates,
                     "tokens_trained": self.tokens_trained,
                     "torch_rng": torch.get_rng_state(),
@@ -480,17 +525,20 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if isinstance(owner, type):
             return owner._load_new(path, tokenizer=tokenizer, resume=resume, **overrides)
         other = type(owner)._load_new(path, tokenizer=tokenizer or owner.tokenizer, resume=True)
-        owner.net.load_state_dict(other.net.state_dict())
+        owner.net.load_weights_from(other.net)
         owner._load_extra_state(other._extra_state())
         owner.updates, owner.tokens_trained = other.updates, other.tokens_trained
-        kept = {"learning_rate", "cache", "batch_size", "delimiter", "prompt_format"}  # the instance's own settings win
+        kept = {"learning_rate", "cache", "batch_size", "delimiter", "prompt_format", "device", "dtype",
+                "lora", "share_backbone"}  # the instance's own settings win
         owner.options = replace(owner.options, **{f.name: getattr(other.options, f.name)
                                                   for f in fields(owner.options) if f.name not in kept})
-        for k in ("aggregation", "squash", "weight_decay", "grad_clip", "train_backbone"):
+        for k in ("aggregation", "squash", "weight_decay", "train_backbone"):
             setattr(owner, k, getattr(owner.options, k))
         owner._after_inplace_load(other)
-        if other._optimizer is not None:
-            owner.optimizer.load_state_dict(other._optimizer.state_dict())
+        if owner._optim is not None:
+            owner._optim.knobs = owner.options
+        if other._optim is not None:
+            owner.optim.load_state_dict(other._optim.state_dict())
         owner.clear_cache()
         return owner
 
@@ -499,8 +547,9 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         cfg = read_prm_config(path)
         kind = cfg.pop("kind")
         cfg.pop("format_version", None)
-        if "lr" in cfg:  # PRMs saved before the option was spelled learning_rate
-            cfg["learning_rate"] = cfg.pop("lr")
+        for old, new in (("lr", "learning_rate"), ("grad_clip", "max_grad_norm")):  # PRMs saved before the renames
+            if old in cfg:
+                cfg[new] = cfg.pop(old)
         target = cls
         if cls.kind != kind:
             if cls is not ScalarHeadPRM and not issubclass(PRM_CLASSES.get(kind, object), cls):
@@ -512,8 +561,13 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if not os.path.exists(head_path):
             raise ValueError(f"{os.fspath(path)!r} has {PRM_CONFIG} but no {HEAD_FILE}: the PRM head is missing; re-save the PRM")
         model, tok = load_causal_lm(os.path.join(os.fspath(path), BACKBONE_DIR))
+        if "lm_feature" in {f.name for f in fields(target.Options)}:
+            cfg.setdefault("lm_feature", "none")  # saved before the option existed: a head without the feature
         cfg.update(overrides)
+        cfg["share_backbone"] = False  # loaded on its own: its backbone directory is its own
         prm = target(model, tokenizer or tok, **cfg)
+        if prm.net.adapter is not None:
+            load_adapter(prm.net.model, os.path.join(os.fspath(path), ADAPTER_DIR), prm.net.adapter)
         state = torch.load(head_path, map_location="cpu", weights_only=False)
         prm.net.head.load_state_dict(state["head"])
         prm._load_extra_state(state.get("extra", {}))
@@ -524,7 +578,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
             prm.tokens_trained = int(ts.get("tokens_trained", 0))
             if resume:
                 if ts.get("optimizer") is not None:
-                    prm.optimizer.load_state_dict(ts["optimizer"])
+                    prm.optim.load_state_dict(ts["optimizer"])
                 torch.set_rng_state(ts["torch_rng"])
                 random.setstate(ts["python_rng"])
         return prm

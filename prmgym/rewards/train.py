@@ -102,6 +102,16 @@ class TrainPRMRun(PRMTrainConfig):
                             "template; docs/models.md)")
     imports: list = _f([], "modules imported before the env is made (your register_reasoning_env calls), "
                        "like --import MODULE")
+    # held-out early stopping is on for train-prm (off in PRMTrainConfig, i.e. for the Python API and recipes)
+    eval_every: int = _f(10, "held-out evaluation of the kind's own objective every K updates and before the first "
+                             "(prmgym.rewards.heldout; logged as prm/heldout/*): the saved PRM is the best one seen. "
+                             "0 = off (and no early stopping)")
+    patience: int = _f(5, "stop after this many held-out evaluations without a new best (0 = run all steps)")
+
+    def __post_init__(self) -> None:
+        if not self.eval_every:
+            self.patience = 0  # eval_every=0 turns the held-out evaluation off, early stopping with it
+        super().__post_init__()
 
     def train_config(self) -> PRMTrainConfig:
         """The `PRMTrainConfig` part."""

@@ -19,6 +19,7 @@ import shutil
 import time
 
 from prmgym.config import ConfigError, add_env_arg, apply_overrides
+from prmgym.models.backend import add_backend_arg, close_policy, load_policy, policy_config_from_args
 from prmgym.rewards.base import AGGREGATIONS
 from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer, planner_names, summarize
 
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregation", default="last", choices=AGGREGATIONS, help="PRM aggregation of step scores")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    add_backend_arg(p)  # --backend hf|vllm and the vLLM engine options (prmgym.models.backend)
     p.add_argument("--out", default=None, help="output directory (default: runs/search-<planner>-<time>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the search in --out: skip the tasks already "
@@ -73,6 +75,8 @@ def _check_args(args) -> None:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.ray and args.prompt_format != "plain":
         raise ConfigError("--prompt-format chat is not wired into the Ray search actors yet; run without --ray")
+    if args.ray and args.backend != "hf":
+        raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
     if args.address and not args.ray:
         raise ConfigError("--address only applies with --ray; add --ray to run the search on that Ray cluster")
     if needs_scorer(args.planner) and not args.prm:
@@ -142,9 +146,9 @@ def _clear(out: str) -> None:
 def run(args) -> int:
     import prmgym  # noqa: F401  (registers the envs)
     from prmgym.envs import make
-    from prmgym.models import TransformersPolicy
 
     _check_args(args)
+    policy_config_from_args(args)  # a bad engine option fails before anything is loaded
     env_kwargs = apply_overrides({}, args.env_arg, flag="--env-arg")
     try:
         planner = make_planner(args.planner, n=args.n, beam_width=args.beam_width, expansions=args.expansions,
@@ -171,7 +175,7 @@ def run(args) -> int:
     if args.ray:  # the actors load the models; this process only writes the report
         runner = ray_runner(args, prm_dir, dict(env_kwargs, split=args.split))
     else:
-        policy = TransformersPolicy.from_pretrained(args.policy, prompt_format=args.prompt_format)
+        policy = load_policy(args.policy, policy_config_from_args(args), prompt_format=args.prompt_format)  # --backend hf | vllm
         if prm_dir:
             from prmgym.rewards import load_prm
 
@@ -186,6 +190,7 @@ def run(args) -> int:
     finally:
         if runner is not None:
             runner.close()
+        close_policy(policy)
     b = summary["budget"]
     print(f"accuracy {summary['accuracy']:.3f} ({sum(r['correct'] for r in summary['rows'])}/{summary['n']})  "
           f"mean per task: generated {b['generated']:.0f}, encoded {b['encoded']:.0f}, prm {b['prm']:.0f}, "

@@ -165,8 +165,8 @@ class SearchEngine:
         enc_cost = [self.count_tokens(o) for o in obs]
         remaining_gen = self.budget.remaining("generated")
         remaining_enc = self.budget.remaining("encoded")
-        if self.budget.remaining("seconds") <= 0:
-            self.stats["budget_stops"] += 1
+        if self.budget.remaining("seconds") <= 0 or (hasattr(self.u, "tool_runs") and self.budget.remaining("sandbox") <= 0):
+            self.stats["budget_stops"] += 1  # (a tool env's steps may run the sandbox: no runs left, no new steps)
             return out
         plan: list[int] = []
         gen_left, enc_left = remaining_gen, remaining_enc
