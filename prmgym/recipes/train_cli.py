@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 
-from prmgym.config import ConfigError, add_set_arg
+from prmgym.config import ConfigError, add_precision_args, add_set_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-keys", action="store_true", help="print every config key (run and trainer "
                         "sections) with its default and help text, then exit")
+    add_precision_args(parser)  # --dtype, --device: the run config's dtype / device
 
 
 def resolve_config(args: argparse.Namespace):
@@ -66,6 +67,9 @@ def resolve_config(args: argparse.Namespace):
         raise ConfigError("pass --config FILE (e.g. examples/configs/grpo_chain.yaml) or --resume RUN_DIR")
     if getattr(args, "imports", None):  # recorded in config.yaml, so --resume imports them again
         data["imports"] = list(dict.fromkeys([*(data.get("imports") or []), *args.imports]))
+    for key in ("dtype", "device"):  # the flags win over the config (a run may resume on another device)
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
     cfg = load_run_config(data)
     check_names(cfg)
     return cfg
