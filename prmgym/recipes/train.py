@@ -43,6 +43,10 @@ class RunConfig:
     eval_env_kwargs: dict = _f({"split": "test"}, "overrides of env_kwargs for held-out evaluation")
     model: str = _f("tiny", "'tiny' (pretrain the tiny character model for this env, cached) or a local HF model directory")
     model_kwargs: dict = _f({}, "for model: tiny, PretrainConfig overrides passed to prmgym.recipes.tiny.pretrain")
+    prompt_format: str = _f("plain", "how the policy (and a PRM built on it) reads observations: plain (the trace "
+                            "text) | chat (the tokenizer's chat template, for instruct models); see docs/models.md")
+    imports: list = _f([], "modules imported before the env is made (your register_reasoning_env calls); "
+                       "like `prmgym train --import MODULE`")
     reward: str = _f("none", "dense process reward: none | a name in prmgym.rewards.REWARDS (airl, repirl)")
     reward_config: dict = _f({}, "options of the process reward (see docs/rewards.md)")
     steps: int = _f(100, "trainer steps in total (a resumed run continues up to this)")
@@ -55,6 +59,8 @@ class RunConfig:
     policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
                           "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers} "
+                           "(prmgym.cluster.DistributedConfig; docs/distributed.md)")
     logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
     wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
     lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
@@ -65,6 +71,9 @@ class RunConfig:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        from prmgym.models.formatting import check_prompt_format
+
+        check_prompt_format(self.prompt_format)
         from prmgym.models.optim import check_device_name, dtype_name
 
         self.dtype = dtype_name(self.dtype)
@@ -81,6 +90,12 @@ class RunConfig:
             from prmgym.models.lora import lora_config
 
             lora_config(self.lora)  # validates the section (errors name lora.KEY)
+        if self.distributed:
+            if self.algorithm == "sb3_ppo":
+                raise ValueError("distributed applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the section")
+            from prmgym.recipes.distributed import distributed_config
+
+            distributed_config(self.distributed)  # validates the section (errors name distributed.KEY)
 
     def policy_config(self):
         """The typed ``policy`` section (errors name the ``policy.`` key)."""
@@ -142,8 +157,14 @@ def check_names(cfg: RunConfig) -> None:
     import gymnasium as gym
 
     import prmgym  # noqa: F401  (registers the envs)
+    from prmgym.config import import_modules
 
-    if cfg.env not in gym.registry:
+    import_modules(cfg.imports, where="imports:")
+    env_id = cfg.env
+    if ":" in env_id:  # Gymnasium's module:id form: importing the module registers the id
+        module, env_id = env_id.split(":", 1)
+        import_modules([module], where=f"env {cfg.env!r}:")
+    if env_id not in gym.registry:
         ours = sorted(k for k in gym.registry if k.startswith("prmgym/"))
         raise ConfigError(
             f"unknown env {cfg.env!r}. Valid prmgym envs: {', '.join(ours) or '(none registered)'} "
@@ -195,7 +216,8 @@ def load_policy(cfg: RunConfig, progress: bool = False):
         path = cfg.model
     from prmgym.models.optim import resolve_device
 
-    policy = backend.load_policy(path, pc, device=resolve_device(cfg.device))
+    policy = backend.load_policy(path, pc, device=resolve_device(cfg.device),
+                                 prompt_format=cfg.prompt_format)
     if cfg.lora is not None:
         from prmgym.models.lora import apply_lora, lora_config
 
@@ -232,7 +254,9 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy) if reward == "build" else reward
-    env_kwargs = {"split": "train", **cfg.env_kwargs}
+    from prmgym.recipes.distributed import with_ray_sandbox
+
+    env_kwargs = with_ray_sandbox(cfg.distributed, cfg.env, {"split": "train", **cfg.env_kwargs})
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
     from prmgym.agents.grpo import _env_factory
 
