@@ -117,6 +117,16 @@ def add_env_arg(parser: Any) -> None:
                         help="extra gym.make keyword (repeatable), e.g. --env-arg difficulty=2; VALUE is read as YAML")
 
 
+def add_precision_args(parser: Any) -> None:
+    """``--dtype fp32|bf16|fp16`` and ``--device auto|cpu|cuda|cuda:N|mps``, spelled the same on every
+    command (None when not given: the config's value, else the command's default)."""
+    parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"),
+                        help="compute precision (autocast; fp16 needs CUDA; a vLLM engine's dtype too); default: "
+                        "the config's, else fp32")
+    parser.add_argument("--device", default=None, help="torch device: auto (cuda if visible, else cpu) | cpu | cuda | "
+                        "cuda:N | mps; default: the config's, else auto")
+
+
 def add_set_arg(parser: Any, example: str = "trainer.learning_rate=1e-4") -> None:
     """The ``--set KEY=VALUE`` option (config overrides, stored in ``args.overrides``)."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

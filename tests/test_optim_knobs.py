@@ -250,10 +250,10 @@ def test_device_knob_moves_the_policy():
 SFT_EXAMPLES = [("12+3=", "15\n"), ("1+1=", "2\n"), ("7*6=", "42 and some more\n"), ("9-9=", "0\n")]
 
 
-def sft_grads(**kw):
+def sft_grads(arch="gpt2", **kw):
     from prmgym.agents.sft import SFTConfig, SFTTrainer
 
-    tr = SFTTrainer(tiny.random_tiny_policy(seed=0), SFT_EXAMPLES, SFTConfig(batch_size=4, max_grad_norm=0.0, **kw))
+    tr = SFTTrainer(tiny.random_tiny_policy(seed=0, arch=arch), SFT_EXAMPLES, SFTConfig(batch_size=4, max_grad_norm=0.0, **kw))
     seen = {}
     real = tr.optim.optimizer.step
 
@@ -272,12 +272,13 @@ def test_sft_micro_batches_give_the_full_batch_gradient():
     assert m_acc["train/loss"] == pytest.approx(m_full["train/loss"], rel=1e-5)
 
 
-def test_sft_bf16_and_checkpointing():
-    _, m32, _ = sft_grads()
-    _, m16, _ = sft_grads(dtype="bf16")
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_sft_bf16_and_checkpointing(arch):
+    _, m32, _ = sft_grads(arch)
+    _, m16, _ = sft_grads(arch, dtype="bf16")
     assert math.isfinite(m16["train/loss"]) and m16["train/loss"] != m32["train/loss"]
     assert m16["train/loss"] == pytest.approx(m32["train/loss"], rel=1e-2)
-    g_ck, m_ck, tr = sft_grads(gradient_checkpointing=True)
+    g_ck, m_ck, tr = sft_grads(arch, gradient_checkpointing=True)
     assert gradient_checkpointing_on(tr.model) and m_ck["train/loss"] == pytest.approx(m32["train/loss"], abs=1e-6)
 
 

@@ -48,10 +48,15 @@ class RunConfig:
     steps: int = _f(100, "trainer steps in total (a resumed run continues up to this)")
     run_dir: str = _f("runs/train", "where metrics.jsonl, tb/ (TensorBoard) and checkpoints/ go")
     eval_tasks: int = _f(64, "held-out tasks for pass@1 before and after training (0 = skip)")
-    device: str | None = _f(None, "torch device (default: cpu)")
+    device: str | None = _f("auto", "torch device of the policy, trainer and reward: auto (cuda if visible, else cpu) | cpu | "
+                             "cuda | cuda:N | mps (prmgym.models.optim.resolve_device)")
+    dtype: str = _f("fp32", "compute precision of the trainer's and reward's forward passes: fp32 | bf16 | fp16 "
+                            "(autocast; weights and AdamW state stay fp32; fp16 needs CUDA)")
     policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
                           "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers} "
+                           "(prmgym.cluster.DistributedConfig; docs/distributed.md)")
     logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
     wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
     lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
@@ -62,6 +67,11 @@ class RunConfig:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        from prmgym.models.optim import check_device_name, dtype_name
+
+        self.dtype = dtype_name(self.dtype)
+        self.device = self.device or "auto"  # configs written before device had a default said null
+        check_device_name(self.device)
         from prmgym.logger import RUN_FORMATS
 
         bad = [f for f in self.logging if f not in RUN_FORMATS]
@@ -73,6 +83,12 @@ class RunConfig:
             from prmgym.models.lora import lora_config
 
             lora_config(self.lora)  # validates the section (errors name lora.KEY)
+        if self.distributed:
+            if self.algorithm == "sb3_ppo":
+                raise ValueError("distributed applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the section")
+            from prmgym.recipes.distributed import distributed_config
+
+            distributed_config(self.distributed)  # validates the section (errors name distributed.KEY)
 
     def policy_config(self):
         """The typed ``policy`` section (errors name the ``policy.`` key)."""
@@ -94,7 +110,21 @@ class RunConfig:
             section = apply_preset(self.trainer)  # trainer.preset: dapo | gspo | rloo | reinforce_pp
         except ValueError as e:
             raise ConfigError(f"trainer: {e}") from e
-        return from_dict(cls, section, where="trainer")
+        return from_dict(cls, self._with_knobs(cls, section), where="trainer")
+
+    def _with_knobs(self, cls: type, section: dict) -> dict:
+        """The trainer section with the run's ``dtype`` and ``device`` and, for a decaying
+        ``lr_schedule`` without ``schedule_steps``, the run's optimizer updates
+        (``steps x num_iterations x num_mini_batches``)."""
+        for key in ("dtype", "device"):
+            if key in section and section[key] != getattr(self, key):
+                raise ConfigError(f"trainer.{key}: set {key} at the top level of the run config (it also places the "
+                                  f"policy and the reward), e.g. {key}: {section[key]}")
+        section = {**section, "dtype": self.dtype, "device": self.device}
+        if section.get("lr_schedule", "constant") != "constant" and "schedule_steps" not in section:
+            per_step = section.get("num_iterations", cls.num_iterations) * section.get("num_mini_batches", cls.num_mini_batches)
+            section["schedule_steps"] = max(1, int(self.steps) * int(per_step))
+        return section
 
 
 def load_run_config(data: dict) -> RunConfig:
@@ -171,7 +201,9 @@ def load_policy(cfg: RunConfig, progress: bool = False):
         path = pretrain(cfg.env, progress=progress, **{**backend.tiny_layout(pc), **cfg.model_kwargs})
     else:
         path = cfg.model
-    policy = backend.load_policy(path, pc, device=cfg.device)
+    from prmgym.models.optim import resolve_device
+
+    policy = backend.load_policy(path, pc, device=resolve_device(cfg.device))
     if cfg.lora is not None:
         from prmgym.models.lora import apply_lora, lora_config
 
@@ -188,7 +220,10 @@ def build_reward(cfg: RunConfig, policy: Any):
     from prmgym.rewards import REWARDS
 
     try:
-        return REWARDS[cfg.reward](policy, dict(cfg.reward_config))
+        options = dict(cfg.reward_config)
+        if cfg.dtype != "fp32":  # the reward's PRM runs in the run's precision unless its section says otherwise
+            options.setdefault("dtype", cfg.dtype)
+        return REWARDS[cfg.reward](policy, options)
     except ConfigError as e:
         raise ConfigError(f"reward_config: {e}") from None
     except (TypeError, ValueError) as e:  # the reward's own check of its options
@@ -205,7 +240,9 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy) if reward == "build" else reward
-    env_kwargs = {"split": "train", **cfg.env_kwargs}
+    from prmgym.recipes.distributed import with_ray_sandbox
+
+    env_kwargs = with_ray_sandbox(cfg.distributed, cfg.env, {"split": "train", **cfg.env_kwargs})
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
     from prmgym.agents.grpo import _env_factory
 

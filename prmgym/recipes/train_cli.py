@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 
-from prmgym.config import ConfigError, add_set_arg
+from prmgym.config import ConfigError, add_precision_args, add_set_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "if it stopped before its first one)")
     parser.add_argument("--overwrite", action="store_true", help="with --config: replace the run already in run_dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_args(parser)  # --dtype, --device: the run config's dtype / device
 
 
 def resolve_config(args: argparse.Namespace):
@@ -62,6 +63,9 @@ def resolve_config(args: argparse.Namespace):
         data = apply_overrides(load_yaml(args.config), args.overrides)
     else:
         raise ConfigError("pass --config FILE (e.g. examples/configs/grpo_chain.yaml) or --resume RUN_DIR")
+    for key in ("dtype", "device"):  # the flags win over the config (a run may resume on another device)
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
     cfg = load_run_config(data)
     check_names(cfg)
     return cfg

@@ -98,6 +98,10 @@ class TrainPRMRun(PRMTrainConfig):
     prm: dict = _f({}, "the kind's learner options (its Options dataclass, e.g. learning_rate, train_backbone, "
                       "search_score); unset ones take the learner's defaults")
     quiet: bool = _f(False, "no stdout metric tables")
+    device: str = _f("auto", "torch device of the policy and the PRM: auto (cuda if visible, else cpu) | cpu | cuda | "
+                             "cuda:N | mps")
+    dtype: str = _f("fp32", "compute precision of the PRM's and the policy's forward passes: fp32 | bf16 | fp16 "
+                            "(autocast; weights stay fp32; fp16 needs CUDA); prm.dtype, if set, wins for the PRM")
     # held-out early stopping is on for train-prm (off in PRMTrainConfig, i.e. for the Python API and recipes)
     eval_every: int = _f(10, "held-out evaluation of the kind's own objective every K updates and before the first "
                              "(prmgym.rewards.heldout; logged as prm/heldout/*): the saved PRM is the best one seen. "
@@ -108,6 +112,10 @@ class TrainPRMRun(PRMTrainConfig):
         if not self.eval_every:
             self.patience = 0  # eval_every=0 turns the held-out evaluation off, early stopping with it
         super().__post_init__()
+        from prmgym.models.optim import check_device_name, dtype_name
+
+        self.dtype = dtype_name(self.dtype)
+        check_device_name(self.device)
 
     def train_config(self) -> PRMTrainConfig:
         """The `PRMTrainConfig` part."""
