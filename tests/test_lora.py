@@ -238,7 +238,23 @@ def test_prm_lora_on_its_own_copy_trains_only_head_and_adapter(tmp_path):
     prm.update(_prm_batch())
     now = dict(prm.net.model.named_parameters())
     assert all(torch.equal(now[n], v) for n, v in frozen.items())
+    pdir = policy.save(tmp_path / "lora_policy")  # a LoRA policy directory (adapter only) as a PRM backbone
+    from_dir = _prm(pdir, lora={"r": 2})
+    assert not L.is_peft_model(L.base_model(from_dir.net.model)) and from_dir.net.adapter == "prm"
     with pytest.raises(ValueError, match="share_backbone needs a LoRA policy"):
         _prm(tiny.random_tiny_policy(seed=0), lora={}, share_backbone=True)
     with pytest.raises(ValueError, match="share_backbone needs a lora section"):
         _prm(policy, share_backbone=True)
+
+
+def test_sft_with_lora_trains_only_the_adapter_and_learns(tmp_path):
+    from prmgym.agents.sft import SFTConfig, SFTTrainer
+
+    policy, _ = lora_policy(tmp_path)
+    frozen = {n: p.detach().clone() for n, p in policy.model.named_parameters() if ".lora_" not in n}
+    before = lps(policy).sum()
+    tr = SFTTrainer(policy, list(zip(OBS, CONT)), SFTConfig(learning_rate=3e-2, warmup_steps=0, batch_size=2, add_eos=False))
+    tr.train(20, progress=False)
+    now = dict(policy.model.named_parameters())
+    assert all(torch.equal(now[n], v) for n, v in frozen.items())
+    assert lps(policy).sum() > before + 1.0  # the adapter alone raised the completions' log-likelihood

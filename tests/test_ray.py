@@ -147,3 +147,28 @@ def test_search_cli_with_ray_writes_the_same_report(runtime, models, tmp_path):
     assert [s["accuracy"] for s in summaries] == [summaries[0]["accuracy"]] * 2
     assert [{u: v for u, v in s["budget"].items() if u != "seconds"} for s in summaries].count(
         {u: v for u, v in summaries[0]["budget"].items() if u != "seconds"}) == 2
+
+
+def test_train_config_sandbox_workers_judge_code_on_ray(runtime):
+    import prmgym  # noqa: F401
+    from prmgym.envs import make
+    from prmgym.recipes.distributed import with_ray_sandbox
+    from prmgym.sandbox.ray_pool import RaySandbox
+
+    kwargs = with_ray_sandbox({"backend": "ray", "sandbox_workers": 1}, "prmgym/ProgramSynthesis-v0", {"split": "test"})
+    box = kwargs["sandbox"]
+    try:
+        assert isinstance(box, RaySandbox) and box.workers == (1 if runtime == "init" else 2)
+        env = make("prmgym/ProgramSynthesis-v0", **kwargs)
+        rewards = []
+        for task in env.unwrapped.source.tasks("test", 3, seed=0):
+            for steps in (task.expert_steps, ["    return None", "```"]):
+                env.reset(seed=0, options={"task": task})
+                for s in steps:
+                    _, r, done, _, _ = env.step(s)
+                    if done:
+                        break
+                rewards.append(r)
+        assert rewards == [1.0, 0.0] * 3
+    finally:
+        box.close()

@@ -409,9 +409,10 @@ def prm_adapter(model: Any, lora: Any, share: bool) -> tuple[Any, str | None]:
     return add_adapter(model, cfg, name), name
 
 
-def private_copy(model: Any) -> Any:
-    """A deep copy of ``model``; a PEFT model's copy has its active adapter merged into plain weights."""
-    import copy
+def private_copy(model: Any, copy: bool = True) -> Any:
+    """A deep copy of ``model`` (``copy=False``: ``model`` itself, for one loaded just for this);
+    a PEFT model's active adapter is merged into plain weights."""
+    import copy as _copy
 
-    out = copy.deepcopy(model)
+    out = _copy.deepcopy(model) if copy else model
     return out.merge_and_unload() if is_peft_model(out) else out

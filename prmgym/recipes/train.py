@@ -55,6 +55,8 @@ class RunConfig:
     policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
                           "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers} "
+                           "(prmgym.cluster.DistributedConfig; docs/distributed.md)")
     logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
     wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
     lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
@@ -81,6 +83,12 @@ class RunConfig:
             from prmgym.models.lora import lora_config
 
             lora_config(self.lora)  # validates the section (errors name lora.KEY)
+        if self.distributed:
+            if self.algorithm == "sb3_ppo":
+                raise ValueError("distributed applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the section")
+            from prmgym.recipes.distributed import distributed_config
+
+            distributed_config(self.distributed)  # validates the section (errors name distributed.KEY)
 
     def policy_config(self):
         """The typed ``policy`` section (errors name the ``policy.`` key)."""
@@ -232,7 +240,9 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy) if reward == "build" else reward
-    env_kwargs = {"split": "train", **cfg.env_kwargs}
+    from prmgym.recipes.distributed import with_ray_sandbox
+
+    env_kwargs = with_ray_sandbox(cfg.distributed, cfg.env, {"split": "train", **cfg.env_kwargs})
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
     from prmgym.agents.grpo import _env_factory
 

@@ -265,8 +265,8 @@ def load_causal_lm(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no model directory at {path!r}: pass a directory written by save_pretrained")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json)")
+    if not os.path.exists(os.path.join(path, "config.json")) and not lora.is_adapter_dir(path):
+        raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json) nor a LoRA adapter directory")
     try:
         from prmgym.models import TransformersPolicy  # type: ignore[attr-defined]
     except ImportError:

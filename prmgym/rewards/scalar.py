@@ -334,8 +334,9 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if "prompt_format" not in kwargs and fmt is not None:
             kwargs["prompt_format"] = fmt.mode
         model, tok = resolve_backbone(source, tokenizer)
-        if copy and not kwargs.get("share_backbone") and not isinstance(source, (str, os.PathLike)):
-            model = private_copy(model)  # a LoRA policy's copy has its adapter merged in
+        loaded = isinstance(source, (str, os.PathLike))  # loaded just for this PRM: its own already
+        if (copy or loaded) and not kwargs.get("share_backbone"):
+            model = private_copy(model, copy=not loaded)  # a LoRA policy's adapter is merged in
         return cls(model, tok, **kwargs)
 
     @classmethod
