@@ -53,8 +53,8 @@ def batch(tr):
     return trajs, torch.randn(len(trajs), T, generator=g)
 
 
-def grads_of_update(tr, trajs, adv):
-    """The gradient the optimizer receives in one `optimizer_update` (captured before the step) and the metrics."""
+def capture_grads(tr) -> dict:
+    """A dict that receives the gradients the trainer's optimizer sees at its next step (after clipping)."""
     seen = {}
     real = tr.optim.optimizer.step
 
@@ -63,6 +63,12 @@ def grads_of_update(tr, trajs, adv):
         return real(*a, **k)
 
     tr.optim.optimizer.step = capture
+    return seen
+
+
+def grads_of_update(tr, trajs, adv):
+    """The gradient the optimizer receives in one `optimizer_update` and the metrics."""
+    seen = capture_grads(tr)
     tr.model.train()
     m = tr.optimizer_update(trajs, adv)
     tr.model.eval()
@@ -254,14 +260,7 @@ def sft_grads(arch="gpt2", **kw):
     from prmgym.agents.sft import SFTConfig, SFTTrainer
 
     tr = SFTTrainer(tiny.random_tiny_policy(seed=0, arch=arch), SFT_EXAMPLES, SFTConfig(batch_size=4, max_grad_norm=0.0, **kw))
-    seen = {}
-    real = tr.optim.optimizer.step
-
-    def capture(*a, **k):
-        seen.update({n: p.grad.detach().clone() for n, p in tr.model.named_parameters() if p.grad is not None})
-        return real(*a, **k)
-
-    tr.optim.optimizer.step = capture
+    seen = capture_grads(tr)
     return seen, tr.step(), tr
 
 

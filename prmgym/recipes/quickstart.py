@@ -257,7 +257,8 @@ def render_markdown(report: dict) -> str:
     cfg = report["config"]
     rows = report["rows"]
     out = ["# prmgym quickstart report", "",
-           f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}. "
+           f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}, "
+           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`. "
            f"Every method gets the same per-task limit on **generated policy tokens** (the columns); "
            "PRM tokens scored are counted and shown, not limited. ± is the binomial standard error "
            "over tasks (one seed); `benchmarks/seed_claims.py` repeats this over 3 seeds.", "",

@@ -43,6 +43,10 @@ class RunConfig:
     eval_env_kwargs: dict = _f({"split": "test"}, "overrides of env_kwargs for held-out evaluation")
     model: str = _f("tiny", "'tiny' (pretrain the tiny character model for this env, cached) or a local HF model directory")
     model_kwargs: dict = _f({}, "for model: tiny, PretrainConfig overrides passed to prmgym.recipes.tiny.pretrain")
+    prompt_format: str = _f("plain", "how the policy (and a PRM built on it) reads observations: plain (the trace "
+                            "text) | chat (the tokenizer's chat template, for instruct models); see docs/models.md")
+    imports: list = _f([], "modules imported before the env is made (your register_reasoning_env calls); "
+                       "like `prmgym train --import MODULE`")
     reward: str = _f("none", "dense process reward: none | a name in prmgym.rewards.REWARDS (airl, repirl)")
     reward_config: dict = _f({}, "options of the process reward (see docs/rewards.md)")
     steps: int = _f(100, "trainer steps in total (a resumed run continues up to this)")
@@ -67,6 +71,9 @@ class RunConfig:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        from prmgym.models.formatting import check_prompt_format
+
+        check_prompt_format(self.prompt_format)
         from prmgym.models.optim import check_device_name, dtype_name
 
         self.dtype = dtype_name(self.dtype)
@@ -150,8 +157,14 @@ def check_names(cfg: RunConfig) -> None:
     import gymnasium as gym
 
     import prmgym  # noqa: F401  (registers the envs)
+    from prmgym.config import import_modules
 
-    if cfg.env not in gym.registry:
+    import_modules(cfg.imports, where="imports:")
+    env_id = cfg.env
+    if ":" in env_id:  # Gymnasium's module:id form: importing the module registers the id
+        module, env_id = env_id.split(":", 1)
+        import_modules([module], where=f"env {cfg.env!r}:")
+    if env_id not in gym.registry:
         ours = sorted(k for k in gym.registry if k.startswith("prmgym/"))
         raise ConfigError(
             f"unknown env {cfg.env!r}. Valid prmgym envs: {', '.join(ours) or '(none registered)'} "
@@ -203,7 +216,8 @@ def load_policy(cfg: RunConfig, progress: bool = False):
         path = cfg.model
     from prmgym.models.optim import resolve_device
 
-    policy = backend.load_policy(path, pc, device=resolve_device(cfg.device))
+    policy = backend.load_policy(path, pc, device=resolve_device(cfg.device),
+                                 prompt_format=cfg.prompt_format)
     if cfg.lora is not None:
         from prmgym.models.lora import apply_lora, lora_config
 

@@ -20,7 +20,7 @@ import os
 from prmgym.config import ConfigError, add_env_arg, add_precision_args, add_set_arg, apply_overrides
 
 #: flags that set a `TrainPRMRun` field of the same name (None = not given)
-_FLAGS = ("kind", "policy", "env", "out", "backbone", "targets", "steps", "seed", "dtype", "device")
+_FLAGS = ("kind", "policy", "env", "out", "backbone", "targets", "steps", "seed", "dtype", "device", "prompt_format")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="PRM updates (total, counting resumed ones)")
     p.add_argument("--seed", type=int, default=None, help="data and initialisation seed")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no stdout metric tables")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default=None,
+                   help="how policy and PRM read traces: plain text or the tokenizer's chat template (default: plain)")
+    p.add_argument("--quiet", action="store_true", help="no stdout metric tables and no progress bar")
     add_precision_args(p)
 
 
@@ -60,7 +62,17 @@ def resolve_run(args: argparse.Namespace):
     for name, flag in (("kind", "--kind"), ("policy", "--policy DIR"), ("out", "--out DIR")):
         if data.get(name) in (None, ""):
             raise ConfigError(f"train-prm needs {name}: pass {flag} or set {name}: in the --config YAML")
+    if getattr(args, "imports", None):
+        data["imports"] = list(dict.fromkeys([*(data.get("imports") or []), *args.imports]))
     run = from_dict(TrainPRMRun, data)
+    from prmgym.config import import_modules
+    from prmgym.models.formatting import check_prompt_format
+
+    import_modules(run.imports, where="imports:")
+    try:
+        check_prompt_format(run.prompt_format)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cls = PRM_CLASSES[run.kind]
     if cls.data_source == "env" and not run.env:
         raise ConfigError(f"--env is required for --kind {run.kind} (it trains from policy rollouts)")
@@ -96,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from prmgym.models.optim import autocast, resolve_precision
 
     dtype, device = resolve_precision(cfg.dtype, cfg.device)
-    policy = TransformersPolicy.from_pretrained(cfg.policy, device=device)
+    policy = TransformersPolicy.from_pretrained(cfg.policy, device=device, prompt_format=cfg.prompt_format)
     knobs = {"dtype": cfg.prm.get("dtype", dtype), "device": str(device)}  # the PRM's precision and place
     targets = None
     if cls.data_source == "targets":
@@ -128,13 +140,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming {prm.kind} PRM from {ckpt} at update {prm.updates}")
     else:
         opts = {k: v for k, v in dataclasses.asdict(options).items() if k in cfg.prm}  # the ones set
-        prm = build_prm(cfg.kind, cfg.backbone or policy, **{"delimiter": delimiter, **opts, **knobs})
+        prm = build_prm(cfg.kind, cfg.backbone or policy, **{"delimiter": delimiter, "prompt_format": cfg.prompt_format, **opts, **knobs})
     formats = ("jsonl", "tensorboard") if cfg.quiet else ("stdout", "jsonl", "tensorboard")
     logger = Logger(cfg.out, formats=formats, hparams={**to_dict(cfg), "prm": prm.config()})
     trainer = OfflinePRMTrainer(prm, policy, env_fn, cfg.train_config(), targets=targets, run_dir=cfg.out, logger=logger)
     try:
         with autocast(dtype, device):  # the policy's rollouts too
-            trainer.train()
+            trainer.train(progress=not cfg.quiet)
     finally:
         trainer.close()
         logger.close()

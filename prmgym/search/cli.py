@@ -27,7 +27,7 @@ from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer,
 OUTPUTS = ("search.json", "results.jsonl", "summary.json", "metrics.jsonl", "hparams.json", "tb")
 #: settings that must match for --resume (the rest, e.g. --quiet, may change)
 RESUME_KEYS = ("planner", "policy", "prm", "env", "env_arg", "split", "n_tasks", "budget", "n", "beam_width", "dtype",
-               "expansions", "iterations", "max_depth", "aggregation", "temperature", "seed")
+               "expansions", "iterations", "max_depth", "aggregation", "temperature", "seed", "prompt_format")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again.add_argument("--resume", action="store_true", help="continue the search in --out: skip the tasks already "
                        "in its results.jsonl (the settings must be the same)")
     again.add_argument("--overwrite", action="store_true", help="replace the search already in --out")
-    p.add_argument("--quiet", action="store_true", help="no per-task lines")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
+                   help="how the policy reads observations: plain text or its tokenizer's chat template (docs/models.md)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (on a terminal) or per-task lines (otherwise)")
     p.add_argument("--ray", action="store_true", help="split the tasks over Ray actors (pip install -e '.[ray]'); "
                    "the report is the same as without it (docs/distributed.md)")
     p.add_argument("--address", default=None, help="with --ray: the Ray head to join (HOST:PORT, or auto); "
@@ -76,6 +78,8 @@ def _check_args(args) -> None:
     resolve_precision(args.dtype, args.device)  # unknown names, a missing GPU, fp16 off CUDA: before any loading
     if args.ray and (args.dtype or args.device):
         raise ConfigError("--dtype / --device do not reach the Ray actors (they load on cpu in fp32); drop them or --ray")
+    if args.ray and args.prompt_format != "plain":
+        raise ConfigError("--prompt-format chat is not wired into the Ray search actors yet; run without --ray")
     if args.ray and args.backend != "hf":
         raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
     if args.address and not args.ray:
@@ -179,7 +183,8 @@ def run(args) -> int:
         from prmgym.models.optim import resolve_precision
 
         dtype, device = resolve_precision(args.dtype, args.device)
-        policy = load_policy(args.policy, policy_config_from_args(args), device=device)  # --backend hf | vllm
+        policy = load_policy(args.policy, policy_config_from_args(args), device=device,
+                             prompt_format=args.prompt_format)  # --backend hf | vllm
         if prm_dir:
             from prmgym.rewards import load_prm
 
