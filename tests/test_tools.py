@@ -16,7 +16,9 @@ from prmgym.envs.tools import (
     ToolMath,
     cell_code,
     cell_program,
+    hand_steps,
     split_tool_step,
+    tool_examples,
     tool_output,
 )
 from prmgym.envs.verifiers import MathVerifier
@@ -190,3 +192,31 @@ def test_check_env_and_registration():
 
     assert "prmgym/ToolMath-v0" in gym.registry
     check_env(gym.make("prmgym/ToolMath-v0").unwrapped)
+
+
+def test_tool_examples_put_outputs_on_the_prompt_side_only(sandbox):
+    env = _env(sandbox, difficulty=2)
+    tasks = ToolMath(difficulty=2, families=("sumsq",)).tasks("train", 3)
+    pairs = tool_examples(env, tasks)
+    assert len(pairs) == 3 * 3  # two cells and the answer per task
+    for k, (prompt, completion) in enumerate(pairs):
+        assert "```output" not in completion and completion.endswith("\n")
+        assert prompt.count("```output") == k % 3  # every earlier cell's output is context
+    assert pairs[2][0].endswith(f"```output\n{tasks[0].answer}\n```\n") and pairs[2][1] == f"Answer: {tasks[0].answer}\n"
+    with pytest.raises(TypeError, match="ToolEnv"):
+        tool_examples(make("prmgym/ChainArithmetic-v0"), tasks)
+
+
+def test_no_tool_traces_are_the_same_problems_by_hand(sandbox):
+    with_tools, by_hand = ToolMath().tasks("test", 50), ToolMath(tools=False).tasks("test", 50)
+    assert [t.prompt for t in with_tools] == [t.prompt for t in by_hand]
+    env = _env(sandbox, source_kwargs={"tools": False})
+    for t in by_hand:
+        assert not any("```" in s for s in t.expert_steps)
+        env.reset(options={"task": t})
+        for s in t.expert_steps:
+            _, reward, *_ = env.step(s)
+        assert reward == 1.0
+    assert hand_steps("2+3*4-5") == (["3*4=12", "2+12=14", "14-5=9"], 9)
+    with pytest.raises(ValueError, match="expr"):
+        ToolMath(difficulty=2, tools=False)

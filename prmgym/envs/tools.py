@@ -321,11 +321,69 @@ def tool_trace(cells: Sequence[str], answer: Any) -> tuple[str, ...]:
     return tuple(steps) + (format_answer(answer),)
 
 
+def tool_examples(env: Any, tasks: Sequence[Task]) -> list[tuple[str, str]]:
+    """Supervised pairs from tasks' expert traces played in a `ToolEnv`: one pair
+    ``(observation before the step, step + delimiter)`` per expert step, so the prompt side
+    holds the tool outputs of earlier cells and the completion side only what the policy
+    writes (a tool segment is never a training target). Cells run in the env's sandbox
+    (cached per cell, as in any episode).
+
+    >>> from prmgym.envs import make
+    >>> env = make("prmgym/ToolMath-v0")
+    >>> pairs = tool_examples(env, ToolMath().tasks("train", 1))
+    >>> [c for _, c in pairs][0].startswith("```python print(")
+    True
+    >>> "```output" in pairs[1][0]
+    True
+    """
+    u = getattr(env, "unwrapped", env)
+    if not isinstance(u, ToolEnv):
+        raise TypeError(f"tool_examples needs a ToolEnv (e.g. make('prmgym/ToolMath-v0')), got {type(u).__name__}")
+    out = []
+    for t in tasks:
+        if not t.expert_steps:
+            raise ValueError(f"task {t.id!r} has no expert_steps to replay")
+        obs, _ = u.reset(options={"task": t})
+        for step in t.expert_steps:
+            out.append((str(obs), step + u.delimiter))
+            obs, _, term, trunc, info = u.step(step)
+            if trunc:
+                raise ValueError(f"the expert trace of task {t.id!r} was truncated at step {step!r:.60}; raise max_steps / max_chars")
+        if not term:
+            raise ValueError(f"the expert trace of task {t.id!r} does not end the episode")
+    return out
+
+
 # ----------------------------------------------------------------------------- ToolMath
 _TOOL_MATH_LEVELS = {
-    1: dict(families=("expr",), n_ops=(2, 2), operand=(10, 99)),
-    2: dict(families=("expr", "sumsq", "powmod"), n_ops=(2, 3), operand=(10, 999)),
+    1: dict(families=("expr",), n_ops=(2, 2), operand=(10, 99), tools=True),
+    2: dict(families=("expr", "sumsq", "powmod"), n_ops=(2, 3), operand=(10, 999), tools=True),
 }
+
+
+def hand_steps(expr: str) -> tuple[list[str], int]:
+    """Steps that evaluate ``expr`` (integers and ``+ - *``) by hand, one operation per step:
+    products first, left to right, then sums and differences.
+
+    >>> hand_steps("47*83-129")
+    (['47*83=3901', '3901-129=3772'], 3772)
+    """
+    import re
+
+    items = re.findall(r"\d+|[+\-*]", expr)
+    vals, ops = [int(x) for x in items[0::2]], items[1::2]
+    steps = []
+    for wanted in ("*", "+-"):
+        i = 0
+        while i < len(ops):
+            if ops[i] in wanted:
+                a, b, op = vals[i], vals[i + 1], ops[i]
+                v = a * b if op == "*" else a + b if op == "+" else a - b
+                steps.append(f"{a}{op}{b}={v}")
+                vals[i: i + 2], ops[i: i + 1] = [v], []
+            else:
+                i += 1
+    return steps, vals[0]
 
 
 class ToolMath(ProceduralSource):
@@ -336,7 +394,10 @@ class ToolMath(ProceduralSource):
     prints, so the trace relies on state between cells) and ``powmod`` ("Compute 7**23 mod
     1000."). ``difficulty=1``: ``expr`` with two operations on operands 10-99 (the preset the
     learning tests use); ``difficulty=2``: all three families, 2-3 operations, operands up to
-    999. Preset fields can be overridden: ``families``, ``n_ops`` (min, max), ``operand`` (min, max).
+    999. Preset fields can be overridden: ``families``, ``n_ops`` (min, max), ``operand`` (min, max),
+    ``tools``: ``False`` gives the same problems with expert traces that compute by hand, one
+    operation per step (`hand_steps`; ``expr`` only): the no-tool baseline of
+    benchmarks/tool_pretrain.py.
 
     >>> t = ToolMath().tasks("train", 1)[0]
     >>> t.expert_steps[0].startswith("```python print(")
@@ -358,6 +419,8 @@ class ToolMath(ProceduralSource):
             raise ValueError(f"families must be a non-empty subset of ('expr', 'sumsq', 'powmod'), got {cfg['families']!r}")
         if not 1 <= cfg["n_ops"][0] <= cfg["n_ops"][1] or not 1 <= cfg["operand"][0] <= cfg["operand"][1]:
             raise ValueError(f"n_ops and operand must be (min, max) with 1 <= min <= max, got {cfg['n_ops']!r}, {cfg['operand']!r}")
+        if not cfg["tools"] and set(cfg["families"]) != {"expr"}:
+            raise ValueError("ToolMath(tools=False) has hand-computed traces for the 'expr' family only; pass families=('expr',)")
         self.difficulty, self.cfg, self.test_fraction = difficulty, cfg, test_fraction
 
     def generate(self, rng: random.Random) -> Task | None:
@@ -377,7 +440,8 @@ class ToolMath(ProceduralSource):
             b, e, m = rng.randint(2, 19), rng.randint(10, 60), rng.choice((100, 1000, 10007))
             value = pow(b, e, m)
             prompt, cells = f"Compute {b}**{e} mod {m}.", [f"print(pow({b}, {e}, {m}))"]
-        return Task(id="toolmath", prompt=prompt, answer=str(value), expert_steps=tool_trace(cells, value),
+        steps = tool_trace(cells, value) if c["tools"] else tuple(hand_steps(prompt[len("Compute "):-1])[0]) + (format_answer(value),)
+        return Task(id="toolmath", prompt=prompt, answer=str(value), expert_steps=steps,
                     metadata={"difficulty": self.difficulty, "family": family})
 
     def describe(self) -> str:
