@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import random
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Sequence
 
 from prmgym.envs.core import EnvState, ReasoningEnv
@@ -195,9 +195,14 @@ class ToolEnvState(NamedTuple):
 class ToolEnv(ReasoningEnv):
     """A `ReasoningEnv` whose code-cell steps run in a sandbox (see the module docstring).
 
+    In **code tasks** (``task.tests``: ProgramSynthesis, HumanEval) a cell is a "run my code
+    on an example" step: it runs the program written so far (``code_prefix`` and the lines,
+    cells left out) followed by the cell, e.g. ```` ```python print(f(3))``` ````, and shows
+    the output; the cell is not part of the submitted program and the hidden tests never run
+    in it.
+
     Args:
-        source, verifier, split: as for `ReasoningEnv` (answer tasks only: code tasks, whose
-            steps write a program, are refused).
+        source, verifier, split: as for `ReasoningEnv`.
         sandbox: ``"local"`` (default; the process-wide shared `LocalSandbox`), ``"docker"``
             (shared `DockerSandbox`) or a `prmgym.sandbox.Sandbox` instance (not closed here).
         tool_timeout_s / tool_memory_mb: limits of one tool run (all earlier cells included).
@@ -248,11 +253,13 @@ class ToolEnv(ReasoningEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         self._cells, self._last_tool = (), None
-        obs, info = super().reset(seed=seed, options=options)
-        if self.task.is_code:
-            raise ValueError(f"task {self.task.id!r} is a code task; ToolEnv runs code cells in answer tasks only "
-                             "(code tasks write their program step by step: use ReasoningEnv)")
-        return obs, info
+        return super().reset(seed=seed, options=options)
+
+    def program(self, steps: tuple[str, ...] | None = None, task: Task | None = None) -> str:
+        """`ReasoningEnv.program` without the code-cell steps (a cell tries the program; it is
+        not part of it)."""
+        steps = self._state.steps if steps is None else steps
+        return super().program(tuple(s for s in steps if cell_code(s) is None), task)
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self._last_tool = None
@@ -283,12 +290,17 @@ class ToolEnv(ReasoningEnv):
     def _run_cell(self, code: str) -> ToolRun:
         from prmgym.sandbox.base import Job
 
-        earlier = tuple(c for c, status in self._cells if status not in _SKIP_ON_RERUN)
-        key = (earlier, code)
+        if self._state.task.is_code:  # the program written so far, then the cell, as one cell
+            earlier: tuple[str, ...] = ()
+            code_run = self.program() + code
+        else:
+            earlier = tuple(c for c, status in self._cells if status not in _SKIP_ON_RERUN)
+            code_run = code
+        key = (earlier, code_run)
         hit = self._tool_cache.get(key)
         if hit is not None:
             return ToolRun(code, hit[0], hit[1], ran=False)
-        job = Job(cell_program(earlier, code), timeout_s=self.tool_timeout_s, memory_mb=self.tool_memory_mb)
+        job = Job(cell_program(earlier, code_run), timeout_s=self.tool_timeout_s, memory_mb=self.tool_memory_mb)
         result = self.sandbox.run(job)
         self.tool_runs += 1
         output = tool_output(result, self.tool_output_chars, self.tool_timeout_s, self.tool_memory_mb)
@@ -352,6 +364,50 @@ def tool_examples(env: Any, tasks: Sequence[Task]) -> list[tuple[str, str]]:
         if not term:
             raise ValueError(f"the expert trace of task {t.id!r} does not end the episode")
     return out
+
+
+def example_cell(task: Task) -> str | None:
+    """A "run my code on an example" cell for a code task: ``print(f(1))`` for
+    ProgramSynthesis (``metadata["ops"]``), the first ``>>> call`` of a HumanEval docstring;
+    ``None`` when the task shows no example."""
+    if not task.is_code:
+        return None
+    entry = task.metadata.get("entry_point")
+    if "ops" in task.metadata and entry:
+        return f"print({entry}(1))"
+    for line in task.prompt.split("\n"):
+        s = line.strip()
+        if s.startswith(">>> ") and entry and entry + "(" in s:
+            return f"print(repr({s[4:].strip()}))"
+    return None
+
+
+def with_example_step(task: Task, code_end: str = "```") -> Task:
+    """``task`` with an example cell (`example_cell`) before the end-of-code marker of its
+    expert steps (unchanged when it has no example or no expert steps)."""
+    cell = example_cell(task)
+    steps = task.expert_steps
+    if cell is None or not steps or steps[-1].strip() != code_end:
+        return task
+    return replace(task, expert_steps=steps[:-1] + (f"{CELL_OPEN} {cell}{FENCE}", steps[-1]))
+
+
+class ExampleSteps(TaskSource):
+    """A code-task source whose expert traces try the program on an example (`with_example_step`)
+    before submitting it; tasks, splits and sampling are the wrapped source's."""
+
+    def __init__(self, source: TaskSource, code_end: str = "```") -> None:
+        self.source, self.code_end = source, code_end
+        self.name, self.splits = source.name, source.splits
+
+    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
+        return [with_example_step(t, self.code_end) for t in self.source.tasks(split, n, seed, at_most=at_most)]
+
+    def sample(self, split: str, rng: Any) -> Task:
+        return with_example_step(self.source.sample(split, rng), self.code_end)
+
+    def describe(self) -> str:
+        return self.source.describe() + ", with an example run before the submission"
 
 
 # ----------------------------------------------------------------------------- ToolMath
