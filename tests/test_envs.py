@@ -441,7 +441,9 @@ def test_env_rejects_wrong_constructor_arguments():
     with pytest.raises(TypeError, match="TaskSource"):
         ReasoningEnv([Task(id="a", prompt="p", answer="1")], MathVerifier())
     with pytest.raises(TypeError, match="Verifier"):
-        ReasoningEnv(ChainArithmetic(), lambda t, x: 1.0)
+        ReasoningEnv(ChainArithmetic(), 42)
+    with pytest.raises(TypeError, match="neither a score function"):  # score(task, text) functions are welcome
+        ReasoningEnv(ChainArithmetic(), lambda t, x, y: 1.0)
     with pytest.raises(ValueError, match="max_steps"):
         ReasoningEnv(ChainArithmetic(), MathVerifier(), max_steps=0)
 

@@ -46,7 +46,7 @@ from prmgym.agents.rollout import Prompt, RolloutCollector, Trajectory
 from prmgym.agents.sync import EngineSync
 from prmgym.config import help_field
 from prmgym.envs.episodes import evaluate_policy
-from prmgym.models.lora import reference_model
+from prmgym.models.lora import policy_parameters, reference_model
 from prmgym.models.optim import OptimKnobs, Optimization, micro_batches, prepare_model
 
 
@@ -289,7 +289,7 @@ class GRPOTrainer:
         self.ref_model = None
         if cfg.beta > 0 or cfg.reward_kl_coef > 0:
             self.ref_model = reference_model(self.model)  # LoRA: the base with adapters off, no copy
-        self.optim = Optimization(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device,
+        self.optim = Optimization(cfg, policy_parameters(self.model), self.device,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         self.optimizer = self.optim.optimizer
         self.rng = np.random.default_rng(cfg.seed)

@@ -51,7 +51,7 @@ def make_countdown(split: str = "train", difficulty: int = 1, test_fraction: flo
 
 
 _ENV_KEYS = ("delimiter", "max_steps", "max_step_chars", "max_chars", "max_prompt_chars",
-             "answer_prefix", "code_end", "render_mode", "verdict_cache")
+             "answer_prefix", "code_end", "render_mode", "verdict_cache", "prompt_template")
 
 
 def make_reasoning_gym(task: str = "chain_sum", split: str = "train", size: int = 10_000,
@@ -139,8 +139,11 @@ def register_reasoning_env(
         id: the Gymnasium id, e.g. ``"mylab/Units-v0"``.
         source: a `TaskSource` instance, or a zero-argument callable returning one
             (called once per ``make``; use it when the source is heavy or not picklable).
-        verifier: a `Verifier` instance, a zero-argument callable returning one, or a name:
-            ``"math"``, ``"exact"``, ``"countdown"``, ``"code"``, ``"auto"``.
+        verifier: a `Verifier` instance, a plain function ``score(task, text) -> float |
+            Verdict`` (wrapped in `FunctionVerifier`), a zero-argument callable returning a
+            `Verifier` (a factory, e.g. a Verifier class), or a name: ``"math"``, ``"exact"``,
+            ``"countdown"``, ``"code"``, ``"auto"``. Which kind a callable is, is decided here
+            from its signature; anything else is a ``TypeError`` now, not at ``make``.
         description: one line shown by ``prmgym envs``.
         builder: instead of ``source``/``verifier``: a function ``(**kwargs) -> ReasoningEnv``,
             or its ``"module:function"`` path (imported on first ``make``), for envs whose
@@ -196,12 +199,18 @@ def _source_entry_point(source: Any, verifier: Any, env_defaults: dict) -> Calla
     """The ``make`` function for an env given as a source and a verifier (checked now)."""
     if not (isinstance(source, TaskSource) or callable(source)):
         raise TypeError(f"source must be a TaskSource or a callable returning one, got {type(source).__name__}")
-    from prmgym.envs.verifiers import Verifier, make_verifier
+    from prmgym.envs.verifiers import Verifier, callable_kind, make_verifier, verifier_from_factory
 
     if isinstance(verifier, str):
         make_verifier(verifier)  # validate the name now, not at make time
-    elif not (isinstance(verifier, Verifier) or callable(verifier)):
-        raise TypeError(f"verifier must be a Verifier, a callable returning one, or a name, got {type(verifier).__name__}")
+    elif isinstance(verifier, Verifier):
+        pass
+    elif callable(verifier):
+        if callable_kind(verifier) == "score":
+            verifier = make_verifier(verifier)  # a FunctionVerifier, shared by every make
+    else:
+        raise TypeError(f"verifier must be a Verifier, a score(task, text) function, a zero-argument callable "
+                        f"returning a Verifier, or a name, got {type(verifier).__name__}")
 
     def _make(**kwargs: Any) -> ReasoningEnv:
         src = source if isinstance(source, TaskSource) else source()
@@ -210,7 +219,7 @@ def _source_entry_point(source: Any, verifier: Any, env_defaults: dict) -> Calla
         elif isinstance(verifier, str):
             ver = make_verifier(verifier)
         else:
-            ver = verifier()
+            ver = verifier_from_factory(verifier)
         return ReasoningEnv(src, ver, **{**env_defaults, **kwargs})
 
     return _make

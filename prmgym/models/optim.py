@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from prmgym.config import help_field
+from prmgym.config import ConfigError, help_field
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -168,6 +168,16 @@ def autocast(dtype: Any, device: Any) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     return torch.autocast(device_type=dev.type, dtype=DTYPES[name])
+
+
+def resolve_precision(dtype: Any, device: Any) -> tuple[str, torch.device]:
+    """For the commands: ``(dtype name, device)`` of a ``--dtype`` / ``--device`` pair, with every
+    problem (unknown names, a device this machine lacks, fp16 off CUDA) as a `ConfigError`."""
+    try:
+        dev = resolve_device(device if device is not None else "auto")
+        return check_precision(dtype if dtype is not None else "fp32", dev), dev
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -1,0 +1,101 @@
+"""`--import MODULE` / `imports:` (a user's env in a file of their own), Gymnasium's module:id form,
+`--help` defaults and `prmgym train --list-keys`."""
+
+import json
+import sys
+import textwrap
+
+import gymnasium as gym
+import pytest
+import torch
+import yaml
+
+from prmgym.cli import main
+from prmgym.models import tiny
+
+torch.set_num_threads(1)
+
+USER_ENV = textwrap.dedent('''
+    from prmgym.envs import Task, TaskList, register_reasoning_env
+
+    def score(task, text):  # a plain score function as the verifier
+        return 1.0 if text.strip() == task.answer else 0.0
+
+    TASKS = TaskList(train=[Task(id=f"t{i}", prompt=f"{i}+1?", answer=str(i + 1)) for i in range(6)],
+                     test=[Task(id="u0", prompt="7+1?", answer="8")])
+    register_reasoning_env("{env_id}", TASKS, score, "a user's env", replace=True, max_steps=2)
+''')
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _write_env(d, module, env_id):
+    (d / f"{module}.py").write_text(USER_ENV.replace("{env_id}", env_id))
+
+
+def _forget(module, env_id):
+    sys.modules.pop(module, None)
+    gym.registry.pop(env_id, None)
+
+
+def _config(d, model, env, run, **over):
+    cfg = {"algorithm": "grpo", "env": env, "model": model, "steps": 2, "run_dir": str(run), "eval_tasks": 0,
+           "trainer": {"num_generations": 2, "batch_size": 4, "max_new_tokens": 3, "max_steps": 2,
+                       "learning_rate": 1e-3, "save_every": 1}}
+    cfg.update(over)
+    path = d / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_train_a_user_env_from_a_file_with_import(user_dir, capsys):
+    _write_env(user_dir, "labenv_fmt", "lab/AddOne-v0")
+    _forget("labenv_fmt", "lab/AddOne-v0")
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, arch="qwen2", chat_template="qwen2").save(
+        str(user_dir / "model"))
+    run = user_dir / "run"
+    cfg = _config(user_dir, model, "lab/AddOne-v0", run, prompt_format="chat")
+    assert "lab/AddOne-v0" not in gym.registry
+    assert main(["train", "--import", "labenv_fmt", "--config", cfg, "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["train/episodes"] == 4.0 for r in rows)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["imports"] == ["labenv_fmt"] and saved["prompt_format"] == "chat"
+    # --resume re-imports the module named in config.yaml (no --import needed)
+    _forget("labenv_fmt", "lab/AddOne-v0")
+    assert main(["train", "--resume", str(run), "--set", "steps=3", "--no-progress"]) == 0
+    assert "lab/AddOne-v0" in gym.registry
+
+
+def test_import_errors_are_clear(user_dir, capsys):
+    assert main(["train", "--import", "no_such_module_fmt", "--config", "x.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "--import no_such_module_fmt: the module failed to import" in err and "PYTHONPATH" in err
+    (user_dir / "broken_fmt.py").write_text("raise RuntimeError('boom')\n")
+    assert main(["search", "--import", "broken_fmt.py", "--policy", "nowhere"]) == 2
+    assert "RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_gymnasium_module_colon_id_form(user_dir):
+    from prmgym.recipes.train import check_names, load_run_config
+
+    _write_env(user_dir, "labenv2_fmt", "lab/AddTwo-v0")
+    _forget("labenv2_fmt", "lab/AddTwo-v0")
+    check_names(load_run_config({"env": "labenv2_fmt:lab/AddTwo-v0", "eval_tasks": 0}))
+    assert "lab/AddTwo-v0" in gym.registry
+    env = gym.make("labenv2_fmt:lab/AddTwo-v0")
+    assert env.reset(seed=0)[0].endswith("+1?\n")
+
+
+def test_help_shows_defaults_and_list_keys(capsys):
+    assert main(["search", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "(default: 20)" in out and "--import MODULE" in out and "--prompt-format" in out
+    assert main(["train", "--list-keys"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt_format = 'plain'" in out and "trainer.learning_rate = " in out and "imports = []" in out
