@@ -99,3 +99,20 @@ def test_help_shows_defaults_and_list_keys(capsys):
     assert main(["train", "--list-keys"]) == 0
     out = capsys.readouterr().out
     assert "prompt_format = 'plain'" in out and "trainer.learning_rate = " in out and "imports = []" in out
+
+
+@pytest.mark.slow  # two fresh processes import torch
+def test_weight_loading_bars_are_quiet_by_default(tmp_path):
+    import os
+    import subprocess
+
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32).save(str(tmp_path / "model"))
+    cmd = [sys.executable, "-m", "prmgym.cli", "search", "--planner", "sample", "--policy", model, "--n", "1",
+           "--n-tasks", "1", "--out", str(tmp_path / "s"), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "PRMGYM_LOADING_BARS")}
+    quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    loud = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "s2"), "--quiet"], env={**env, "PRMGYM_LOADING_BARS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert "Loading weights" in loud.stderr and "Loading weights" not in quiet.stderr
