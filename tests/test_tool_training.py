@@ -102,3 +102,16 @@ def test_tool_tokens_get_no_target_and_zero_gradient(sandbox):
     s, e = t.step_bounds[-1]
     assert not torch.allclose(lp[0, s:e], lp2[0, s:e])
     tr.close()
+
+
+def test_tiny_recipe_pretrains_on_tool_traces(tmp_path):
+    from prmgym.recipes.tiny import load_manifest, pretrain
+
+    d = pretrain("prmgym/ToolMath-v0", tmp_path / "m", progress=False, num_train_tasks=12, steps=3, eval_tasks=4,
+                 batch_size=4, n_layer=1, n_embd=32, n_head=2)
+    m = load_manifest(d)
+    assert m["n_examples"] == 24  # one example per step: the cell, then the answer after its output
+    assert 0.0 <= m["eval"]["pass@1"] <= 1.0 and m["eval"]["n_tasks"] == 4
+    with pytest.raises(ValueError, match="corrupt_rate"):
+        pretrain("prmgym/ToolMath-v0", tmp_path / "c", progress=False, num_train_tasks=4, steps=1, eval_tasks=0,
+                 corrupt_rate=0.5)
