@@ -116,3 +116,23 @@ def test_weight_loading_bars_are_quiet_by_default(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert loud.returncode == 0, loud.stderr
     assert "Loading weights" in loud.stderr and "Loading weights" not in quiet.stderr
+
+
+def test_train_prm_and_search_with_the_chat_format(tmp_path):
+    """train-prm --kind airl and search --planner beam on a tiny Qwen2-style model with a chat template."""
+    from prmgym.rewards import load_prm
+
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, arch="qwen2", chat_template="qwen2").save(
+        str(tmp_path / "model"))
+    out = str(tmp_path / "airl")
+    assert main(["train-prm", "--kind", "airl", "--policy", model, "--env", "prmgym/ChainArithmetic-v0", "--out", out,
+                 "--steps", "1", "--prompt-format", "chat", "--set", "tasks_per_step=2", "--set", "airl_negatives=prefixes",
+                 "--set", "proposals_per_prefix=2", "--set", "max_new_tokens=6", "--set", "eval_every=0", "--quiet"]) == 0
+    prm = load_prm(out)
+    assert prm.options.prompt_format == "chat" and prm.updates == 1
+    s = tmp_path / "search"
+    assert main(["search", "--planner", "beam", "--policy", model, "--prm", out, "--prompt-format", "chat",
+                 "--n-tasks", "1", "--beam-width", "2", "--expansions", "2", "--max-depth", "2", "--out", str(s),
+                 "--quiet"]) == 0
+    assert json.loads((s / "search.json").read_text())["prompt_format"] == "chat"
+    assert json.loads((s / "summary.json").read_text())["budget"]["prm"] > 0
