@@ -99,6 +99,7 @@ def test_help_shows_defaults_and_list_keys(capsys):
     assert main(["train", "--list-keys"]) == 0
     out = capsys.readouterr().out
     assert "prompt_format = 'plain'" in out and "trainer.learning_rate = " in out and "imports = []" in out
+    assert "policy.backend = 'hf'" in out and "lora.r = " in out
 
 
 @pytest.mark.slow  # two fresh processes import torch
