@@ -174,3 +174,15 @@ def test_search_shows_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, c
     monkeypatch.setattr(sys, "stderr", quiet)
     assert main(args + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert "2/2" not in quiet.text
+
+
+def test_ray_search_worker_builds_its_policy_with_the_prompt_format(tmp_path):
+    from prmgym.search.distributed import _SearchWorker, pack_dir
+
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, arch="qwen2", chat_template="qwen2").save(
+        str(tmp_path / "model"))
+    worker = _SearchWorker(pack_dir(model), None, "prmgym/ChainArithmetic-v0", {}, 1, prompt_format="chat")
+    try:
+        assert worker.policy.formatter.mode == "chat"
+    finally:
+        worker.close()
