@@ -328,3 +328,24 @@ def test_prm_bf16_checkpointing_and_refusals():
         orm(grad_clip=1.0)
     with pytest.raises(ConfigError, match="do not accumulate"):
         orm(micro_batch_size=2)
+
+
+def test_checkpointing_with_lora_gives_the_adapters_the_same_gradient():
+    pytest.importorskip("peft")
+    from prmgym.models.lora import apply_lora, lora_config
+
+    def lora_trainer(**kw):
+        policy = stop_early_policy()
+        torch.manual_seed(0)  # the adapters' A matrices are drawn from the global generator
+        policy.model = apply_lora(policy.model, lora_config({"r": 4}))
+        return GRPOTrainer(policy, lambda: ToyEnv(), GRPOConfig(**{**BASE, "max_grad_norm": 0.0, **kw}))
+
+    plain = lora_trainer()
+    trajs, adv = batch(plain)
+    g_plain, _ = grads_of_update(plain, trajs, adv)
+    ck = lora_trainer(gradient_checkpointing=True, micro_batch_size=2)
+    assert gradient_checkpointing_on(ck.model)
+    g_ck, _ = grads_of_update(ck, trajs, adv)
+    assert g_plain and all("lora_" in k for k in g_plain)  # only the adapters train
+    assert g_plain.keys() == g_ck.keys() and max(float(v.abs().max()) for v in g_ck.values()) > 0
+    assert max(float((g_plain[k] - g_ck[k]).abs().max()) for k in g_plain) < 1e-5

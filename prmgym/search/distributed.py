@@ -47,7 +47,8 @@ def unpack_dir(files: dict[str, bytes], root: str) -> str:
 class _SearchWorker:
     """The body of one search actor: a policy, an optional scorer and an env, built here."""
 
-    def __init__(self, policy_files: dict, prm_files: dict | None, env_id: str, env_kwargs: dict, threads: int):
+    def __init__(self, policy_files: dict, prm_files: dict | None, env_id: str, env_kwargs: dict, threads: int,
+                 prompt_format: str = "plain"):
         import torch
 
         import prmgym  # noqa: F401  (registers the envs)
@@ -56,7 +57,8 @@ class _SearchWorker:
 
         torch.set_num_threads(threads)
         self.tmp = tempfile.mkdtemp(prefix="prmgym-search-worker-")
-        self.policy = TransformersPolicy.from_pretrained(unpack_dir(policy_files, os.path.join(self.tmp, "policy")))
+        self.policy = TransformersPolicy.from_pretrained(unpack_dir(policy_files, os.path.join(self.tmp, "policy")),
+                                                         prompt_format=prompt_format)
         self.scorer = None
         if prm_files is not None:
             from prmgym.rewards import load_prm
@@ -91,6 +93,8 @@ class RaySearchRunner:
         start_timeout_s: how long the actors may take to start and load the models.
         max_restarts: replacement actors started over the runner's life when actors die (their
             tasks run again on another actor; rows are the same).
+        prompt_format: the actors' policies read observations ``plain`` or ``chat``
+            (`prmgym.models.formatting`).
 
     Call `close()` (or use ``with``) to end the actors. To join a cluster call
     `prmgym.cluster.connect` with its address first; otherwise a local Ray is started.
@@ -98,7 +102,8 @@ class RaySearchRunner:
 
     def __init__(self, policy_dir: str | os.PathLike, prm_dir: str | os.PathLike | None, env_id: str,
                  env_kwargs: dict | None = None, *, workers: int = 2, threads: int = 1, num_cpus: float | None = None,
-                 chunk_size: int = 1, start_timeout_s: float = 300.0, max_restarts: int = 16):
+                 chunk_size: int = 1, start_timeout_s: float = 300.0, max_restarts: int = 16,
+                 prompt_format: str = "plain"):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if chunk_size < 1:
@@ -108,7 +113,7 @@ class RaySearchRunner:
         policy_ref = ray.put(pack_dir(policy_dir))
         prm_ref = ray.put(pack_dir(prm_dir)) if prm_dir is not None else None
         cls = ray.remote(_SearchWorker).options(num_cpus=threads if num_cpus is None else num_cpus, max_restarts=0)
-        self._new_actor = lambda: cls.remote(policy_ref, prm_ref, env_id, dict(env_kwargs or {}), threads)
+        self._new_actor = lambda: cls.remote(policy_ref, prm_ref, env_id, dict(env_kwargs or {}), threads, prompt_format)
         self.actors = [self._new_actor() for _ in range(workers)]
         self.max_restarts, self.restarts = int(max_restarts), 0
         ready, pending = ray.wait([a.ping.remote() for a in self.actors], num_returns=workers, timeout=start_timeout_s)
