@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prmgym: error: unknown command {name!r}. Valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USAGE
     module_name, desc = COMMANDS[name]
+    if os.environ.get("PRMGYM_LOADING_BARS", "") != "1":  # transformers' weight loading/saving bars: off
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # (read when huggingface_hub is imported)
     try:
         module = importlib.import_module(module_name)
         parser = _Parser(prog=f"prmgym {name}", description=desc)

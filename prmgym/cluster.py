@@ -9,7 +9,8 @@
 
 It is the ``distributed:`` section of a `prmgym train` config (code envs then judge on
 `RaySandbox`); ``prmgym search --ray [--address A] --workers N`` takes the same address on the
-command line. Rollout workers and data-parallel updates are not built (docs/distributed.md).
+command line. Rollout workers are not built, and data-parallel updates
+(`prmgym.agents.data_parallel`) are not started from this section (docs/distributed.md).
 This module imports no prmgym subpackage and no torch; Ray is imported only by `connect`.
 
 >>> DistributedConfig(backend="ray", sandbox_workers=2).sandbox_workers

@@ -99,3 +99,90 @@ def test_help_shows_defaults_and_list_keys(capsys):
     assert main(["train", "--list-keys"]) == 0
     out = capsys.readouterr().out
     assert "prompt_format = 'plain'" in out and "trainer.learning_rate = " in out and "imports = []" in out
+    assert "policy.backend = 'hf'" in out and "lora.r = " in out
+
+
+@pytest.mark.slow  # two fresh processes import torch
+def test_weight_loading_bars_are_quiet_by_default(tmp_path):
+    import os
+    import subprocess
+
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32).save(str(tmp_path / "model"))
+    cmd = [sys.executable, "-m", "prmgym.cli", "search", "--planner", "sample", "--policy", model, "--n", "1",
+           "--n-tasks", "1", "--out", str(tmp_path / "s"), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "PRMGYM_LOADING_BARS")}
+    quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    loud = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "s2"), "--quiet"], env={**env, "PRMGYM_LOADING_BARS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert "Loading weights" in loud.stderr and "Loading weights" not in quiet.stderr
+
+
+def test_train_prm_and_search_with_the_chat_format(tmp_path):
+    """train-prm --kind airl and search --planner beam on a tiny Qwen2-style model with a chat template."""
+    from prmgym.rewards import load_prm
+
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, arch="qwen2", chat_template="qwen2").save(
+        str(tmp_path / "model"))
+    out = str(tmp_path / "airl")
+    assert main(["train-prm", "--kind", "airl", "--policy", model, "--env", "prmgym/ChainArithmetic-v0", "--out", out,
+                 "--steps", "1", "--prompt-format", "chat", "--set", "tasks_per_step=2", "--set", "airl_negatives=prefixes",
+                 "--set", "proposals_per_prefix=2", "--set", "max_new_tokens=6", "--set", "eval_every=0", "--quiet"]) == 0
+    prm = load_prm(out)
+    assert prm.options.prompt_format == "chat" and prm.updates == 1
+    s = tmp_path / "search"
+    assert main(["search", "--planner", "beam", "--policy", model, "--prm", out, "--prompt-format", "chat",
+                 "--n-tasks", "1", "--beam-width", "2", "--expansions", "2", "--max-depth", "2", "--out", str(s),
+                 "--quiet"]) == 0
+    assert json.loads((s / "search.json").read_text())["prompt_format"] == "chat"
+    assert json.loads((s / "summary.json").read_text())["budget"]["prm"] > 0
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (tqdm draws its bar) and keeps what was written."""
+
+    def __init__(self):
+        self.parts = []
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.parts.append(s)
+        return len(s)
+
+    def flush(self):
+        pass
+
+    @property
+    def text(self):
+        return "".join(self.parts)
+
+
+def test_search_shows_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    from prmgym.logger import progress_bar
+
+    assert progress_bar(3, "x") is None  # pytest's stderr is not a terminal
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32).save(str(tmp_path / "model"))
+    args = ["search", "--planner", "sample", "--policy", model, "--n", "1", "--n-tasks", "2"]
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert "2/2" in term.text and "accuracy=" in term.text  # total and a running accuracy
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert main(args + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "2/2" not in quiet.text
+
+
+def test_ray_search_worker_builds_its_policy_with_the_prompt_format(tmp_path):
+    from prmgym.search.distributed import _SearchWorker, pack_dir
+
+    model = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, arch="qwen2", chat_template="qwen2").save(
+        str(tmp_path / "model"))
+    worker = _SearchWorker(pack_dir(model), None, "prmgym/ChainArithmetic-v0", {}, 1, prompt_format="chat")
+    try:
+        assert worker.policy.formatter.mode == "chat"
+    finally:
+        worker.close()

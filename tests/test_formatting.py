@@ -139,3 +139,22 @@ def test_env_template_reaches_the_chat_policy(chat_dir):
     assert text.count("Add.") == 1 and text.count(info["task"].prompt + "\nBe brief.") == 1
     assert text.endswith(info["task"].expert_steps[0] + "\n")
     assert text == pol.formatter.render(info["task"].prompt, [info["task"].expert_steps[0]], PromptTemplate("Add.", (), "Be brief."))
+
+
+def test_prm_data_log_probs_use_the_env_template():
+    import gymnasium as gym
+
+    import prmgym  # noqa: F401
+    from prmgym.rewards.data import fill_logprobs, template_of
+
+    pol = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32)
+    env = gym.make("prmgym/ChainArithmetic-v0", prompt_template={"system": "Add.", "instruction": "Be brief."})
+    obs, info = env.reset(seed=0)
+    steps = info["task"].expert_steps[:2]
+    obs, *_ = env.step(steps[0])
+    assert template_of(env) == obs.template is not None
+    want = float(pol.logprobs([obs], [steps[1] + "\n"])[0].sum())  # what the policy saw at step 2
+    lp, _ = fill_logprobs(pol, [info["task"].prompt], [steps], "\n", template=template_of(env))
+    assert lp[0][1] == pytest.approx(want, abs=1e-4)
+    bare, _ = fill_logprobs(pol, [info["task"].prompt], [steps], "\n")
+    assert bare[0][1] != pytest.approx(want, abs=1e-4)

@@ -79,24 +79,36 @@ def make_jsonl(path: str | None = None, split: str = "train", verifier: Any = "m
 
 def make_program_synthesis(split: str = "train", difficulty: int = 1, sandbox: Any = "local", reward: str = "fraction",
                            timeout_s: float = 10.0, test_fraction: float = 0.2, source_kwargs: dict | None = None,
-                           **env_kwargs: Any) -> ReasoningEnv:
+                           tools: bool = False, **env_kwargs: Any) -> ReasoningEnv:
+    """``tools=True``: a `prmgym.envs.tools.ToolEnv` whose code cells run the program on an
+    example (expert traces try ``f(1)`` before submitting)."""
     from prmgym.envs.procedural import ProgramSynthesis
     from prmgym.envs.verifiers import CodeVerifier
 
     env_kwargs.setdefault("max_steps", 10)
     src = ProgramSynthesis(difficulty, test_fraction, code_end=env_kwargs.get("code_end", "```"), **(source_kwargs or {}))
-    return ReasoningEnv(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, **env_kwargs)
+    return _code_env(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, tools, sandbox, env_kwargs)
 
 
 def make_humaneval(split: str = "test", sandbox: Any = "local", reward: str = "fraction", timeout_s: float = 10.0,
-                   **env_kwargs: Any) -> ReasoningEnv:
+                   tools: bool = False, **env_kwargs: Any) -> ReasoningEnv:
+    """``tools=True``: code cells run the program on an example (expert traces try the
+    docstring's first ``>>>`` example before submitting)."""
     from prmgym.envs.sources import HumanEval
     from prmgym.envs.verifiers import CodeVerifier
 
     env_kwargs.setdefault("max_steps", 64)
     src = HumanEval(code_end=env_kwargs.get("code_end", "```"))
     src.tasks(split)  # an unknown split raises the message that says what to use instead
-    return ReasoningEnv(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, **env_kwargs)
+    return _code_env(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, tools, sandbox, env_kwargs)
+
+
+def _code_env(src: TaskSource, verifier: Any, split: str, tools: bool, sandbox: Any, env_kwargs: dict) -> ReasoningEnv:
+    if not tools:
+        return ReasoningEnv(src, verifier, split, **env_kwargs)
+    from prmgym.envs.tools import ExampleSteps, ToolEnv
+
+    return ToolEnv(ExampleSteps(src, env_kwargs.get("code_end", "```")), verifier, split, sandbox=sandbox, **env_kwargs)
 
 
 def make_tool_math(split: str = "train", difficulty: int = 1, sandbox: Any = "local", test_fraction: float = 0.2,

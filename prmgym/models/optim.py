@@ -339,7 +339,8 @@ def prepare_model(target: Any, knobs: Any) -> torch.device:
     """Apply the model-side knobs to a policy (anything with ``.model``) or a model: ``device``
     (if set: move there, keeping a policy's ``device`` attribute in step; else it stays where it
     is) and ``gradient_checkpointing``; check ``dtype`` against the device. Returns the device."""
-    model = getattr(target, "model", target)
+    # a module is the model itself (Llama/Qwen2 causal LMs have a .model attribute too: their body)
+    model = target if isinstance(target, torch.nn.Module) else getattr(target, "model", target)
     if knobs.device is not None:
         dev = resolve_device(knobs.device)
         model.to(dev)

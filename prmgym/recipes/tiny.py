@@ -45,7 +45,10 @@ class PretrainConfig:
     """Every argument that decides the trained model (the cache key is a hash of these).
 
     Attributes:
-        env_id: a registered prmgym environment whose tasks have ``expert_steps``.
+        env_id: a registered prmgym environment whose tasks have ``expert_steps``. In a tool
+            env (`prmgym.envs.tools.ToolEnv`, e.g. ``prmgym/ToolMath-v0``) the traces are
+            played in the env so that they hold the cells' outputs, and each step is one
+            example whose prompt holds the earlier outputs (never a training target).
         env_kwargs: extra `prmgym.envs.make` arguments (e.g. ``{"difficulty": 2}``).
         num_train_tasks: expert traces drawn from the train split (fewer -> lower held-out
             pass@1; a weaker knob than ``steps`` at the default budget). A source with fewer
@@ -269,7 +272,14 @@ def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str
     # written without the at_most keyword is called as before.
     extra = {"at_most": True} if "at_most" in inspect.signature(u.source.tasks).parameters else {}
     tasks = u.source.tasks("train", config.num_train_tasks, seed=config.seed, **extra)
-    examples = expert_examples(tasks, delimiter, config.corrupt_rate, seed=config.seed)
+    from prmgym.envs.tools import ToolEnv, tool_examples
+
+    if isinstance(u, ToolEnv):  # tool traces: one pair per step, tool outputs on the prompt side only
+        if config.corrupt_rate:
+            raise ValueError("corrupt_rate applies to plain expert traces; a tool env's traces are replayed as they are (use corrupt_rate=0)")
+        examples = tool_examples(u, tasks)
+    else:
+        examples = expert_examples(tasks, delimiter, config.corrupt_rate, seed=config.seed)
     env.close()
     charset = sorted(set("".join(p + c for p, c in examples)))
     policy = random_tiny_policy(

@@ -81,6 +81,8 @@ def list_keys() -> str:
 
     from prmgym.agents.grpo import GRPOConfig
     from prmgym.agents.rest_grpo import ReSTGRPOConfig
+    from prmgym.models.backend import PolicyConfig
+    from prmgym.models.lora import LoRAConfig
     from prmgym.recipes.train import RunConfig
 
     def rows(cls, prefix: str, skip=()) -> list[str]:
@@ -96,7 +98,9 @@ def list_keys() -> str:
     grpo = {f.name for f in dataclasses.fields(GRPOConfig)}
     lines = ["run config keys (YAML top level; --set KEY=VALUE):", *rows(RunConfig, ""),
              "", "trainer keys (trainer: section, GRPOConfig; --set trainer.KEY=VALUE):", *rows(GRPOConfig, "trainer."),
-             "", "extra trainer keys for algorithm: rest_grpo (ReSTGRPOConfig):", *rows(ReSTGRPOConfig, "trainer.", grpo)]
+             "", "extra trainer keys for algorithm: rest_grpo (ReSTGRPOConfig):", *rows(ReSTGRPOConfig, "trainer.", grpo),
+             "", "policy: section keys (PolicyConfig, the generation backend):", *rows(PolicyConfig, "policy."),
+             "", "lora: section keys (LoRAConfig):", *rows(LoRAConfig, "lora.")]
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from prmgym.config import help_field
-from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout, traces_to_batch
+from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout, template_of, traces_to_batch
 from prmgym.rewards.scalar import PRM_CLASSES, MissingClassError, PRMBatch, ScalarHeadPRM
 
 CHECKPOINT = "checkpoint"
@@ -165,6 +165,7 @@ class PRMData:
         """``k`` policy steps proposed at every prefix of every expert trace (the prefix as context)."""
         cfg = self.config
         props = prefix_proposals(self.policy, experts, k=k, delimiter=self.delimiter, seed=cfg.seed * 10_007 + step,
+                                 template=template_of(self.pool),
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
         return props
@@ -180,7 +181,8 @@ class PRMData:
 
     def contrast_batch(self, pos: list, neg: list, context_prefixes: bool = False) -> PRMBatch:
         """Positives (1) vs negatives (0) with the policy's step log-probs (`traces_to_batch`)."""
-        return traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, context_prefixes=context_prefixes)
+        return traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, context_prefixes=context_prefixes,
+                               template=template_of(self.pool))
 
     def outcome_batch(self, step: int) -> PRMBatch:
         """The step's expert solutions (1) and policy rollouts labelled by verified correctness."""

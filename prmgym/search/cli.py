@@ -78,8 +78,6 @@ def _check_args(args) -> None:
     resolve_precision(args.dtype, args.device)  # unknown names, a missing GPU, fp16 off CUDA: before any loading
     if args.ray and (args.dtype or args.device):
         raise ConfigError("--dtype / --device do not reach the Ray actors (they load on cpu in fp32); drop them or --ray")
-    if args.ray and args.prompt_format != "plain":
-        raise ConfigError("--prompt-format chat is not wired into the Ray search actors yet; run without --ray")
     if args.ray and args.backend != "hf":
         raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
     if args.address and not args.ray:
@@ -189,6 +187,12 @@ def run(args) -> int:
             from prmgym.rewards import load_prm
 
             scorer = load_prm(prm_dir, dtype=dtype, device=str(device))
+        if dtype != "fp32":  # inference only: weights in the dtype too (half the memory; no optimizer to need fp32)
+            from prmgym.models.optim import torch_dtype
+
+            policy.model.to(torch_dtype(dtype))
+            if scorer is not None:
+                scorer.net.to(torch_dtype(dtype))
     if args.overwrite:
         _clear(out)
     os.makedirs(out, exist_ok=True)
@@ -241,4 +245,5 @@ def ray_runner(args, prm_dir, env_kwargs):
         raise ConfigError(f"--ray: {e}") from None
     print(f"prmgym search: {args.workers} Ray search actors"
           + (f" on the cluster at {args.address}" if args.address else " on a local Ray"), flush=True)
-    return RaySearchRunner(args.policy, prm_dir, args.env, env_kwargs, workers=args.workers)
+    return RaySearchRunner(args.policy, prm_dir, args.env, env_kwargs, workers=args.workers,
+                           prompt_format=args.prompt_format)
