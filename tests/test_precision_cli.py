@@ -98,13 +98,19 @@ def test_search_flags_reach_the_policy_prm_and_autocast(tmp_path, model_dir, mon
     def fake_eval(planner, env, policy, scorer, *a, **k):
         seen.update(autocast=torch.is_autocast_enabled("cpu"), dtype=torch.get_autocast_dtype("cpu"),
                     prm_dtype=scorer.options.dtype, policy_device=policy.device)
+        weights = {p.dtype for p in policy.model.parameters()} | {p.dtype for p in scorer.net.parameters()}
+        seen["weights"] = weights
+        seen["scores"] = scorer.score_steps(["Compute 1+2."], [["1 + 2 = 3", "Answer: 3"]])
         raise Reached
 
     monkeypatch.setattr(scli, "evaluate_planner", fake_eval)
     argv = ["search", "--planner", "beam", "--policy", model_dir, "--prm", str(tmp_path / "prm"), "--env", ENV_ID,
             "--n-tasks", "1", "--out", str(tmp_path / "s")]
     assert main(argv + ["--dtype", "bf16", "--device", "cpu"]) == 1
-    assert seen == {"autocast": True, "dtype": torch.bfloat16, "prm_dtype": "bf16", "policy_device": torch.device("cpu")}
+    scores = seen.pop("scores")
+    assert seen == {"autocast": True, "dtype": torch.bfloat16, "prm_dtype": "bf16", "policy_device": torch.device("cpu"),
+                    "weights": {torch.bfloat16}}  # inference loads the weights in the dtype too
+    assert len(scores[0]) == 2 and all(0 <= x <= 1 for x in scores[0])
     assert json.load(open(tmp_path / "s" / "search.json"))["dtype"] == "bf16"
     assert load_prm(tmp_path / "prm").options.dtype == "fp32"  # the saved PRM is not changed
 

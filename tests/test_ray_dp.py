@@ -105,3 +105,70 @@ def test_data_parallel_needs_a_process_group(tmp_path):
     tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
     with pytest.raises(RuntimeError, match="init_process_group"):
         data_parallel(_build(str(tmp_path / "policy")))
+
+
+# ----------------------------------------------------------------------------- rollout workers
+def _toy_env():
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    from test_rollout_toyenv import ToyEnv
+
+    return ToyEnv(one_step=True)
+
+
+def _groups(trajs):
+    return [(t.prompt.task.id, t.group, t.steps, t.step_token_ids, t.step_logprobs, t.reward) for t in trajs]
+
+
+def test_rollout_workers_give_the_same_groups_with_1_or_2_actors_and_a_killed_one(runtime):
+    import threading
+    import time
+
+    from prmgym.agents.ray_rollout import RayRollouts
+    from prmgym.envs.episodes import Prompt
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    policy = tiny.random_tiny_policy(seed=0)
+    prompts = [Prompt(t) for t in _toy_env().source.tasks("train", 16, seed=0)]
+    kw = dict(max_new_tokens=12, max_steps=1)
+    with RayRollouts(policy, _toy_env, workers=0, **kw) as local:
+        want, stats = local.collect(prompts, 4, seed=5)
+    assert len(want) == 64 and stats["generated"] > 0
+    with RayRollouts(policy, _toy_env, workers=1, **kw) as one:
+        assert _groups(one.collect(prompts, 4, seed=5)[0]) == _groups(want)
+    with RayRollouts(policy, _toy_env, workers=2, **kw) as two:
+        trajs, stats2 = two.collect(prompts, 4, seed=5)
+        assert _groups(trajs) == _groups(want) and stats2 == stats and set(two.worker_rates) == {0, 1}
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", two.collect(prompts, 4, seed=5)))
+        t.start()
+        time.sleep(0.3)
+        ray.kill(two.actors[1])
+        t.join(timeout=300)
+        assert two.restarts >= 1 and _groups(out["r"][0]) == _groups(want)
+        assert _groups(two.collect(prompts, 4, seed=6)[0]) != _groups(want)  # the pool still works; seeds matter
+
+
+def test_grpo_steps_with_ray_rollout_workers_equal_in_process_ones(runtime, tmp_path):
+    from prmgym.agents.ray_rollout import RayRollouts, ray_rollouts
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    runs = []
+    for workers in (0, 2):
+        trainer = _build(str(tmp_path / "policy"))
+        rollouts = RayRollouts(trainer.policy, _toy_env, workers=workers, chunk_prompts=2, max_new_tokens=2, max_steps=1)
+        ray_rollouts(trainer, rollouts)
+        try:
+            runs.append(([trainer.step() for _ in range(2)], _weights(trainer)))
+        finally:
+            rollouts.close()
+    (local, w_local), (remote, w_remote) = runs
+    for a, b in zip(local, remote):  # step 2 ran on the weights published after step 1
+        for k, v in a.items():
+            if isinstance(v, float) and not k.startswith(("time/", "perf/", "rollout/")):
+                assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    assert {"rollout/worker0_tokens_per_s", "rollout/worker1_tokens_per_s"} <= set(remote[1])
+    assert _max_diff(w_local, w_remote) < 1e-5

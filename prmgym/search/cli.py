@@ -187,6 +187,12 @@ def run(args) -> int:
             from prmgym.rewards import load_prm
 
             scorer = load_prm(prm_dir, dtype=dtype, device=str(device))
+        if dtype != "fp32":  # inference only: weights in the dtype too (half the memory; no optimizer to need fp32)
+            from prmgym.models.optim import torch_dtype
+
+            policy.model.to(torch_dtype(dtype))
+            if scorer is not None:
+                scorer.net.to(torch_dtype(dtype))
     if args.overwrite:
         _clear(out)
     os.makedirs(out, exist_ok=True)
