@@ -246,6 +246,9 @@ def write_report(results: dict, out: str) -> int:
                          f"| {d.mean():+.1f} ± {d.std():.1f} | {mins.mean():.1f} | {60 * mins.sum() / max(done.sum(), 1):.2f} |")
             settings.append(f"- {env} / {algo}: trainer {json.dumps(runs[0].get('trainer'))}; per seed "
                             + ", ".join(f"{v:+.0f}" for v in d))
+            if all("sync_seconds" in r for r in runs):  # a vLLM run
+                settings[-1] += (f"; weight sync {np.mean([r['sync_seconds'] for r in runs]):.3f} s/step, sampler/trainer "
+                                 f"log-prob mismatch {np.mean([r['logprob_mismatch'] for r in runs]):.1e}")
     table = "\n".join(lines + ["", "Settings and per-seed changes (points):"] + settings)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")

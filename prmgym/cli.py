@@ -21,6 +21,9 @@ from prmgym.config import ConfigError
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
+#: commands that take ``--import MODULE`` (a user's env registrations, imported before anything is made)
+IMPORTING = ("demo", "pretrain", "train", "train-prm", "search")
+
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "envs": ("prmgym.envs.cli", "list the registered reasoning environments"),
@@ -42,8 +45,23 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each option's default (unless its help already says it or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, [], argparse.SUPPRESS)
+                and action.option_strings and action.nargs != 0):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument errors become a `ConfigError`, reported in one line like every other error."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*a, **kw)
 
     def error(self, message: str):
         raise ConfigError(f"{message} (see {self.prog} --help)")
@@ -77,11 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prmgym: error: unknown command {name!r}. Valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USAGE
     module_name, desc = COMMANDS[name]
+    if os.environ.get("PRMGYM_LOADING_BARS", "") != "1":  # transformers' weight loading/saving bars: off
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # (read when huggingface_hub is imported)
     try:
         module = importlib.import_module(module_name)
         parser = _Parser(prog=f"prmgym {name}", description=desc)
         module.add_arguments(parser)
+        if name in IMPORTING:
+            from prmgym.config import add_import_arg, import_modules
+
+            add_import_arg(parser)
         args = parser.parse_args(rest)
+        if name in IMPORTING:
+            import_modules(args.imports)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         if debug:

@@ -6,18 +6,19 @@
       backend: ray            # none (everything in this process tree) | ray
       address: null           # null: start Ray on this machine; "HOST:6379" / "auto": join a cluster
       sandbox_workers: 2      # RaySandbox actors per node for code verdicts (0: in-process sandbox)
-      search_workers: 4       # Ray actors that split search / evaluation tasks (0: in-process)
 
-``prmgym search --ray [--address A] --workers N`` is the same section on the command line.
-Rollout workers and data-parallel updates are not built (docs/distributed.md says what is).
+It is the ``distributed:`` section of a `prmgym train` config (code envs then judge on
+`RaySandbox`); ``prmgym search --ray [--address A] --workers N`` takes the same address on the
+command line. Rollout workers (`prmgym.agents.ray_rollout`) and data-parallel updates
+(`prmgym.agents.data_parallel`) are Python APIs, not started from this section (docs/distributed.md).
 This module imports no prmgym subpackage and no torch; Ray is imported only by `connect`.
 
->>> DistributedConfig(backend="ray", search_workers=2).search_workers
+>>> DistributedConfig(backend="ray", sandbox_workers=2).sandbox_workers
 2
 >>> DistributedConfig(backend="rey")
 Traceback (most recent call last):
 ...
-ValueError: distributed.backend must be 'none' or 'ray', got 'rey'
+ValueError: backend must be 'none' or 'ray', got 'rey'
 """
 
 from __future__ import annotations
@@ -39,20 +40,18 @@ class DistributedConfig:
     address: str | None = help_field(None, "Ray head to join: 'HOST:PORT' (ray start --head prints it), 'auto' "
                                      "(the cluster this machine belongs to) or null (start Ray locally)")
     sandbox_workers: int = help_field(0, "RaySandbox actors per node for code verdicts (0 = in-process sandbox)")
-    search_workers: int = help_field(0, "Ray actors that split search / evaluation tasks (0 = in-process)")
     num_cpus: int | None = help_field(None, "CPUs of a Ray started locally (address null); null = all")
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"distributed.backend must be 'none' or 'ray', got {self.backend!r}")
-        for name in ("sandbox_workers", "search_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"distributed.{name} must be >= 0, got {getattr(self, name)}")
-        if self.backend == "none" and (self.sandbox_workers or self.search_workers or self.address):
-            raise ValueError("distributed: workers or an address are set but backend is 'none'; "
+            raise ValueError(f"backend must be 'none' or 'ray', got {self.backend!r}")
+        if self.sandbox_workers < 0:
+            raise ValueError(f"sandbox_workers must be >= 0, got {self.sandbox_workers}")
+        if self.backend == "none" and (self.sandbox_workers or self.address):
+            raise ValueError("sandbox_workers or an address is set but backend is 'none'; "
                              "set distributed.backend: ray to use them")
         if self.num_cpus is not None and self.num_cpus < 1:
-            raise ValueError(f"distributed.num_cpus must be >= 1 or null, got {self.num_cpus}")
+            raise ValueError(f"num_cpus must be >= 1 or null, got {self.num_cpus}")
 
     @property
     def enabled(self) -> bool:

@@ -117,10 +117,70 @@ def add_env_arg(parser: Any) -> None:
                         help="extra gym.make keyword (repeatable), e.g. --env-arg difficulty=2; VALUE is read as YAML")
 
 
+def add_precision_args(parser: Any) -> None:
+    """``--dtype fp32|bf16|fp16`` and ``--device auto|cpu|cuda|cuda:N|mps``, spelled the same on every
+    command (None when not given: the config's value, else the command's default)."""
+    parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"),
+                        help="compute precision (autocast; fp16 needs CUDA; a vLLM engine's dtype too); default: "
+                        "the config's, else fp32")
+    parser.add_argument("--device", default=None, help="torch device: auto (cuda if visible, else cpu) | cpu | cuda | "
+                        "cuda:N | mps; default: the config's, else auto")
+
+
 def add_set_arg(parser: Any, example: str = "trainer.learning_rate=1e-4") -> None:
     """The ``--set KEY=VALUE`` option (config overrides, stored in ``args.overrides``)."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config value (repeatable; dots nest), e.g. --set {example}")
+
+
+def add_import_arg(parser: Any) -> None:
+    """The ``--import MODULE`` option (stored in ``args.imports``): modules imported before
+    anything is made, so the user's ``register_reasoning_env`` calls run first."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): a module on sys.path or in the current directory, "
+                             "or a .py file path, that registers your own envs")
+
+
+def import_modules(names: Sequence[str], where: str = "--import") -> list:
+    """Import each module in ``names`` (its registrations run); the current directory is
+    searched too, and a name ending in ``.py`` (or containing a path separator) is loaded from
+    that file. A module that fails to import is a `ConfigError` naming it and the cause."""
+    import importlib
+    import importlib.util
+    import sys
+
+    out = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: expected a module name such as 'mylab.envs', got {name!r}")
+        try:
+            if name.endswith(".py") or os.sep in name:
+                path = os.path.abspath(name)
+                if not os.path.isfile(path):
+                    raise ConfigError(f"{where} {name}: no such file")
+                mod_name = os.path.splitext(os.path.basename(path))[0]
+                mod = sys.modules.get(mod_name)
+                if mod is None or os.path.abspath(getattr(mod, "__file__", "") or "") != path:
+                    spec = importlib.util.spec_from_file_location(mod_name, path)
+                    mod = importlib.util.module_from_spec(spec)
+                    sys.modules[mod_name] = mod
+                    try:
+                        spec.loader.exec_module(mod)
+                    except BaseException:
+                        del sys.modules[mod_name]
+                        raise
+            else:
+                if os.getcwd() not in sys.path and "" not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+                mod = importlib.import_module(name)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001  (any failure of the user's module is reported, named)
+            hint = (" Fix: run from the directory that holds it, add that directory to PYTHONPATH, "
+                    "or pass the file path (--import path/to/module.py)") if isinstance(e, ModuleNotFoundError) else ""
+            raise ConfigError(f"{where} {name}: the module failed to import: {type(e).__name__}: {e}.{hint}") from e
+        out.append(mod)
+    return out
 
 
 def _deepcopy(x: Any) -> Any:

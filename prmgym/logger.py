@@ -290,3 +290,13 @@ def _make_wandb_run(run_dir: str, kwargs: dict, config: dict, resume_step: int |
         with open(id_path, "w") as f:
             f.write(kwargs["group"])
     return run
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, initial: int = 0):
+    """A tqdm bar (total, rate, ETA) on stderr when ``enabled`` and stderr is a terminal, else
+    None (logs and pipes get no bar lines). Callers ``update(1)`` it and ``close()`` it."""
+    if not enabled or not getattr(sys.stderr, "isatty", lambda: False)():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from prmgym.cluster import DistributedConfig, connect, probe
-from prmgym.config import from_dict
+from prmgym.config import ConfigError, from_dict
 
 
 def _closed_port() -> int:
@@ -22,14 +22,17 @@ def _closed_port() -> int:
 
 def test_config_section_checks_its_fields():
     cfg = from_dict(DistributedConfig, {"backend": "ray", "address": "10.0.0.5:6379", "sandbox_workers": 2})
-    assert cfg.enabled and cfg.sandbox_workers == 2 and cfg.search_workers == 0
+    assert cfg.enabled and cfg.sandbox_workers == 2
     assert not DistributedConfig().enabled
-    with pytest.raises(ValueError, match="backend must be 'none' or 'ray'"):
-        DistributedConfig(backend="dask")
-    with pytest.raises(ValueError, match="sandbox_workers must be >= 0"):
-        DistributedConfig(backend="ray", sandbox_workers=-1)
-    with pytest.raises(ValueError, match="set distributed.backend: ray"):
-        DistributedConfig(search_workers=2)
+    from prmgym.recipes.train import load_run_config
+
+    for section, message in (({"backend": "dask"}, "distributed: backend must be 'none' or 'ray', got 'dask'"),
+                             ({"backend": "ray", "sandbox_workers": -1}, "distributed: sandbox_workers must be >= 0"),
+                             ({"sandbox_workers": 2}, "set distributed.backend: ray"),
+                             ({"bakend": "ray"}, "did you mean 'backend'")):
+        with pytest.raises(ValueError, match=message):
+            load_run_config({"distributed": section})
+    assert load_run_config({"distributed": {"backend": "ray", "sandbox_workers": 1}}).distributed["sandbox_workers"] == 1
 
 
 def test_unreachable_address_fails_fast_and_names_the_fix():
@@ -69,3 +72,15 @@ def test_missing_ray_names_the_extra(monkeypatch):
 
     with pytest.raises(ImportError, match=r"pip install -e '\.\[ray\]'"):
         RaySandbox()
+
+
+def test_sandbox_workers_need_a_code_env():
+    from prmgym.recipes.distributed import with_ray_sandbox
+
+    section = {"backend": "ray", "sandbox_workers": 1}
+    with pytest.raises(ConfigError, match="runs no code"):
+        with_ray_sandbox(section, "prmgym/ChainArithmetic-v0", {"split": "train"})
+    with pytest.raises(ConfigError, match="both choose the sandbox"):
+        with_ray_sandbox(section, "prmgym/HumanEval-v0", {"sandbox": "local"})
+    kwargs = {"split": "train"}
+    assert with_ray_sandbox({}, "prmgym/HumanEval-v0", kwargs) is kwargs

@@ -441,7 +441,9 @@ def test_env_rejects_wrong_constructor_arguments():
     with pytest.raises(TypeError, match="TaskSource"):
         ReasoningEnv([Task(id="a", prompt="p", answer="1")], MathVerifier())
     with pytest.raises(TypeError, match="Verifier"):
-        ReasoningEnv(ChainArithmetic(), lambda t, x: 1.0)
+        ReasoningEnv(ChainArithmetic(), 42)
+    with pytest.raises(TypeError, match="neither a score function"):  # score(task, text) functions are welcome
+        ReasoningEnv(ChainArithmetic(), lambda t, x, y: 1.0)
     with pytest.raises(ValueError, match="max_steps"):
         ReasoningEnv(ChainArithmetic(), MathVerifier(), max_steps=0)
 
@@ -479,7 +481,7 @@ def test_math_verifier_works_off_the_main_thread():
     assert results == [True, True, False]
 
 
-@pytest.mark.parametrize("module", ["core", "sources", "spaces", "verifiers", "registration", "task", "trace"])
+@pytest.mark.parametrize("module", ["core", "sources", "spaces", "verifiers", "registration", "task", "trace", "tools"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

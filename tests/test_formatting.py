@@ -113,3 +113,48 @@ def test_chat_prm_save_load_keeps_the_format(chat_dir, tmp_path):
     again = load_prm(tmp_path / "prm")
     assert again.options.prompt_format == "chat"
     assert again.score_steps([PROMPT], [STEPS])[0] == pytest.approx(before[0], abs=1e-5)
+
+
+def test_propose_uses_the_current_cache_api():
+    import warnings
+
+    pol = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pol.propose(["2 + 3 = "], n=2, max_new_tokens=3, seed=0)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def test_env_template_reaches_the_chat_policy(chat_dir):
+    import gymnasium as gym
+
+    import prmgym  # noqa: F401
+
+    _, path = chat_dir
+    pol = TransformersPolicy.from_pretrained(path, prompt_format="chat")
+    env = gym.make("prmgym/ChainArithmetic-v0", prompt_template={"system": "Add.", "instruction": "Be brief."})
+    obs, info = env.reset(seed=0)
+    obs, *_ = env.step(info["task"].expert_steps[0])
+    text = pol.tokenizer.decode(pol.encode(obs))
+    assert text.count("Add.") == 1 and text.count(info["task"].prompt + "\nBe brief.") == 1
+    assert text.endswith(info["task"].expert_steps[0] + "\n")
+    assert text == pol.formatter.render(info["task"].prompt, [info["task"].expert_steps[0]], PromptTemplate("Add.", (), "Be brief."))
+
+
+def test_prm_data_log_probs_use_the_env_template():
+    import gymnasium as gym
+
+    import prmgym  # noqa: F401
+    from prmgym.rewards.data import fill_logprobs, template_of
+
+    pol = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32)
+    env = gym.make("prmgym/ChainArithmetic-v0", prompt_template={"system": "Add.", "instruction": "Be brief."})
+    obs, info = env.reset(seed=0)
+    steps = info["task"].expert_steps[:2]
+    obs, *_ = env.step(steps[0])
+    assert template_of(env) == obs.template is not None
+    want = float(pol.logprobs([obs], [steps[1] + "\n"])[0].sum())  # what the policy saw at step 2
+    lp, _ = fill_logprobs(pol, [info["task"].prompt], [steps], "\n", template=template_of(env))
+    assert lp[0][1] == pytest.approx(want, abs=1e-4)
+    bare, _ = fill_logprobs(pol, [info["task"].prompt], [steps], "\n")
+    assert bare[0][1] != pytest.approx(want, abs=1e-4)

@@ -180,3 +180,81 @@ def test_prmgym_train_with_lora_csv_and_wandb_offline_then_resume(tmp_path, monk
         from prmgym.recipes.train import load_run_config
 
         load_run_config({**cfg, "logging": ["mlflow"]})
+
+
+# ------------------------------------------------------------------ PRMs
+def _prm(policy, **kw):
+    from prmgym.rewards import AIRLPRM
+
+    torch.manual_seed(0)
+    return AIRLPRM.from_backbone(policy, learning_rate=3e-2, **kw)
+
+
+def _prm_batch():
+    from prmgym.rewards.scalar import PRMBatch
+
+    return PRMBatch(["1+1=", "2+2="], [["2"], ["5"]], labels=[1.0, 0.0], step_logprobs=[[-1.0], [-2.0]],
+                    step_ntokens=[[1], [1]])
+
+
+PROMPTS, STEPS = ["1+1=", "2+2="], [["2"], ["5"]]
+
+
+def test_prm_sharing_the_policy_backbone_and_policy_do_not_touch_each_other(tmp_path):
+    policy, _ = lora_policy(tmp_path)
+    prm = _prm(policy, lora={"r": 4}, share_backbone=True)
+    assert prm.net.model is policy.model and prm.net.adapter == "prm"  # one frozen base, two adapters
+    names = {id(p) for p in prm.parameters()}
+    assert names == {id(p) for p in prm.net.head.parameters()} | {id(p) for p in L.adapter_parameters(policy.model, "prm")}
+    pol0, prm0 = lps(policy), torch.tensor(prm.score_steps(PROMPTS, STEPS))
+    for _ in range(3):  # PRM updates: the policy's outputs stay exactly the same
+        prm.update(_prm_batch())
+    prm1 = torch.tensor(prm.score_steps(PROMPTS, STEPS))
+    assert torch.equal(lps(policy), pol0) and not torch.allclose(prm1, prm0)
+    tr = grpo(policy, beta=0.1, entropy_coef=0.1)  # policy updates: the PRM's scores stay exactly the same
+    assert all(id(p) not in names for g in tr.optimizer.param_groups for p in g["params"])
+    tr.train(2)
+    prm.clear_cache()
+    assert torch.equal(torch.tensor(prm.score_steps(PROMPTS, STEPS)), prm1) and not torch.allclose(lps(policy), pol0)
+    # its checkpoint: the frozen base, its adapter in PEFT format and its head; loads on its own and in place
+    d = prm.save(tmp_path / "prm")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(os.path.join(d, "adapter")))
+    from prmgym.rewards import load_prm
+
+    alone = load_prm(d)
+    assert alone.net.model is not policy.model and torch.allclose(torch.tensor(alone.score_steps(PROMPTS, STEPS)), prm1, atol=1e-6)
+    prm.update(_prm_batch())
+    pol1 = lps(policy)
+    prm.load(d)  # in place (what a resuming trainer does): only the PRM's adapter and head change
+    assert torch.allclose(torch.tensor(prm.score_steps(PROMPTS, STEPS)), prm1, atol=1e-6)
+    assert torch.equal(lps(policy), pol1) and prm.net.model is policy.model
+
+
+def test_prm_lora_on_its_own_copy_trains_only_head_and_adapter(tmp_path):
+    policy, _ = lora_policy(tmp_path)
+    prm = _prm(policy, lora={"r": 4})  # a private copy: the policy's adapter merged in, then the PRM's own
+    assert prm.net.model is not policy.model and prm.net.adapter == "prm"
+    frozen = {n: p.detach().clone() for n, p in prm.net.model.named_parameters() if ".lora_" not in n}
+    prm.update(_prm_batch())
+    now = dict(prm.net.model.named_parameters())
+    assert all(torch.equal(now[n], v) for n, v in frozen.items())
+    pdir = policy.save(tmp_path / "lora_policy")  # a LoRA policy directory (adapter only) as a PRM backbone
+    from_dir = _prm(pdir, lora={"r": 2})
+    assert not L.is_peft_model(L.base_model(from_dir.net.model)) and from_dir.net.adapter == "prm"
+    with pytest.raises(ValueError, match="share_backbone needs a LoRA policy"):
+        _prm(tiny.random_tiny_policy(seed=0), lora={}, share_backbone=True)
+    with pytest.raises(ValueError, match="share_backbone needs a lora section"):
+        _prm(policy, share_backbone=True)
+
+
+def test_sft_with_lora_trains_only_the_adapter_and_learns(tmp_path):
+    from prmgym.agents.sft import SFTConfig, SFTTrainer
+
+    policy, _ = lora_policy(tmp_path)
+    frozen = {n: p.detach().clone() for n, p in policy.model.named_parameters() if ".lora_" not in n}
+    before = lps(policy).sum()
+    tr = SFTTrainer(policy, list(zip(OBS, CONT)), SFTConfig(learning_rate=3e-2, warmup_steps=0, batch_size=2, add_eos=False))
+    tr.train(20, progress=False)
+    now = dict(policy.model.named_parameters())
+    assert all(torch.equal(now[n], v) for n, v in frozen.items())
+    assert lps(policy).sum() > before + 1.0  # the adapter alone raised the completions' log-likelihood

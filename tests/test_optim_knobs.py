@@ -53,8 +53,8 @@ def batch(tr):
     return trajs, torch.randn(len(trajs), T, generator=g)
 
 
-def grads_of_update(tr, trajs, adv):
-    """The gradient the optimizer receives in one `optimizer_update` (captured before the step) and the metrics."""
+def capture_grads(tr) -> dict:
+    """A dict that receives the gradients the trainer's optimizer sees at its next step (after clipping)."""
     seen = {}
     real = tr.optim.optimizer.step
 
@@ -63,6 +63,12 @@ def grads_of_update(tr, trajs, adv):
         return real(*a, **k)
 
     tr.optim.optimizer.step = capture
+    return seen
+
+
+def grads_of_update(tr, trajs, adv):
+    """The gradient the optimizer receives in one `optimizer_update` and the metrics."""
+    seen = capture_grads(tr)
     tr.model.train()
     m = tr.optimizer_update(trajs, adv)
     tr.model.eval()
@@ -250,18 +256,11 @@ def test_device_knob_moves_the_policy():
 SFT_EXAMPLES = [("12+3=", "15\n"), ("1+1=", "2\n"), ("7*6=", "42 and some more\n"), ("9-9=", "0\n")]
 
 
-def sft_grads(**kw):
+def sft_grads(arch="gpt2", **kw):
     from prmgym.agents.sft import SFTConfig, SFTTrainer
 
-    tr = SFTTrainer(tiny.random_tiny_policy(seed=0), SFT_EXAMPLES, SFTConfig(batch_size=4, max_grad_norm=0.0, **kw))
-    seen = {}
-    real = tr.optim.optimizer.step
-
-    def capture(*a, **k):
-        seen.update({n: p.grad.detach().clone() for n, p in tr.model.named_parameters() if p.grad is not None})
-        return real(*a, **k)
-
-    tr.optim.optimizer.step = capture
+    tr = SFTTrainer(tiny.random_tiny_policy(seed=0, arch=arch), SFT_EXAMPLES, SFTConfig(batch_size=4, max_grad_norm=0.0, **kw))
+    seen = capture_grads(tr)
     return seen, tr.step(), tr
 
 
@@ -272,12 +271,13 @@ def test_sft_micro_batches_give_the_full_batch_gradient():
     assert m_acc["train/loss"] == pytest.approx(m_full["train/loss"], rel=1e-5)
 
 
-def test_sft_bf16_and_checkpointing():
-    _, m32, _ = sft_grads()
-    _, m16, _ = sft_grads(dtype="bf16")
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_sft_bf16_and_checkpointing(arch):
+    _, m32, _ = sft_grads(arch)
+    _, m16, _ = sft_grads(arch, dtype="bf16")
     assert math.isfinite(m16["train/loss"]) and m16["train/loss"] != m32["train/loss"]
     assert m16["train/loss"] == pytest.approx(m32["train/loss"], rel=1e-2)
-    g_ck, m_ck, tr = sft_grads(gradient_checkpointing=True)
+    g_ck, m_ck, tr = sft_grads(arch, gradient_checkpointing=True)
     assert gradient_checkpointing_on(tr.model) and m_ck["train/loss"] == pytest.approx(m32["train/loss"], abs=1e-6)
 
 
@@ -328,3 +328,24 @@ def test_prm_bf16_checkpointing_and_refusals():
         orm(grad_clip=1.0)
     with pytest.raises(ConfigError, match="do not accumulate"):
         orm(micro_batch_size=2)
+
+
+def test_checkpointing_with_lora_gives_the_adapters_the_same_gradient():
+    pytest.importorskip("peft")
+    from prmgym.models.lora import apply_lora, lora_config
+
+    def lora_trainer(**kw):
+        policy = stop_early_policy()
+        torch.manual_seed(0)  # the adapters' A matrices are drawn from the global generator
+        policy.model = apply_lora(policy.model, lora_config({"r": 4}))
+        return GRPOTrainer(policy, lambda: ToyEnv(), GRPOConfig(**{**BASE, "max_grad_norm": 0.0, **kw}))
+
+    plain = lora_trainer()
+    trajs, adv = batch(plain)
+    g_plain, _ = grads_of_update(plain, trajs, adv)
+    ck = lora_trainer(gradient_checkpointing=True, micro_batch_size=2)
+    assert gradient_checkpointing_on(ck.model)
+    g_ck, _ = grads_of_update(ck, trajs, adv)
+    assert g_plain and all("lora_" in k for k in g_plain)  # only the adapters train
+    assert g_plain.keys() == g_ck.keys() and max(float(v.abs().max()) for v in g_ck.values()) > 0
+    assert max(float((g_plain[k] - g_ck[k]).abs().max()) for k in g_plain) < 1e-5

@@ -126,9 +126,18 @@ def test_search_rows_and_accuracy_equal_in_process(runtime, models):
                          workers=2) as runner:
         fanned = evaluate_planner(planner, None, None, None, tasks, "generated=60", start=2, runner=runner)
         assert set(runner.solved_by) == {0, 1}  # both actors took tasks
-    assert _without_seconds(fanned["rows"]) == _without_seconds(local["rows"])
-    assert fanned["accuracy"] == local["accuracy"] and fanned["n"] == 5
-    assert [r["task_id"] for r in fanned["rows"]] == [t.id for t in tasks]
+        assert _without_seconds(fanned["rows"]) == _without_seconds(local["rows"])
+        assert fanned["accuracy"] == local["accuracy"] and fanned["n"] == 5
+        assert [r["task_id"] for r in fanned["rows"]] == [t.id for t in tasks]
+        if runtime == "init":  # a search actor killed mid-run: its task runs again, the rows are the same
+            import ray
+
+            rows = runner.rows(planner, tasks, fanned["limits"], 2)
+            first = [next(rows)]
+            ray.kill(runner.actors[1])
+            again = first + list(rows)
+            assert runner.restarts >= 1
+            assert _without_seconds(again) == _without_seconds(local["rows"])
 
 
 def test_search_cli_with_ray_writes_the_same_report(runtime, models, tmp_path):
@@ -147,3 +156,28 @@ def test_search_cli_with_ray_writes_the_same_report(runtime, models, tmp_path):
     assert [s["accuracy"] for s in summaries] == [summaries[0]["accuracy"]] * 2
     assert [{u: v for u, v in s["budget"].items() if u != "seconds"} for s in summaries].count(
         {u: v for u, v in summaries[0]["budget"].items() if u != "seconds"}) == 2
+
+
+def test_train_config_sandbox_workers_judge_code_on_ray(runtime):
+    import prmgym  # noqa: F401
+    from prmgym.envs import make
+    from prmgym.recipes.distributed import with_ray_sandbox
+    from prmgym.sandbox.ray_pool import RaySandbox
+
+    kwargs = with_ray_sandbox({"backend": "ray", "sandbox_workers": 1}, "prmgym/ProgramSynthesis-v0", {"split": "test"})
+    box = kwargs["sandbox"]
+    try:
+        assert isinstance(box, RaySandbox) and box.workers == (1 if runtime == "init" else 2)
+        env = make("prmgym/ProgramSynthesis-v0", **kwargs)
+        rewards = []
+        for task in env.unwrapped.source.tasks("test", 3, seed=0):
+            for steps in (task.expert_steps, ["    return None", "```"]):
+                env.reset(seed=0, options={"task": task})
+                for s in steps:
+                    _, r, done, _, _ = env.step(s)
+                    if done:
+                        break
+                rewards.append(r)
+        assert rewards == [1.0, 0.0] * 3
+    finally:
+        box.close()

@@ -102,3 +102,77 @@ def test_tool_tokens_get_no_target_and_zero_gradient(sandbox):
     s, e = t.step_bounds[-1]
     assert not torch.allclose(lp[0, s:e], lp2[0, s:e])
     tr.close()
+
+
+def test_tiny_recipe_pretrains_on_tool_traces(tmp_path):
+    from prmgym.recipes.tiny import load_manifest, pretrain
+
+    d = pretrain("prmgym/ToolMath-v0", tmp_path / "m", progress=False, num_train_tasks=12, steps=3, eval_tasks=4,
+                 batch_size=4, n_layer=1, n_embd=32, n_head=2)
+    m = load_manifest(d)
+    assert m["n_examples"] == 24  # one example per step: the cell, then the answer after its output
+    assert 0.0 <= m["eval"]["pass@1"] <= 1.0 and m["eval"]["n_tasks"] == 4
+    with pytest.raises(ValueError, match="corrupt_rate"):
+        pretrain("prmgym/ToolMath-v0", tmp_path / "c", progress=False, num_train_tasks=4, steps=1, eval_tasks=0,
+                 corrupt_rate=0.5)
+
+
+@pytest.mark.slow
+def test_grpo_reward_rises_in_a_tool_env_made_learnable(sandbox):
+    import random
+
+    from prmgym.envs import Task, TaskList
+    from prmgym.envs.tools import ToolEnv, cell_code
+    from prmgym.envs.verifiers import MathVerifier
+
+    class Env(ToolEnv):
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed, options=options)
+            obs, *_ = self.step(f"```python print({self.task.metadata['expr']})```")
+            return obs, self._info()
+
+        def _parse(self, action):
+            step, trunc, answer = super()._parse(action)
+            if answer is None and not trunc and cell_code(step) is None:
+                answer = step.strip()
+            return step, trunc, answer
+
+    rng = random.Random(0)
+
+    def task(i, split):
+        d = rng.choice((3, 8))
+        a = rng.randint(0, d)
+        return Task(id=f"{split}{i}", prompt="Q" + split + "".join(chr(97 + int(c)) for c in str(i)), answer=str(d),
+                    metadata={"expr": f"{a}+{d - a}"})
+
+    src = TaskList(train=[task(i, "train") for i in range(64)], test=[task(i, "test") for i in range(32)])
+
+    def env_fn(split="train"):
+        return Env(src, MathVerifier(), split, sandbox=sandbox, max_steps=3)
+
+    pol = tiny.random_tiny_policy(seed=0, charset="0123456789")
+    cfg = GRPOConfig(num_generations=8, batch_size=32, max_new_tokens=1, max_steps=1, learning_rate=5e-3, seed=0)
+    tr = GRPOTrainer(pol, env_fn, cfg, eval_env=lambda: env_fn("test"))
+    before = tr.pass_at_1(32)
+    hist = tr.train(30)
+    first = sum(m["reward_mean"] for m in hist[:5]) / 5
+    last = sum(m["reward_mean"] for m in hist[-5:]) / 5
+    assert last > first + 0.25, [round(m["reward_mean"], 2) for m in hist]
+    assert tr.pass_at_1(32) > before + 0.25
+    tr.close()
+
+
+def test_prm_data_log_probs_count_the_cell_not_its_output():
+    from prmgym.rewards.data import fill_logprobs
+
+    class Recorder:
+        def logprobs(self, observations, continuations):
+            self.seen = list(zip(observations, continuations))
+            return [torch.zeros(len(c)) for c in continuations]
+
+    pol = Recorder()
+    tool_step = "```python print(6*7)```\n```output\n42\n```"
+    lps, nts = fill_logprobs(pol, ["Compute 6*7."], [[tool_step, "Answer: 42"]])
+    assert [c for _, c in pol.seen] == ["```python print(6*7)```\n", "Answer: 42\n"]
+    assert pol.seen[1][0] == "Compute 6*7.\n" + tool_step + "\n"  # the output is context of the next step
+    assert nts == [[len("```python print(6*7)```\n"), len("Answer: 42\n")]]

@@ -9,13 +9,16 @@ import prmgym  # noqa: F401  (registers the envs)
 from prmgym.envs import Task, TaskList, make
 from prmgym.envs.episodes import run_episodes
 from prmgym.envs.tools import (
+    CELL_DONE,
     TOOL_OUTPUT_CHARS,
     ToolEnv,
     ToolEnvState,
     ToolMath,
     cell_code,
     cell_program,
+    hand_steps,
     split_tool_step,
+    tool_examples,
     tool_output,
 )
 from prmgym.envs.verifiers import MathVerifier
@@ -120,7 +123,7 @@ def test_replaying_stored_steps_reuses_outputs_and_replaces_claimed_ones(sandbox
 
 
 def test_output_cut_and_limits(sandbox):
-    env = _env(sandbox, tool_output_chars=60, tool_timeout_s=1.0)
+    env = _env(sandbox, tool_output_chars=60, tool_timeout_s=1.0, max_steps=10)
     env.reset(seed=0)
     _, _, _, _, info = env.step(cell("print('z' * 100)"))
     assert info["tool"].output == "z" * 60 + "\n...[40 more characters]"
@@ -129,17 +132,24 @@ def test_output_cut_and_limits(sandbox):
     # the cell that timed out is not re-run before later cells (it would stop them too)
     _, _, _, _, info = env.step(cell("print('after')"))
     assert info["tool"].output == "after"
+    # a cell that ends the interpreter says so and does not stop later cells
+    for code in ("import sys; print('bye'); sys.exit(0)", "import os; os._exit(0)"):
+        _, _, _, _, info = env.step(cell(code))
+        assert info["tool"].status == "exited" and info["tool"].output.endswith("SystemExit: the cell ended the interpreter")
+    _, _, _, _, info = env.step(cell("print('still here')"))
+    assert info["tool"].output == "still here"
     assert TOOL_OUTPUT_CHARS == 512 and make("prmgym/ToolMath-v0", sandbox=sandbox).unwrapped.tool_output_chars == 512
 
 
 def test_tool_output_of_each_status():
     from prmgym.sandbox.base import ExecResult
 
-    assert tool_output(ExecResult("passed", stdout="7\n\n")) == "7"
+    assert tool_output(ExecResult("passed", stdout="7\n\n" + CELL_DONE)) == "7"
     assert tool_output(ExecResult("memory"), memory_mb=64) == "MemoryError: the cell used more than 64 MB"
     assert tool_output(ExecResult("output_limit", stdout="AAAA")).endswith("[output limit reached: the cell was stopped]")
     assert tool_output(ExecResult("sandbox_error")).startswith("SandboxError")
     assert "exec(compile('print(1)', '<cell>', 'exec'), _g)" in cell_program([], "print(1)")
+    assert tool_output(ExecResult("passed", stdout="7\n")) == "7\nSystemExit: the cell ended the interpreter"
 
 
 def test_run_episodes_keeps_tool_steps_and_counts_sandbox_runs(sandbox):
@@ -171,10 +181,8 @@ def test_bad_arguments_say_what_to_do(sandbox):
         make("prmgym/ToolMath-v0", tool_timeout_s=0)
     with pytest.raises(ValueError, match="families"):
         ToolMath(families=("calculus",))
-    code = Task(id="c", prompt="def f(x):", tests=("assert f(1) == 1",))
-    env = ToolEnv(TaskList(train=[code]), MathVerifier(), sandbox=sandbox)
-    with pytest.raises(ValueError, match="code task"):
-        env.reset(options={"task": code})
+    with pytest.raises(ValueError, match="tool_output_chars"):
+        ToolEnv(TaskList(train=[Task(id="a", prompt="1+1?", answer="2")]), MathVerifier(), sandbox=sandbox, tool_output_chars=0)
 
 
 def test_check_env_and_registration():
@@ -182,3 +190,67 @@ def test_check_env_and_registration():
 
     assert "prmgym/ToolMath-v0" in gym.registry
     check_env(gym.make("prmgym/ToolMath-v0").unwrapped)
+
+
+def test_tool_examples_put_outputs_on_the_prompt_side_only(sandbox):
+    env = _env(sandbox, difficulty=2)
+    tasks = ToolMath(difficulty=2, families=("sumsq",)).tasks("train", 3)
+    pairs = tool_examples(env, tasks)
+    assert len(pairs) == 3 * 3  # two cells and the answer per task
+    for k, (prompt, completion) in enumerate(pairs):
+        assert "```output" not in completion and completion.endswith("\n")
+        assert prompt.count("```output") == k % 3  # every earlier cell's output is context
+    assert pairs[2][0].endswith(f"```output\n{tasks[0].answer}\n```\n") and pairs[2][1] == f"Answer: {tasks[0].answer}\n"
+    with pytest.raises(TypeError, match="ToolEnv"):
+        tool_examples(make("prmgym/ChainArithmetic-v0"), tasks)
+
+
+def test_no_tool_traces_are_the_same_problems_by_hand(sandbox):
+    with_tools, by_hand = ToolMath().tasks("test", 50), ToolMath(tools=False).tasks("test", 50)
+    assert [t.prompt for t in with_tools] == [t.prompt for t in by_hand]
+    env = _env(sandbox, source_kwargs={"tools": False})
+    for t in by_hand:
+        assert not any("```" in s for s in t.expert_steps)
+        env.reset(options={"task": t})
+        for s in t.expert_steps:
+            _, reward, *_ = env.step(s)
+        assert reward == 1.0
+    assert hand_steps("2+3*4-5") == (["3*4=12", "2+12=14", "14-5=9"], 9)
+    with pytest.raises(ValueError, match="expr"):
+        ToolMath(difficulty=2, tools=False)
+
+
+def test_code_envs_gain_a_run_on_an_example_step(sandbox):
+    from prmgym.envs.procedural import ProgramSynthesis
+
+    env = make("prmgym/ProgramSynthesis-v0", tools=True, sandbox=sandbox).unwrapped
+    for task in env.source.tasks("train", 30):
+        assert task.expert_steps[-2] == "```python print(f(1))```"
+        env.reset(options={"task": task})
+        for step in task.expert_steps:
+            obs, reward, term, trunc, info = env.step(step)
+            if info["tool"] is not None:  # the program so far, run on the example
+                assert info["tool"].output == str(ProgramSynthesis.run(list(task.metadata["ops"]), 1))
+        assert term and reward == 1.0 and info["verdict"].details["tests_passed"] == len(task.tests)
+        assert "print(f(1))" not in env.program()  # the cell is not part of the submitted program
+    # a cell sees the program and nothing of the hidden tests
+    task = env.source.tasks("train", 1)[0]
+    env.reset(options={"task": task})
+    env.step(task.expert_steps[0])
+    _, _, _, _, info = env.step("```python print(sorted(k for k in globals() if not k.startswith('__')))```")
+    assert info["tool"].output == "['f']"
+    _, _, _, _, info = env.step("```python print(f(undefined_name))```")
+    assert info["tool"].output == "NameError: name 'undefined_name' is not defined"
+
+
+def test_humaneval_example_cells_run_before_the_submission(sandbox):
+    env = make("prmgym/HumanEval-v0", tools=True, sandbox=sandbox).unwrapped
+    tasks = [t for t in env.source.tasks("test") if "```python" in t.expert_steps[-2]][:15]
+    assert len(tasks) == 15
+    for task in tasks:
+        env.reset(options={"task": task})
+        for step in task.expert_steps:
+            _, reward, term, _, info = env.step(step)
+            if info["tool"] is not None:
+                assert info["tool"].status == "passed" and info["tool"].output
+        assert term and reward == 1.0

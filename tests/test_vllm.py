@@ -216,3 +216,24 @@ def test_search_cli_runs_on_vllm(engine, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 3 and 0.0 <= summary["accuracy"] <= 1.0
     assert summary["budget"]["generated"] > 0
+
+
+def test_train_cli_with_policy_backend_vllm(engine, tmp_path):
+    import json
+
+    import yaml
+
+    from prmgym.cli import main
+
+    _, _, path = engine
+    run = tmp_path / "run"
+    cfg = {"algorithm": "grpo", "env": "prmgym/ChainArithmetic-v0", "model": path, "steps": 2,
+           "run_dir": str(run), "eval_tasks": 2, "policy": {"backend": "vllm", "dtype": "float32"},
+           "trainer": {"num_generations": 4, "batch_size": 8, "max_new_tokens": 8, "max_steps": 2}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    steps = [r for r in rows if "perf/sync_seconds" in r]
+    assert len(steps) == 2
+    assert all(r["perf/sync_seconds"] > 0 and r["train/logprob_mismatch"] < 1e-3 for r in steps)
+    assert "pass@1_after" in json.loads((run / "summary.json").read_text())

@@ -46,7 +46,7 @@ from prmgym.agents.rollout import Prompt, RolloutCollector, Trajectory
 from prmgym.agents.sync import EngineSync
 from prmgym.config import help_field
 from prmgym.envs.episodes import evaluate_policy
-from prmgym.models.lora import reference_model
+from prmgym.models.lora import policy_parameters, reference_model
 from prmgym.models.optim import OptimKnobs, Optimization, micro_batches, prepare_model
 
 
@@ -289,7 +289,7 @@ class GRPOTrainer:
         self.ref_model = None
         if cfg.beta > 0 or cfg.reward_kl_coef > 0:
             self.ref_model = reference_model(self.model)  # LoRA: the base with adapters off, no copy
-        self.optim = Optimization(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device,
+        self.optim = Optimization(cfg, policy_parameters(self.model), self.device,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         self.optimizer = self.optim.optimizer
         self.rng = np.random.default_rng(cfg.seed)
@@ -492,7 +492,7 @@ class GRPOTrainer:
         normaliser, so the gradient is the whole mini-batch's (`prmgym.models.optim.micro_batches`)."""
         cfg, out = self.config, {}
         weights = A.normaliser_weights([0 if t.masked else t.num_tokens for t in mb], cfg.loss_type)
-        for micro, share in micro_batches(weights, cfg.micro_batch_size):
+        for micro, share in self._micro_batches(weights):
             with self.optim.autocast():
                 loss, m = self._loss([mb[i] for i in micro], adv[micro])
             if not torch.isfinite(loss):
@@ -501,10 +501,19 @@ class GRPOTrainer:
             self.optim.backward(loss * share)
             for k, v in {**m, "loss": float(loss.detach())}.items():
                 out[k] = out.get(k, 0.0) + share * v
+        out = self._reduce_gradients(out)  # data-parallel ranks sum gradients and metrics here
         info = self.optim.step()  # learning rate of the schedule, clipping (prmgym.models.optim)
         if info["skipped"] and self.optim.scaler is None:
             raise NonFiniteLossError(f"gradient norm is {info['grad_norm']} at step {self.num_steps + 1}, pass {it + 1}")
         return {**out, "grad_norm": info["grad_norm"], "lr": info["lr"]}
+
+    def _micro_batches(self, weights: list) -> list:
+        """This process's micro-batches of a mini-batch and their loss shares (all of them here;
+        `prmgym.agents.data_parallel` takes every K-th)."""
+        return micro_batches(weights, self.config.micro_batch_size)
+
+    def _reduce_gradients(self, metrics: dict) -> dict:
+        return metrics
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:

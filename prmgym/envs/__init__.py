@@ -24,12 +24,13 @@ from prmgym.envs.sources import (
 )
 from prmgym.envs.spaces import CHARSET, ReasoningText
 from prmgym.envs.task import Task
-from prmgym.envs.trace import render_trace, step_end_offsets
+from prmgym.envs.trace import PromptTemplate, TraceText, render_trace, step_end_offsets
 from prmgym.envs.verifiers import (
     AutoVerifier,
     CodeVerifier,
     CountdownVerifier,
     ExactMatchVerifier,
+    FunctionVerifier,
     MathVerifier,
     ReasoningGymVerifier,
     Verdict,
@@ -39,9 +40,9 @@ from prmgym.envs.verifiers import (
 
 __all__ = [
     "ANSWER_PREFIX", "CHARSET", "CODE_END", "AutoVerifier", "ChainArithmetic", "CodeVerifier", "Countdown",
-    "CountdownVerifier", "DESCRIPTIONS", "EnvState", "ExactMatchVerifier", "HumanEval", "Jsonl", "MathVerifier",
-    "ProceduralSource", "ProgramSynthesis", "ReasoningEnv", "ReasoningGym", "ReasoningGymVerifier", "ReasoningText",
-    "Task", "TaskList", "TaskSource", "Verdict", "Verifier", "countdown_solve", "extract_answer", "format_answer",
+    "CountdownVerifier", "DESCRIPTIONS", "EnvState", "ExactMatchVerifier", "FunctionVerifier", "HumanEval", "Jsonl", "MathVerifier",
+    "ProceduralSource", "ProgramSynthesis", "PromptTemplate", "ReasoningEnv", "ReasoningGym", "ReasoningGymVerifier", "ReasoningText",
+    "Task", "TaskList", "TaskSource", "TraceText", "Verdict", "Verifier", "countdown_solve", "extract_answer", "format_answer",
     "is_code_end", "make", "make_verifier", "reasoning_gym_names", "register_reasoning_env", "render_trace", "split_of",
     "step_batch", "step_end_offsets",
 ]

@@ -41,8 +41,8 @@ from gymnasium.error import ResetNeeded
 from prmgym.envs.sources import ANSWER_PREFIX, CODE_END, TaskSource
 from prmgym.envs.spaces import ReasoningText
 from prmgym.envs.task import Task
-from prmgym.envs.trace import DEFAULT_DELIMITER, render_trace
-from prmgym.envs.verifiers import Verdict, Verifier
+from prmgym.envs.trace import DEFAULT_DELIMITER, PromptTemplate, render_trace
+from prmgym.envs.verifiers import Verdict, Verifier, as_verifier
 
 
 def extract_answer(step: str, prefix: str = ANSWER_PREFIX) -> str | None:
@@ -94,6 +94,12 @@ class ReasoningEnv(gym.Env[str, str]):
         render_mode: ``"ansi"`` (``render()`` returns the text) or ``"human"`` (prints it).
         verdict_cache: remember this many verdicts per (task, answer); planners that
             branch with ``set_state`` re-submit the same answers often. 0 disables it.
+        prompt_template: a `PromptTemplate` (or a mapping with ``system``, ``examples``,
+            ``instruction``): written in front of the prompt in the observation text, and
+            turned into chat turns by a policy with ``prompt_format="chat"``.
+
+    ``verifier`` may also be a plain function ``score(task, text) -> float | Verdict``
+    (`prmgym.envs.verifiers.FunctionVerifier` wraps it).
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
@@ -113,11 +119,16 @@ class ReasoningEnv(gym.Env[str, str]):
         code_end: str = CODE_END,
         render_mode: str | None = None,
         verdict_cache: int = 1024,
+        prompt_template: PromptTemplate | dict | None = None,
     ) -> None:
         if not isinstance(source, TaskSource):
             raise TypeError(f"source must be a prmgym.envs.TaskSource (e.g. ChainArithmetic(), Jsonl(path)), got {type(source).__name__}")
+        if callable(verifier) and not isinstance(verifier, (Verifier, type)):
+            verifier = as_verifier(verifier)  # a score(task, text) function (a factory is refused, clearly)
         if not isinstance(verifier, Verifier):
-            raise TypeError(f"verifier must be a prmgym.envs.Verifier (e.g. MathVerifier()), got {type(verifier).__name__}")
+            raise TypeError(f"verifier must be a prmgym.envs.Verifier (e.g. MathVerifier()) or a function "
+                            f"score(task, text) -> float | Verdict, got {type(verifier).__name__}")
+        prompt_template = PromptTemplate.from_dict(prompt_template)
         if split not in source.splits:
             raise ValueError(f"unknown split {split!r} for {source.name}; valid splits: {', '.join(source.splits)}")
         if not isinstance(delimiter, str) or not delimiter:
@@ -140,8 +151,10 @@ class ReasoningEnv(gym.Env[str, str]):
         self.answer_prefix = answer_prefix
         self.code_end = code_end
         self.render_mode = render_mode
+        self.prompt_template = prompt_template
         self.action_space = ReasoningText(max_length=max_step_chars)
-        self.observation_space = ReasoningText(max_length=max_prompt_chars + len(delimiter) + max_chars)
+        extra = len(prompt_template.plain_prompt("", delimiter)) if prompt_template is not None else 0
+        self.observation_space = ReasoningText(max_length=max_prompt_chars + extra + len(delimiter) + max_chars)
         self._cache_size = verdict_cache
         self._cache: dict[tuple[str, str, str], Verdict] = {}
         self._primed: dict[tuple[str, str, str], Verdict] = {}
@@ -186,7 +199,7 @@ class ReasoningEnv(gym.Env[str, str]):
     # ------------------------------------------------------------------ gym API
     def _obs(self) -> str:
         s = self._state
-        return render_trace(s.task.prompt, s.steps, self.delimiter)
+        return render_trace(s.task.prompt, s.steps, self.delimiter, self.prompt_template)
 
     def _info(self) -> dict[str, Any]:
         s = self._state

@@ -51,7 +51,7 @@ def make_countdown(split: str = "train", difficulty: int = 1, test_fraction: flo
 
 
 _ENV_KEYS = ("delimiter", "max_steps", "max_step_chars", "max_chars", "max_prompt_chars",
-             "answer_prefix", "code_end", "render_mode", "verdict_cache")
+             "answer_prefix", "code_end", "render_mode", "verdict_cache", "prompt_template")
 
 
 def make_reasoning_gym(task: str = "chain_sum", split: str = "train", size: int = 10_000,
@@ -79,24 +79,36 @@ def make_jsonl(path: str | None = None, split: str = "train", verifier: Any = "m
 
 def make_program_synthesis(split: str = "train", difficulty: int = 1, sandbox: Any = "local", reward: str = "fraction",
                            timeout_s: float = 10.0, test_fraction: float = 0.2, source_kwargs: dict | None = None,
-                           **env_kwargs: Any) -> ReasoningEnv:
+                           tools: bool = False, **env_kwargs: Any) -> ReasoningEnv:
+    """``tools=True``: a `prmgym.envs.tools.ToolEnv` whose code cells run the program on an
+    example (expert traces try ``f(1)`` before submitting)."""
     from prmgym.envs.procedural import ProgramSynthesis
     from prmgym.envs.verifiers import CodeVerifier
 
     env_kwargs.setdefault("max_steps", 10)
     src = ProgramSynthesis(difficulty, test_fraction, code_end=env_kwargs.get("code_end", "```"), **(source_kwargs or {}))
-    return ReasoningEnv(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, **env_kwargs)
+    return _code_env(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, tools, sandbox, env_kwargs)
 
 
 def make_humaneval(split: str = "test", sandbox: Any = "local", reward: str = "fraction", timeout_s: float = 10.0,
-                   **env_kwargs: Any) -> ReasoningEnv:
+                   tools: bool = False, **env_kwargs: Any) -> ReasoningEnv:
+    """``tools=True``: code cells run the program on an example (expert traces try the
+    docstring's first ``>>>`` example before submitting)."""
     from prmgym.envs.sources import HumanEval
     from prmgym.envs.verifiers import CodeVerifier
 
     env_kwargs.setdefault("max_steps", 64)
     src = HumanEval(code_end=env_kwargs.get("code_end", "```"))
     src.tasks(split)  # an unknown split raises the message that says what to use instead
-    return ReasoningEnv(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, **env_kwargs)
+    return _code_env(src, CodeVerifier(sandbox=sandbox, reward=reward, timeout_s=timeout_s), split, tools, sandbox, env_kwargs)
+
+
+def _code_env(src: TaskSource, verifier: Any, split: str, tools: bool, sandbox: Any, env_kwargs: dict) -> ReasoningEnv:
+    if not tools:
+        return ReasoningEnv(src, verifier, split, **env_kwargs)
+    from prmgym.envs.tools import ExampleSteps, ToolEnv
+
+    return ToolEnv(ExampleSteps(src, env_kwargs.get("code_end", "```")), verifier, split, sandbox=sandbox, **env_kwargs)
 
 
 def make_tool_math(split: str = "train", difficulty: int = 1, sandbox: Any = "local", test_fraction: float = 0.2,
@@ -127,8 +139,11 @@ def register_reasoning_env(
         id: the Gymnasium id, e.g. ``"mylab/Units-v0"``.
         source: a `TaskSource` instance, or a zero-argument callable returning one
             (called once per ``make``; use it when the source is heavy or not picklable).
-        verifier: a `Verifier` instance, a zero-argument callable returning one, or a name:
-            ``"math"``, ``"exact"``, ``"countdown"``, ``"code"``, ``"auto"``.
+        verifier: a `Verifier` instance, a plain function ``score(task, text) -> float |
+            Verdict`` (wrapped in `FunctionVerifier`), a zero-argument callable returning a
+            `Verifier` (a factory, e.g. a Verifier class), or a name: ``"math"``, ``"exact"``,
+            ``"countdown"``, ``"code"``, ``"auto"``. Which kind a callable is, is decided here
+            from its signature; anything else is a ``TypeError`` now, not at ``make``.
         description: one line shown by ``prmgym envs``.
         builder: instead of ``source``/``verifier``: a function ``(**kwargs) -> ReasoningEnv``,
             or its ``"module:function"`` path (imported on first ``make``), for envs whose
@@ -184,12 +199,18 @@ def _source_entry_point(source: Any, verifier: Any, env_defaults: dict) -> Calla
     """The ``make`` function for an env given as a source and a verifier (checked now)."""
     if not (isinstance(source, TaskSource) or callable(source)):
         raise TypeError(f"source must be a TaskSource or a callable returning one, got {type(source).__name__}")
-    from prmgym.envs.verifiers import Verifier, make_verifier
+    from prmgym.envs.verifiers import Verifier, callable_kind, make_verifier, verifier_from_factory
 
     if isinstance(verifier, str):
         make_verifier(verifier)  # validate the name now, not at make time
-    elif not (isinstance(verifier, Verifier) or callable(verifier)):
-        raise TypeError(f"verifier must be a Verifier, a callable returning one, or a name, got {type(verifier).__name__}")
+    elif isinstance(verifier, Verifier):
+        pass
+    elif callable(verifier):
+        if callable_kind(verifier) == "score":
+            verifier = make_verifier(verifier)  # a FunctionVerifier, shared by every make
+    else:
+        raise TypeError(f"verifier must be a Verifier, a score(task, text) function, a zero-argument callable "
+                        f"returning a Verifier, or a name, got {type(verifier).__name__}")
 
     def _make(**kwargs: Any) -> ReasoningEnv:
         src = source if isinstance(source, TaskSource) else source()
@@ -198,7 +219,7 @@ def _source_entry_point(source: Any, verifier: Any, env_defaults: dict) -> Calla
         elif isinstance(verifier, str):
             ver = make_verifier(verifier)
         else:
-            ver = verifier()
+            ver = verifier_from_factory(verifier)
         return ReasoningEnv(src, ver, **{**env_defaults, **kwargs})
 
     return _make

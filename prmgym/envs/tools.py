@@ -25,13 +25,13 @@ targets.
 
 **Output** (`tool_output`): the cell's stdout; when the cell raised, the stdout it printed
 first and then the error's last line (``ZeroDivisionError: division by zero``); a timeout,
-memory or output-limit stop is one line naming it. Trailing newlines are dropped and the text
+memory or output-limit stop, or a cell that ended the interpreter, adds one line naming it. Trailing newlines are dropped and the text
 is cut to ``tool_output_chars`` characters (default `TOOL_OUTPUT_CHARS` = 512), the cut
 marked ``...[N more characters]``.
 
 **State between cells**: a cell sees the variables of the episode's earlier cells because
 every run re-executes them first (their output discarded, their errors ignored; cells that
-timed out or hit a limit are skipped), then runs the new cell. We chose this over a
+timed out, hit a limit or ended the interpreter are skipped), then runs the new cell. We chose this over a
 per-episode interpreter in the sandbox: each run stays one fresh, single-use, isolated
 process (nothing of one episode can leak into another or outlive a job), ``set_state`` is
 free (there is no process to fork or rewind when a planner branches), and in the short
@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import random
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Sequence
 
 from prmgym.envs.core import EnvState, ReasoningEnv
@@ -70,8 +70,11 @@ OUTPUT_OPEN = "```output"
 FENCE = "```"
 #: default length (characters) a tool segment's output is cut to
 TOOL_OUTPUT_CHARS = 512
-#: statuses after which a cell is not re-run before later cells (it would stop them again)
-_SKIP_ON_RERUN = ("timeout", "memory", "output_limit", "sandbox_error")
+#: statuses after which a cell is not re-run before later cells (it would stop them again);
+#: ``"exited"``: the cell ended the interpreter (``sys.exit``, ``os._exit``) before its end
+_SKIP_ON_RERUN = ("timeout", "memory", "output_limit", "sandbox_error", "exited")
+#: what a tool run prints after its cell completed (removed from the output)
+CELL_DONE = "\x1eprmgym-cell-done\x1e"
 
 
 def split_tool_step(step: str) -> tuple[str, str | None]:
@@ -121,7 +124,9 @@ def tool_output(result: Any, limit: int = TOOL_OUTPUT_CHARS, timeout_s: float | 
     """What the tool segment shows for a sandbox `ExecResult` (see the module docstring)."""
     status = result.status
     if status == "passed":
-        return cut_output(result.stdout, limit)
+        if result.stdout.endswith(CELL_DONE):
+            return cut_output(result.stdout[: -len(CELL_DONE)], limit)
+        return cut_output(result.stdout.rstrip("\n") + "\nSystemExit: the cell ended the interpreter", limit)
     if status in ("runtime_error", "compile_error"):
         lines = [ln for ln in (result.stderr or "").splitlines() if ln.strip()]
         if not lines:
@@ -139,9 +144,11 @@ def tool_output(result: Any, limit: int = TOOL_OUTPUT_CHARS, timeout_s: float | 
 
 
 def cell_program(earlier: Sequence[str], code: str) -> str:
-    """The program one tool run executes: ``earlier`` cells (output discarded, errors ignored)
-    then ``code``, all in one namespace. Cells are embedded as string literals and compiled
-    inside the run, so a cell with a syntax error fails at run time like any other error."""
+    """The program one tool run executes: ``earlier`` cells (output discarded, errors and
+    ``sys.exit`` ignored) then ``code``, all in one namespace, then `CELL_DONE` on stdout (a
+    cell that ends the interpreter early, e.g. ``os._exit``, never prints it). Cells are
+    embedded as string literals and compiled inside the run, so a cell with a syntax error
+    fails at run time like any other error."""
     return (
         "import io as _io, sys as _sys\n"
         "_g = {'__name__': '__main__', '__builtins__': __builtins__}\n"
@@ -149,11 +156,12 @@ def cell_program(earlier: Sequence[str], code: str) -> str:
         "    _out, _sys.stdout = _sys.stdout, _io.StringIO()\n"
         "    try:\n"
         "        exec(compile(_c, '<cell %d>' % (_i + 1), 'exec'), _g)\n"
-        "    except Exception:\n"
+        "    except BaseException:\n"
         "        pass\n"
         "    finally:\n"
         "        _sys.stdout = _out\n"
         f"exec(compile({code!r}, '<cell>', 'exec'), _g)\n"
+        f"_sys.stdout.flush()\n_sys.stdout.write({CELL_DONE!r})\n"
     )
 
 
@@ -164,7 +172,8 @@ class ToolRun:
     Attributes:
         code: the cell's code.
         output: the text of its tool segment.
-        status: the sandbox status (``"passed"``, ``"runtime_error"``, ``"timeout"``, ...).
+        status: the sandbox status (``"passed"``, ``"runtime_error"``, ``"timeout"``, ...), or
+            ``"exited"`` when the cell ended the interpreter before its end (``os._exit``).
         ran: True if this step ran the sandbox (False: the output came from the cache).
         wall_s: the sandbox's wall time for the run (0 when cached).
     """
@@ -186,9 +195,14 @@ class ToolEnvState(NamedTuple):
 class ToolEnv(ReasoningEnv):
     """A `ReasoningEnv` whose code-cell steps run in a sandbox (see the module docstring).
 
+    In **code tasks** (``task.tests``: ProgramSynthesis, HumanEval) a cell is a "run my code
+    on an example" step: it runs the program written so far (``code_prefix`` and the lines,
+    cells left out) followed by the cell, e.g. ```` ```python print(f(3))``` ````, and shows
+    the output; the cell is not part of the submitted program and the hidden tests never run
+    in it.
+
     Args:
-        source, verifier, split: as for `ReasoningEnv` (answer tasks only: code tasks, whose
-            steps write a program, are refused).
+        source, verifier, split: as for `ReasoningEnv`.
         sandbox: ``"local"`` (default; the process-wide shared `LocalSandbox`), ``"docker"``
             (shared `DockerSandbox`) or a `prmgym.sandbox.Sandbox` instance (not closed here).
         tool_timeout_s / tool_memory_mb: limits of one tool run (all earlier cells included).
@@ -239,11 +253,13 @@ class ToolEnv(ReasoningEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         self._cells, self._last_tool = (), None
-        obs, info = super().reset(seed=seed, options=options)
-        if self.task.is_code:
-            raise ValueError(f"task {self.task.id!r} is a code task; ToolEnv runs code cells in answer tasks only "
-                             "(code tasks write their program step by step: use ReasoningEnv)")
-        return obs, info
+        return super().reset(seed=seed, options=options)
+
+    def program(self, steps: tuple[str, ...] | None = None, task: Task | None = None) -> str:
+        """`ReasoningEnv.program` without the code-cell steps (a cell tries the program; it is
+        not part of it)."""
+        steps = self._state.steps if steps is None else steps
+        return super().program(tuple(s for s in steps if cell_code(s) is None), task)
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self._last_tool = None
@@ -274,20 +290,26 @@ class ToolEnv(ReasoningEnv):
     def _run_cell(self, code: str) -> ToolRun:
         from prmgym.sandbox.base import Job
 
-        earlier = tuple(c for c, status in self._cells if status not in _SKIP_ON_RERUN)
-        key = (earlier, code)
+        if self._state.task.is_code:  # the program written so far, then the cell, as one cell
+            earlier: tuple[str, ...] = ()
+            code_run = self.program() + code
+        else:
+            earlier = tuple(c for c, status in self._cells if status not in _SKIP_ON_RERUN)
+            code_run = code
+        key = (earlier, code_run)
         hit = self._tool_cache.get(key)
         if hit is not None:
             return ToolRun(code, hit[0], hit[1], ran=False)
-        job = Job(cell_program(earlier, code), timeout_s=self.tool_timeout_s, memory_mb=self.tool_memory_mb)
+        job = Job(cell_program(earlier, code_run), timeout_s=self.tool_timeout_s, memory_mb=self.tool_memory_mb)
         result = self.sandbox.run(job)
         self.tool_runs += 1
         output = tool_output(result, self.tool_output_chars, self.tool_timeout_s, self.tool_memory_mb)
+        status = "exited" if result.status == "passed" and not result.stdout.endswith(CELL_DONE) else result.status
         if self._tool_cache_size > 0 and result.status != "sandbox_error":
             if len(self._tool_cache) >= self._tool_cache_size:
                 self._tool_cache.pop(next(iter(self._tool_cache)))
-            self._tool_cache[key] = (output, result.status)
-        return ToolRun(code, output, result.status, ran=True, wall_s=float(result.wall_s))
+            self._tool_cache[key] = (output, status)
+        return ToolRun(code, output, status, ran=True, wall_s=float(result.wall_s))
 
     # ------------------------------------------------------------------ planners
     def get_state(self) -> ToolEnvState:
@@ -311,11 +333,113 @@ def tool_trace(cells: Sequence[str], answer: Any) -> tuple[str, ...]:
     return tuple(steps) + (format_answer(answer),)
 
 
+def tool_examples(env: Any, tasks: Sequence[Task]) -> list[tuple[str, str]]:
+    """Supervised pairs from tasks' expert traces played in a `ToolEnv`: one pair
+    ``(observation before the step, step + delimiter)`` per expert step, so the prompt side
+    holds the tool outputs of earlier cells and the completion side only what the policy
+    writes (a tool segment is never a training target). Cells run in the env's sandbox
+    (cached per cell, as in any episode).
+
+    >>> from prmgym.envs import make
+    >>> env = make("prmgym/ToolMath-v0")
+    >>> pairs = tool_examples(env, ToolMath().tasks("train", 1))
+    >>> [c for _, c in pairs][0].startswith("```python print(")
+    True
+    >>> "```output" in pairs[1][0]
+    True
+    """
+    u = getattr(env, "unwrapped", env)
+    if not isinstance(u, ToolEnv):
+        raise TypeError(f"tool_examples needs a ToolEnv (e.g. make('prmgym/ToolMath-v0')), got {type(u).__name__}")
+    out = []
+    for t in tasks:
+        if not t.expert_steps:
+            raise ValueError(f"task {t.id!r} has no expert_steps to replay")
+        obs, _ = u.reset(options={"task": t})
+        for step in t.expert_steps:
+            out.append((str(obs), step + u.delimiter))
+            obs, _, term, trunc, info = u.step(step)
+            if trunc:
+                raise ValueError(f"the expert trace of task {t.id!r} was truncated at step {step!r:.60}; raise max_steps / max_chars")
+        if not term:
+            raise ValueError(f"the expert trace of task {t.id!r} does not end the episode")
+    return out
+
+
+def example_cell(task: Task) -> str | None:
+    """A "run my code on an example" cell for a code task: ``print(f(1))`` for
+    ProgramSynthesis (``metadata["ops"]``), the first ``>>> call`` of a HumanEval docstring;
+    ``None`` when the task shows no example."""
+    if not task.is_code:
+        return None
+    entry = task.metadata.get("entry_point")
+    if "ops" in task.metadata and entry:
+        return f"print({entry}(1))"
+    for line in task.prompt.split("\n"):
+        s = line.strip()
+        if s.startswith(">>> ") and entry and entry + "(" in s:
+            return f"print(repr({s[4:].strip()}))"
+    return None
+
+
+def with_example_step(task: Task, code_end: str = "```") -> Task:
+    """``task`` with an example cell (`example_cell`) before the end-of-code marker of its
+    expert steps (unchanged when it has no example or no expert steps)."""
+    cell = example_cell(task)
+    steps = task.expert_steps
+    if cell is None or not steps or steps[-1].strip() != code_end:
+        return task
+    return replace(task, expert_steps=steps[:-1] + (f"{CELL_OPEN} {cell}{FENCE}", steps[-1]))
+
+
+class ExampleSteps(TaskSource):
+    """A code-task source whose expert traces try the program on an example (`with_example_step`)
+    before submitting it; tasks, splits and sampling are the wrapped source's."""
+
+    def __init__(self, source: TaskSource, code_end: str = "```") -> None:
+        self.source, self.code_end = source, code_end
+        self.name, self.splits = source.name, source.splits
+
+    def tasks(self, split: str = "train", n: int | None = None, seed: int = 0, *, at_most: bool = False) -> list[Task]:
+        return [with_example_step(t, self.code_end) for t in self.source.tasks(split, n, seed, at_most=at_most)]
+
+    def sample(self, split: str, rng: Any) -> Task:
+        return with_example_step(self.source.sample(split, rng), self.code_end)
+
+    def describe(self) -> str:
+        return self.source.describe() + ", with an example run before the submission"
+
+
 # ----------------------------------------------------------------------------- ToolMath
 _TOOL_MATH_LEVELS = {
-    1: dict(families=("expr",), n_ops=(2, 2), operand=(10, 99)),
-    2: dict(families=("expr", "sumsq", "powmod"), n_ops=(2, 3), operand=(10, 999)),
+    1: dict(families=("expr",), n_ops=(2, 2), operand=(10, 99), tools=True),
+    2: dict(families=("expr", "sumsq", "powmod"), n_ops=(2, 3), operand=(10, 999), tools=True),
 }
+
+
+def hand_steps(expr: str) -> tuple[list[str], int]:
+    """Steps that evaluate ``expr`` (integers and ``+ - *``) by hand, one operation per step:
+    products first, left to right, then sums and differences.
+
+    >>> hand_steps("47*83-129")
+    (['47*83=3901', '3901-129=3772'], 3772)
+    """
+    import re
+
+    items = re.findall(r"\d+|[+\-*]", expr)
+    vals, ops = [int(x) for x in items[0::2]], items[1::2]
+    steps = []
+    for wanted in ("*", "+-"):
+        i = 0
+        while i < len(ops):
+            if ops[i] in wanted:
+                a, b, op = vals[i], vals[i + 1], ops[i]
+                v = a * b if op == "*" else a + b if op == "+" else a - b
+                steps.append(f"{a}{op}{b}={v}")
+                vals[i: i + 2], ops[i: i + 1] = [v], []
+            else:
+                i += 1
+    return steps, vals[0]
 
 
 class ToolMath(ProceduralSource):
@@ -326,7 +450,10 @@ class ToolMath(ProceduralSource):
     prints, so the trace relies on state between cells) and ``powmod`` ("Compute 7**23 mod
     1000."). ``difficulty=1``: ``expr`` with two operations on operands 10-99 (the preset the
     learning tests use); ``difficulty=2``: all three families, 2-3 operations, operands up to
-    999. Preset fields can be overridden: ``families``, ``n_ops`` (min, max), ``operand`` (min, max).
+    999. Preset fields can be overridden: ``families``, ``n_ops`` (min, max), ``operand`` (min, max),
+    ``tools``: ``False`` gives the same problems with expert traces that compute by hand, one
+    operation per step (`hand_steps`; ``expr`` only): the no-tool baseline of
+    benchmarks/tool_pretrain.py.
 
     >>> t = ToolMath().tasks("train", 1)[0]
     >>> t.expert_steps[0].startswith("```python print(")
@@ -348,6 +475,8 @@ class ToolMath(ProceduralSource):
             raise ValueError(f"families must be a non-empty subset of ('expr', 'sumsq', 'powmod'), got {cfg['families']!r}")
         if not 1 <= cfg["n_ops"][0] <= cfg["n_ops"][1] or not 1 <= cfg["operand"][0] <= cfg["operand"][1]:
             raise ValueError(f"n_ops and operand must be (min, max) with 1 <= min <= max, got {cfg['n_ops']!r}, {cfg['operand']!r}")
+        if not cfg["tools"] and set(cfg["families"]) != {"expr"}:
+            raise ValueError("ToolMath(tools=False) has hand-computed traces for the 'expr' family only; pass families=('expr',)")
         self.difficulty, self.cfg, self.test_fraction = difficulty, cfg, test_fraction
 
     def generate(self, rng: random.Random) -> Task | None:
@@ -367,7 +496,8 @@ class ToolMath(ProceduralSource):
             b, e, m = rng.randint(2, 19), rng.randint(10, 60), rng.choice((100, 1000, 10007))
             value = pow(b, e, m)
             prompt, cells = f"Compute {b}**{e} mod {m}.", [f"print(pow({b}, {e}, {m}))"]
-        return Task(id="toolmath", prompt=prompt, answer=str(value), expert_steps=tool_trace(cells, value),
+        steps = tool_trace(cells, value) if c["tools"] else tuple(hand_steps(prompt[len("Compute "):-1])[0]) + (format_answer(value),)
+        return Task(id="toolmath", prompt=prompt, answer=str(value), expert_steps=steps,
                     metadata={"difficulty": self.difficulty, "family": family})
 
     def describe(self) -> str:

@@ -19,7 +19,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from prmgym.envs._math_worker import check as _math_verify_in_main_thread
 from prmgym.envs.task import Task
@@ -512,10 +512,99 @@ class AutoVerifier(Verifier):
             self._code.close()
 
 
-def make_verifier(name: str | Verifier, sandbox: Any = "local") -> Verifier:
-    """``"math"``, ``"exact"``, ``"code"``, ``"auto"`` or a `Verifier` instance."""
+class FunctionVerifier(Verifier):
+    """A plain function ``score(task, text) -> float | Verdict`` as a `Verifier`.
+
+    A number is the reward (in [0, 1]; ``correct`` iff it is 1.0), a bool is 1.0/0.0, a
+    `Verdict` is used as is.
+
+    >>> from prmgym.envs.task import Task
+    >>> v = FunctionVerifier(lambda task, text: float(text.strip() == task.answer))
+    >>> v.score(Task(id="t", prompt="1+1?", answer="2"), " 2 ")
+    Verdict(reward=1.0, correct=True, details={})
+    """
+
+    def __init__(self, fn: Callable[[Task, str], Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"FunctionVerifier needs a function score(task, text), got {type(fn).__name__}")
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", type(fn).__name__)
+
+    def score(self, task: Task, text: str) -> Verdict:
+        out = self.fn(task, text)
+        if isinstance(out, Verdict):
+            return out
+        if isinstance(out, bool):
+            return Verdict(float(out), out)
+        if isinstance(out, (int, float)) or type(out).__name__ in ("float32", "float64", "int64"):
+            r = float(out)
+            if not 0.0 <= r <= 1.0:
+                raise ValueError(f"the verifier function {self.name} returned {r}; a reward must be in [0, 1]")
+            return Verdict(r, r == 1.0)
+        raise TypeError(f"the verifier function {self.name} returned {type(out).__name__}; "
+                        "it must return a float in [0, 1] or a prmgym.envs.Verdict")
+
+    def __repr__(self) -> str:
+        return f"FunctionVerifier({self.name})"
+
+
+def callable_kind(fn: Any) -> str:
+    """``"factory"`` (called with no argument, returns a `Verifier`: a Verifier class, a
+    ``lambda: MathVerifier()``) or ``"score"`` (a function ``score(task, text)``), from the
+    signature; a ``TypeError`` that says how to fix any other callable."""
+    if isinstance(fn, type):
+        return "factory"
+    import inspect
+
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        raise TypeError(f"cannot read the signature of the verifier callable {name}; pass a Verifier instance, "
+                        "or wrap a score function as FunctionVerifier(fn)") from None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    required_kw = [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    if not required_kw:
+        if len(required) == 2 or (len(required) < 2 and varargs) or (len(required) == 1 and len(positional) >= 2):
+            return "score"
+        if not required and len(positional) < 2 and not varargs:
+            return "factory"
+    sig = ", ".join(p.name for p in params)
+    raise TypeError(
+        f"the verifier callable {name}({sig}) is neither a score function score(task, text) -> float | Verdict "
+        "(two positional parameters) nor a zero-argument factory returning a Verifier. Fix: define it as "
+        "def score(task, text): ..., or pass a Verifier instance"
+    )
+
+
+def verifier_from_factory(factory: Callable[[], Any]) -> "Verifier":
+    """Call a verifier factory and check that it returned a `Verifier`."""
+    v = factory()
+    if not isinstance(v, Verifier):
+        name = getattr(factory, "__qualname__", type(factory).__name__)
+        raise TypeError(f"the verifier factory {name}() returned {type(v).__name__}, not a prmgym.envs.Verifier; "
+                        "to use a scoring function pass score(task, text) -> float | Verdict itself")
+    return v
+
+
+def as_verifier(v: Any, sandbox: Any = "local") -> "Verifier":
+    """A `Verifier` from an instance, a name, a score function or a factory (see `callable_kind`)."""
+    if isinstance(v, Verifier) or isinstance(v, str):
+        return make_verifier(v, sandbox)
+    if callable(v):
+        return FunctionVerifier(v) if callable_kind(v) == "score" else verifier_from_factory(v)
+    raise TypeError(f"verifier must be a Verifier, a name, a score(task, text) function or a factory, got {type(v).__name__}")
+
+
+def make_verifier(name: str | Verifier | Callable, sandbox: Any = "local") -> Verifier:
+    """``"math"``, ``"exact"``, ``"code"``, ``"auto"``, a `Verifier` instance, or a function
+    ``score(task, text) -> float | Verdict`` (wrapped in `FunctionVerifier`)."""
     if isinstance(name, Verifier):
         return name
+    if callable(name) and not isinstance(name, str):
+        return as_verifier(name, sandbox)
     table = {
         "math": MathVerifier,
         "exact": ExactMatchVerifier,

@@ -31,6 +31,8 @@ BACKENDS = ("hf", "vllm")
 #: the tiny model's layout change for vLLM on CPU: 3 heads of 32 (the default 4 heads of 24 is rejected)
 TINY_VLLM_LAYOUT = {"n_head": 3}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: the commands' --dtype names -> the engine's
+ENGINE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 _f = help_field
 
@@ -118,12 +120,16 @@ def tiny_layout(config: PolicyConfig | dict | str | None) -> dict:
 
 
 def add_backend_arg(parser: argparse.ArgumentParser) -> None:
-    """``--backend hf|vllm`` and the engine options (``--dtype``, ``--gpu-memory-utilization``,
-    ``--tensor-parallel-size``, ``--max-model-len``); read them back with `policy_config_from_args`."""
+    """``--backend hf|vllm`` and the engine options (``--gpu-memory-utilization``,
+    ``--tensor-parallel-size``, ``--max-model-len``), with the one ``--dtype`` / ``--device`` pair of
+    every command (`prmgym.config.add_precision_args`; the engine's dtype follows ``--dtype``); read
+    them back with `policy_config_from_args`."""
+    from prmgym.config import add_precision_args
+
     g = parser.add_argument_group("generation backend")
     g.add_argument("--backend", default="hf", choices=BACKENDS,
                    help="hf: torch generates; vllm: a colocated vLLM engine generates (pip install -e '.[vllm]')")
-    g.add_argument("--dtype", default="float32", choices=DTYPES, help="vllm: the engine's dtype")
+    add_precision_args(g)
     g.add_argument("--gpu-memory-utilization", type=float, default=None, help="vllm: fraction of GPU memory")
     g.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs to shard the model over")
     g.add_argument("--max-model-len", type=int, default=None, help="vllm: context length (default: the model's)")
@@ -132,7 +138,8 @@ def add_backend_arg(parser: argparse.ArgumentParser) -> None:
 def policy_config_from_args(args: argparse.Namespace) -> PolicyConfig:
     """The `PolicyConfig` of `add_backend_arg`'s options (a bad value is a `ConfigError`)."""
     try:
-        return PolicyConfig(backend=args.backend, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+        dtype = ENGINE_DTYPES.get(getattr(args, "dtype", None) or "fp32", args.dtype)  # --dtype bf16 -> bfloat16
+        return PolicyConfig(backend=args.backend, dtype=dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                             tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
     except ValueError as e:
         raise ConfigError(f"--backend options: {e}") from None

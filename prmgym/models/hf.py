@@ -327,7 +327,8 @@ class TransformersPolicy(Policy):
         if not hasattr(self, "_ckw"):
             import inspect
 
-            params = inspect.signature(self.model.forward).parameters
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT wraps it
+            params = inspect.signature(base.forward).parameters
             self._ckw = "cache" if "cache" in params else "past_key_values"
         return self._ckw
 

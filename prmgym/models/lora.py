@@ -184,6 +184,13 @@ def _param_adapter(name: str) -> str | None:
     return None
 
 
+def policy_parameters(model: Any) -> list:
+    """What a policy trainer optimises: the parameters with ``requires_grad``, except the
+    adapters of PRMs that share this model (`prm_adapter`)."""
+    return [p for n, p in model.named_parameters()
+            if p.requires_grad and (_param_adapter(n) or POLICY_ADAPTER) == POLICY_ADAPTER]
+
+
 def trainable_parameters(model: Any) -> list[tuple[str, int]]:
     """``[(name, numel)]`` of the parameters with ``requires_grad``."""
     return [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
@@ -368,3 +375,44 @@ def save_base(model: Any, path: str | os.PathLike) -> str:
     sd = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
     base.save_pretrained(os.fspath(path), state_dict=sd)
     return os.fspath(path)
+
+
+# ------------------------------------------------------------------ PRM adapters
+#: name of a PRM's adapter (``prm``, ``prm_1``, ... when several share one model)
+PRM_ADAPTER = "prm"
+ADAPTER_DIR = "adapter"
+
+
+def prm_adapter(model: Any, lora: Any, share: bool) -> tuple[Any, str | None]:
+    """(model, adapter name) of a PRM backbone. ``lora`` (a `LoRAConfig` mapping or None) puts a
+    fresh PRM adapter on it; ``share`` puts that adapter on the policy's own PEFT model (whose
+    frozen base then serves both) instead of a private copy."""
+    cfg = lora_config(lora)
+    if share:
+        if cfg is None:
+            raise ValueError("share_backbone needs a lora section: the PRM trains its own adapter (and head) on the "
+                             "shared frozen backbone; add lora: {} (defaults) or set share_backbone: false")
+        if not is_peft_model(model):
+            raise ValueError("share_backbone needs a LoRA policy, whose backbone is frozen: add a lora: section to "
+                             "the run config (or apply_lora to the policy's model), or set share_backbone: false")
+    elif is_peft_model(model):
+        raise ValueError("this PRM backbone is a PEFT (LoRA) model it does not own: build the PRM with "
+                         "from_backbone(policy) (a private, merged copy) or pass share_backbone=True with lora")
+    if cfg is None:
+        return model, None
+    if not is_peft_model(model):
+        return apply_lora(model, cfg, adapter=PRM_ADAPTER), PRM_ADAPTER
+    name, k = PRM_ADAPTER, 0
+    while name in model.peft_config:
+        k += 1
+        name = f"{PRM_ADAPTER}_{k}"
+    return add_adapter(model, cfg, name), name
+
+
+def private_copy(model: Any, copy: bool = True) -> Any:
+    """A deep copy of ``model`` (``copy=False``: ``model`` itself, for one loaded just for this);
+    a PEFT model's active adapter is merged into plain weights."""
+    import copy as _copy
+
+    out = _copy.deepcopy(model) if copy else model
+    return out.merge_and_unload() if is_peft_model(out) else out

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from prmgym.config import help_field
+from prmgym.config import ConfigError, help_field
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -168,6 +168,16 @@ def autocast(dtype: Any, device: Any) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     return torch.autocast(device_type=dev.type, dtype=DTYPES[name])
+
+
+def resolve_precision(dtype: Any, device: Any) -> tuple[str, torch.device]:
+    """For the commands: ``(dtype name, device)`` of a ``--dtype`` / ``--device`` pair, with every
+    problem (unknown names, a device this machine lacks, fp16 off CUDA) as a `ConfigError`."""
+    try:
+        dev = resolve_device(device if device is not None else "auto")
+        return check_precision(dtype if dtype is not None else "fp32", dev), dev
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -329,7 +339,8 @@ def prepare_model(target: Any, knobs: Any) -> torch.device:
     """Apply the model-side knobs to a policy (anything with ``.model``) or a model: ``device``
     (if set: move there, keeping a policy's ``device`` attribute in step; else it stays where it
     is) and ``gradient_checkpointing``; check ``dtype`` against the device. Returns the device."""
-    model = getattr(target, "model", target)
+    # a module is the model itself (Llama/Qwen2 causal LMs have a .model attribute too: their body)
+    model = target if isinstance(target, torch.nn.Module) else getattr(target, "model", target)
     if knobs.device is not None:
         dev = resolve_device(knobs.device)
         model.to(dev)

@@ -51,19 +51,20 @@ ONLINE_AIRL_LR = 1e-4
 def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None, reward: str = "airl",
                steps: int = 20, seconds: float | None = None, process_reward_weight: float = 0.5,
                airl_options: dict | None = None, seed: int = 0, policy_config: dict | None = None,
-               **grpo_overrides) -> dict:
+               dtype: str = "fp32", device: str | None = None, **grpo_overrides) -> dict:
     """GRPO from ``policy_dir``; ``reward="airl"`` adds the online AIRL step reward
     (AIRL-S), ``reward="outcome"`` is plain GRPO. Saves the policy to ``out_dir/policy`` and
     the AIRL PRM to ``out_dir/prm_airl``. Returns paths, step count and metrics history.
-    ``policy_config`` picks the generation backend (`prmgym.models.backend.PolicyConfig`)."""
+    ``policy_config`` picks the generation backend (`prmgym.models.backend.PolicyConfig`);
+    ``dtype`` / ``device`` are the trainer's and the AIRL PRM's (`prmgym.models.optim.OptimKnobs`)."""
     from prmgym.agents import GRPOConfig, GRPOTrainer
     from prmgym.models.backend import close_policy, load_policy
 
     if reward not in ("airl", "outcome"):
         raise ValueError(f"reward must be 'airl' or 'outcome', got {reward!r}")
-    policy = load_policy(policy_dir, policy_config)
+    policy = load_policy(policy_dir, policy_config, device=device)
     cfg_kw = dict(num_generations=4, batch_size=16, max_new_tokens=24, max_steps=10, learning_rate=5e-5,
-                  num_iterations=2, rollout_workers=1, seed=seed,
+                  num_iterations=2, rollout_workers=1, seed=seed, dtype=dtype, device=device,
                   process_reward_weight=process_reward_weight if reward == "airl" else 0.0)
     cfg_kw.update(grpo_overrides)
     cfg = GRPOConfig(**cfg_kw)
@@ -73,7 +74,8 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
 
         # The quickstart's online discriminator trains at 1e-4, as the example AIRL-S configs do
         # (AIRL's learner default, 1e-5, is the offline rate that docs/rewards.md measured).
-        provider = AIRLRewardProvider.from_config(policy, {"learning_rate": ONLINE_AIRL_LR, **(airl_options or {})})
+        provider = AIRLRewardProvider.from_config(policy, {"learning_rate": ONLINE_AIRL_LR, "dtype": dtype,
+                                                           **(airl_options or {})})
     callbacks = [deadline_callback(seconds)] if seconds else []
     trainer = GRPOTrainer(policy, env_id, cfg, env_kwargs=dict(env_kwargs or {}), process_reward=provider,
                           run_dir=out_dir, callbacks=callbacks)
@@ -90,7 +92,8 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
 
 
 def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None,
-                      steps: int = 20, seed: int = 0, learning_rate: float | None = None, **cfg_overrides) -> str:
+                      steps: int = 20, seed: int = 0, learning_rate: float | None = None, dtype: str = "fp32",
+                      device: str | None = None, **cfg_overrides) -> str:
     """Train a PRM of ``kind`` (``orm``, ``mc``, ``implicit``, ``airl``, ...) offline from the
     policy in ``policy_dir`` (`prmgym.rewards.train`); ``learning_rate`` overrides the learner's
     default (its ``Options``), ``cfg_overrides`` the `PRMTrainConfig` fields.
@@ -99,8 +102,9 @@ def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, 
     from prmgym.models import TransformersPolicy
     from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
-    policy = TransformersPolicy.from_pretrained(policy_dir)
-    prm = build_prm(kind, policy_dir, **({} if learning_rate is None else {"learning_rate": learning_rate}))
+    policy = TransformersPolicy.from_pretrained(policy_dir, device=device)
+    prm = build_prm(kind, policy_dir, dtype=dtype, device=device,
+                    **({} if learning_rate is None else {"learning_rate": learning_rate}))
     kw = dict(kind=kind, steps=steps, tasks_per_step=8, rollouts_per_task=4, mc_rollouts=2, max_new_tokens=24,
               max_steps=10, seed=seed)
     kw.update(cfg_overrides)
@@ -116,7 +120,7 @@ def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, 
 
 def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None,
                       n_tasks: int = 16, iterations: int = 10, expansions: int = 4, steps: int = 40,
-                      seed: int = 0, max_trace_tokens: int = 160) -> dict:
+                      seed: int = 0, max_trace_tokens: int = 160, dtype: str = "fp32", device: str | None = None) -> dict:
     """ReST-RL: collection MCTS on training tasks (every completion verified) writes value
     targets; a value model is trained on them by MSE. Returns paths and counts."""
     from prmgym.logger import Logger
@@ -125,7 +129,7 @@ def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs:
     from prmgym.rewards.value import load_value_targets
     from prmgym.search.mcts import MCTS, collect_value_targets
 
-    policy = TransformersPolicy.from_pretrained(policy_dir)
+    policy = TransformersPolicy.from_pretrained(policy_dir, device=device)
     env = make_env(env_id, "train", env_kwargs)
     tasks = env.unwrapped.source.tasks("train", n_tasks, seed=seed + 101)
     planner = MCTS.collection(iterations=iterations, expansions=expansions, rollout_max_new_tokens=max_trace_tokens,
@@ -135,7 +139,7 @@ def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs:
     collect_value_targets(env, policy, tasks, targets_path, planner=planner)
     env.close()
     targets = load_value_targets(targets_path)
-    prm = build_prm("value", policy_dir)
+    prm = build_prm("value", policy_dir, dtype=dtype, device=device)
     cfg = PRMTrainConfig(kind="value", steps=steps, batch_size=32, seed=seed)
     with Logger(out_dir, formats=("jsonl", "tensorboard")) as log:
         OfflinePRMTrainer(prm, None, None, cfg, targets=targets, run_dir=out_dir, logger=log).train()
@@ -143,12 +147,13 @@ def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs:
             "prefixes": planner.high_value_prefixes(min_value=0.5, min_visits=2)}
 
 
-def load_scorer(path: str | None):
+def load_scorer(path: str | None, **knobs):
+    """The PRM in ``path`` (None for None); ``knobs``: ``dtype`` / ``device`` overrides."""
     if path is None:
         return None
     from prmgym.rewards import load_prm
 
-    return load_prm(path)
+    return load_prm(path, **knobs)
 
 
 @dataclass

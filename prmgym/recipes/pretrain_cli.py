@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-tasks", type=int, default=d.eval_tasks,
                         help="held-out tasks scored greedily after training (0 skips; default %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    from prmgym.config import add_precision_args
+
+    add_precision_args(parser)  # --dtype (part of the cache key unless fp32), --device (not part of it)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: fastest for this model size on a shared machine; 0 = torch default)")
     parser.add_argument("--force", action="store_true", help="retrain even if --out holds a model")
@@ -51,7 +53,16 @@ def run(args: argparse.Namespace) -> int:
         print("prmgym pretrain: --env-kwargs must be a JSON object", file=sys.stderr)
         return 2
     names = {f.name for f in fields(PretrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names and k not in ("env_id", "env_kwargs")}
+    values = {k: v for k, v in vars(args).items() if k in names and k not in ("env_id", "env_kwargs", "dtype")}
+    from prmgym.config import ConfigError
+    from prmgym.models.optim import resolve_precision
+
+    try:
+        dtype, device = resolve_precision(args.dtype, args.device)
+    except ConfigError as e:
+        print(f"prmgym pretrain: {e}", file=sys.stderr)
+        return 2
+    values["dtype"] = dtype
     try:
         config = PretrainConfig(env_id=args.env, env_kwargs=env_kwargs, **values)
     except ValueError as e:
@@ -65,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         cached = load_manifest(target).get("key") == config.cache_key()
     try:
         out = pretrain(args.env, args.out, config=config, force=args.force, progress=not args.no_progress,
-                       device=args.device, threads=args.threads or None)
+                       device=device, threads=args.threads or None)
     except (FileExistsError, ValueError) as e:
         print(f"prmgym pretrain: {e}", file=sys.stderr)
         return 2

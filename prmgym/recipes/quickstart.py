@@ -64,6 +64,8 @@ class QuickstartConfig:
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
     threads: int = 1  # torch intra-op threads (why one: docs/models.md, "--threads")
+    dtype: str = "fp32"  # compute precision of every stage (prmgym.models.optim; fp16 needs CUDA)
+    device: str = "auto"  # torch device of every stage: auto (cuda if visible) | cpu | cuda | cuda:N
     policy: dict = field(default_factory=dict)  # generation backend: prmgym.models.backend.PolicyConfig fields
 
     @classmethod
@@ -100,6 +102,10 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     from prmgym.logger import Logger
     from prmgym.recipes import pipeline as P
 
+    from prmgym.models.optim import autocast, resolve_precision
+
+    dtype, dev = resolve_precision(cfg.dtype, cfg.device)
+    knobs = {"dtype": dtype, "device": str(dev)}  # every stage's precision and place
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, int(cfg.threads)))
     os.makedirs(out, exist_ok=True)
@@ -122,7 +128,8 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         policy_dir = cfg.policy_dir
     else:
         t = stage(1, "policy", "tiny SFT policy (cached after the first run)")
-        policy_dir = P.tiny_policy_dir(cfg.env_id, cfg.env_kwargs, **{**tiny_layout(cfg.policy), **cfg.pretrain})
+        policy_dir = P.tiny_policy_dir(cfg.env_id, cfg.env_kwargs, device=dev,
+                                       **{**tiny_layout(cfg.policy), "dtype": dtype, **cfg.pretrain})
     stages["policy"] = time.perf_counter() - t
     info["sft_policy"] = policy_dir
     manifest = os.path.join(policy_dir, "manifest.json")
@@ -137,7 +144,8 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     try:
         g = P.train_grpo(policy_dir, cfg.env_id, os.path.join(out, "grpo_airl"), env_kwargs=cfg.env_kwargs,
                          reward="airl", steps=cfg.grpo_steps, seconds=cfg.grpo_seconds,
-                         process_reward_weight=cfg.process_reward_weight, seed=cfg.seed, policy_config=cfg.policy)
+                         process_reward_weight=cfg.process_reward_weight, seed=cfg.seed, policy_config=cfg.policy,
+                         **knobs)
         search_policy_dir, airl_dir = g["policy"], g["prm"]
         hist = g["history"]
         info["grpo"] = {"steps": g["steps"],
@@ -158,7 +166,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
                                                  env_kwargs=cfg.env_kwargs, steps=cfg.prm_steps,
                                                  tasks_per_step=cfg.prm_tasks_per_step,
                                                  rollouts_per_task=cfg.prm_rollouts, mc_rollouts=cfg.mc_rollouts,
-                                                 seed=cfg.seed)
+                                                 seed=cfg.seed, **knobs)
         except ImportError as e:
             absent[f"prm_{kind}"] = f"not available: {e}"
     stages["baseline_prms"] = time.perf_counter() - t
@@ -168,7 +176,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     try:
         v = P.train_value_model(search_policy_dir, cfg.env_id, os.path.join(out, "value_model"),
                                 env_kwargs=cfg.env_kwargs, n_tasks=cfg.value_tasks, iterations=cfg.value_iterations,
-                                steps=cfg.value_steps, seed=cfg.seed)
+                                steps=cfg.value_steps, seed=cfg.seed, **knobs)
         prm_dirs["value"] = v["prm"]
         info["value_targets"] = {"path": v["targets"], "n": v["n_targets"], "high_value_prefixes": len(v["prefixes"])}
         say(f"  {v['n_targets']} value targets, {len(v['prefixes'])} high-value partial states")
@@ -178,14 +186,15 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     # 5. compare -------------------------------------------------------------------------
     t = stage(5, "compare", f"{cfg.eval_tasks} held-out tasks x budgets {cfg.budgets} generated tokens per task")
-    policy = load_policy(search_policy_dir, cfg.policy)  # --backend: hf or a vLLM engine
-    scorers = {k: P.load_scorer(d) for k, d in prm_dirs.items()}
-    rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
-                              n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
-                              results_dir=os.path.join(out, "results"),
-                              on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
-                                                   f"accuracy {r['accuracy']:.3f}  (gen {r['mean_generated']:.0f}, "
-                                                   f"prm {r['mean_prm']:.0f} tokens/task)"))
+    policy = load_policy(search_policy_dir, cfg.policy, device=dev)  # --backend: hf or a vLLM engine
+    scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
+    with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
+        rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
+                                  n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
+                                  results_dir=os.path.join(out, "results"),
+                                  on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
+                                                       f"accuracy {r['accuracy']:.3f}  (gen {r['mean_generated']:.0f}, "
+                                                       f"prm {r['mean_prm']:.0f} tokens/task)"))
     close_policy(policy)
     absent.update(skipped)
     stages["compare"] = time.perf_counter() - t
@@ -248,7 +257,8 @@ def render_markdown(report: dict) -> str:
     cfg = report["config"]
     rows = report["rows"]
     out = ["# prmgym quickstart report", "",
-           f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}. "
+           f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}, "
+           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`. "
            f"Every method gets the same per-task limit on **generated policy tokens** (the columns); "
            "PRM tokens scored are counted and shown, not limited. ± is the binomial standard error "
            "over tasks (one seed); `benchmarks/seed_claims.py` repeats this over 3 seeds.", "",
@@ -322,6 +332,11 @@ def run(args) -> int:
     if args.threads < 1:
         raise ConfigError("--threads must be >= 1")
     cfg.threads = args.threads
+    from prmgym.models.optim import resolve_precision
+
+    cfg.dtype = args.dtype or cfg.dtype
+    cfg.device = args.device or cfg.device
+    resolve_precision(cfg.dtype, cfg.device)  # a bad --dtype / --device fails before any stage
     cfg.policy = asdict(policy_config_from_args(args))
     quickstart(cfg, args.out)
     return 0

@@ -45,7 +45,10 @@ class PretrainConfig:
     """Every argument that decides the trained model (the cache key is a hash of these).
 
     Attributes:
-        env_id: a registered prmgym environment whose tasks have ``expert_steps``.
+        env_id: a registered prmgym environment whose tasks have ``expert_steps``. In a tool
+            env (`prmgym.envs.tools.ToolEnv`, e.g. ``prmgym/ToolMath-v0``) the traces are
+            played in the env so that they hold the cells' outputs, and each step is one
+            example whose prompt holds the earlier outputs (never a training target).
         env_kwargs: extra `prmgym.envs.make` arguments (e.g. ``{"difficulty": 2}``).
         num_train_tasks: expert traces drawn from the train split (fewer -> lower held-out
             pass@1; a weaker knob than ``steps`` at the default budget). A source with fewer
@@ -61,6 +64,7 @@ class PretrainConfig:
         n_layer, n_embd, n_head, n_positions: GPT-2 size (defaults: ~0.4M parameters).
         eval_tasks: held-out test tasks scored (greedy) after training; 0 skips.
         seed: data, initialisation and batch order.
+        dtype: SFT compute precision, fp32 | bf16 | fp16 (autocast; `prmgym.models.optim`).
     """
 
     env_id: str = DEFAULT_ENV
@@ -77,6 +81,7 @@ class PretrainConfig:
     n_positions: int = 512
     eval_tasks: int = 200
     seed: int = 0
+    dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.num_train_tasks < 1:
@@ -87,9 +92,15 @@ class PretrainConfig:
             raise ValueError(f"corrupt_rate must be in [0, 1], got {self.corrupt_rate}")
         if self.eval_tasks < 0:
             raise ValueError(f"eval_tasks must be >= 0, got {self.eval_tasks}")
+        from prmgym.models.optim import dtype_name
+
+        self.dtype = dtype_name(self.dtype)
 
     def cache_key(self) -> str:
-        blob = json.dumps({"recipe": _RECIPE_VERSION, **asdict(self)}, sort_keys=True, default=str)
+        fields_ = asdict(self)
+        if fields_["dtype"] == "fp32":  # keys of fp32 models are those from before dtype existed
+            del fields_["dtype"]
+        blob = json.dumps({"recipe": _RECIPE_VERSION, **fields_}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -250,6 +261,7 @@ def _pretrain_locked(config, out_dir, key, manifest_path, force, progress, devic
 def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str, progress: bool, device) -> str:
     from prmgym.agents.sft import SFTConfig, SFTTrainer
     from prmgym.logger import Logger
+    from prmgym.models.optim import resolve_device
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     env = _make_env(config.env_id, "train", config.env_kwargs)
@@ -260,19 +272,26 @@ def _pretrain(config: PretrainConfig, out_dir: str, key: str, manifest_path: str
     # written without the at_most keyword is called as before.
     extra = {"at_most": True} if "at_most" in inspect.signature(u.source.tasks).parameters else {}
     tasks = u.source.tasks("train", config.num_train_tasks, seed=config.seed, **extra)
-    examples = expert_examples(tasks, delimiter, config.corrupt_rate, seed=config.seed)
+    from prmgym.envs.tools import ToolEnv, tool_examples
+
+    if isinstance(u, ToolEnv):  # tool traces: one pair per step, tool outputs on the prompt side only
+        if config.corrupt_rate:
+            raise ValueError("corrupt_rate applies to plain expert traces; a tool env's traces are replayed as they are (use corrupt_rate=0)")
+        examples = tool_examples(u, tasks)
+    else:
+        examples = expert_examples(tasks, delimiter, config.corrupt_rate, seed=config.seed)
     env.close()
     charset = sorted(set("".join(p + c for p, c in examples)))
     policy = random_tiny_policy(
         seed=config.seed, n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
-        n_positions=config.n_positions, charset="".join(charset), device=device,
+        n_positions=config.n_positions, charset="".join(charset), device=resolve_device(device),
     )
     n_params = sum(p.numel() for p in policy.model.parameters())
     hparams = {**asdict(config), "n_params": n_params, "n_examples": len(examples)}
     logger = Logger(os.path.join(out_dir, "logs"), formats=("jsonl", "tensorboard"), hparams=hparams)
     sft = SFTConfig(
         learning_rate=config.learning_rate, batch_size=config.batch_size, warmup_steps=config.warmup_steps,
-        lr_schedule="cosine", schedule_steps=config.steps, seed=config.seed, log_every=max(1, min(50, config.steps // 20)),
+        lr_schedule="cosine", schedule_steps=config.steps, seed=config.seed, dtype=config.dtype, log_every=max(1, min(50, config.steps // 20)),
     )
     try:
         with torch.random.fork_rng(devices=[]):

@@ -43,15 +43,24 @@ class RunConfig:
     eval_env_kwargs: dict = _f({"split": "test"}, "overrides of env_kwargs for held-out evaluation")
     model: str = _f("tiny", "'tiny' (pretrain the tiny character model for this env, cached) or a local HF model directory")
     model_kwargs: dict = _f({}, "for model: tiny, PretrainConfig overrides passed to prmgym.recipes.tiny.pretrain")
+    prompt_format: str = _f("plain", "how the policy (and a PRM built on it) reads observations: plain (the trace "
+                            "text) | chat (the tokenizer's chat template, for instruct models); see docs/models.md")
+    imports: list = _f([], "modules imported before the env is made (your register_reasoning_env calls); "
+                       "like `prmgym train --import MODULE`")
     reward: str = _f("none", "dense process reward: none | a name in prmgym.rewards.REWARDS (airl, repirl)")
     reward_config: dict = _f({}, "options of the process reward (see docs/rewards.md)")
     steps: int = _f(100, "trainer steps in total (a resumed run continues up to this)")
     run_dir: str = _f("runs/train", "where metrics.jsonl, tb/ (TensorBoard) and checkpoints/ go")
     eval_tasks: int = _f(64, "held-out tasks for pass@1 before and after training (0 = skip)")
-    device: str | None = _f(None, "torch device (default: cpu)")
+    device: str | None = _f("auto", "torch device of the policy, trainer and reward: auto (cuda if visible, else cpu) | cpu | "
+                             "cuda | cuda:N | mps (prmgym.models.optim.resolve_device)")
+    dtype: str = _f("fp32", "compute precision of the trainer's and reward's forward passes: fp32 | bf16 | fp16 "
+                            "(autocast; weights and AdamW state stay fp32; fp16 needs CUDA)")
     policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
                           "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
+    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers} "
+                           "(prmgym.cluster.DistributedConfig; docs/distributed.md)")
     logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
     wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
     lora: dict | None = _f(None, "LoRA adapters on the policy {r, alpha, dropout, target_modules} ({} = defaults; "
@@ -62,6 +71,14 @@ class RunConfig:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        from prmgym.models.formatting import check_prompt_format
+
+        check_prompt_format(self.prompt_format)
+        from prmgym.models.optim import check_device_name, dtype_name
+
+        self.dtype = dtype_name(self.dtype)
+        self.device = self.device or "auto"  # configs written before device had a default said null
+        check_device_name(self.device)
         from prmgym.logger import RUN_FORMATS
 
         bad = [f for f in self.logging if f not in RUN_FORMATS]
@@ -73,6 +90,12 @@ class RunConfig:
             from prmgym.models.lora import lora_config
 
             lora_config(self.lora)  # validates the section (errors name lora.KEY)
+        if self.distributed:
+            if self.algorithm == "sb3_ppo":
+                raise ValueError("distributed applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the section")
+            from prmgym.recipes.distributed import distributed_config
+
+            distributed_config(self.distributed)  # validates the section (errors name distributed.KEY)
 
     def policy_config(self):
         """The typed ``policy`` section (errors name the ``policy.`` key)."""
@@ -94,7 +117,21 @@ class RunConfig:
             section = apply_preset(self.trainer)  # trainer.preset: dapo | gspo | rloo | reinforce_pp
         except ValueError as e:
             raise ConfigError(f"trainer: {e}") from e
-        return from_dict(cls, section, where="trainer")
+        return from_dict(cls, self._with_knobs(cls, section), where="trainer")
+
+    def _with_knobs(self, cls: type, section: dict) -> dict:
+        """The trainer section with the run's ``dtype`` and ``device`` and, for a decaying
+        ``lr_schedule`` without ``schedule_steps``, the run's optimizer updates
+        (``steps x num_iterations x num_mini_batches``)."""
+        for key in ("dtype", "device"):
+            if key in section and section[key] != getattr(self, key):
+                raise ConfigError(f"trainer.{key}: set {key} at the top level of the run config (it also places the "
+                                  f"policy and the reward), e.g. {key}: {section[key]}")
+        section = {**section, "dtype": self.dtype, "device": self.device}
+        if section.get("lr_schedule", "constant") != "constant" and "schedule_steps" not in section:
+            per_step = section.get("num_iterations", cls.num_iterations) * section.get("num_mini_batches", cls.num_mini_batches)
+            section["schedule_steps"] = max(1, int(self.steps) * int(per_step))
+        return section
 
 
 def load_run_config(data: dict) -> RunConfig:
@@ -120,8 +157,14 @@ def check_names(cfg: RunConfig) -> None:
     import gymnasium as gym
 
     import prmgym  # noqa: F401  (registers the envs)
+    from prmgym.config import import_modules
 
-    if cfg.env not in gym.registry:
+    import_modules(cfg.imports, where="imports:")
+    env_id = cfg.env
+    if ":" in env_id:  # Gymnasium's module:id form: importing the module registers the id
+        module, env_id = env_id.split(":", 1)
+        import_modules([module], where=f"env {cfg.env!r}:")
+    if env_id not in gym.registry:
         ours = sorted(k for k in gym.registry if k.startswith("prmgym/"))
         raise ConfigError(
             f"unknown env {cfg.env!r}. Valid prmgym envs: {', '.join(ours) or '(none registered)'} "
@@ -171,7 +214,10 @@ def load_policy(cfg: RunConfig, progress: bool = False):
         path = pretrain(cfg.env, progress=progress, **{**backend.tiny_layout(pc), **cfg.model_kwargs})
     else:
         path = cfg.model
-    policy = backend.load_policy(path, pc, device=cfg.device)
+    from prmgym.models.optim import resolve_device
+
+    policy = backend.load_policy(path, pc, device=resolve_device(cfg.device),
+                                 prompt_format=cfg.prompt_format)
     if cfg.lora is not None:
         from prmgym.models.lora import apply_lora, lora_config
 
@@ -188,7 +234,10 @@ def build_reward(cfg: RunConfig, policy: Any):
     from prmgym.rewards import REWARDS
 
     try:
-        return REWARDS[cfg.reward](policy, dict(cfg.reward_config))
+        options = dict(cfg.reward_config)
+        if cfg.dtype != "fp32":  # the reward's PRM runs in the run's precision unless its section says otherwise
+            options.setdefault("dtype", cfg.dtype)
+        return REWARDS[cfg.reward](policy, options)
     except ConfigError as e:
         raise ConfigError(f"reward_config: {e}") from None
     except (TypeError, ValueError) as e:  # the reward's own check of its options
@@ -205,7 +254,9 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy) if reward == "build" else reward
-    env_kwargs = {"split": "train", **cfg.env_kwargs}
+    from prmgym.recipes.distributed import with_ray_sandbox
+
+    env_kwargs = with_ray_sandbox(cfg.distributed, cfg.env, {"split": "train", **cfg.env_kwargs})
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
     from prmgym.agents.grpo import _env_factory
 

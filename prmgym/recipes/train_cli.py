@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 
-from prmgym.config import ConfigError, add_set_arg
+from prmgym.config import ConfigError, add_precision_args, add_set_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "if it stopped before its first one)")
     parser.add_argument("--overwrite", action="store_true", help="with --config: replace the run already in run_dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--list-keys", action="store_true", help="print every config key (run and trainer "
+                        "sections) with its default and help text, then exit")
+    add_precision_args(parser)  # --dtype, --device: the run config's dtype / device
 
 
 def resolve_config(args: argparse.Namespace):
@@ -62,12 +65,49 @@ def resolve_config(args: argparse.Namespace):
         data = apply_overrides(load_yaml(args.config), args.overrides)
     else:
         raise ConfigError("pass --config FILE (e.g. examples/configs/grpo_chain.yaml) or --resume RUN_DIR")
+    if getattr(args, "imports", None):  # recorded in config.yaml, so --resume imports them again
+        data["imports"] = list(dict.fromkeys([*(data.get("imports") or []), *args.imports]))
+    for key in ("dtype", "device"):  # the flags win over the config (a run may resume on another device)
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
     cfg = load_run_config(data)
     check_names(cfg)
     return cfg
 
 
+def list_keys() -> str:
+    """Every key of a run config and of its ``trainer:`` section, with default and help."""
+    import dataclasses
+
+    from prmgym.agents.grpo import GRPOConfig
+    from prmgym.agents.rest_grpo import ReSTGRPOConfig
+    from prmgym.models.backend import PolicyConfig
+    from prmgym.models.lora import LoRAConfig
+    from prmgym.recipes.train import RunConfig
+
+    def rows(cls, prefix: str, skip=()) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            out.append(f"  {prefix}{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+        return out
+
+    grpo = {f.name for f in dataclasses.fields(GRPOConfig)}
+    lines = ["run config keys (YAML top level; --set KEY=VALUE):", *rows(RunConfig, ""),
+             "", "trainer keys (trainer: section, GRPOConfig; --set trainer.KEY=VALUE):", *rows(GRPOConfig, "trainer."),
+             "", "extra trainer keys for algorithm: rest_grpo (ReSTGRPOConfig):", *rows(ReSTGRPOConfig, "trainer.", grpo),
+             "", "policy: section keys (PolicyConfig, the generation backend):", *rows(PolicyConfig, "policy."),
+             "", "lora: section keys (LoRAConfig):", *rows(LoRAConfig, "lora.")]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.list_keys:
+        print(list_keys())
+        return 0
     cfg = resolve_config(args)
     return train_from_config(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
 

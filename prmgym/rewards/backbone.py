@@ -36,6 +36,7 @@ from torch import nn
 
 from prmgym.checkpoints import TRAINER_STATE  # noqa: F401  (the PRM's optimiser/RNG state file, one name project-wide)
 from prmgym.envs.trace import DEFAULT_DELIMITER
+from prmgym.models import lora
 from prmgym.models.formatting import ObservationFormatter, encode_text  # noqa: F401  (encode_text re-exported)
 
 PRM_CONFIG = "prm_config.json"
@@ -111,10 +112,15 @@ class LMScalarHead(nn.Module):
         self.batch_size = int(batch_size)
         self.pad_token_id = 0
 
+    #: the PEFT adapter this head reads through (None: no LoRA); set by `ScalarHeadPRM`
+    adapter: str | None = None
+
     @property
     def body(self) -> nn.Module:
-        """The transformer without its LM head (``model.base_model`` for HF causal LMs)."""
-        return getattr(self.model, "base_model", self.model)
+        """The transformer without its LM head (``model.base_model`` for HF causal LMs; inside a
+        PEFT model, whose adapter layers it keeps)."""
+        inner = lora.base_model(self.model)
+        return getattr(inner, "base_model", inner)
 
     def _windows(self, ids: list[int], pos: list[int]) -> list[tuple[list[int], list[int], list[int]]]:
         """(row ids, positions in the row, indices into ``pos``) covering every position."""
@@ -152,7 +158,8 @@ class LMScalarHead(nn.Module):
             for k, (_, wids, _, _) in enumerate(chunk):
                 input_ids[k, : len(wids)] = torch.tensor(wids, dtype=torch.long, device=device)
                 mask[k, : len(wids)] = 1
-            hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state.float()  # (B, T, H), fp32 under autocast too
+            with lora.adapter_active(self.model, self.adapter):
+                hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state.float()  # (B, T, H), fp32 under autocast too
             for k, (i, _, wpos, idx) in enumerate(chunk):
                 parts[i].append((idx, hidden[k, torch.tensor(wpos, dtype=torch.long, device=device)]))
         for i, plist in enumerate(parts):
@@ -199,7 +206,8 @@ class LMScalarHead(nn.Module):
             for k, i in enumerate(chunk):
                 ids[k, : len(id_rows[i])] = torch.tensor(list(id_rows[i]), dtype=torch.long, device=device)
                 mask[k, : len(id_rows[i])] = 1
-            res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            with lora.adapter_active(self.model, self.adapter):
+                res = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
             hidden = res.hidden_states[-1].float()  # (B, T, H) final (normed) hidden state
             lp = torch.log_softmax(res.logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
             for k, i in enumerate(chunk):
@@ -211,6 +219,38 @@ class LMScalarHead(nn.Module):
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Head outputs at ``positions``: ``list[(len(positions[i]), n_outputs)]``."""
         return [self.head(h).float() for h in self.hidden_at(id_rows, positions)]  # fp32 under autocast too
+
+
+    def trainable(self) -> list[nn.Parameter]:
+        """With an adapter: the head's and the adapter's parameters (never a shared model's other
+        adapters or frozen base); else every parameter."""
+        if self.adapter is None:
+            return list(self.parameters())
+        return list(self.head.parameters()) + lora.adapter_parameters(self.model, self.adapter)
+
+    def save_backbone(self, path: str, tokenizer: Any) -> None:
+        """``path/backbone`` (``save_pretrained``; with an adapter the frozen base only) and, with
+        an adapter, ``path/adapter`` in PEFT's format."""
+        bb = os.path.join(path, BACKBONE_DIR)
+        if self.adapter is None:
+            self.model.save_pretrained(bb)
+        else:
+            lora.save_base(self.model, bb)
+            lora.save_adapter(self.model, os.path.join(path, lora.ADAPTER_DIR), self.adapter)
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(bb)
+
+    def load_weights_from(self, other: "LMScalarHead") -> None:
+        """Copy ``other``'s trained weights (head; with an adapter only the adapter, so a model
+        shared with a policy keeps the policy's weights)."""
+        if self.adapter is None:
+            self.load_state_dict(other.state_dict())
+            return
+        self.head.load_state_dict(other.head.state_dict())
+        with torch.no_grad():
+            for mine, theirs in zip(lora.adapter_parameters(self.model, self.adapter),
+                                    lora.adapter_parameters(other.model, other.adapter)):
+                mine.copy_(theirs)
 
 
 # ----------------------------------------------------------------------------------------
@@ -225,8 +265,8 @@ def load_causal_lm(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no model directory at {path!r}: pass a directory written by save_pretrained")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json)")
+    if not os.path.exists(os.path.join(path, "config.json")) and not lora.is_adapter_dir(path):
+        raise ValueError(f"{path!r} is not a Hugging Face model directory (no config.json) nor a LoRA adapter directory")
     try:
         from prmgym.models import TransformersPolicy  # type: ignore[attr-defined]
     except ImportError:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from prmgym.config import ConfigError, add_env_arg, add_set_arg, apply_overrides
+from prmgym.config import ConfigError, add_env_arg, add_precision_args, add_set_arg, apply_overrides
 
 #: flags that set a `TrainPRMRun` field of the same name (None = not given)
-_FLAGS = ("kind", "policy", "env", "out", "backbone", "targets", "steps", "seed")
+_FLAGS = ("kind", "policy", "env", "out", "backbone", "targets", "steps", "seed", "dtype", "device", "prompt_format")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="PRM updates (total, counting resumed ones)")
     p.add_argument("--seed", type=int, default=None, help="data and initialisation seed")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no stdout metric tables")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default=None,
+                   help="how policy and PRM read traces: plain text or the tokenizer's chat template (default: plain)")
+    p.add_argument("--quiet", action="store_true", help="no stdout metric tables and no progress bar")
+    add_precision_args(p)
 
 
 def resolve_run(args: argparse.Namespace):
@@ -59,7 +62,17 @@ def resolve_run(args: argparse.Namespace):
     for name, flag in (("kind", "--kind"), ("policy", "--policy DIR"), ("out", "--out DIR")):
         if data.get(name) in (None, ""):
             raise ConfigError(f"train-prm needs {name}: pass {flag} or set {name}: in the --config YAML")
+    if getattr(args, "imports", None):
+        data["imports"] = list(dict.fromkeys([*(data.get("imports") or []), *args.imports]))
     run = from_dict(TrainPRMRun, data)
+    from prmgym.config import import_modules
+    from prmgym.models.formatting import check_prompt_format
+
+    import_modules(run.imports, where="imports:")
+    try:
+        check_prompt_format(run.prompt_format)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cls = PRM_CLASSES[run.kind]
     if cls.data_source == "env" and not run.env:
         raise ConfigError(f"--env is required for --kind {run.kind} (it trains from policy rollouts)")
@@ -69,6 +82,9 @@ def resolve_run(args: argparse.Namespace):
     stray = sorted(f for f in data if f in others and f not in cls.recipe_fields)
     if stray:
         raise ConfigError(f"{', '.join(stray)} only apply to kind {others[stray[0]]}, not {run.kind}; leave them out")
+    from prmgym.models.optim import resolve_precision
+
+    resolve_precision(run.prm.get("dtype", run.dtype), run.device)  # a bad --dtype / --device fails before any loading
     return run, cls, parse_options(cls, dict(run.prm), "prm")
 
 
@@ -89,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     from prmgym.models import TransformersPolicy
 
-    policy = TransformersPolicy.from_pretrained(cfg.policy)
+    from prmgym.models.optim import autocast, resolve_precision
+
+    dtype, device = resolve_precision(cfg.dtype, cfg.device)
+    policy = TransformersPolicy.from_pretrained(cfg.policy, device=device, prompt_format=cfg.prompt_format)
+    knobs = {"dtype": cfg.prm.get("dtype", dtype), "device": str(device)}  # the PRM's precision and place
     targets = None
     if cls.data_source == "targets":
         from prmgym.rewards.value import load_value_targets
@@ -114,18 +134,19 @@ def run(args: argparse.Namespace) -> int:
         delimiter = getattr(probe.unwrapped, "delimiter", "\n")
         probe.close()
     if args.resume:
-        prm = load_prm(ckpt, resume=True)
+        prm = load_prm(ckpt, resume=True, **knobs)
         if prm.kind != cfg.kind:
             raise ConfigError(f"{ckpt} holds a {prm.kind!r} PRM, not {cfg.kind!r}")
         print(f"resuming {prm.kind} PRM from {ckpt} at update {prm.updates}")
     else:
         opts = {k: v for k, v in dataclasses.asdict(options).items() if k in cfg.prm}  # the ones set
-        prm = build_prm(cfg.kind, cfg.backbone or policy, **{"delimiter": delimiter, **opts})
+        prm = build_prm(cfg.kind, cfg.backbone or policy, **{"delimiter": delimiter, "prompt_format": cfg.prompt_format, **opts, **knobs})
     formats = ("jsonl", "tensorboard") if cfg.quiet else ("stdout", "jsonl", "tensorboard")
     logger = Logger(cfg.out, formats=formats, hparams={**to_dict(cfg), "prm": prm.config()})
     trainer = OfflinePRMTrainer(prm, policy, env_fn, cfg.train_config(), targets=targets, run_dir=cfg.out, logger=logger)
     try:
-        trainer.train()
+        with autocast(dtype, device):  # the policy's rollouts too
+            trainer.train(progress=not cfg.quiet)
     finally:
         trainer.close()
         logger.close()

@@ -69,8 +69,23 @@ def _trace(t: Trajectory) -> Trace:
                  task=t.task, prefix_len=k)
 
 
+def template_of(source: Any) -> Any:
+    """The env's `PromptTemplate` behind ``source``: an env (or pool of envs), or trajectories
+    (their first observation); None without one. Log-probs of steps are computed in the context
+    the policy sampled them in, template included."""
+    if hasattr(source, "get") and hasattr(source, "envs"):  # an EnvPool
+        source = source.get(1)[0]
+    u = getattr(source, "unwrapped", None)
+    if u is not None:
+        return getattr(u, "prompt_template", None)
+    for t in source or ():
+        for o in getattr(t, "step_observations", None) or ():
+            return getattr(o, "template", None)
+    return None
+
+
 def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter: str = "\n", seed: int = 0,
-                     temperature: float = 1.0, max_new_tokens: int = 32) -> list[Trace]:
+                     temperature: float = 1.0, max_new_tokens: int = 32, template: Any = None) -> list[Trace]:
     """At every prefix of every trace (before step 0, ..., before its last step), ``k`` next
     steps sampled from ``policy``: one `Trace` per sample, ``steps = prefix + [sample]``,
     ``prefix_len = len(prefix)`` (the prefix is context: its log-probs are left at 0), the
@@ -86,7 +101,7 @@ def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter
     where = [(tr, i) for tr in traces for i in range(len(tr.steps))]
     if not where:
         return []
-    obs = [render_trace(tr.prompt, list(tr.steps[:i]), delimiter) for tr, i in where]
+    obs = [render_trace(tr.prompt, list(tr.steps[:i]), delimiter, template) for tr, i in where]
     props = policy.propose(obs, n=k, stop=delimiter, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     out = []
     for (tr, i), group in zip(where, props):
@@ -97,13 +112,17 @@ def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter
 
 
 def fill_logprobs(policy: Any, prompts: Sequence[str], step_lists: Sequence[Sequence[str]],
-                  delimiter: str = "\n", batch_size: int = 64) -> tuple[list[list[float]], list[list[int]]]:
-    """log π(step + delimiter | observation) (summed) and token counts for every step."""
+                  delimiter: str = "\n", batch_size: int = 64, template: Any = None) -> tuple[list[list[float]], list[list[int]]]:
+    """log π(step + delimiter | observation) (summed) and token counts for every step (the
+    observation rendered with the env's ``template``, as the policy saw it). Of a tool step
+    (`prmgym.envs.tools`) only the cell counts: its output was not generated."""
+    from prmgym.envs.tools import split_tool_step
+
     obs, cont, where = [], [], []
     for i, (p, steps) in enumerate(zip(prompts, step_lists)):
         for j, s in enumerate(steps):
-            obs.append(render_trace(p, steps[:j], delimiter))
-            cont.append(s + delimiter)
+            obs.append(render_trace(p, steps[:j], delimiter, template))
+            cont.append(split_tool_step(s)[0] + delimiter)
             where.append((i, j))
     lps = [[0.0] * len(s) for s in step_lists]
     nts = [[0] * len(s) for s in step_lists]
@@ -116,7 +135,7 @@ def fill_logprobs(policy: Any, prompts: Sequence[str], step_lists: Sequence[Sequ
 
 
 def traces_to_batch(positives: Sequence[Trace], negatives: Sequence[Trace], policy: Any = None,
-                    delimiter: str = "\n", context_prefixes: bool = False) -> PRMBatch:
+                    delimiter: str = "\n", context_prefixes: bool = False, template: Any = None) -> PRMBatch:
     """Label-1 / label-0 batch; missing log-probs are computed with ``policy``.
 
     A trace's replayed prefix (``prefix_len`` steps) is normally part of the trace and its
@@ -129,7 +148,8 @@ def traces_to_batch(positives: Sequence[Trace], negatives: Sequence[Trace], poli
     need = [i for i, t in enumerate(traces)
             if t.step_logprobs is None or (t.prefix_len and policy is not None and not context_prefixes)]
     if need and policy is not None:
-        lp, nt = fill_logprobs(policy, [traces[i].prompt for i in need], [traces[i].steps for i in need], delimiter)
+        lp, nt = fill_logprobs(policy, [traces[i].prompt for i in need], [traces[i].steps for i in need], delimiter,
+                               template=template)
         for i, a, b in zip(need, lp, nt):
             lps[i], nts[i] = a, b
     have = all(x is not None for x in lps)

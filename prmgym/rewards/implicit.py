@@ -59,6 +59,9 @@ class ImplicitPRM(ScalarHeadPRM):
     validation = "outcome_sum"
 
     def __init__(self, model, tokenizer, *, reference=None, **options) -> None:
+        if options.get("lora") is not None or options.get("share_backbone"):
+            raise ValueError("the implicit PRM trains the whole LM against a frozen copy; lora and share_backbone "
+                             "are not supported for it yet (drop them, or use airl / repirl / orm with lora)")
         super().__init__(model, tokenizer, **options)
         self.beta = float(self.options.beta)
         self.score_mode = self.options.score

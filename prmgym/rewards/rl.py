@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from prmgym.rewards.airl import AIRLPRM
-from prmgym.rewards.data import Trace, expert_traces, traces_to_batch
+from prmgym.rewards.data import Trace, expert_traces, template_of, traces_to_batch
 from prmgym.rewards.repirl import RePIRLPRM
 
 
@@ -106,7 +106,7 @@ class _OnlineProvider:
         if not pos or not neg:
             out["skipped"] = 1.0
             return out
-        batch = traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter)
+        batch = traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, template=template_of(trajectories))
         metrics: dict = {}
         for _ in range(self.updates_per_step):
             metrics = self.prm.update(batch)
@@ -143,7 +143,7 @@ class AIRLRewardProvider(_OnlineProvider):
                 return rows
         from prmgym.rewards.data import fill_logprobs
 
-        lp, nt = fill_logprobs(self.policy, prompts, step_lists, self.delimiter)
+        lp, nt = fill_logprobs(self.policy, prompts, step_lists, self.delimiter, template=template_of(trajectories))
         rows = self._clip(self.prm.step_rewards(list(prompts), [list(s) for s in step_lists], lp, nt))
         self._record(rows)
         return rows

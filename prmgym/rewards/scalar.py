@@ -31,6 +31,8 @@ import torch
 from prmgym.config import ConfigError, from_dict, help_field, to_dict
 from prmgym.envs.trace import DEFAULT_DELIMITER
 from prmgym.models.formatting import check_prompt_format
+from prmgym.models.lora import ADAPTER_DIR, load_adapter, private_copy
+from prmgym.models.lora import prm_adapter as lora_prm_adapter
 from prmgym.rewards.backbone import (
     BACKBONE_DIR,
     HEAD_FILE,
@@ -74,6 +76,10 @@ class PRMOptions(OptimKnobs):
     squash: bool = help_field(True, "pass search scores through a sigmoid (scores in [0, 1])")
     cache: bool = help_field(True, "prefix cache of step scores (cleared by every update)")
     delimiter: str = help_field(DEFAULT_DELIMITER, "step delimiter of the traces (env.unwrapped.delimiter)")
+    lora: dict | None = help_field(None, "LoRA adapter on the backbone {r, alpha, dropout, target_modules} "
+                                   "instead of training all of it (null = no LoRA); see prmgym.models.lora")
+    share_backbone: bool = help_field(False, "with lora, on a LoRA policy: put this PRM's adapter on the policy's "
+                                      "own model (one frozen base for both) instead of a copy of the whole LM")
     prompt_format: str = help_field("plain", "how traces are tokenised: plain (the trace text) | chat (the "
                                     "tokenizer's chat template; a PRM built on a policy takes the policy's)")
 
@@ -298,8 +304,10 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         self.learning_rate = float(o.learning_rate)
         self.weight_decay = float(o.weight_decay)
         self.train_backbone = bool(o.train_backbone)
+        model, adapter = lora_prm_adapter(model, o.lora, o.share_backbone)
         device = prepare_model(model, o)  # device, gradient checkpointing (prmgym.models.optim)
         self.net = LMScalarHead(model, n_outputs=self.n_outputs, batch_size=o.batch_size).to(device)
+        self.net.adapter = adapter
         self.net.pad_token_id = pad_id(tokenizer)
         self.lm_feature = getattr(o, "lm_feature", "none")
         if self.lm_feature != "none":  # the head reads [hidden, LM feature]: zero but the feature's weight
@@ -318,17 +326,17 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """A fresh PRM (new random head) on a causal LM directory, a policy or a model.
 
         ``copy=True`` deep-copies an in-memory model so training the PRM never touches the
-        policy it came from. Without a ``prompt_format`` option, a PRM built on a policy takes
+        policy it came from; ``share_backbone=True`` (with ``lora``) shares a LoRA policy's
+        model instead, the PRM training only its own adapter and head. Without a ``prompt_format`` option, a PRM built on a policy takes
         the policy's (``policy.formatter.mode``), so both read the same token ids.
         """
         fmt = getattr(source, "formatter", None)
         if "prompt_format" not in kwargs and fmt is not None:
             kwargs["prompt_format"] = fmt.mode
         model, tok = resolve_backbone(source, tokenizer)
-        if copy and not isinstance(source, (str, os.PathLike)):
-            import copy as _copy
-
-            model = _copy.deepcopy(model)
+        loaded = isinstance(source, (str, os.PathLike))  # loaded just for this PRM: its own already
+        if (copy or loaded) and not kwargs.get("share_backbone"):
+            model = private_copy(model, copy=not loaded)  # a LoRA policy's adapter is merged in
         return cls(model, tok, **kwargs)
 
     @classmethod
@@ -348,7 +356,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     # -- reading the head ----------------------------------------------------------------------
     def parameters(self):
         if self.train_backbone:
-            return list(self.net.parameters())
+            return self.net.trainable() + (list(self._extra_parameters()) if self.net.adapter else [])
         return list(self.net.head.parameters()) + list(self._extra_parameters())
 
     def _extra_parameters(self):
@@ -489,10 +497,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         """Write the PRM directory (see the module docstring); returns the path."""
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        bb = os.path.join(path, BACKBONE_DIR)
-        self.net.model.save_pretrained(bb)
-        if hasattr(self.tokenizer, "save_pretrained"):
-            self.tokenizer.save_pretrained(bb)
+        self.net.save_backbone(path, self.tokenizer)
         torch.save({"head": self.net.head.state_dict(), "extra": self._extra_state()}, os.path.join(path, HEAD_FILE))
         with open(os.path.join(path, PRM_CONFIG), "w") as f:
             json.dump({"kind": self.kind, "format_version": 1, **self.config()}, f, indent=2)
@@ -521,10 +526,11 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if isinstance(owner, type):
             return owner._load_new(path, tokenizer=tokenizer, resume=resume, **overrides)
         other = type(owner)._load_new(path, tokenizer=tokenizer or owner.tokenizer, resume=True)
-        owner.net.load_state_dict(other.net.state_dict())
+        owner.net.load_weights_from(other.net)
         owner._load_extra_state(other._extra_state())
         owner.updates, owner.tokens_trained = other.updates, other.tokens_trained
-        kept = {"learning_rate", "cache", "batch_size", "delimiter", "prompt_format", "device", "dtype"}  # the instance's own settings win
+        kept = {"learning_rate", "cache", "batch_size", "delimiter", "prompt_format", "device", "dtype",
+                "lora", "share_backbone"}  # the instance's own settings win
         owner.options = replace(owner.options, **{f.name: getattr(other.options, f.name)
                                                   for f in fields(owner.options) if f.name not in kept})
         for k in ("aggregation", "squash", "weight_decay", "train_backbone"):
@@ -559,7 +565,10 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if "lm_feature" in {f.name for f in fields(target.Options)}:
             cfg.setdefault("lm_feature", "none")  # saved before the option existed: a head without the feature
         cfg.update(overrides)
+        cfg["share_backbone"] = False  # loaded on its own: its backbone directory is its own
         prm = target(model, tokenizer or tok, **cfg)
+        if prm.net.adapter is not None:
+            load_adapter(prm.net.model, os.path.join(os.fspath(path), ADAPTER_DIR), prm.net.adapter)
         state = torch.load(head_path, map_location="cpu", weights_only=False)
         prm.net.head.load_state_dict(state["head"])
         prm._load_extra_state(state.get("extra", {}))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from prmgym.config import help_field
-from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout, traces_to_batch
+from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout, template_of, traces_to_batch
 from prmgym.rewards.scalar import PRM_CLASSES, MissingClassError, PRMBatch, ScalarHeadPRM
 
 CHECKPOINT = "checkpoint"
@@ -97,7 +97,15 @@ class TrainPRMRun(PRMTrainConfig):
     targets: str | None = _f(None, "value-targets JSONL (kinds trained from targets: value; docs/rewards.md)")
     prm: dict = _f({}, "the kind's learner options (its Options dataclass, e.g. learning_rate, train_backbone, "
                       "search_score); unset ones take the learner's defaults")
-    quiet: bool = _f(False, "no stdout metric tables")
+    quiet: bool = _f(False, "no stdout metric tables and no progress bar")
+    prompt_format: str = _f("plain", "how the policy and the PRM read traces: plain | chat (the tokenizer's chat "
+                            "template; docs/models.md)")
+    imports: list = _f([], "modules imported before the env is made (your register_reasoning_env calls), "
+                       "like --import MODULE")
+    device: str = _f("auto", "torch device of the policy and the PRM: auto (cuda if visible, else cpu) | cpu | cuda | "
+                             "cuda:N | mps")
+    dtype: str = _f("fp32", "compute precision of the PRM's and the policy's forward passes: fp32 | bf16 | fp16 "
+                            "(autocast; weights stay fp32; fp16 needs CUDA); prm.dtype, if set, wins for the PRM")
     # held-out early stopping is on for train-prm (off in PRMTrainConfig, i.e. for the Python API and recipes)
     eval_every: int = _f(10, "held-out evaluation of the kind's own objective every K updates and before the first "
                              "(prmgym.rewards.heldout; logged as prm/heldout/*): the saved PRM is the best one seen. "
@@ -108,6 +116,10 @@ class TrainPRMRun(PRMTrainConfig):
         if not self.eval_every:
             self.patience = 0  # eval_every=0 turns the held-out evaluation off, early stopping with it
         super().__post_init__()
+        from prmgym.models.optim import check_device_name, dtype_name
+
+        self.dtype = dtype_name(self.dtype)
+        check_device_name(self.device)
 
     def train_config(self) -> PRMTrainConfig:
         """The `PRMTrainConfig` part."""
@@ -153,6 +165,7 @@ class PRMData:
         """``k`` policy steps proposed at every prefix of every expert trace (the prefix as context)."""
         cfg = self.config
         props = prefix_proposals(self.policy, experts, k=k, delimiter=self.delimiter, seed=cfg.seed * 10_007 + step,
+                                 template=template_of(self.pool),
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.stats["prefix_proposals"] = self.stats.get("prefix_proposals", 0) + len(props)
         return props
@@ -168,7 +181,8 @@ class PRMData:
 
     def contrast_batch(self, pos: list, neg: list, context_prefixes: bool = False) -> PRMBatch:
         """Positives (1) vs negatives (0) with the policy's step log-probs (`traces_to_batch`)."""
-        return traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, context_prefixes=context_prefixes)
+        return traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, context_prefixes=context_prefixes,
+                               template=template_of(self.pool))
 
     def outcome_batch(self, step: int) -> PRMBatch:
         """The step's expert solutions (1) and policy rollouts labelled by verified correctness."""
@@ -240,16 +254,27 @@ class OfflinePRMTrainer:
             metrics["positive_frac"] = float(sum(k for k, y in zip(n, batch.labels) if y >= 0.5) / max(1, sum(n)))
         return metrics
 
-    def train(self, n_steps: int | None = None) -> list[dict]:
+    def train(self, n_steps: int | None = None, progress: bool = False) -> list[dict]:
         """Run updates up to `PRMTrainConfig.steps` (or ``n_steps`` more); returns their metrics.
 
         With ``eval_every`` the held-out score is measured before the first update and every
         ``eval_every`` updates; the PRM that scored best is the one left in ``self.prm`` and saved
         to ``run_dir`` (``checkpoint/`` keeps the last state, for resuming), and ``patience``
         evaluations without a new best stop the run. ``self.summary`` (also
-        ``run_dir/summary.json``) says which update won and why training stopped."""
+        ``run_dir/summary.json``) says which update won and why training stopped. ``progress``
+        shows a tqdm bar (updates, ETA) when stderr is a terminal."""
+        from prmgym.logger import progress_bar
+
         cfg = self.config
         target = cfg.steps if n_steps is None else self.num_steps + n_steps
+        bar = progress_bar(target, f"train-prm {self.prm.kind}", unit="update", enabled=progress, initial=self.num_steps)
+        try:
+            return self._train(cfg, target, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _train(self, cfg: Any, target: int, bar: Any) -> list[dict]:
         history: list[dict] = []
         self.summary = {"kind": self.prm.kind, "start_update": self.num_steps, "stopped_early": False}
         if cfg.eval_every:
@@ -257,6 +282,10 @@ class OfflinePRMTrainer:
         while self.num_steps < target:
             m = self.step()
             history.append(m)
+            if bar is not None:
+                bar.update(1)
+                if "loss" in m:
+                    bar.set_postfix(loss=f"{m['loss']:.4f}")
             stop = False
             if cfg.eval_every and (self.num_steps % cfg.eval_every == 0 or self.num_steps == target):
                 ev, stop = self._evaluate()

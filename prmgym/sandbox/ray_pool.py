@@ -81,13 +81,15 @@ class RaySandbox(Sandbox):
             (small chunks balance the load and bound what a dead actor takes down with it).
         max_restarts: how many replacement actors the pool starts over its lifetime before a
             failure is reported as an error instead of being retried.
+        start_timeout_s: how long the actors may take to start (a pool asking for more CPUs than
+            the cluster has free fails after this, naming the numbers, instead of waiting forever).
 
     Results keep the order of the jobs. `close()` kills the actors (the Ray runtime stays up).
     """
 
     def __init__(self, workers_per_node: int = 1, *, nodes: int | None = None, backend: str = "local",
                  sandbox_options: dict | None = None, num_cpus: float = 1.0, chunk_size: int | None = None,
-                 max_restarts: int = 16):
+                 max_restarts: int = 16, start_timeout_s: float = 120.0):
         if workers_per_node < 1:
             raise ValueError(f"workers_per_node must be >= 1, got {workers_per_node}")
         if nodes is not None and nodes < 1:
@@ -119,8 +121,16 @@ class RaySandbox(Sandbox):
             for node in self.node_ids:
                 for _ in range(workers_per_node):
                     self._start_actor(node)
-            # fail here, not in the first batch, when an actor cannot build its sandbox
-            ray.get([a.node_id.remote() for a in self._actors])
+            # fail here, not in the first batch, when an actor cannot build its sandbox or be placed
+            ready, pending = ray.wait([a.node_id.remote() for a in self._actors], num_returns=len(self._actors),
+                                      timeout=start_timeout_s)
+            if pending:
+                raise RuntimeError(
+                    f"RaySandbox: {len(pending)} of {len(self._actors)} actors did not start within {start_timeout_s:.0f} s. "
+                    f"Each reserves num_cpus={self.num_cpus:g}; the cluster has {ray.cluster_resources().get('CPU', 0):g} "
+                    f"CPUs, {ray.available_resources().get('CPU', 0):g} free. Lower workers_per_node or num_cpus, "
+                    "close other pools, or add nodes")
+            ray.get(ready)
         except BaseException:
             self.close()
             raise

@@ -26,8 +26,8 @@ from prmgym.search.evaluate import evaluate_planner, make_planner, needs_scorer,
 #: what a search writes into --out (all of it is replaced by --overwrite, nothing else is touched)
 OUTPUTS = ("search.json", "results.jsonl", "summary.json", "metrics.jsonl", "hparams.json", "tb")
 #: settings that must match for --resume (the rest, e.g. --quiet, may change)
-RESUME_KEYS = ("planner", "policy", "prm", "env", "env_arg", "split", "n_tasks", "budget", "n", "beam_width",
-               "expansions", "iterations", "max_depth", "aggregation", "temperature", "seed")
+RESUME_KEYS = ("planner", "policy", "prm", "env", "env_arg", "split", "n_tasks", "budget", "n", "beam_width", "dtype",
+               "expansions", "iterations", "max_depth", "aggregation", "temperature", "seed", "prompt_format")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,13 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregation", default="last", choices=AGGREGATIONS, help="PRM aggregation of step scores")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    add_backend_arg(p)  # --backend hf|vllm and the vLLM engine options (prmgym.models.backend)
+    add_backend_arg(p)  # --backend hf|vllm, the vLLM engine options, and --dtype / --device (prmgym.models.backend)
     p.add_argument("--out", default=None, help="output directory (default: runs/search-<planner>-<time>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the search in --out: skip the tasks already "
                        "in its results.jsonl (the settings must be the same)")
     again.add_argument("--overwrite", action="store_true", help="replace the search already in --out")
-    p.add_argument("--quiet", action="store_true", help="no per-task lines")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
+                   help="how the policy reads observations: plain text or its tokenizer's chat template (docs/models.md)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (on a terminal) or per-task lines (otherwise)")
     p.add_argument("--ray", action="store_true", help="split the tasks over Ray actors (pip install -e '.[ray]'); "
                    "the report is the same as without it (docs/distributed.md)")
     p.add_argument("--address", default=None, help="with --ray: the Ray head to join (HOST:PORT, or auto); "
@@ -71,6 +73,11 @@ def _check_args(args) -> None:
         raise ConfigError(f"--n-tasks must be >= 1, got {args.n_tasks}")
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    from prmgym.models.optim import resolve_precision
+
+    resolve_precision(args.dtype, args.device)  # unknown names, a missing GPU, fp16 off CUDA: before any loading
+    if args.ray and (args.dtype or args.device):
+        raise ConfigError("--dtype / --device do not reach the Ray actors (they load on cpu in fp32); drop them or --ray")
     if args.ray and args.backend != "hf":
         raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
     if args.address and not args.ray:
@@ -171,11 +178,21 @@ def run(args) -> int:
     if args.ray:  # the actors load the models; this process only writes the report
         runner = ray_runner(args, prm_dir, dict(env_kwargs, split=args.split))
     else:
-        policy = load_policy(args.policy, policy_config_from_args(args))  # --backend hf | vllm
+        from prmgym.models.optim import resolve_precision
+
+        dtype, device = resolve_precision(args.dtype, args.device)
+        policy = load_policy(args.policy, policy_config_from_args(args), device=device,
+                             prompt_format=args.prompt_format)  # --backend hf | vllm
         if prm_dir:
             from prmgym.rewards import load_prm
 
-            scorer = load_prm(prm_dir)
+            scorer = load_prm(prm_dir, dtype=dtype, device=str(device))
+        if dtype != "fp32":  # inference only: weights in the dtype too (half the memory; no optimizer to need fp32)
+            from prmgym.models.optim import torch_dtype
+
+            policy.model.to(torch_dtype(dtype))
+            if scorer is not None:
+                scorer.net.to(torch_dtype(dtype))
     if args.overwrite:
         _clear(out)
     os.makedirs(out, exist_ok=True)
@@ -205,9 +222,12 @@ def _search(args, planner, env, policy, scorer, runner, out, settings, done, tas
         print(f"prmgym search: {planner!r} on {args.env} ({len(tasks)} {args.split} tasks"
               + (f", {len(done)} done before, {len(todo)} to go" if args.resume else "")
               + f"), budget per task: {args.budget or 'unlimited'}", flush=True)
-        part = evaluate_planner(planner, env, policy, scorer, todo, args.budget,
-                                results_path=os.path.join(out, "results.jsonl"), logger=log, tag=f"search/{args.planner}",
-                                progress=not args.quiet, start=len(done), runner=runner)
+        from prmgym.models.optim import autocast, resolve_precision
+
+        with autocast(*resolve_precision(args.dtype, args.device)):  # --dtype: the policy's forwards (the PRM's own)
+            part = evaluate_planner(planner, env, policy, scorer, todo, args.budget,
+                                    results_path=os.path.join(out, "results.jsonl"), logger=log,
+                                    tag=f"search/{args.planner}", progress=not args.quiet, start=len(done), runner=runner)
         summary = summarize(done + part["rows"], part["limits"])
         log.record(f"search/{args.planner}/accuracy", summary["accuracy"])
         log.dump(step=len(tasks))
@@ -225,4 +245,5 @@ def ray_runner(args, prm_dir, env_kwargs):
         raise ConfigError(f"--ray: {e}") from None
     print(f"prmgym search: {args.workers} Ray search actors"
           + (f" on the cluster at {args.address}" if args.address else " on a local Ray"), flush=True)
-    return RaySearchRunner(args.policy, prm_dir, args.env, env_kwargs, workers=args.workers)
+    return RaySearchRunner(args.policy, prm_dir, args.env, env_kwargs, workers=args.workers,
+                           prompt_format=args.prompt_format)

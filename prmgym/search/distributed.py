@@ -47,7 +47,8 @@ def unpack_dir(files: dict[str, bytes], root: str) -> str:
 class _SearchWorker:
     """The body of one search actor: a policy, an optional scorer and an env, built here."""
 
-    def __init__(self, policy_files: dict, prm_files: dict | None, env_id: str, env_kwargs: dict, threads: int):
+    def __init__(self, policy_files: dict, prm_files: dict | None, env_id: str, env_kwargs: dict, threads: int,
+                 prompt_format: str = "plain"):
         import torch
 
         import prmgym  # noqa: F401  (registers the envs)
@@ -56,13 +57,17 @@ class _SearchWorker:
 
         torch.set_num_threads(threads)
         self.tmp = tempfile.mkdtemp(prefix="prmgym-search-worker-")
-        self.policy = TransformersPolicy.from_pretrained(unpack_dir(policy_files, os.path.join(self.tmp, "policy")))
+        self.policy = TransformersPolicy.from_pretrained(unpack_dir(policy_files, os.path.join(self.tmp, "policy")),
+                                                         prompt_format=prompt_format)
         self.scorer = None
         if prm_files is not None:
             from prmgym.rewards import load_prm
 
             self.scorer = load_prm(unpack_dir(prm_files, os.path.join(self.tmp, "prm")))
         self.env = make(env_id, **env_kwargs)
+
+    def ping(self) -> bool:
+        return True
 
     def solve(self, planner: Any, items: list, limits: dict) -> list[dict]:
         from prmgym.search.evaluate import solve_task
@@ -85,6 +90,11 @@ class RaySearchRunner:
         workers: actors; they are spread over the cluster's CPUs by Ray's scheduler.
         threads: torch threads per actor (with ``num_cpus`` Ray CPUs reserved for each).
         chunk_size: tasks handed to an actor at once (1 balances best; more saves round trips).
+        start_timeout_s: how long the actors may take to start and load the models.
+        max_restarts: replacement actors started over the runner's life when actors die (their
+            tasks run again on another actor; rows are the same).
+        prompt_format: the actors' policies read observations ``plain`` or ``chat``
+            (`prmgym.models.formatting`).
 
     Call `close()` (or use ``with``) to end the actors. To join a cluster call
     `prmgym.cluster.connect` with its address first; otherwise a local Ray is started.
@@ -92,7 +102,8 @@ class RaySearchRunner:
 
     def __init__(self, policy_dir: str | os.PathLike, prm_dir: str | os.PathLike | None, env_id: str,
                  env_kwargs: dict | None = None, *, workers: int = 2, threads: int = 1, num_cpus: float | None = None,
-                 chunk_size: int = 1):
+                 chunk_size: int = 1, start_timeout_s: float = 300.0, max_restarts: int = 16,
+                 prompt_format: str = "plain"):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if chunk_size < 1:
@@ -101,13 +112,25 @@ class RaySearchRunner:
         self._ray, self.chunk_size = ray, chunk_size
         policy_ref = ray.put(pack_dir(policy_dir))
         prm_ref = ray.put(pack_dir(prm_dir)) if prm_dir is not None else None
-        cls = ray.remote(_SearchWorker).options(num_cpus=threads if num_cpus is None else num_cpus)
-        self.actors = [cls.remote(policy_ref, prm_ref, env_id, dict(env_kwargs or {}), threads) for _ in range(workers)]
+        cls = ray.remote(_SearchWorker).options(num_cpus=threads if num_cpus is None else num_cpus, max_restarts=0)
+        self._new_actor = lambda: cls.remote(policy_ref, prm_ref, env_id, dict(env_kwargs or {}), threads, prompt_format)
+        self.actors = [self._new_actor() for _ in range(workers)]
+        self.max_restarts, self.restarts = int(max_restarts), 0
+        ready, pending = ray.wait([a.ping.remote() for a in self.actors], num_returns=workers, timeout=start_timeout_s)
+        if pending:
+            self.close()
+            raise RuntimeError(f"RaySearchRunner: {len(pending)} of {workers} actors did not start within "
+                               f"{start_timeout_s:.0f} s (each reserves {threads if num_cpus is None else num_cpus} CPUs; "
+                               f"the cluster has {ray.available_resources().get('CPU', 0):g} free); lower workers or "
+                               "num_cpus, or add nodes")
+        ray.get(ready)  # an actor that failed to load its models raises here
         self.solved_by: list[int] = []  # per row, which actor solved it (for the report, and tests)
 
     def rows(self, planner: Any, tasks: Sequence, limits: dict, start: int = 0) -> Iterator[dict]:
         """The rows of ``tasks`` (indices from ``start``), yielded in task order as soon as every
         earlier row is in."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
         ray = self._ray
         items = list(enumerate(tasks, start))
         chunks = [items[k:k + self.chunk_size] for k in range(0, len(items), self.chunk_size)]
@@ -125,8 +148,18 @@ class RaySearchRunner:
                 running[self.actors[a].solve.remote(planner_ref, chunk, limits)] = (a, chunk)
             done, _ = ray.wait(list(running), num_returns=1)
             a, chunk = running.pop(done[0])
+            try:
+                solved = ray.get(done[0])
+            except (RayActorError, ActorDiedError, ActorUnavailableError):
+                if self.restarts >= self.max_restarts:
+                    raise
+                self.restarts += 1
+                chunks.append(chunk)  # runs again first, on the replacement or another actor
+                self.actors[a] = self._new_actor()
+                free.append(a)
+                continue
             free.append(a)
-            for (i, _), row in zip(chunk, ray.get(done[0])):
+            for (i, _), row in zip(chunk, solved):
                 ready[i] = (row, a)
             while next_i in ready:
                 row, a = ready.pop(next_i)

@@ -126,6 +126,7 @@ class SearchEngine:
         self.delimiter = getattr(self.u, "delimiter", "\n")
         self.task = self.u.task
         self.prompt = self.task.prompt
+        self.template = getattr(self.u, "prompt_template", None)  # the env's PromptTemplate, if any
         self.count_tokens = count_tokens_fn(policy)
         self._score_cache: dict[tuple[str, ...], list[float]] = {}
         self._verdicts_seen: dict[int, object] = {}
@@ -150,7 +151,7 @@ class SearchEngine:
         Returns one list of `Proposal` per node (possibly shorter than asked, possibly empty
         when the budget is spent). Every returned proposal has been charged.
         """
-        obs = [render_trace(self.prompt, nd.steps, self.delimiter) for nd in nodes]
+        obs = [render_trace(self.prompt, nd.steps, self.delimiter, self.template) for nd in nodes]
         return self.propose_observations(obs, n, stop=stop, max_new_tokens=max_new_tokens)
 
     def propose_observations(self, obs: Sequence[str], n: int | Sequence[int], *, stop: str | None,
@@ -164,8 +165,8 @@ class SearchEngine:
         enc_cost = [self.count_tokens(o) for o in obs]
         remaining_gen = self.budget.remaining("generated")
         remaining_enc = self.budget.remaining("encoded")
-        if self.budget.remaining("seconds") <= 0:
-            self.stats["budget_stops"] += 1
+        if self.budget.remaining("seconds") <= 0 or (hasattr(self.u, "tool_runs") and self.budget.remaining("sandbox") <= 0):
+            self.stats["budget_stops"] += 1  # (a tool env's steps may run the sandbox: no runs left, no new steps)
             return out
         plan: list[int] = []
         gen_left, enc_left = remaining_gen, remaining_enc
@@ -249,7 +250,7 @@ class SearchEngine:
         from prmgym.envs.episodes import Prompt, Trajectory, play_rounds
 
         branches = [_Branch(self, root) for _ in range(k)]
-        obs = render_trace(self.prompt, root.steps, self.delimiter)
+        obs = render_trace(self.prompt, root.steps, self.delimiter, self.template)
         trajs = [Trajectory(Prompt(self.task), 0, obs) for _ in range(k)]
         play_rounds(trajs, branches, _BudgetedPolicy(self), stop=self.delimiter, group_size=k,
                     max_new_tokens=max_new_tokens, max_steps=max_steps)
@@ -282,7 +283,7 @@ class SearchEngine:
         fn = getattr(self.scorer, "token_count", None)  # ScalarHeadPRM: tokens one trace runs
         if callable(fn):
             return [int(fn([self.prompt], [list(s)])) for s in step_lists]
-        return [self.count_tokens(render_trace(self.prompt, s, self.delimiter)) + 1 for s in step_lists]
+        return [self.count_tokens(render_trace(self.prompt, s, self.delimiter, self.template)) + 1 for s in step_lists]
 
     def step_scores(self, step_lists: Sequence[Sequence[str]]) -> list[list[float] | None]:
         """Per-step scores of each trace (cached); ``None`` where the budget forbids."""
@@ -365,7 +366,7 @@ class _Branch:
 
     def step(self, action: str):
         self.node = nd = self.engine.child(self.node, action)
-        obs = render_trace(self.engine.prompt, nd.steps, self.engine.delimiter)
+        obs = render_trace(self.engine.prompt, nd.steps, self.engine.delimiter, self.engine.template)
         return obs, nd.reward, nd.terminal, False, {"answer": nd.answer, "verdict": nd.verdict}
 
 

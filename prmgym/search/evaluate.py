@@ -49,6 +49,9 @@ def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str 
         solved = runner.rows(planner, tasks, spec, start)
     rows = []
     fh = None
+    from prmgym.logger import progress_bar
+
+    bar = progress_bar(len(tasks), tag, unit="task", enabled=progress)  # a TTY gets a bar, a log gets lines
     if results_path is not None:
         os.makedirs(os.path.dirname(os.fspath(results_path)) or ".", exist_ok=True)
         fh = open(results_path, "a")
@@ -65,12 +68,17 @@ def evaluate_planner(planner, env, policy, scorer, tasks: Iterable, budget: str 
                 for u, v in row["budget"].items():
                     logger.record(f"{tag}/budget_{u}", v)
                 logger.dump(step=i)
-            if progress:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(accuracy=f"{sum(r['correct'] for r in rows) / len(rows):.3f}")
+            elif progress:
                 print(f"  [{i + 1}] {row['task_id']}: answer={row['answer']!r} reward={row['reward']:.2f} "
                       f"generated={row['budget'].get('generated')} prm={row['budget'].get('prm')}", flush=True)
     finally:
         if fh is not None:
             fh.close()
+        if bar is not None:
+            bar.close()
     return summarize(rows, spec)
 
 

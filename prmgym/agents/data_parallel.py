@@ -1,0 +1,170 @@
+"""Data-parallel GRPO / ReST-GRPO updates over K processes with ``torch.distributed`` (gloo on
+CPU, NCCL on GPUs), and `RayDataParallel`, which runs the K processes as Ray actors.
+
+Rank 0 rolls out the step's batch and broadcasts it (with its sampling RNG state, so every rank
+splits the mini-batches alike). Each optimizer update's micro-batches, with their shares of the
+*global* loss normaliser (`prmgym.models.optim.micro_batches`), are dealt out round-robin to the
+ranks; each rank back-propagates its own, then the gradients are summed over the ranks
+(one ``all_reduce``) before the identical optimizer step on every rank. The summed gradient is
+the single-process gradient of the same global batch (tests/test_ray.py checks K = 2 against
+K = 1 to 1e-5), so the weights stay equal on every rank without a broadcast.
+
+    >>> dist.init_process_group("gloo", ...)                       # doctest: +SKIP
+    >>> trainer = data_parallel(GRPOTrainer(policy, env, cfg))       # doctest: +SKIP
+    >>> trainer.step()                                               # doctest: +SKIP
+
+Not data-parallel: the process-reward update (a trainer with a process reward is refused) and
+fp16 loss scaling (refused). `prmgym train` does not start data-parallel runs (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from prmgym.agents.common import rng_state, set_rng_state
+from prmgym.models.optim import micro_batches
+
+
+class DataParallel:
+    """Mixin placed before a GRPO trainer class by `data_parallel`; needs an initialised
+    default process group."""
+
+    def _micro_batches(self, weights: list) -> list:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        size = self.config.micro_batch_size or math.ceil(len(weights) / world)  # at least one per rank
+        return micro_batches(weights, size)[rank::world]
+
+    def _reduce_gradients(self, metrics: dict) -> dict:
+        params = [p for p in self.optim.params() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # a rank that got no micro-batch adds zeros
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, metrics)
+        out: dict = {}
+        for part in parts:
+            for k, v in part.items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+    def collect_batch(self):
+        payload: list = [None, None]
+        if dist.get_rank() == 0:
+            payload = [super().collect_batch(), rng_state(self.rng)]
+        dist.broadcast_object_list(payload, src=0)
+        (trajs, metrics), state = payload
+        set_rng_state(state, self.rng)
+        return trajs, metrics
+
+
+def data_parallel(trainer: Any) -> Any:
+    """``trainer`` (a `GRPOTrainer` or subclass), made a data-parallel rank of the default
+    process group (in place; returned). Give only rank 0 a ``run_dir`` / logger."""
+    if not dist.is_initialized():
+        raise RuntimeError("data_parallel needs torch.distributed initialised first: "
+                           "dist.init_process_group('gloo' (CPU) or 'nccl' (GPU), rank=..., world_size=...), "
+                           "or run the ranks with RayDataParallel")
+    if getattr(trainer, "process_reward", None) is not None:
+        raise ValueError("data_parallel: the process-reward update is not data-parallel; train without process_reward")
+    if trainer.optim.scaler is not None:
+        raise ValueError("data_parallel: fp16 loss scaling is not supported; use dtype fp32 or bf16")
+    cls = type(trainer)
+    if not isinstance(trainer, DataParallel):
+        trainer.__class__ = type(f"DataParallel{cls.__name__}", (DataParallel, cls), {})
+    return trainer
+
+
+class _Rank:
+    """The body of one Ray actor: a process-group rank holding a data-parallel trainer."""
+
+    def __init__(self, threads: int):
+        torch.set_num_threads(threads)
+        self.trainer = None
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, build: Callable[[int], Any], rank: int, world: int, master: tuple[str, int], backend: str) -> int:
+        dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=rank, world_size=world)
+        self.trainer = data_parallel(build(rank))
+        return rank
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.trainer, *args)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class RayDataParallel:
+    """K Ray actors, each a rank of one gloo (or NCCL) process group holding ``build(rank)``, a
+    GRPO trainer built the same way on every rank (same policy weights, same config and seed).
+
+    `step` runs one data-parallel trainer step on every rank and returns rank 0's metrics;
+    `call(fn, *args)` runs ``fn(trainer, *args)`` on every rank and returns the K results.
+    ``build`` is pickled to the actors: a module-level function of an installed module.
+    """
+
+    def __init__(self, build: Callable[[int], Any], world: int = 2, *, backend: str = "gloo", threads: int = 1,
+                 num_cpus: float = 1.0, num_gpus: float = 0.0, start_timeout_s: float = 300.0):
+        if world < 1:
+            raise ValueError(f"world must be >= 1, got {world}")
+        from prmgym.cluster import connect
+
+        ray = connect()
+        self._ray = ray
+        cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+        self.actors = [cls.remote(threads) for _ in range(world)]
+        master = ray.get(self.actors[0].address.remote(), timeout=start_timeout_s)
+        ray.get([a.setup.remote(build, r, world, master, backend) for r, a in enumerate(self.actors)],
+                timeout=start_timeout_s)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> list:
+        return self._ray.get([a.call.remote(fn, *args) for a in self.actors])
+
+    def step(self) -> dict:
+        return self.call(_step)[0]
+
+    def close(self) -> None:
+        ray = self._ray
+        try:
+            ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
+        except Exception:  # noqa: BLE001
+            pass
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []
+
+    def __enter__(self) -> "RayDataParallel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _step(trainer: Any) -> dict:
+    return trainer.step()
+
+
+__all__ = ["DataParallel", "data_parallel", "RayDataParallel"]

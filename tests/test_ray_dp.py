@@ -1,0 +1,174 @@
+"""Data-parallel GRPO on Ray actors with a gloo process group (K = 2) against one process: the
+same step's metrics and weights, and the same gradient on the same global batch, to 1e-5."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ray_fixtures import require_ray, start
+
+ray = require_ray()
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# the actors cannot import this test module: its functions go to them by value
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    stop = start("init")
+    yield
+    stop()
+
+
+def _build(policy_dir, rank=0):
+    if TESTS not in sys.path:  # in an actor: the toy env's module (its verdicts cross ranks by pickle)
+        sys.path.insert(0, TESTS)
+    from test_rollout_toyenv import ToyEnv
+
+    from prmgym.agents.grpo import GRPOConfig, GRPOTrainer
+    from prmgym.models import TransformersPolicy
+
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(num_generations=4, batch_size=16, max_new_tokens=2, max_steps=1, learning_rate=3e-3,
+                     num_mini_batches=2, seed=3)
+    return GRPOTrainer(TransformersPolicy.from_pretrained(policy_dir), ToyEnv, cfg)
+
+
+def _weights(trainer):
+    return {k: v.detach().clone().numpy() for k, v in trainer.model.named_parameters()}
+
+
+def _gradient(trainer, trajs):
+    """The gradient of the first optimizer update on ``trajs`` (one mini-batch), taken just
+    before the optimizer steps."""
+    tok_adv, _ = trainer.compute_advantages(trajs)
+    real_step, seen = trainer.optim.step, {}
+
+    def capture():
+        seen.update({k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)).numpy()
+                     for k, p in trainer.model.named_parameters()})
+        return real_step()
+
+    trainer.optim.step = capture
+    try:
+        trainer.optimizer_update(trajs, tok_adv)
+    finally:
+        trainer.optim.step = real_step
+    return seen
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def test_k2_step_and_gradient_equal_single_process(runtime, tmp_path):
+    from prmgym.agents.data_parallel import RayDataParallel
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    single = _build(str(tmp_path / "policy"))
+    before = _weights(single)
+    expected = single.step()
+    with RayDataParallel(functools.partial(_build, str(tmp_path / "policy")), world=2) as dp:
+        got = dp.step()
+        # one GRPO step: rank 0's rollouts, the metrics, and every rank's new weights
+        for k, v in expected.items():
+            if isinstance(v, float) and not k.startswith(("time/", "perf/")):
+                assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        ranks = dp.call(_weights)
+        assert _max_diff(ranks[0], ranks[1]) == 0.0
+        assert _max_diff(ranks[0], _weights(single)) < 1e-5
+        assert _max_diff(before, _weights(single)) > 1e-4  # the step really moved the weights
+        # the gradient of the next batch: K = 2 summed over ranks == one process, to 1e-5
+        for _ in range(20):  # a batch whose groups have reward spread (else the advantages are all 0)
+            trajs, _ = single.collect_batch()
+            if float(single.compute_advantages(trajs)[0].abs().max()) > 0:
+                break
+        want = _gradient(single, trajs)
+        grads = dp.call(_gradient, trajs)
+    assert max(float(np.abs(g).max()) for g in want.values()) > 1e-3  # a real gradient, not zeros
+    assert _max_diff(grads[0], want) < 1e-5 and _max_diff(grads[1], want) < 1e-5
+
+
+def test_data_parallel_needs_a_process_group(tmp_path):
+    from prmgym.agents.data_parallel import data_parallel
+    from prmgym.models import tiny
+
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        data_parallel(_build(str(tmp_path / "policy")))
+
+
+# ----------------------------------------------------------------------------- rollout workers
+def _toy_env():
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    from test_rollout_toyenv import ToyEnv
+
+    return ToyEnv(one_step=True)
+
+
+def _groups(trajs):
+    return [(t.prompt.task.id, t.group, t.steps, t.step_token_ids, t.step_logprobs, t.reward) for t in trajs]
+
+
+def test_rollout_workers_give_the_same_groups_with_1_or_2_actors_and_a_killed_one(runtime):
+    import threading
+    import time
+
+    from prmgym.agents.ray_rollout import RayRollouts
+    from prmgym.envs.episodes import Prompt
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    policy = tiny.random_tiny_policy(seed=0)
+    prompts = [Prompt(t) for t in _toy_env().source.tasks("train", 16, seed=0)]
+    kw = dict(max_new_tokens=12, max_steps=1)
+    with RayRollouts(policy, _toy_env, workers=0, **kw) as local:
+        want, stats = local.collect(prompts, 4, seed=5)
+    assert len(want) == 64 and stats["generated"] > 0
+    with RayRollouts(policy, _toy_env, workers=1, **kw) as one:
+        assert _groups(one.collect(prompts, 4, seed=5)[0]) == _groups(want)
+    with RayRollouts(policy, _toy_env, workers=2, **kw) as two:
+        trajs, stats2 = two.collect(prompts, 4, seed=5)
+        assert _groups(trajs) == _groups(want) and stats2 == stats and set(two.worker_rates) == {0, 1}
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", two.collect(prompts, 4, seed=5)))
+        t.start()
+        time.sleep(0.3)
+        ray.kill(two.actors[1])
+        t.join(timeout=300)
+        assert two.restarts >= 1 and _groups(out["r"][0]) == _groups(want)
+        assert _groups(two.collect(prompts, 4, seed=6)[0]) != _groups(want)  # the pool still works; seeds matter
+
+
+def test_grpo_steps_with_ray_rollout_workers_equal_in_process_ones(runtime, tmp_path):
+    from prmgym.agents.ray_rollout import RayRollouts, ray_rollouts
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    runs = []
+    for workers in (0, 2):
+        trainer = _build(str(tmp_path / "policy"))
+        rollouts = RayRollouts(trainer.policy, _toy_env, workers=workers, chunk_prompts=2, max_new_tokens=2, max_steps=1)
+        ray_rollouts(trainer, rollouts)
+        try:
+            runs.append(([trainer.step() for _ in range(2)], _weights(trainer)))
+        finally:
+            rollouts.close()
+    (local, w_local), (remote, w_remote) = runs
+    for a, b in zip(local, remote):  # step 2 ran on the weights published after step 1
+        for k, v in a.items():
+            if isinstance(v, float) and not k.startswith(("time/", "perf/", "rollout/")):
+                assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    assert {"rollout/worker0_tokens_per_s", "rollout/worker1_tokens_per_s"} <= set(remote[1])
+    assert _max_diff(w_local, w_remote) < 1e-5
