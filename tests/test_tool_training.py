@@ -160,3 +160,19 @@ def test_grpo_reward_rises_in_a_tool_env_made_learnable(sandbox):
     assert last > first + 0.25, [round(m["reward_mean"], 2) for m in hist]
     assert tr.pass_at_1(32) > before + 0.25
     tr.close()
+
+
+def test_prm_data_log_probs_count_the_cell_not_its_output():
+    from prmgym.rewards.data import fill_logprobs
+
+    class Recorder:
+        def logprobs(self, observations, continuations):
+            self.seen = list(zip(observations, continuations))
+            return [torch.zeros(len(c)) for c in continuations]
+
+    pol = Recorder()
+    tool_step = "```python print(6*7)```\n```output\n42\n```"
+    lps, nts = fill_logprobs(pol, ["Compute 6*7."], [[tool_step, "Answer: 42"]])
+    assert [c for _, c in pol.seen] == ["```python print(6*7)```\n", "Answer: 42\n"]
+    assert pol.seen[1][0] == "Compute 6*7.\n" + tool_step + "\n"  # the output is context of the next step
+    assert nts == [[len("```python print(6*7)```\n"), len("Answer: 42\n")]]

@@ -114,12 +114,15 @@ def prefix_proposals(policy: Any, traces: Sequence[Trace], k: int = 4, delimiter
 def fill_logprobs(policy: Any, prompts: Sequence[str], step_lists: Sequence[Sequence[str]],
                   delimiter: str = "\n", batch_size: int = 64, template: Any = None) -> tuple[list[list[float]], list[list[int]]]:
     """log π(step + delimiter | observation) (summed) and token counts for every step (the
-    observation rendered with the env's ``template``, as the policy saw it)."""
+    observation rendered with the env's ``template``, as the policy saw it). Of a tool step
+    (`prmgym.envs.tools`) only the cell counts: its output was not generated."""
+    from prmgym.envs.tools import split_tool_step
+
     obs, cont, where = [], [], []
     for i, (p, steps) in enumerate(zip(prompts, step_lists)):
         for j, s in enumerate(steps):
             obs.append(render_trace(p, steps[:j], delimiter, template))
-            cont.append(s + delimiter)
+            cont.append(split_tool_step(s)[0] + delimiter)
             where.append((i, j))
     lps = [[0.0] * len(s) for s in step_lists]
     nts = [[0] * len(s) for s in step_lists]
