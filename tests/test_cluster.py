@@ -29,6 +29,8 @@ def test_config_section_checks_its_fields():
     for section, message in (({"backend": "dask"}, "distributed: backend must be 'none' or 'ray', got 'dask'"),
                              ({"backend": "ray", "sandbox_workers": -1}, "distributed: sandbox_workers must be >= 0"),
                              ({"sandbox_workers": 2}, "set distributed.backend: ray"),
+                             ({"rollout_workers": 2}, "set distributed.backend: ray"),
+                             ({"backend": "ray", "rollout_chunk_prompts": 0}, "rollout_chunk_prompts must be >= 1"),
                              ({"bakend": "ray"}, "did you mean 'backend'")):
         with pytest.raises(ValueError, match=message):
             load_run_config({"distributed": section})

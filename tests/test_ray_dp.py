@@ -172,3 +172,23 @@ def test_grpo_steps_with_ray_rollout_workers_equal_in_process_ones(runtime, tmp_
                 assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     assert {"rollout/worker0_tokens_per_s", "rollout/worker1_tokens_per_s"} <= set(remote[1])
     assert _max_diff(w_local, w_remote) < 1e-5
+
+
+def test_train_config_rollout_workers_generate_the_groups(runtime):
+    from prmgym.agents.grpo import GRPOConfig, GRPOTrainer
+    from prmgym.models import tiny
+    from prmgym.recipes.distributed import with_ray_rollouts
+
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(num_generations=4, batch_size=8, max_new_tokens=4, max_steps=2, seed=0)
+    trainer = GRPOTrainer(tiny.random_tiny_policy(seed=0), "prmgym/ChainArithmetic-v0", cfg)
+    trainer = with_ray_rollouts({"backend": "ray", "rollout_workers": 2}, trainer, "prmgym/ChainArithmetic-v0",
+                                {"split": "train"})
+    try:
+        metrics = trainer.step()
+        assert metrics["episodes"] == 8 and metrics["budget/generated"] > 0
+        assert {"rollout/worker0_tokens_per_s", "rollout/worker1_tokens_per_s"} <= set(metrics)
+        assert trainer._ray_rollouts.version == 1  # the trainer's weights were published once
+    finally:
+        trainer.close()
+    assert trainer._ray_rollouts.actors == []

@@ -11,7 +11,7 @@ same groups (tests/test_ray_dp.py). After each optimizer step the trainer publis
 once through the object store (`publish`); each actor loads them before its next chunk.
 Each step logs ``rollout/worker{i}_tokens_per_s``.
 
-Not wired into `prmgym train` (no ``rollout_workers`` key): use it from Python.
+`prmgym train` starts them from its config: ``distributed: {backend: ray, rollout_workers: N}``.
 """
 
 from __future__ import annotations
@@ -191,6 +191,10 @@ class _UsesRayRollouts:
             self._ray_rollouts.publish(self.model)
             self._published = self.optim.updates
         return self._ray_rollouts.collect(prompts, self.config.num_generations, seed)
+
+    def close(self) -> None:
+        self._ray_rollouts.close()
+        super().close()
 
     def collect_batch(self):
         trajs, metrics = super().collect_batch()

@@ -59,7 +59,7 @@ class RunConfig:
     policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
                           "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
-    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers} "
+    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers, rollout_workers} "
                            "(prmgym.cluster.DistributedConfig; docs/distributed.md)")
     logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
     wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
@@ -208,6 +208,9 @@ def load_policy(cfg: RunConfig, progress: bool = False):
     if cfg.lora is not None and pc.backend != "hf":
         raise ConfigError("lora with policy.backend vllm is not supported: the weight sync pushes full weights, "
                           "not adapters. Drop the lora section or use policy.backend hf")
+    if pc.backend != "hf" and (cfg.distributed or {}).get("rollout_workers"):
+        raise ConfigError("distributed.rollout_workers generates on Ray actors with the hf backend; with "
+                          "policy.backend vllm the engine generates in this process: drop rollout_workers")
     if cfg.model == "tiny":
         from prmgym.recipes.tiny import pretrain  # lazy: the training recipe composes agents.sft
 
@@ -254,17 +257,18 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy) if reward == "build" else reward
-    from prmgym.recipes.distributed import with_ray_sandbox
+    from prmgym.recipes.distributed import with_ray_rollouts, with_ray_sandbox
 
     env_kwargs = with_ray_sandbox(cfg.distributed, cfg.env, {"split": "train", **cfg.env_kwargs})
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
     from prmgym.agents.grpo import _env_factory
 
     cls = ReSTGRPOTrainer if cfg.algorithm == "rest_grpo" else GRPOTrainer
-    return cls(
+    trainer = cls(
         policy, cfg.env, tcfg, env_kwargs=env_kwargs, eval_env=_env_factory(cfg.env, eval_kwargs),
         process_reward=reward, run_dir=cfg.run_dir, logger=logger,
     )
+    return with_ray_rollouts(cfg.distributed, trainer, cfg.env, {"split": "train", **cfg.env_kwargs})
 
 
 #: what `prmgym train` writes into a run directory (``--overwrite`` removes these and nothing else)
