@@ -64,3 +64,12 @@ def test_lora_with_vllm_is_refused_before_loading():
     cfg = load_run_config({"policy": {"backend": "vllm"}, "lora": {}, "model": "/nonexistent"})
     with pytest.raises(ConfigError, match="lora with policy.backend vllm"):
         load_policy(cfg)
+
+
+def test_ray_rollouts_with_vllm_are_refused_before_loading():
+    from prmgym.recipes.train import load_policy, load_run_config
+
+    cfg = load_run_config({"policy": {"backend": "vllm"}, "model": "/nonexistent",
+                           "distributed": {"backend": "ray", "rollout_workers": 2}})
+    with pytest.raises(ConfigError, match="rollout_workers"):
+        load_policy(cfg)

@@ -176,3 +176,23 @@ def test_prm_data_log_probs_count_the_cell_not_its_output():
     assert [c for _, c in pol.seen] == ["```python print(6*7)```\n", "Answer: 42\n"]
     assert pol.seen[1][0] == "Compute 6*7.\n" + tool_step + "\n"  # the output is context of the next step
     assert nts == [[len("```python print(6*7)```\n"), len("Answer: 42\n")]]
+
+
+@pytest.mark.parametrize("style", ["qwen2", "llama"])
+def test_chat_format_puts_tool_output_in_a_tool_turn(style, sandbox):
+    pol = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2, chat_template=style, prompt_format="chat")
+    env = make("prmgym/ToolMath-v0", sandbox=sandbox).unwrapped
+    task = ToolMath().tasks("train", 1)[0]
+    obs, _ = env.reset(options={"task": task})
+    obs, *_ = env.step(task.expert_steps[0])
+    fmt = pol.formatter
+    text = fmt.render(task.prompt, list(env.steps))
+    turn = {"qwen2": f"<|im_end|>\n<|im_start|>tool\n{task.answer}<|im_end|>\n<|im_start|>assistant\n",
+            "llama": f"<|eot_id|><|start_header_id|>tool<|end_header_id|>\n\n{task.answer}<|eot_id|>"
+                     "<|start_header_id|>assistant<|end_header_id|>\n\n"}[style]
+    assert text.endswith(task.expert_steps[0] + "\n" + turn) and "```output" not in text
+    # what the policy is fed is that text, and it stays append-only after the tool turn
+    ids = pol.encode(obs)
+    assert ids == fmt.encode_trace(task.prompt, list(env.steps))[0]
+    obs2, *_ = env.step(task.expert_steps[1])
+    assert pol.encode(obs2)[: len(ids)] == ids

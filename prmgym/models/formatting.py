@@ -129,7 +129,43 @@ class ObservationFormatter:
         template = template if template is not None else self.template
         if self.mode == "plain":
             return render_trace(prompt, steps, self.delimiter, template)
-        return self.header_text(prompt, template) + "".join(s + self.delimiter for s in steps)
+        return self.header_text(prompt, template) + "".join(self.step_text(s, self.delimiter) for s in steps)
+
+    def step_text(self, step: str, delimiter: str | None = None) -> str:
+        """The text of one step's segment: ``step + delimiter``; in chat mode a tool step
+        (`prmgym.envs.tools`: a code cell and its output block) becomes the cell, the
+        delimiter and a **tool turn** holding the output (`tool_turn`), when the template
+        renders one; otherwise the output stays text in the assistant turn."""
+        d = delimiter or self.delimiter
+        if self.mode != "chat":
+            return step + d
+        from prmgym.envs.tools import split_tool_step
+
+        cell, output = split_tool_step(step)
+        turn = self.tool_turn(output) if output is not None else None
+        return step + d if turn is None else cell + d + turn
+
+    def tool_turn(self, output: str) -> str | None:
+        """Chat mode: the text that closes the assistant turn, holds ``output`` as a turn of
+        role ``"tool"`` and opens the next assistant turn, as the chat template writes it;
+        None when the template has no such turn (it fails on the role or drops the content)."""
+        memo = self.__dict__.setdefault("_tool_turns", {})
+        if output in memo:
+            return memo[output]
+        user = [{"role": "user", "content": "U"}]
+        turn = None
+        try:
+            head = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+            full = self.tokenizer.apply_chat_template(
+                user + [{"role": "assistant", "content": "A"}, {"role": "tool", "content": output}],
+                tokenize=False, add_generation_prompt=True)
+            tail = full[len(head) + 1:]
+            if full.startswith(head + "A") and output in tail:
+                turn = tail
+        except Exception:  # noqa: BLE001  (a template without a tool role: plain text instead)
+            turn = None
+        memo[output] = turn
+        return turn
 
     def encode_trace(self, prompt: str, steps: Sequence[str], template: PromptTemplate | None = None,
                      delimiter: str | None = None) -> tuple[list[int], list[int]]:
@@ -147,7 +183,7 @@ class ObservationFormatter:
         ids = list(ids)
         bounds = [len(ids) - 1]
         for k, s in enumerate(steps):
-            seg = self.segment(s + d)
+            seg = self.segment(self.step_text(s, d))
             if not seg:
                 raise ValueError(f"step {k} tokenises to no tokens (empty text and empty delimiter): the PRM has no "
                                  "position to read; use a non-empty delimiter or drop empty steps")

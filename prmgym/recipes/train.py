@@ -208,6 +208,9 @@ def load_policy(cfg: RunConfig, progress: bool = False):
     if cfg.lora is not None and pc.backend != "hf":
         raise ConfigError("lora with policy.backend vllm is not supported: the weight sync pushes full weights, "
                           "not adapters. Drop the lora section or use policy.backend hf")
+    if pc.backend != "hf" and (cfg.distributed or {}).get("rollout_workers"):
+        raise ConfigError("distributed.rollout_workers generates on Ray actors with the hf backend; with "
+                          "policy.backend vllm the engine generates in this process: drop rollout_workers")
     if cfg.model == "tiny":
         from prmgym.recipes.tiny import pretrain  # lazy: the training recipe composes agents.sft
 
