@@ -148,7 +148,8 @@ def kill_resume(config: dict, out: str, kills: int = 5, seed: int = 0, max_delay
     rows_ref, rows_run = _rows(ref_dir), _rows(run_dir)
     sa = json.load(open(os.path.join(ref_dir, "summary.json")))
     sb = json.load(open(os.path.join(run_dir, "summary.json")))
-    steps_logged = [r["step"] for r in rows_run]
+    # training rows only: eval/pass@1 also has rows of its own at step 0 and at the end
+    steps_logged = [r["step"] for r in rows_run if any(k.startswith("train/") for k in r)]
     return {
         "kills": events,
         "steps": steps,

@@ -28,6 +28,7 @@ ENV_ARGS = {
     "prmgym/Jsonl-v0": (None, 256),  # path= written per test
     "prmgym/ProgramSynthesis-v0": ({"sandbox": "local"}, 1024),
     "prmgym/HumanEval-v0": ({"sandbox": "local"}, 4096),
+    "prmgym/ToolMath-v0": ({"sandbox": "local"}, 1024),
 }
 
 

@@ -305,7 +305,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="a ~2-minute smoke version (tiny sizes, one budget)")
     p.add_argument("--env", default=DEFAULT_ENV, help="environment id with expert solutions (default: ChainArithmetic)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", default=None, help="start from this policy directory instead of the tiny SFT policy")
+    p.add_argument("--policy", "--model", dest="policy", default=None, metavar="DIR",
+                   help="start from this policy directory (any local Hugging Face causal LM, or a LoRA "
+                        "adapter directory saved by prmgym train) instead of the tiny SFT policy")
     p.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks per method and budget")
     p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
