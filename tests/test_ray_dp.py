@@ -1,11 +1,14 @@
-"""Data-parallel GRPO on Ray actors with a gloo process group (K = 2) against one process: the
-same step's metrics and weights, and the same gradient on the same global batch, to 1e-5."""
+"""On a plain ``ray.init(num_cpus=2)`` and on a two-node local cluster: data-parallel GRPO on Ray
+actors with a gloo process group (K = 2) against one process (the same step's metrics and
+weights, the same gradient on the same global batch, to 1e-5), and rollout workers (the same
+groups with 0, 1 and 2 actors and with a killed actor; GRPO steps equal in-process ones)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,10 +22,10 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module")
-def runtime():
-    stop = start("init")
-    yield
+@pytest.fixture(scope="module", params=["init", "cluster"])
+def runtime(request):
+    stop = start(request.param)
+    yield request.param
     stop()
 
 
@@ -108,12 +111,17 @@ def test_data_parallel_needs_a_process_group(tmp_path):
 
 
 # ----------------------------------------------------------------------------- rollout workers
-def _toy_env():
+def _toy_env(pause_s: float = 0.0):
     if TESTS not in sys.path:
         sys.path.insert(0, TESTS)
     from test_rollout_toyenv import ToyEnv
 
-    return ToyEnv(one_step=True)
+    class SlowToyEnv(ToyEnv):  # the same episodes, each step taking pause_s longer
+        def step(self, action):
+            time.sleep(pause_s)
+            return super().step(action)
+
+    return SlowToyEnv(one_step=True) if pause_s else ToyEnv(one_step=True)
 
 
 def _groups(trajs):
@@ -122,7 +130,6 @@ def _groups(trajs):
 
 def test_rollout_workers_give_the_same_groups_with_1_or_2_actors_and_a_killed_one(runtime):
     import threading
-    import time
 
     from prmgym.agents.ray_rollout import RayRollouts
     from prmgym.envs.episodes import Prompt
@@ -140,10 +147,12 @@ def test_rollout_workers_give_the_same_groups_with_1_or_2_actors_and_a_killed_on
     with RayRollouts(policy, _toy_env, workers=2, **kw) as two:
         trajs, stats2 = two.collect(prompts, 4, seed=5)
         assert _groups(trajs) == _groups(want) and stats2 == stats and set(two.worker_rates) == {0, 1}
+    # 16 chunks of 4 episodes at >= 0.1 s a step: the kill lands while the batch runs
+    with RayRollouts(policy, functools.partial(_toy_env, 0.1), workers=2, **kw) as two:
         out: dict = {}
         t = threading.Thread(target=lambda: out.setdefault("r", two.collect(prompts, 4, seed=5)))
         t.start()
-        time.sleep(0.3)
+        time.sleep(0.5)
         ray.kill(two.actors[1])
         t.join(timeout=300)
         assert two.restarts >= 1 and _groups(out["r"][0]) == _groups(want)
