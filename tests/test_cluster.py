@@ -94,3 +94,16 @@ def test_sandbox_workers_need_a_code_env():
         with_ray_sandbox(section, "prmgym/HumanEval-v0", {"sandbox": "local"})
     kwargs = {"split": "train"}
     assert with_ray_sandbox({}, "prmgym/HumanEval-v0", kwargs) is kwargs
+
+
+def test_quickstart_ray_flags_are_checked_before_any_stage(tmp_path, capsys):
+    from prmgym.cli import main
+
+    out = tmp_path / "qs"
+    for argv, message in ((["--address", "127.0.0.1:1"], "--address only applies with --ray"),
+                          (["--ray", "--workers", "0"], "--workers must be >= 1"),
+                          (["--ray", "--dtype", "bf16"], "do not reach the Ray actors"),
+                          (["--ray", "--backend", "vllm"], "runs the hf backend")):
+        assert main(["quickstart", "--fast", "--out", str(out), *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing ran

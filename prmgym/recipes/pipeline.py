@@ -169,12 +169,17 @@ class Method:
 
 def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str, *, budgets: list[int],
             n_tasks: int, env_kwargs: dict | None = None, seed: int = 0, logger=None, results_dir: str | None = None,
-            on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], dict[str, str]]:
+            on_row: Callable[[dict], None] | None = None, runner=None) -> tuple[list[dict], dict[str, str]]:
     """Every method at every per-task ``generated``-token budget on the same held-out tasks.
 
     Methods whose scorer is missing from ``scorers`` are skipped and listed in the second
     return value with the reason. Rows: method, budget, accuracy, stderr, n and the mean
     usage per task in every budget unit.
+
+    ``runner``: a `prmgym.search.distributed.RaySearchRunner` whose actors hold the same policy and,
+    under the same names, the scorers (`ray_compare_runner`): the tasks are solved on them and the
+    rows are the same (``mean_seconds`` aside); ``policy`` and ``scorers`` are then used only for
+    which methods run.
     """
     from prmgym.search.evaluate import evaluate_planner, make_planner
 
@@ -193,7 +198,8 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
             if path and os.path.exists(path):
                 os.remove(path)
             res = evaluate_planner(planner, env, policy, scorers.get(m.scorer) if m.scorer else None, tasks,
-                           {"generated": b}, results_path=path)
+                                   {"generated": b}, results_path=path,
+                                   runner=runner.using(m.scorer) if runner is not None else None)
             acc = res["accuracy"]
             row = {"method": m.name, "budget": b, "accuracy": acc, "n": res["n"],
                    "stderr": math.sqrt(acc * (1 - acc) / res["n"]) if res["n"] else 0.0,
@@ -208,6 +214,24 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
                 on_row(row)
     env.close()
     return rows, absent
+
+
+def ray_compare_runner(policy_dir: str, scorer_dirs: dict[str, str | None], env_id: str,
+                       env_kwargs: dict | None = None, *, workers: int = 2, address: str | None = None):
+    """A `RaySearchRunner` for `compare`: ``workers`` actors on the Ray at ``address`` (a local Ray
+    without one), each holding the policy and every scorer of ``scorer_dirs`` that has a directory,
+    with the held-out env. Errors (Ray missing, address unreachable) are `ConfigError` naming the fix."""
+    from prmgym.cluster import connect
+    from prmgym.config import ConfigError
+
+    try:
+        connect(address)
+    except (ImportError, ConnectionError, ValueError) as e:
+        raise ConfigError(f"--ray: {e}") from None
+    from prmgym.search.distributed import RaySearchRunner
+
+    return RaySearchRunner(policy_dir, None, env_id, {**(env_kwargs or {}), "split": "test"}, workers=workers,
+                           scorers={k: d for k, d in scorer_dirs.items() if d is not None})
 
 
 def plot_accuracy(rows: list[dict], path: str, title: str = "accuracy at equal generated-token budget",

@@ -67,6 +67,9 @@ class QuickstartConfig:
     dtype: str = "fp32"  # compute precision of every stage (prmgym.models.optim; fp16 needs CUDA)
     device: str = "auto"  # torch device of every stage: auto (cuda if visible) | cpu | cuda | cuda:N
     policy: dict = field(default_factory=dict)  # generation backend: prmgym.models.backend.PolicyConfig fields
+    ray: bool = False  # the compare stage's tasks on Ray actors (same rows; docs/distributed.md)
+    ray_address: str | None = None  # with ray: the Ray head to join (None: start Ray on this machine)
+    ray_workers: int = 2  # with ray: search actors, each holding the policy and every scorer
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
@@ -186,16 +189,27 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     # 5. compare -------------------------------------------------------------------------
     t = stage(5, "compare", f"{cfg.eval_tasks} held-out tasks x budgets {cfg.budgets} generated tokens per task")
-    policy = load_policy(search_policy_dir, cfg.policy, device=dev)  # --backend: hf or a vLLM engine
-    scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
-    with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
-        rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
-                                  n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
-                                  results_dir=os.path.join(out, "results"),
-                                  on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
-                                                       f"accuracy {r['accuracy']:.3f}  (gen {r['mean_generated']:.0f}, "
-                                                       f"prm {r['mean_prm']:.0f} tokens/task)"))
-    close_policy(policy)
+    runner, policy, scorers = None, None, dict(prm_dirs)
+    if cfg.ray:  # the actors load the policy and the scorers; this process writes the report
+        runner = P.ray_compare_runner(search_policy_dir, prm_dirs, cfg.env_id, cfg.env_kwargs,
+                                      workers=cfg.ray_workers, address=cfg.ray_address)
+        say(f"  {cfg.ray_workers} Ray search actors" + (f" on {cfg.ray_address}" if cfg.ray_address else " on a local Ray"))
+    else:
+        policy = load_policy(search_policy_dir, cfg.policy, device=dev)  # --backend: hf or a vLLM engine
+        scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
+    try:
+        with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
+            rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
+                                      n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
+                                      results_dir=os.path.join(out, "results"), runner=runner,
+                                      on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
+                                                           f"accuracy {r['accuracy']:.3f}  (gen "
+                                                           f"{r['mean_generated']:.0f}, prm {r['mean_prm']:.0f} tokens/task)"))
+    finally:
+        if runner is not None:
+            runner.close()
+        if policy is not None:
+            close_policy(policy)
     absent.update(skipped)
     stages["compare"] = time.perf_counter() - t
     log.close()
@@ -313,6 +327,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for the tiny models)")
     add_backend_arg(p)  # --backend vllm: GRPO's rollouts and the compare stage generate on a vLLM engine
+    p.add_argument("--ray", action="store_true", help="solve the compare stage's tasks on Ray actors (pip install -e "
+                   "'.[ray]'); the report's rows are the same as without it (docs/distributed.md)")
+    p.add_argument("--address", default=None, help="with --ray: the Ray head to join (HOST:PORT, or auto); "
+                   "default: start Ray on this machine")
+    p.add_argument("--workers", type=int, default=2, help="with --ray: search actors (default: 2)")
 
 
 def run(args) -> int:
@@ -340,5 +359,16 @@ def run(args) -> int:
     cfg.device = args.device or cfg.device
     resolve_precision(cfg.dtype, cfg.device)  # a bad --dtype / --device fails before any stage
     cfg.policy = asdict(policy_config_from_args(args))
+    if args.address and not args.ray:
+        raise ConfigError("--address only applies with --ray; add --ray to run the compare stage on that Ray cluster")
+    if args.ray:
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        if args.dtype or args.device:
+            raise ConfigError("--dtype / --device do not reach the Ray actors (they load on cpu in fp32); drop them "
+                              "or --ray")
+        if cfg.policy.get("backend", "hf") != "hf":
+            raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
+        cfg.ray, cfg.ray_address, cfg.ray_workers = True, args.address, args.workers
     quickstart(cfg, args.out)
     return 0
