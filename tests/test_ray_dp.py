@@ -201,3 +201,47 @@ def test_train_config_rollout_workers_generate_the_groups(runtime):
     finally:
         trainer.close()
     assert trainer._ray_rollouts.actors == []
+
+
+# ----------------------------------------------------------------------------- prmgym train --set distributed.train_workers
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)
+def test_prmgym_train_with_train_workers_2_equals_one_process(runtime, tmp_path):
+    """A 1-step `prmgym train` with ``distributed.train_workers: 2`` (set on the command line) logs the
+    metrics and writes the weights of the same run without the section, to 1e-5."""
+    import json
+
+    import yaml
+
+    from prmgym.cli import main
+    from prmgym.models import TransformersPolicy, tiny
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    # entropy_coef: a gradient even when a random policy's groups have no reward spread
+    config = {"env": "prmgym/ChainArithmetic-v0", "model": str(tmp_path / "policy"), "steps": 1, "eval_tasks": 0,
+              "logging": [], "trainer": {"num_generations": 4, "batch_size": 8, "max_new_tokens": 4, "max_steps": 2,
+                                         "num_mini_batches": 2, "learning_rate": 3e-3, "entropy_coef": 0.05, "seed": 3}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    runs = {}
+    for name, extra in (("one", []), ("dp", ["--set", "distributed.backend=ray", "--set", "distributed.train_workers=2"])):
+        run_dir = tmp_path / name
+        assert main(["train", "--config", str(tmp_path / "run.yaml"), "--set", f"run_dir={run_dir}", "--no-progress",
+                     *extra]) == 0
+        rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+        summary = json.load(open(run_dir / "summary.json"))
+        policy = TransformersPolicy.from_pretrained(summary["policy_dir"])
+        runs[name] = (rows, {k: v.detach().numpy() for k, v in policy.model.named_parameters()})
+    (rows1, w1), (rows2, w2) = runs["one"], runs["dp"]
+    assert len(rows1) == len(rows2) == 1
+    # rows_per_step_frac describes how each rank's micro-batches pack, not the update: not compared
+    checked = [k for k, v in rows1[0].items()
+               if isinstance(v, float) and not k.startswith(("time/", "perf/")) and k != "train/rows_per_step_frac"]
+    assert {"train/loss", "train/grad_norm", "train/entropy", "budget/generated"} <= set(checked)
+    for k in checked:
+        assert rows2[0][k] == pytest.approx(rows1[0][k], rel=1e-5, abs=1e-6), k
+    w0 = {k: v.detach().numpy() for k, v in TransformersPolicy.from_pretrained(str(tmp_path / "policy")).model.named_parameters()}
+    assert _max_diff(w0, w1) > 1e-4  # the step moved the weights
+    assert _max_diff(w1, w2) < 1e-5
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # the run closed its process group (and its rank actor)

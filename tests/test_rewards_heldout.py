@@ -233,6 +233,42 @@ def test_train_prm_stops_early_by_default():
     from prmgym.rewards.train import TrainPRMRun
 
     run = TrainPRMRun(kind="orm")
-    assert (run.eval_every, run.patience) == (10, 5) and run.train_config().eval_every == 10
+    assert (run.eval_every, run.patience, run.eval_tasks) == (10, 5, 64) and run.train_config().eval_every == 10
+    assert run.train_config().eval_tasks == 64 and PRMTrainConfig(kind="orm").eval_tasks == 16
     assert (PRMTrainConfig(kind="orm").eval_every, PRMTrainConfig(kind="orm").patience) == (0, 0)  # the Python API: off
     assert TrainPRMRun(kind="orm", eval_every=0).patience == 0  # eval_every=0 turns early stopping off with it
+
+
+def test_heldout_scores_each_distinct_trace_once_and_outcome_min():
+    from prmgym.rewards.heldout import measure_outcome_min
+
+    class Counting(_FixedScores):
+        def score_steps(self, prompts, step_lists):
+            self.n = getattr(self, "n", 0) + len(prompts)
+            return super().score_steps(prompts, step_lists)
+
+    rolls = [Trace("q", ["1", "2"], correct=True), Trace("q", ["1", "3"], correct=False),
+             Trace("q", ["1", "2"], correct=True), Trace("q", ["4"], correct=False)]
+    prm = Counting({("q", ("1", "2")): [0.9, 0.5], ("q", ("1", "3")): [0.2, 0.8], ("q", ("4",)): [0.6]})
+    m = measure_outcome_min(prm, rolls)
+    # min: correct 0.5, 0.5; wrong 0.2, 0.6 -> 2 of 4 pairs; by the last step: 0.5 vs 0.8, 0.6 -> 0 of 4
+    assert m["outcome_auc_min"] == pytest.approx(0.5) and m["score"] == m["outcome_auc_min"] and prm.n == 3
+    assert measure_outcome(prm, rolls)["outcome_auc"] == 0.0 and prm.n == 6  # the repeated trace is scored once
+
+
+def test_validation_setting_replaces_the_kinds_own_and_keeps_it_beside(policy):
+    from prmgym.rewards.data import EnvPool
+    from prmgym.rewards.train import PRMData
+
+    with pytest.raises(ValueError, match="unknown validation 'nope'"):
+        PRMTrainConfig(kind="orm", validation="nope")
+    cfg = PRMTrainConfig(kind="orm", eval_tasks=3, rollouts_per_task=2, max_new_tokens=6, max_steps=2, validation="outcome_min")
+    pool = EnvPool(lambda: gym.make(ENV, split="train"))
+    prm = build_prm("orm", policy)
+    try:
+        held = HeldOut(prm, PRMData(cfg, policy, pool, None, prm), 3, cfg.validation)
+        ev = held.measure(prm)
+    finally:
+        pool.close()
+    assert held.name == "outcome_min" and held.also[0][1] is held.items  # one rollout set for both metrics
+    assert "outcome_auc" in ev and (ev["score"] == ev["outcome_auc_min"] or ev["score"] != ev["score"])

@@ -10,6 +10,7 @@ trainer keeps the best PRM and stops when it stops rising; `PRMTrainConfig.eval_
 | validation     | kinds         | held-out set                                           | ``score``                   |
 | ---            | ---           | ---                                                    | ---                         |
 | ``outcome``    | orm           | policy rollouts of held-out tasks                      | AUC correct > wrong, last step |
+| ``outcome_min``| (any, by ``PRMTrainConfig.validation``) | the same                 | AUC of the ``min`` over steps |
 | ``outcome_sum``| implicit      | the same                                               | AUC of Σ β·log-ratio (its training logit) |
 | ``step_labels``| mc            | the same, every step labelled by Monte-Carlo completions | step AUC, label ≥ ½ > label < ½ |
 | ``proposals``  | airl, repirl  | k policy proposals at every prefix of held-out expert solutions; right = equal to the expert's step | within-prefix AUC (right vs wrong siblings) |
@@ -18,7 +19,9 @@ trainer keeps the best PRM and stops when it stops rising; `PRMTrainConfig.eval_
 
 A kind's class attribute ``also_validate`` names validators measured next to its own and logged
 beside it (not used to pick the best PRM): AIRL, MC-PRM and rePIRL add ``corrupted``.
-A new validator is one more entry in `VALIDATORS` (or a kind's own ``validation`` name).
+``PRMTrainConfig.validation`` (``--set validation=NAME``) replaces the kind's own validator as
+the one that picks the kept PRM. A new validator is one more entry in `VALIDATORS` (or a kind's
+own ``validation`` name).
 """
 
 from __future__ import annotations
@@ -60,6 +63,22 @@ def auc(good: Sequence[float], bad: Sequence[float]) -> float:
     return (rank_sum - n_g * (n_g + 1) / 2.0) / (n_g * n_b)
 
 
+def score_unique(score: Callable[[list, list], list], prompts: Sequence[str], step_lists: Sequence[Sequence[str]]) -> list:
+    """``score(prompts, step_lists)`` computed once per distinct trace (policy samples of one task
+    often repeat: the held-out sets are scored every evaluation, so repeats would cost forward
+    passes for nothing); rows come back in the input order.
+
+    >>> score_unique(lambda p, s: [[len(x)] for x in p], ["a", "bb", "a"], [["1"], ["2"], ["1"]])
+    [[1], [2], [1]]
+    """
+    index: dict = {}
+    for p, st in zip(prompts, step_lists):
+        index.setdefault((p, tuple(st)), len(index))
+    keys = list(index)
+    rows = score([k[0] for k in keys], [list(k[1]) for k in keys]) if keys else []
+    return [rows[index[(p, tuple(st))]] for p, st in zip(prompts, step_lists)]
+
+
 def _heldout_tasks(data: Any, n: int) -> list:
     u = data.pool.get(1)[0].unwrapped
     return list(u.source.tasks("train", n, seed=HELDOUT_SEED + data.config.seed))
@@ -81,13 +100,23 @@ def _outcome_auc(scores: Sequence[float], rolls: Sequence[Any]) -> dict:
 
 def measure_outcome(prm: Any, rolls: list) -> dict:
     """AUC of the score at the last step (what the ORM is trained on), correct > wrong rollouts."""
-    scores = prm.score([r.prompt for r in rolls], [r.steps for r in rolls], aggregation="last")
-    return _outcome_auc(scores, rolls)
+    rows = score_unique(prm.score_steps, [r.prompt for r in rolls], [r.steps for r in rolls])
+    return _outcome_auc([row[-1] for row in rows], rolls)
+
+
+def measure_outcome_min(prm: Any, rolls: list) -> dict:
+    """AUC of the ``min``-aggregated step scores (a trace is as good as its worst step: how search
+    and best-of-N read a PRM), correct > wrong rollouts. Any kind can be picked by it
+    (``PRMTrainConfig.validation: outcome_min``)."""
+    rows = score_unique(prm.score_steps, [r.prompt for r in rolls], [r.steps for r in rolls])
+    out = _outcome_auc([min(row) for row in rows], rolls)
+    out["outcome_auc_min"] = out.pop("outcome_auc")
+    return out
 
 
 def measure_outcome_sum(prm: Any, rolls: list) -> dict:
     """AUC of the summed step rewards (the implicit PRM's training logit), correct > wrong."""
-    rows = prm.step_rewards([r.prompt for r in rolls], [r.steps for r in rolls])
+    rows = score_unique(prm.step_rewards, [r.prompt for r in rolls], [r.steps for r in rolls])
     return _outcome_auc([sum(row) for row in rows], rolls)
 
 
@@ -103,7 +132,7 @@ def build_step_labels(data: Any, n: int) -> tuple[list, list]:
 def measure_step_labels(prm: Any, heldout: tuple[list, list]) -> dict:
     """Step AUC: steps whose Monte-Carlo label is ≥ ½ should outscore those below."""
     rolls, labels = heldout
-    scores = prm.score_steps([r.prompt for r in rolls], [r.steps for r in rolls])
+    scores = score_unique(prm.score_steps, [r.prompt for r in rolls], [r.steps for r in rolls])
     good = [s for row, lab in zip(scores, labels) for s, y in zip(row, lab) if y >= 0.5]
     bad = [s for row, lab in zip(scores, labels) for s, y in zip(row, lab) if y < 0.5]
     a = auc(good, bad)
@@ -129,7 +158,7 @@ def build_proposals(data: Any, n: int) -> list[tuple[int, Any, bool]]:
 def measure_proposals(prm: Any, items: list) -> dict:
     """Within-prefix AUC (right vs wrong siblings of one prefix, pairs pooled over prefixes: the
     ranking beam search and MCTS ask of a PRM) and the pooled AUC over all proposals."""
-    rows = prm.score_steps([it[1].prompt for it in items], [it[1].steps for it in items])
+    rows = score_unique(prm.score_steps, [it[1].prompt for it in items], [it[1].steps for it in items])
     scores = [row[-1] for row in rows]
     groups: dict = {}
     for s, (pid, _, right) in zip(scores, items):
@@ -223,6 +252,7 @@ def measure_value(prm: Any, targets: list) -> dict:
 #: validation name -> (build(data, n_tasks) -> held-out set, measure(prm, set) -> metrics with "score")
 VALIDATORS: dict[str, tuple[Callable[[Any, int], Any], Callable[[Any, Any], dict]]] = {
     "outcome": (_heldout_rollouts, measure_outcome),
+    "outcome_min": (_heldout_rollouts, measure_outcome_min),
     "outcome_sum": (_heldout_rollouts, measure_outcome_sum),
     "step_labels": (build_step_labels, measure_step_labels),
     "proposals": (build_proposals, measure_proposals),
@@ -234,20 +264,31 @@ VALIDATORS: dict[str, tuple[Callable[[Any, int], Any], Callable[[Any, Any], dict
 class HeldOut:
     """The held-out set of one training run and its measurement (no gradient, eval mode)."""
 
-    def __init__(self, prm: Any, data: Any, n_tasks: int) -> None:
-        name = getattr(type(prm), "validation", None)
+    def __init__(self, prm: Any, data: Any, n_tasks: int, validation: str | None = None) -> None:
+        name = validation or getattr(type(prm), "validation", None)
+        if validation and validation not in VALIDATORS:
+            raise ValueError(f"unknown validation {validation!r}; valid: {', '.join(VALIDATORS)} (or leave it empty: "
+                             f"the kind's own)")
         if name not in VALIDATORS:
             raise ValueError(f"PRM kind {prm.kind!r} names no held-out validation (its class attribute validation is "
                              f"{name!r}; valid: {', '.join(VALIDATORS)}); set eval_every=0 to train without one")
-        also = tuple(getattr(type(prm), "also_validate", ()))
+        own = getattr(type(prm), "validation", None)
+        also = ((own,) if own in VALIDATORS and own != name else ()) + tuple(getattr(type(prm), "also_validate", ()))
         unknown = [a for a in also if a not in VALIDATORS]
         if unknown:
             raise ValueError(f"PRM kind {prm.kind!r}: also_validate names unknown validator(s) {unknown}; "
                              f"valid: {', '.join(VALIDATORS)}")
         build, self._measure = VALIDATORS[name]
         self.name = name
-        self.items = build(data, n_tasks)
-        self.also = [(VALIDATORS[a][1], VALIDATORS[a][0](data, n_tasks)) for a in also if a != name]
+        built: dict = {}  # validators that share a builder (the rollout ones) share its held-out set
+
+        def items_of(builder):
+            if builder not in built:
+                built[builder] = builder(data, n_tasks)
+            return built[builder]
+
+        self.items = items_of(build)
+        self.also = [(VALIDATORS[a][1], items_of(VALIDATORS[a][0])) for a in dict.fromkeys(also) if a != name]
 
     def measure(self, prm: Any) -> dict:
         was, tokens = prm.net.training, prm.tokens_scored

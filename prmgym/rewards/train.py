@@ -61,6 +61,8 @@ class PRMTrainConfig:
     patience: int = _f(0, "with eval_every: stop after this many evaluations without a new best (0 = run all steps)")
     min_delta: float = _f(0.0, "with eval_every: the least rise of the held-out score that counts as a new best")
     eval_tasks: int = _f(16, "with eval_every: held-out tasks (training split, seeds disjoint from the training draws)")
+    validation: str = _f("", "with eval_every: the held-out metric that picks the kept PRM (prmgym.rewards.heldout."
+                             "VALIDATORS, e.g. outcome_min); empty = the kind's own")
 
     def __post_init__(self) -> None:
         if self.kind not in PRM_CLASSES:
@@ -74,6 +76,12 @@ class PRMTrainConfig:
                      "log_every", "proposals_per_prefix", "eval_tasks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.validation:
+            from prmgym.rewards.heldout import VALIDATORS
+
+            if self.validation not in VALIDATORS:
+                raise ValueError(f"unknown validation {self.validation!r}; valid: {', '.join(VALIDATORS)} "
+                                 "(or empty: the kind's own)")
         if self.mc_labels not in ("hard", "soft"):
             raise ValueError(f"mc_labels must be hard or soft, got {self.mc_labels!r}")
         if self.eval_every < 0 or self.patience < 0 or self.min_delta < 0:
@@ -111,6 +119,8 @@ class TrainPRMRun(PRMTrainConfig):
                              "(prmgym.rewards.heldout; logged as prm/heldout/*): the saved PRM is the best one seen. "
                              "0 = off (and no early stopping)")
     patience: int = _f(5, "stop after this many held-out evaluations without a new best (0 = run all steps)")
+    eval_tasks: int = _f(64, "held-out tasks (training split, seeds disjoint from the training draws); 16 picked the "
+                             "kept update on noise (docs/rewards.md)")
 
     def __post_init__(self) -> None:
         if not self.eval_every:
@@ -316,7 +326,7 @@ class OfflinePRMTrainer:
 
         cfg = self.config
         if self._heldout is None:
-            self._heldout = HeldOut(self.prm, self.data, cfg.eval_tasks)
+            self._heldout = HeldOut(self.prm, self.data, cfg.eval_tasks, cfg.validation or None)
         ev = self._heldout.measure(self.prm)
         score = ev["score"]
         if initial:
