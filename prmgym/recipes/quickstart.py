@@ -64,6 +64,7 @@ class QuickstartConfig:
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
     threads: int = 1  # torch intra-op threads (why one: docs/models.md, "--threads")
+    prompt_format: str = "plain"  # plain | chat (the given model's chat template; needs policy_dir)
     dtype: str = "fp32"  # compute precision of every stage (prmgym.models.optim; fp16 needs CUDA)
     device: str = "auto"  # torch device of every stage: auto (cuda if visible) | cpu | cuda | cuda:N
     policy: dict = field(default_factory=dict)  # generation backend: prmgym.models.backend.PolicyConfig fields
@@ -109,6 +110,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     dtype, dev = resolve_precision(cfg.dtype, cfg.device)
     knobs = {"dtype": dtype, "device": str(dev)}  # every stage's precision and place
+    trainers = {**knobs, "prompt_format": cfg.prompt_format}  # ... and how the stages that train read traces
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, int(cfg.threads)))
     os.makedirs(out, exist_ok=True)
@@ -148,7 +150,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         g = P.train_grpo(policy_dir, cfg.env_id, os.path.join(out, "grpo_airl"), env_kwargs=cfg.env_kwargs,
                          reward="airl", steps=cfg.grpo_steps, seconds=cfg.grpo_seconds,
                          process_reward_weight=cfg.process_reward_weight, seed=cfg.seed, policy_config=cfg.policy,
-                         **knobs)
+                         **trainers)
         search_policy_dir, airl_dir = g["policy"], g["prm"]
         hist = g["history"]
         info["grpo"] = {"steps": g["steps"],
@@ -169,7 +171,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
                                                  env_kwargs=cfg.env_kwargs, steps=cfg.prm_steps,
                                                  tasks_per_step=cfg.prm_tasks_per_step,
                                                  rollouts_per_task=cfg.prm_rollouts, mc_rollouts=cfg.mc_rollouts,
-                                                 seed=cfg.seed, **knobs)
+                                                 seed=cfg.seed, **trainers)
         except ImportError as e:
             absent[f"prm_{kind}"] = f"not available: {e}"
     stages["baseline_prms"] = time.perf_counter() - t
@@ -179,7 +181,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     try:
         v = P.train_value_model(search_policy_dir, cfg.env_id, os.path.join(out, "value_model"),
                                 env_kwargs=cfg.env_kwargs, n_tasks=cfg.value_tasks, iterations=cfg.value_iterations,
-                                steps=cfg.value_steps, seed=cfg.seed, **knobs)
+                                steps=cfg.value_steps, seed=cfg.seed, **trainers)
         prm_dirs["value"] = v["prm"]
         info["value_targets"] = {"path": v["targets"], "n": v["n_targets"], "high_value_prefixes": len(v["prefixes"])}
         say(f"  {v['n_targets']} value targets, {len(v['prefixes'])} high-value partial states")
@@ -192,10 +194,12 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     runner, policy, scorers = None, None, dict(prm_dirs)
     if cfg.ray:  # the actors load the policy and the scorers; this process writes the report
         runner = P.ray_compare_runner(search_policy_dir, prm_dirs, cfg.env_id, cfg.env_kwargs,
-                                      workers=cfg.ray_workers, address=cfg.ray_address)
+                                      workers=cfg.ray_workers, address=cfg.ray_address,
+                                      prompt_format=cfg.prompt_format)
         say(f"  {cfg.ray_workers} Ray search actors" + (f" on {cfg.ray_address}" if cfg.ray_address else " on a local Ray"))
     else:
-        policy = load_policy(search_policy_dir, cfg.policy, device=dev)  # --backend: hf or a vLLM engine
+        # --backend: hf or a vLLM engine
+        policy = load_policy(search_policy_dir, cfg.policy, device=dev, prompt_format=cfg.prompt_format)
         scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
     try:
         with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
@@ -272,7 +276,8 @@ def render_markdown(report: dict) -> str:
     rows = report["rows"]
     out = ["# prmgym quickstart report", "",
            f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}, "
-           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`. "
+           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`, "
+           f"prompt format `{cfg.get('prompt_format', 'plain')}`. "
            f"Every method gets the same per-task limit on **generated policy tokens** (the columns); "
            "PRM tokens scored are counted and shown, not limited. ± is the binomial standard error "
            "over tasks (one seed); `benchmarks/seed_claims.py` repeats this over 3 seeds.", "",
@@ -326,6 +331,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for the tiny models)")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
+                   help="plain: the trace text; chat: the given model's chat template (an instruct model; needs --model)")
     add_backend_arg(p)  # --backend vllm: GRPO's rollouts and the compare stage generate on a vLLM engine
     p.add_argument("--ray", action="store_true", help="solve the compare stage's tasks on Ray actors (pip install -e "
                    "'.[ray]'); the report's rows are the same as without it (docs/distributed.md)")
@@ -337,6 +344,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     cfg = QuickstartConfig.fast() if args.fast else QuickstartConfig()
     cfg.env_id, cfg.seed, cfg.policy_dir = args.env, args.seed, args.policy
+    cfg.prompt_format = args.prompt_format
+    if cfg.prompt_format == "chat" and not cfg.policy_dir:
+        raise ConfigError("--prompt-format chat needs a model with a chat template: add --model DIR "
+                          "(the tiny SFT policy the quickstart builds has none)")
     if args.eval_tasks is not None:
         if args.eval_tasks < 1:
             raise ConfigError("--eval-tasks must be >= 1")
