@@ -116,7 +116,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, probe_ti
         probe(address, probe_timeout_s)
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)  # a new one, not a cluster found on the machine
     return ray
 
 

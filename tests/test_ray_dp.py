@@ -245,3 +245,86 @@ def test_prmgym_train_with_train_workers_2_equals_one_process(runtime, tmp_path)
     import torch.distributed as dist
 
     assert not dist.is_initialized()  # the run closed its process group (and its rank actor)
+
+
+# ----------------------------------------------------------------------------- data-parallel PRM updates
+def _build_prms(policy_dir, rank=0):
+    """An offline AIRL and an ORM trainer on ChainArithmetic, built alike on every rank."""
+    from prmgym.envs import make
+    from prmgym.models import TransformersPolicy
+    from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
+
+    torch.set_num_threads(1)
+    policy = TransformersPolicy.from_pretrained(policy_dir)
+    out = {}
+    for kind in ("airl", "orm"):
+        torch.manual_seed(0)  # the same head initialisation on every rank
+        cfg = PRMTrainConfig(kind=kind, steps=2, tasks_per_step=3, rollouts_per_task=2, max_new_tokens=8, max_steps=3)
+        out[kind] = OfflinePRMTrainer(build_prm(kind, policy, learning_rate=1e-2), policy,
+                                      functools.partial(make, "prmgym/ChainArithmetic-v0", split="train"), cfg)
+    return out
+
+
+def _wrap_prms(trainers):
+    from prmgym.rewards.data_parallel import data_parallel_prm
+
+    return {k: data_parallel_prm(t) for k, t in trainers.items()}
+
+
+def _prm_step(trainers, kind):
+    return trainers[kind].step()
+
+
+def _prm_weights(trainers, kind):
+    return {k: v.detach().clone().numpy() for k, v in trainers[kind].prm.net.named_parameters()}
+
+
+def _prm_gradient(trainers, kind, batch):
+    prm = trainers[kind].prm
+    optim, seen = prm.optim, {}
+    real_step = optim.step
+
+    def capture():
+        seen.update({k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)).numpy()
+                     for k, p in prm.net.named_parameters()})
+        return real_step()
+
+    optim.step = capture
+    try:
+        prm.update(batch)
+    finally:
+        optim.__dict__.pop("step", None)
+    return seen
+
+
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)
+def test_prm_updates_k2_equal_single_process(runtime, tmp_path):
+    """AIRL and ORM offline training with 2 gloo ranks in Ray actors: one update's metrics (1e-5)
+    and weights, and the gradient on a further batch (1e-5), equal one process's."""
+    from prmgym.agents.data_parallel import RayDataParallel
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    single = _build_prms(str(tmp_path / "policy"))
+    before = {k: _prm_weights(single, k) for k in single}
+    expected = {k: single[k].step() for k in single}
+    with RayDataParallel(functools.partial(_build_prms, str(tmp_path / "policy")), world=2, wrap=_wrap_prms) as dp:
+        for kind in ("airl", "orm"):
+            got = dp.call(_prm_step, kind)[0]
+            assert "skipped" not in got and got["traces"] > 2
+            for k, v in expected[kind].items():
+                if not k.startswith("time/"):
+                    assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6), (kind, k)
+            ranks = dp.call(_prm_weights, kind)
+            assert _max_diff(ranks[0], ranks[1]) == 0.0
+            moved = _max_diff(before[kind], _prm_weights(single, kind))
+            assert moved > 5e-3  # Adam's first step moves weights by ~lr = 1e-2
+            # AdamW's first step is ~lr * g / |g|: where |g| is near eps (1e-8) a 1e-9 difference in the
+            # summed gradient shows in the weights, so they are compared to a share of the step
+            assert _max_diff(ranks[0], _prm_weights(single, kind)) < 0.05 * moved
+            batch = single[kind].collect(1)
+            want = _prm_gradient(single, kind, batch)
+            grads = dp.call(_prm_gradient, kind, batch)
+            assert max(float(np.abs(g).max()) for g in want.values()) > 1e-4  # a real gradient
+            assert _max_diff(grads[0], want) < 1e-5 and _max_diff(grads[1], want) < 1e-5, kind

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from prmgym.agents.common import rng_state, set_rng_state
+from prmgym.models.distributed import all_reduce_gradients
 from prmgym.models.optim import micro_batches
 
 
@@ -45,17 +46,7 @@ class DataParallel:
         return micro_batches(weights, size)[rank::world]
 
     def _reduce_gradients(self, metrics: dict) -> dict:
-        params = [p for p in self.optim.params() if p.requires_grad]
-        for p in params:
-            if p.grad is None:  # a rank that got no micro-batch adds zeros
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-            offset += n
+        all_reduce_gradients(self.optim.params())  # a rank that got no micro-batch adds zeros
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, metrics)
         out: dict = {}
@@ -113,9 +104,10 @@ class _Rank:
 
         return ray.util.get_node_ip_address(), _free_port()
 
-    def setup(self, build: Callable[[int], Any], rank: int, world: int, master: tuple[str, int], backend: str) -> int:
+    def setup(self, build: Callable[[int], Any], rank: int, world: int, master: tuple[str, int], backend: str,
+              wrap: Callable[[Any], Any] | None = None) -> int:
         dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=rank, world_size=world)
-        self.trainer = data_parallel(build(rank))
+        self.trainer = (wrap or data_parallel)(build(rank))
         return rank
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -133,10 +125,13 @@ class RayDataParallel:
     `step` runs one data-parallel trainer step on every rank and returns rank 0's metrics;
     `call(fn, *args)` runs ``fn(trainer, *args)`` on every rank and returns the K results.
     ``build`` is pickled to the actors: a module-level function of an installed module.
+    ``wrap`` makes a built trainer a rank (default `data_parallel`; a PRM trainer:
+    `prmgym.rewards.data_parallel.data_parallel_prm`).
     """
 
     def __init__(self, build: Callable[[int], Any], world: int = 2, *, backend: str = "gloo", threads: int = 1,
-                 num_cpus: float = 1.0, num_gpus: float = 0.0, start_timeout_s: float = 300.0):
+                 num_cpus: float = 1.0, num_gpus: float = 0.0, start_timeout_s: float = 300.0,
+                 wrap: Callable[[Any], Any] | None = None):
         if world < 1:
             raise ValueError(f"world must be >= 1, got {world}")
         from prmgym.cluster import connect
@@ -146,7 +141,7 @@ class RayDataParallel:
         cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
         self.actors = [cls.remote(threads) for _ in range(world)]
         master = ray.get(self.actors[0].address.remote(), timeout=start_timeout_s)
-        ray.get([a.setup.remote(build, r, world, master, backend) for r, a in enumerate(self.actors)],
+        ray.get([a.setup.remote(build, r, world, master, backend, wrap) for r, a in enumerate(self.actors)],
                 timeout=start_timeout_s)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> list:
