@@ -94,7 +94,8 @@ def _pass_at_1(cfg, path: str, tcfg: SB3PPOConfig) -> float:
     split = {**cfg.env_kwargs, **cfg.eval_env_kwargs}.get("split", "test")
     env_kwargs.pop("split", None)
     policy = TransformersPolicy.from_pretrained(path, device=resolve_device(cfg.device))  # "auto": cuda if visible
-    r = evaluate_policy(policy, cfg.env, n_tasks=cfg.eval_tasks, split=split, env_kwargs=env_kwargs, max_new_tokens=tcfg.max_chunk_tokens, max_steps=tcfg.max_steps)
+    r = evaluate_policy(policy, cfg.env, n_tasks=cfg.eval_tasks, split=split, env_kwargs=env_kwargs,
+                        max_new_tokens=tcfg.max_chunk_tokens, max_steps=tcfg.max_steps)
     return r["pass@1"]
 
 
