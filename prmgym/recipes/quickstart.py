@@ -69,6 +69,7 @@ class QuickstartConfig:
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
     threads: int = 1  # torch intra-op threads (why one: docs/models.md, "--threads")
+    prompt_format: str = "plain"  # plain | chat (the given model's chat template; needs policy_dir)
     dtype: str = "fp32"  # compute precision of every stage (prmgym.models.optim; fp16 needs CUDA)
     device: str = "auto"  # torch device of every stage: auto (cuda if visible) | cpu | cuda | cuda:N
     policy: dict = field(default_factory=dict)  # generation backend: prmgym.models.backend.PolicyConfig fields
@@ -78,6 +79,9 @@ class QuickstartConfig:
     tool_pretrain: dict = field(default_factory=lambda: {"num_train_tasks": 3000, "steps": 300})
     tool_eval_tasks: int = 25  # held-out tool-env tasks per method and budget
     tool_max_new_tokens: int = 40  # per step: a cell such as ```python print(47*83-129)``` is ~30 characters
+    ray: bool = False  # the compare stage's tasks on Ray actors (same rows; docs/distributed.md)
+    ray_address: str | None = None  # with ray: the Ray head to join (None: start Ray on this machine)
+    ray_workers: int = 2  # with ray: search actors, each holding the policy and every scorer
 
     def __post_init__(self) -> None:
         if self.tool_eval_tasks < 1:
@@ -156,6 +160,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     dtype, dev = resolve_precision(cfg.dtype, cfg.device)
     knobs = {"dtype": dtype, "device": str(dev)}  # every stage's precision and place
+    trainers = {**knobs, "prompt_format": cfg.prompt_format}  # ... and how the stages that train read traces
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, int(cfg.threads)))
     os.makedirs(out, exist_ok=True)
@@ -195,7 +200,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         g = P.train_grpo(policy_dir, cfg.env_id, os.path.join(out, "grpo_airl"), env_kwargs=cfg.env_kwargs,
                          reward="airl", steps=cfg.grpo_steps, seconds=cfg.grpo_seconds,
                          process_reward_weight=cfg.process_reward_weight, seed=cfg.seed, policy_config=cfg.policy,
-                         **knobs)
+                         **trainers)
         search_policy_dir, airl_dir = g["policy"], g["prm"]
         hist = g["history"]
         info["grpo"] = {"steps": g["steps"],
@@ -216,7 +221,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
                                                  env_kwargs=cfg.env_kwargs, steps=cfg.prm_steps,
                                                  tasks_per_step=cfg.prm_tasks_per_step,
                                                  rollouts_per_task=cfg.prm_rollouts, mc_rollouts=cfg.mc_rollouts,
-                                                 seed=cfg.seed, **knobs)
+                                                 seed=cfg.seed, **trainers)
         except ImportError as e:
             absent[f"prm_{kind}"] = f"not available: {e}"
     stages["baseline_prms"] = time.perf_counter() - t
@@ -226,7 +231,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     try:
         v = P.train_value_model(search_policy_dir, cfg.env_id, os.path.join(out, "value_model"),
                                 env_kwargs=cfg.env_kwargs, n_tasks=cfg.value_tasks, iterations=cfg.value_iterations,
-                                steps=cfg.value_steps, seed=cfg.seed, **knobs)
+                                steps=cfg.value_steps, seed=cfg.seed, **trainers)
         prm_dirs["value"] = v["prm"]
         info["value_targets"] = {"path": v["targets"], "n": v["n_targets"], "high_value_prefixes": len(v["prefixes"])}
         say(f"  {v['n_targets']} value targets, {len(v['prefixes'])} high-value partial states")
@@ -236,16 +241,29 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     # 5. compare -------------------------------------------------------------------------
     t = stage(5, "compare", f"{cfg.eval_tasks} held-out tasks x budgets {cfg.budgets} generated tokens per task")
-    policy = load_policy(search_policy_dir, cfg.policy, device=dev)  # --backend: hf or a vLLM engine
-    scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
-    with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
-        rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
-                                  n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
-                                  results_dir=os.path.join(out, "results"),
-                                  on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
-                                                       f"accuracy {r['accuracy']:.3f}  (gen {r['mean_generated']:.0f}, "
-                                                       f"prm {r['mean_prm']:.0f} tokens/task)"))
-    close_policy(policy)
+    runner, policy, scorers = None, None, dict(prm_dirs)
+    if cfg.ray:  # the actors load the policy and the scorers; this process writes the report
+        runner = P.ray_compare_runner(search_policy_dir, prm_dirs, cfg.env_id, cfg.env_kwargs,
+                                      workers=cfg.ray_workers, address=cfg.ray_address,
+                                      prompt_format=cfg.prompt_format)
+        say(f"  {cfg.ray_workers} Ray search actors" + (f" on {cfg.ray_address}" if cfg.ray_address else " on a local Ray"))
+    else:
+        # --backend: hf or a vLLM engine
+        policy = load_policy(search_policy_dir, cfg.policy, device=dev, prompt_format=cfg.prompt_format)
+        scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
+    try:
+        with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
+            rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
+                                      n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
+                                      results_dir=os.path.join(out, "results"), runner=runner,
+                                      on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
+                                                           f"accuracy {r['accuracy']:.3f}  (gen "
+                                                           f"{r['mean_generated']:.0f}, prm {r['mean_prm']:.0f} tokens/task)"))
+    finally:
+        if runner is not None:
+            runner.close()
+        if policy is not None:
+            close_policy(policy)
     absent.update(skipped)
     stages["compare"] = time.perf_counter() - t
     if cfg.tool_env_id:
@@ -316,7 +334,8 @@ def render_markdown(report: dict) -> str:
     rows = report["rows"]
     out = ["# prmgym quickstart report", "",
            f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}, "
-           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`. "
+           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`, "
+           f"prompt format `{cfg.get('prompt_format', 'plain')}`. "
            f"Every method gets the same per-task limit on **generated policy tokens** (the columns); "
            "PRM tokens scored are counted and shown, not limited. ± is the binomial standard error "
            "over tasks (one seed); `benchmarks/seed_claims.py` repeats this over 3 seeds.", "",
@@ -377,12 +396,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for the tiny models)")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
+                   help="plain: the trace text; chat: the given model's chat template (an instruct model; needs --model)")
     add_backend_arg(p)  # --backend vllm: GRPO's rollouts and the compare stage generate on a vLLM engine
+    p.add_argument("--ray", action="store_true", help="solve the compare stage's tasks on Ray actors (pip install -e "
+                   "'.[ray]'); the report's rows are the same as without it (docs/distributed.md)")
+    p.add_argument("--address", default=None, help="with --ray: the Ray head to join (HOST:PORT, or auto); "
+                   "default: start Ray on this machine")
+    p.add_argument("--workers", type=int, default=2, help="with --ray: search actors (default: 2)")
 
 
 def run(args) -> int:
     cfg = QuickstartConfig.fast() if args.fast else QuickstartConfig()
     cfg.env_id, cfg.seed, cfg.policy_dir = args.env, args.seed, args.policy
+    cfg.prompt_format = args.prompt_format
+    if cfg.prompt_format == "chat" and not cfg.policy_dir:
+        raise ConfigError("--prompt-format chat needs a model with a chat template: add --model DIR "
+                          "(the tiny SFT policy the quickstart builds has none)")
     if args.eval_tasks is not None:
         if args.eval_tasks < 1:
             raise ConfigError("--eval-tasks must be >= 1")
@@ -405,5 +435,16 @@ def run(args) -> int:
     cfg.device = args.device or cfg.device
     resolve_precision(cfg.dtype, cfg.device)  # a bad --dtype / --device fails before any stage
     cfg.policy = asdict(policy_config_from_args(args))
+    if args.address and not args.ray:
+        raise ConfigError("--address only applies with --ray; add --ray to run the compare stage on that Ray cluster")
+    if args.ray:
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        if args.dtype or args.device:
+            raise ConfigError("--dtype / --device do not reach the Ray actors (they load on cpu in fp32); drop them "
+                              "or --ray")
+        if cfg.policy.get("backend", "hf") != "hf":
+            raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
+        cfg.ray, cfg.ray_address, cfg.ray_workers = True, args.address, args.workers
     quickstart(cfg, args.out)
     return 0
