@@ -121,8 +121,10 @@ def methods(cfg: QuickstartConfig) -> list[Method]:
 
 def tool_methods(cfg: QuickstartConfig) -> list[Method]:
     """The tool-env rows' methods (no PRM is trained on the tool env: sampling and a vote)."""
+    # stepwise: one step per policy call, so the step after a cell sees its output (a whole trace
+    # sampled in one call would be written before any cell ran)
     common = dict(temperature=cfg.temperature, max_new_tokens=cfg.tool_max_new_tokens,
-                  max_trace_tokens=3 * cfg.tool_max_new_tokens, max_depth=6)
+                  max_trace_tokens=3 * cfg.tool_max_new_tokens, max_depth=6, stepwise=True)
     return [Method("toolmath_sampling", "sample", None, dict(common)),
             Method("toolmath_majority_vote", "majority", None, {"n": cfg.n_max, "aggregation": cfg.aggregation, **common})]
 
