@@ -95,6 +95,10 @@ def main(argv=None) -> int:
     ap.add_argument("--policy", default=None, help="use this policy directory instead of the cached tiny SFT policy")
     ap.add_argument("--prms", default="airl,orm,mc,implicit", help="claim (a): which PRMs to compare")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
+    ap.add_argument("--ray", action="store_true", help="claims (a) and (b): solve the comparison tasks on Ray actors "
+                    "(same rows; pip install -e '.[ray]')")
+    ap.add_argument("--address", default=None, help="with --ray: the Ray head to join (default: a local Ray)")
+    ap.add_argument("--workers", type=int, default=2, help="with --ray: search actors (default 2)")
     args = ap.parse_args(argv)
 
     import torch
@@ -141,14 +145,18 @@ def main(argv=None) -> int:
             scorers_dirs["value"] = v["prm"]
         scorers = {k: P.load_scorer(d) for k, d in scorers_dirs.items()}
         policy = TransformersPolicy.from_pretrained(policy_dir)
+        runner = (P.ray_compare_runner(policy_dir, scorers_dirs, args.env, workers=args.workers, address=args.address)
+                  if args.ray and ("a" in claims or "b" in claims) else None)
         for claim in [c for c in claims if c in ("a", "b")]:
             say(f"seed {seed}: claim ({claim}) comparisons at budgets {budgets}")
             rows, absent = P.compare(method_set(claim, n_max, iterations, prms), scorers, policy, args.env, budgets=budgets,
-                                     n_tasks=eval_tasks, seed=seed,
+                                     n_tasks=eval_tasks, seed=seed, runner=runner,
                                      on_row=lambda r: say(f"  {r['method']:<14} @ {r['budget']}: {r['accuracy']:.3f}"))
             per_claim_seed[claim][seed] = rows
             if absent:
                 results.setdefault("absent", {}).update(absent)
+        if runner is not None:
+            runner.close()
         if "c" in claims:
             from prmgym.search.evaluate import evaluate_planner, make_planner
 

@@ -29,7 +29,7 @@ def start(kind: str):
     if ray.is_initialized():
         ray.shutdown()
     if kind == "init":
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster already on the machine
         return ray.shutdown
     from ray.cluster_utils import Cluster
 

@@ -31,10 +31,18 @@ def test_config_section_checks_its_fields():
                              ({"sandbox_workers": 2}, "set distributed.backend: ray"),
                              ({"rollout_workers": 2}, "set distributed.backend: ray"),
                              ({"backend": "ray", "rollout_chunk_prompts": 0}, "rollout_chunk_prompts must be >= 1"),
+                             ({"backend": "ray", "train_workers": 0}, "train_workers must be >= 1"),
+                             ({"train_workers": 2}, "set distributed.backend: ray"),
                              ({"bakend": "ray"}, "did you mean 'backend'")):
         with pytest.raises(ValueError, match=message):
             load_run_config({"distributed": section})
     assert load_run_config({"distributed": {"backend": "ray", "sandbox_workers": 1}}).distributed["sandbox_workers"] == 1
+    dp = {"backend": "ray", "train_workers": 2}
+    with pytest.raises(ConfigError, match="process-reward update .airl. is not data-parallel"):
+        load_run_config({"distributed": dp, "reward": "airl"})
+    with pytest.raises(ConfigError, match="policy.backend hf"):
+        load_run_config({"distributed": dp, "policy": {"backend": "vllm"}})
+    assert load_run_config({"distributed": dp}).distributed["train_workers"] == 2
 
 
 def test_unreachable_address_fails_fast_and_names_the_fix():
@@ -86,3 +94,16 @@ def test_sandbox_workers_need_a_code_env():
         with_ray_sandbox(section, "prmgym/HumanEval-v0", {"sandbox": "local"})
     kwargs = {"split": "train"}
     assert with_ray_sandbox({}, "prmgym/HumanEval-v0", kwargs) is kwargs
+
+
+def test_quickstart_ray_flags_are_checked_before_any_stage(tmp_path, capsys):
+    from prmgym.cli import main
+
+    out = tmp_path / "qs"
+    for argv, message in ((["--address", "127.0.0.1:1"], "--address only applies with --ray"),
+                          (["--ray", "--workers", "0"], "--workers must be >= 1"),
+                          (["--ray", "--dtype", "bf16"], "do not reach the Ray actors"),
+                          (["--ray", "--backend", "vllm"], "runs the hf backend")):
+        assert main(["quickstart", "--fast", "--out", str(out), *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing ran

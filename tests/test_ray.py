@@ -158,6 +158,37 @@ def test_search_cli_with_ray_writes_the_same_report(runtime, models, tmp_path):
         {u: v for u, v in summaries[0]["budget"].items() if u != "seconds"}) == 2
 
 
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)
+def test_compare_on_ray_gives_the_in_process_rows(runtime, models, tmp_path):
+    """The quickstart's / benchmarks' comparison helper (`pipeline.compare`) fanned out over 2 actors
+    holding the policy and the named scorers: the same rows and results files (seconds aside)."""
+    import json
+
+    from prmgym.models import TransformersPolicy
+    from prmgym.recipes import pipeline as P
+    from prmgym.rewards import load_prm
+
+    common = dict(max_new_tokens=8, max_trace_tokens=24, max_depth=3)
+    methods = [P.Method("sampling", "sample", None, common), P.Method("bon_orm", "orm_bon", "orm", {"n": 3, **common}),
+               P.Method("beam_airl", "beam", "airl", {"beam_width": 2, "expansions": 2, **common})]
+    kw = dict(budgets=[40, 80], n_tasks=3, seed=1)
+    local, absent = P.compare(methods, {"airl": load_prm(models / "prm"), "orm": None},
+                              TransformersPolicy.from_pretrained(models / "policy"), "prmgym/ChainArithmetic-v0",
+                              results_dir=str(tmp_path / "one"), **kw)
+    dirs = {"airl": str(models / "prm"), "orm": None}
+    with P.ray_compare_runner(str(models / "policy"), dirs, "prmgym/ChainArithmetic-v0", workers=2) as runner:
+        fanned, absent2 = P.compare(methods, dirs, None, "prmgym/ChainArithmetic-v0", runner=runner,
+                                    results_dir=str(tmp_path / "ray"), **kw)
+        assert set(runner.solved_by) == {0, 1}
+    assert absent == absent2 == {"bon_orm": "its scorer 'orm' is not available"}
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "mean_seconds"} for r in rows]  # noqa: E731
+    assert drop(fanned) == drop(local) and len(local) == 4 and max(r["mean_prm"] for r in local) > 0
+    for name in ("sampling-g40.jsonl", "beam_airl-g80.jsonl"):
+        rows = [_without_seconds([json.loads(x) for x in (tmp_path / d / name).read_text().splitlines()])
+                for d in ("one", "ray")]
+        assert rows[0] == rows[1] and len(rows[0]) == 3
+
+
 def test_train_config_sandbox_workers_judge_code_on_ray(runtime):
     import prmgym  # noqa: F401
     from prmgym.envs import make

@@ -201,3 +201,130 @@ def test_train_config_rollout_workers_generate_the_groups(runtime):
     finally:
         trainer.close()
     assert trainer._ray_rollouts.actors == []
+
+
+# ----------------------------------------------------------------------------- prmgym train --set distributed.train_workers
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)
+def test_prmgym_train_with_train_workers_2_equals_one_process(runtime, tmp_path):
+    """A 1-step `prmgym train` with ``distributed.train_workers: 2`` (set on the command line) logs the
+    metrics and writes the weights of the same run without the section, to 1e-5."""
+    import json
+
+    import yaml
+
+    from prmgym.cli import main
+    from prmgym.models import TransformersPolicy, tiny
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    # entropy_coef: a gradient even when a random policy's groups have no reward spread
+    config = {"env": "prmgym/ChainArithmetic-v0", "model": str(tmp_path / "policy"), "steps": 1, "eval_tasks": 0,
+              "logging": [], "trainer": {"num_generations": 4, "batch_size": 8, "max_new_tokens": 4, "max_steps": 2,
+                                         "num_mini_batches": 2, "learning_rate": 3e-3, "entropy_coef": 0.05, "seed": 3}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    runs = {}
+    for name, extra in (("one", []), ("dp", ["--set", "distributed.backend=ray", "--set", "distributed.train_workers=2"])):
+        run_dir = tmp_path / name
+        assert main(["train", "--config", str(tmp_path / "run.yaml"), "--set", f"run_dir={run_dir}", "--no-progress",
+                     *extra]) == 0
+        rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+        summary = json.load(open(run_dir / "summary.json"))
+        policy = TransformersPolicy.from_pretrained(summary["policy_dir"])
+        runs[name] = (rows, {k: v.detach().numpy() for k, v in policy.model.named_parameters()})
+    (rows1, w1), (rows2, w2) = runs["one"], runs["dp"]
+    assert len(rows1) == len(rows2) == 1
+    # rows_per_step_frac describes how each rank's micro-batches pack, not the update: not compared
+    checked = [k for k, v in rows1[0].items()
+               if isinstance(v, float) and not k.startswith(("time/", "perf/")) and k != "train/rows_per_step_frac"]
+    assert {"train/loss", "train/grad_norm", "train/entropy", "budget/generated"} <= set(checked)
+    for k in checked:
+        assert rows2[0][k] == pytest.approx(rows1[0][k], rel=1e-5, abs=1e-6), k
+    w0 = {k: v.detach().numpy() for k, v in TransformersPolicy.from_pretrained(str(tmp_path / "policy")).model.named_parameters()}
+    assert _max_diff(w0, w1) > 1e-4  # the step moved the weights
+    assert _max_diff(w1, w2) < 1e-5
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # the run closed its process group (and its rank actor)
+
+
+# ----------------------------------------------------------------------------- data-parallel PRM updates
+def _build_prms(policy_dir, rank=0):
+    """An offline AIRL and an ORM trainer on ChainArithmetic, built alike on every rank."""
+    from prmgym.envs import make
+    from prmgym.models import TransformersPolicy
+    from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
+
+    torch.set_num_threads(1)
+    policy = TransformersPolicy.from_pretrained(policy_dir)
+    out = {}
+    for kind in ("airl", "orm"):
+        torch.manual_seed(0)  # the same head initialisation on every rank
+        cfg = PRMTrainConfig(kind=kind, steps=2, tasks_per_step=3, rollouts_per_task=2, max_new_tokens=8, max_steps=3)
+        out[kind] = OfflinePRMTrainer(build_prm(kind, policy, learning_rate=1e-2), policy,
+                                      functools.partial(make, "prmgym/ChainArithmetic-v0", split="train"), cfg)
+    return out
+
+
+def _wrap_prms(trainers):
+    from prmgym.rewards.data_parallel import data_parallel_prm
+
+    return {k: data_parallel_prm(t) for k, t in trainers.items()}
+
+
+def _prm_step(trainers, kind):
+    return trainers[kind].step()
+
+
+def _prm_weights(trainers, kind):
+    return {k: v.detach().clone().numpy() for k, v in trainers[kind].prm.net.named_parameters()}
+
+
+def _prm_gradient(trainers, kind, batch):
+    prm = trainers[kind].prm
+    optim, seen = prm.optim, {}
+    real_step = optim.step
+
+    def capture():
+        seen.update({k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)).numpy()
+                     for k, p in prm.net.named_parameters()})
+        return real_step()
+
+    optim.step = capture
+    try:
+        prm.update(batch)
+    finally:
+        optim.__dict__.pop("step", None)
+    return seen
+
+
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)
+def test_prm_updates_k2_equal_single_process(runtime, tmp_path):
+    """AIRL and ORM offline training with 2 gloo ranks in Ray actors: one update's metrics (1e-5)
+    and weights, and the gradient on a further batch (1e-5), equal one process's."""
+    from prmgym.agents.data_parallel import RayDataParallel
+    from prmgym.models import tiny
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    single = _build_prms(str(tmp_path / "policy"))
+    before = {k: _prm_weights(single, k) for k in single}
+    expected = {k: single[k].step() for k in single}
+    with RayDataParallel(functools.partial(_build_prms, str(tmp_path / "policy")), world=2, wrap=_wrap_prms) as dp:
+        for kind in ("airl", "orm"):
+            got = dp.call(_prm_step, kind)[0]
+            assert "skipped" not in got and got["traces"] > 2
+            for k, v in expected[kind].items():
+                if not k.startswith("time/"):
+                    assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6), (kind, k)
+            ranks = dp.call(_prm_weights, kind)
+            assert _max_diff(ranks[0], ranks[1]) == 0.0
+            moved = _max_diff(before[kind], _prm_weights(single, kind))
+            assert moved > 5e-3  # Adam's first step moves weights by ~lr = 1e-2
+            # AdamW's first step is ~lr * g / |g|: where |g| is near eps (1e-8) a 1e-9 difference in the
+            # summed gradient shows in the weights, so they are compared to a share of the step
+            assert _max_diff(ranks[0], _prm_weights(single, kind)) < 0.05 * moved
+            batch = single[kind].collect(1)
+            want = _prm_gradient(single, kind, batch)
+            grads = dp.call(_prm_gradient, kind, batch)
+            assert max(float(np.abs(g).max()) for g in want.values()) > 1e-4  # a real gradient
+            assert _max_diff(grads[0], want) < 1e-5 and _max_diff(grads[1], want) < 1e-5, kind

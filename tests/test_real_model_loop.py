@@ -51,8 +51,18 @@ def test_qwen2_chat_model_runs_train_prm_search_quickstart_with_lora_and_bf16(tm
 
     qs = tmp_path / "qs"
     torch_threads = torch.get_num_threads()
-    assert main(["quickstart", "--fast", "--model", policy, "--dtype", "bf16", "--out", str(qs)]) == 0
+    assert main(["quickstart", "--fast", "--model", policy, "--dtype", "bf16", "--prompt-format", "chat",
+                 "--out", str(qs)]) == 0
     torch.set_num_threads(torch_threads)
     report = json.loads((qs / "report.json").read_text())
     assert (qs / "report.md").exists() and report
     assert policy in json.dumps(report)  # the given model, not the tiny SFT policy
+    assert report["config"]["prompt_format"] == "chat" and "prompt format `chat`" in (qs / "report.md").read_text()
+    airl = json.loads((qs / "grpo_airl" / "prm_airl" / "prm_config.json").read_text())
+    assert "chat" in json.dumps(airl)  # the PRM the GRPO stage learned reads the chat format too
+
+
+def test_quickstart_chat_format_needs_a_model_with_a_template(tmp_path, capsys):
+    assert main(["quickstart", "--fast", "--prompt-format", "chat", "--out", str(tmp_path / "qs")]) != 0
+    assert "--model DIR" in capsys.readouterr().err
+    assert not (tmp_path / "qs" / "report.md").exists()

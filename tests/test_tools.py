@@ -66,6 +66,27 @@ def test_expert_replay_reaches_reward_1_on_100_tasks(sandbox):
     assert families == {"expr", "sumsq", "powmod"}  # sumsq needs the state of an earlier cell
 
 
+def test_reasoning_gym_tasks_replay_their_cells_to_reward_1(sandbox):
+    env = _env(sandbox, difficulty=3)
+    tasks = ToolMath(families=("chain_sum", "basic_arithmetic")).tasks("train", 100)
+    families, divisions = set(), 0
+    for task in tasks:
+        assert task.expert_steps[0].startswith("```python print(") and len(task.expert_steps) == 2
+        obs, info = env.reset(options={"task": task})
+        for step in task.expert_steps:
+            obs, reward, term, trunc, info = env.step(step)
+        assert term and reward == 1.0 and info["verdict"].correct, (task.prompt, obs)
+        assert f"```output\n{task.answer}\n```\n" in obs  # the answer is what the cell printed
+        families.add(task.metadata["family"])
+        divisions += "round(" in task.expert_steps[0]
+    assert families == {"chain_sum", "basic_arithmetic"} and divisions > 0
+    # the dataset's own question and answer, split like every ToolMath task
+    assert any(t.prompt.startswith("Calculate ") for t in tasks)
+    assert not {t.prompt for t in tasks} & {t.prompt for t in ToolMath(difficulty=3).tasks("test", 100)}
+    assert {t.metadata["family"] for t in ToolMath(difficulty=3).tasks("train", 60)} == {
+        "expr", "sumsq", "powmod", "chain_sum", "basic_arithmetic"}
+
+
 def test_wrong_cell_output_is_what_the_sandbox_printed(sandbox):
     env = _env(sandbox)
     env.reset(seed=0)

@@ -13,20 +13,26 @@ K = 1 to 1e-5), so the weights stay equal on every rank without a broadcast.
     >>> trainer = data_parallel(GRPOTrainer(policy, env, cfg))       # doctest: +SKIP
     >>> trainer.step()                                               # doctest: +SKIP
 
+`ray_ranks(trainer, build, world)` makes this process rank 0 of such a group and starts the
+other ranks as Ray actors: the trainer is used as before (``step``, ``train``, ``save``, ``load``),
+each step also stepping the actors. ``prmgym train`` does this for ``distributed.train_workers``.
+
 Not data-parallel: the process-reward update (a trainer with a process reward is refused) and
-fp16 loss scaling (refused). `prmgym train` does not start data-parallel runs (docs/distributed.md).
+fp16 loss scaling (refused).
 """
 
 from __future__ import annotations
 
 import math
 import socket
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from prmgym.agents.common import rng_state, set_rng_state
+from prmgym.models.distributed import all_reduce_gradients
 from prmgym.models.optim import micro_batches
 
 
@@ -40,17 +46,7 @@ class DataParallel:
         return micro_batches(weights, size)[rank::world]
 
     def _reduce_gradients(self, metrics: dict) -> dict:
-        params = [p for p in self.optim.params() if p.requires_grad]
-        for p in params:
-            if p.grad is None:  # a rank that got no micro-batch adds zeros
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-            offset += n
+        all_reduce_gradients(self.optim.params())  # a rank that got no micro-batch adds zeros
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, metrics)
         out: dict = {}
@@ -76,14 +72,24 @@ def data_parallel(trainer: Any) -> Any:
         raise RuntimeError("data_parallel needs torch.distributed initialised first: "
                            "dist.init_process_group('gloo' (CPU) or 'nccl' (GPU), rank=..., world_size=...), "
                            "or run the ranks with RayDataParallel")
-    if getattr(trainer, "process_reward", None) is not None:
-        raise ValueError("data_parallel: the process-reward update is not data-parallel; train without process_reward")
-    if trainer.optim.scaler is not None:
-        raise ValueError("data_parallel: fp16 loss scaling is not supported; use dtype fp32 or bf16")
+    _check(trainer)
     cls = type(trainer)
     if not isinstance(trainer, DataParallel):
         trainer.__class__ = type(f"DataParallel{cls.__name__}", (DataParallel, cls), {})
     return trainer
+
+
+def _check(trainer: Any) -> None:
+    if getattr(trainer, "process_reward", None) is not None:
+        raise ValueError("data_parallel: the process-reward update is not data-parallel; train without process_reward")
+    if trainer.optim.scaler is not None:
+        raise ValueError("data_parallel: fp16 loss scaling is not supported; use dtype fp32 or bf16")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 class _Rank:
@@ -96,14 +102,12 @@ class _Rank:
     def address(self) -> tuple[str, int]:
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), _free_port()
 
-    def setup(self, build: Callable[[int], Any], rank: int, world: int, master: tuple[str, int], backend: str) -> int:
+    def setup(self, build: Callable[[int], Any], rank: int, world: int, master: tuple[str, int], backend: str,
+              wrap: Callable[[Any], Any] | None = None) -> int:
         dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=rank, world_size=world)
-        self.trainer = data_parallel(build(rank))
+        self.trainer = (wrap or data_parallel)(build(rank))
         return rank
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -121,10 +125,13 @@ class RayDataParallel:
     `step` runs one data-parallel trainer step on every rank and returns rank 0's metrics;
     `call(fn, *args)` runs ``fn(trainer, *args)`` on every rank and returns the K results.
     ``build`` is pickled to the actors: a module-level function of an installed module.
+    ``wrap`` makes a built trainer a rank (default `data_parallel`; a PRM trainer:
+    `prmgym.rewards.data_parallel.data_parallel_prm`).
     """
 
     def __init__(self, build: Callable[[int], Any], world: int = 2, *, backend: str = "gloo", threads: int = 1,
-                 num_cpus: float = 1.0, num_gpus: float = 0.0, start_timeout_s: float = 300.0):
+                 num_cpus: float = 1.0, num_gpus: float = 0.0, start_timeout_s: float = 300.0,
+                 wrap: Callable[[Any], Any] | None = None):
         if world < 1:
             raise ValueError(f"world must be >= 1, got {world}")
         from prmgym.cluster import connect
@@ -134,7 +141,7 @@ class RayDataParallel:
         cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
         self.actors = [cls.remote(threads) for _ in range(world)]
         master = ray.get(self.actors[0].address.remote(), timeout=start_timeout_s)
-        ray.get([a.setup.remote(build, r, world, master, backend) for r, a in enumerate(self.actors)],
+        ray.get([a.setup.remote(build, r, world, master, backend, wrap) for r, a in enumerate(self.actors)],
                 timeout=start_timeout_s)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> list:
@@ -167,4 +174,96 @@ def _step(trainer: Any) -> dict:
     return trainer.step()
 
 
-__all__ = ["DataParallel", "data_parallel", "RayDataParallel"]
+def trainer_state(trainer: Any) -> dict:
+    """What `GRPOTrainer.save` keeps, in memory: weights, optimizer, RNG, step counter."""
+    return {"model": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
+            "optimizer": trainer.optim.state_dict(), "rng": rng_state(trainer.rng), "step": trainer.num_steps,
+            "ref_model": trainer.ref_model.state_dict() if trainer.ref_model is not None else None,
+            "extra": trainer._extra_state()}
+
+
+def set_trainer_state(trainer: Any, state: dict) -> None:
+    trainer.model.load_state_dict(state["model"])
+    trainer.optim.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"], trainer.rng)
+    trainer.num_steps = int(state["step"])
+    if trainer.ref_model is not None and state["ref_model"] is not None:
+        trainer.ref_model.load_state_dict(state["ref_model"])
+    trainer._load_extra_state(state["extra"])
+
+
+class _DrivesRanks:
+    """Mixin put before a data-parallel trainer (rank 0, in this process) by `ray_ranks`."""
+
+    def step(self) -> dict:
+        refs = [a.call.remote(_step) for a in self._rank_actors]  # the other ranks step alongside
+        metrics = super().step()
+        self._rank_ray.get(refs)
+        return metrics
+
+    def load(self, path: str):
+        super().load(path)
+        self.sync_ranks()
+        return self
+
+    def sync_ranks(self) -> None:
+        """Give every other rank this trainer's state (after a `load`, or at the start)."""
+        ray = self._rank_ray
+        ref = ray.put(trainer_state(self))
+        ray.get([a.call.remote(set_trainer_state, ref) for a in self._rank_actors])
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            for a in self._rank_actors:
+                try:
+                    self._rank_ray.kill(a)
+                except Exception:  # noqa: BLE001
+                    pass
+            self._rank_actors = []
+
+
+def ray_ranks(trainer: Any, build: Callable[[int], Any], world: int, *, backend: str = "gloo", threads: int = 1,
+              num_cpus: float = 1.0, num_gpus: float = 0.0, start_timeout_s: float = 300.0) -> Any:
+    """``trainer`` made rank 0 of a ``world``-rank process group whose ranks 1..world-1 are Ray
+    actors holding ``build(rank)`` (built like ``trainer``; pickled to them: a module-level
+    function). Their state is set to ``trainer``'s; each ``trainer.step()`` steps them too and
+    ``trainer.load`` reloads them; ``trainer.close()`` ends them. In place; returned."""
+    if world < 2:
+        raise ValueError(f"ray_ranks needs world >= 2 (this process and at least one actor), got {world}")
+    if dist.is_initialized():
+        raise RuntimeError("ray_ranks: this process is already in a torch.distributed process group; close the "
+                           "other data-parallel trainer first (trainer.close())")
+    _check(trainer)
+    from prmgym.cluster import connect
+
+    ray = connect()
+    cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+    actors = [cls.remote(threads) for _ in range(world - 1)]
+    master = (ray.util.get_node_ip_address(), _free_port())
+    setups = [a.setup.remote(build, r, world, master, backend) for r, a in enumerate(actors, start=1)]
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=0, world_size=world,
+                                timeout=timedelta(seconds=start_timeout_s))
+        ray.get(setups, timeout=start_timeout_s)
+    except Exception as e:
+        for a in actors:
+            ray.kill(a)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise RuntimeError(f"ray_ranks: the {world - 1} other rank(s) did not join within {start_timeout_s:.0f} s "
+                           f"({type(e).__name__}: {e}); the cluster needs {world - 1} x {num_cpus} free CPUs"
+                           + (f" and {num_gpus} GPU(s) each" if num_gpus else "") + "; lower train_workers or add "
+                           "nodes") from None
+    data_parallel(trainer)
+    cls0 = type(trainer)
+    trainer.__class__ = type(f"RayRanks{cls0.__name__}", (_DrivesRanks, cls0), {})
+    trainer._rank_actors, trainer._rank_ray = actors, ray
+    trainer.sync_ranks()
+    return trainer
+
+
+__all__ = ["DataParallel", "data_parallel", "RayDataParallel", "ray_ranks", "trainer_state", "set_trainer_state"]

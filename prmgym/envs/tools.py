@@ -414,7 +414,16 @@ class ExampleSteps(TaskSource):
 _TOOL_MATH_LEVELS = {
     1: dict(families=("expr",), n_ops=(2, 2), operand=(10, 99), tools=True),
     2: dict(families=("expr", "sumsq", "powmod"), n_ops=(2, 3), operand=(10, 999), tools=True),
+    3: dict(families=("expr", "sumsq", "powmod", "chain_sum", "basic_arithmetic"), n_ops=(2, 3), operand=(10, 999),
+            tools=True),
 }
+#: ToolMath families drawn from reasoning-gym datasets (the dataset's question and answer; the
+#: expert cell prints the dataset's own expression)
+RG_FAMILIES = ("chain_sum", "basic_arithmetic")
+_FAMILIES = ("expr", "sumsq", "powmod") + RG_FAMILIES
+#: items indexed per reasoning-gym family (the dataset is built once, seed 0; reasoning-gym makes
+#: an item when it is asked for it)
+RG_SIZE = 100_000
 
 
 def hand_steps(expr: str) -> tuple[list[str], int]:
@@ -448,9 +457,14 @@ class ToolMath(ProceduralSource):
     Families: ``expr`` ("Compute 47*83-129." solved by ```` ```python print(47*83-129)``` ````),
     ``sumsq`` ("Compute the sum of k*k for k=1..37.", two cells: one assigns, the next
     prints, so the trace relies on state between cells) and ``powmod`` ("Compute 7**23 mod
-    1000."). ``difficulty=1``: ``expr`` with two operations on operands 10-99 (the preset the
-    learning tests use); ``difficulty=2``: all three families, 2-3 operations, operands up to
-    999. Preset fields can be overridden: ``families``, ``n_ops`` (min, max), ``operand`` (min, max),
+    1000."), and two families drawn from **reasoning-gym** datasets (`RG_FAMILIES`:
+    ``chain_sum``, "State the final answer to the following arithmetic problem: 57 + 87 + 70 =",
+    and ``basic_arithmetic``, "Calculate ( 56 + -33 ) - 84.", with negations, parentheses and
+    exact divisions), whose expert cell prints the dataset's expression (```` print(round(...)) ````
+    when it divides) and whose answer is the dataset's. ``difficulty=1``: ``expr`` with two
+    operations on operands 10-99 (the preset the learning tests use); ``difficulty=2``: the
+    three procedural families, 2-3 operations, operands up to 999; ``difficulty=3``: those and
+    the two reasoning-gym families (``n_ops`` and ``operand`` do not apply to these). Preset fields can be overridden: ``families``, ``n_ops`` (min, max), ``operand`` (min, max),
     ``tools``: ``False`` gives the same problems with expert traces that compute by hand, one
     operation per step (`hand_steps`; ``expr`` only): the no-tool baseline of
     benchmarks/tool_pretrain.py.
@@ -470,14 +484,36 @@ class ToolMath(ProceduralSource):
         if unknown:
             raise ValueError(f"ToolMath has no option(s) {sorted(unknown)}; valid: difficulty, test_fraction, {', '.join(cfg)}")
         cfg.update(overrides)
-        bad = set(cfg["families"]) - {"expr", "sumsq", "powmod"}
+        bad = set(cfg["families"]) - set(_FAMILIES)
         if not cfg["families"] or bad:
-            raise ValueError(f"families must be a non-empty subset of ('expr', 'sumsq', 'powmod'), got {cfg['families']!r}")
+            raise ValueError(f"families must be a non-empty subset of {_FAMILIES}, got {cfg['families']!r}")
         if not 1 <= cfg["n_ops"][0] <= cfg["n_ops"][1] or not 1 <= cfg["operand"][0] <= cfg["operand"][1]:
             raise ValueError(f"n_ops and operand must be (min, max) with 1 <= min <= max, got {cfg['n_ops']!r}, {cfg['operand']!r}")
         if not cfg["tools"] and set(cfg["families"]) != {"expr"}:
             raise ValueError("ToolMath(tools=False) has hand-computed traces for the 'expr' family only; pass families=('expr',)")
         self.difficulty, self.cfg, self.test_fraction = difficulty, cfg, test_fraction
+        self._rg: dict[str, Any] = {}
+
+    def _rg_task(self, family: str, rng: random.Random) -> tuple[str, str, list[str]] | None:
+        """``(prompt, answer, cells)`` of a random item of the reasoning-gym dataset ``family``;
+        ``None`` (draw again) when the printed value would not be the dataset's answer."""
+        if family not in self._rg:
+            from prmgym.envs.sources import make_reasoning_gym_dataset
+
+            self._rg[family] = make_reasoning_gym_dataset(family, {}, seed=0, size=RG_SIZE)
+        entry = self._rg[family][rng.randrange(RG_SIZE)]
+        expr, answer = " ".join(str(entry["metadata"]["expression"]).split()), str(entry["answer"]).strip()
+        if not set(expr) <= set("0123456789+-*/() "):
+            return None
+        # reasoning-gym's divisions are exact: the cell rounds the float `/` gives back to the integer
+        cell = f"print(round({expr}))" if "/" in expr else f"print({expr})"
+        try:
+            value = eval(expr, {"__builtins__": {}})  # noqa: S307  (digits, + - * / and parentheses only)
+        except ZeroDivisionError:
+            return None
+        if str(round(value)) != answer or abs(value - round(value)) > 1e-9:
+            return None
+        return str(entry["question"]).strip(), answer, [cell]
 
     def generate(self, rng: random.Random) -> Task | None:
         c = self.cfg
@@ -492,6 +528,11 @@ class ToolMath(ProceduralSource):
             n = rng.randint(lo, hi)
             value = sum(k * k for k in range(1, n + 1))
             prompt, cells = f"Compute the sum of k*k for k=1..{n}.", [f"s = sum(k*k for k in range(1, {n + 1}))", "print(s)"]
+        elif family in RG_FAMILIES:
+            got = self._rg_task(family, rng)
+            if got is None:
+                return None
+            prompt, value, cells = got
         else:
             b, e, m = rng.randint(2, 19), rng.randint(10, 60), rng.choice((100, 1000, 10007))
             value = pow(b, e, m)

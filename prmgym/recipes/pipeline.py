@@ -51,18 +51,19 @@ ONLINE_AIRL_LR = 1e-4
 def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None, reward: str = "airl",
                steps: int = 20, seconds: float | None = None, process_reward_weight: float = 0.5,
                airl_options: dict | None = None, seed: int = 0, policy_config: dict | None = None,
-               dtype: str = "fp32", device: str | None = None, **grpo_overrides) -> dict:
+               dtype: str = "fp32", device: str | None = None, prompt_format: str = "plain", **grpo_overrides) -> dict:
     """GRPO from ``policy_dir``; ``reward="airl"`` adds the online AIRL step reward
     (AIRL-S), ``reward="outcome"`` is plain GRPO. Saves the policy to ``out_dir/policy`` and
     the AIRL PRM to ``out_dir/prm_airl``. Returns paths, step count and metrics history.
     ``policy_config`` picks the generation backend (`prmgym.models.backend.PolicyConfig`);
-    ``dtype`` / ``device`` are the trainer's and the AIRL PRM's (`prmgym.models.optim.OptimKnobs`)."""
+    ``dtype`` / ``device`` are the trainer's and the AIRL PRM's (`prmgym.models.optim.OptimKnobs`);
+    ``prompt_format`` (plain | chat) is how the policy, and the AIRL PRM built on it, read traces."""
     from prmgym.agents import GRPOConfig, GRPOTrainer
     from prmgym.models.backend import close_policy, load_policy
 
     if reward not in ("airl", "outcome"):
         raise ValueError(f"reward must be 'airl' or 'outcome', got {reward!r}")
-    policy = load_policy(policy_dir, policy_config, device=device)
+    policy = load_policy(policy_dir, policy_config, device=device, prompt_format=prompt_format)
     cfg_kw = dict(num_generations=4, batch_size=16, max_new_tokens=24, max_steps=10, learning_rate=5e-5,
                   num_iterations=2, rollout_workers=1, seed=seed, dtype=dtype, device=device,
                   process_reward_weight=process_reward_weight if reward == "airl" else 0.0)
@@ -93,7 +94,7 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
 
 def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None,
                       steps: int = 20, seed: int = 0, learning_rate: float | None = None, dtype: str = "fp32",
-                      device: str | None = None, **cfg_overrides) -> str:
+                      device: str | None = None, prompt_format: str = "plain", **cfg_overrides) -> str:
     """Train a PRM of ``kind`` (``orm``, ``mc``, ``implicit``, ``airl``, ...) offline from the
     policy in ``policy_dir`` (`prmgym.rewards.train`); ``learning_rate`` overrides the learner's
     default (its ``Options``), ``cfg_overrides`` the `PRMTrainConfig` fields.
@@ -102,8 +103,8 @@ def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, 
     from prmgym.models import TransformersPolicy
     from prmgym.rewards.train import OfflinePRMTrainer, PRMTrainConfig, build_prm
 
-    policy = TransformersPolicy.from_pretrained(policy_dir, device=device)
-    prm = build_prm(kind, policy_dir, dtype=dtype, device=device,
+    policy = TransformersPolicy.from_pretrained(policy_dir, device=device, prompt_format=prompt_format)
+    prm = build_prm(kind, policy_dir, dtype=dtype, device=device, prompt_format=prompt_format,
                     **({} if learning_rate is None else {"learning_rate": learning_rate}))
     kw = dict(kind=kind, steps=steps, tasks_per_step=8, rollouts_per_task=4, mc_rollouts=2, max_new_tokens=24,
               max_steps=10, seed=seed)
@@ -120,7 +121,8 @@ def train_offline_prm(kind: str, policy_dir: str, env_id: str, out_dir: str, *, 
 
 def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None,
                       n_tasks: int = 16, iterations: int = 10, expansions: int = 4, steps: int = 40,
-                      seed: int = 0, max_trace_tokens: int = 160, dtype: str = "fp32", device: str | None = None) -> dict:
+                      seed: int = 0, max_trace_tokens: int = 160, dtype: str = "fp32", device: str | None = None,
+                      prompt_format: str = "plain") -> dict:
     """ReST-RL: collection MCTS on training tasks (every completion verified) writes value
     targets; a value model is trained on them by MSE. Returns paths and counts."""
     from prmgym.logger import Logger
@@ -129,7 +131,7 @@ def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs:
     from prmgym.rewards.value import load_value_targets
     from prmgym.search.mcts import MCTS, collect_value_targets
 
-    policy = TransformersPolicy.from_pretrained(policy_dir, device=device)
+    policy = TransformersPolicy.from_pretrained(policy_dir, device=device, prompt_format=prompt_format)
     env = make_env(env_id, "train", env_kwargs)
     tasks = env.unwrapped.source.tasks("train", n_tasks, seed=seed + 101)
     planner = MCTS.collection(iterations=iterations, expansions=expansions, rollout_max_new_tokens=max_trace_tokens,
@@ -139,7 +141,7 @@ def train_value_model(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs:
     collect_value_targets(env, policy, tasks, targets_path, planner=planner)
     env.close()
     targets = load_value_targets(targets_path)
-    prm = build_prm("value", policy_dir, dtype=dtype, device=device)
+    prm = build_prm("value", policy_dir, dtype=dtype, device=device, prompt_format=prompt_format)
     cfg = PRMTrainConfig(kind="value", steps=steps, batch_size=32, seed=seed)
     with Logger(out_dir, formats=("jsonl", "tensorboard")) as log:
         OfflinePRMTrainer(prm, None, None, cfg, targets=targets, run_dir=out_dir, logger=log).train()
@@ -169,12 +171,17 @@ class Method:
 
 def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str, *, budgets: list[int],
             n_tasks: int, env_kwargs: dict | None = None, seed: int = 0, logger=None, results_dir: str | None = None,
-            on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], dict[str, str]]:
+            on_row: Callable[[dict], None] | None = None, runner=None) -> tuple[list[dict], dict[str, str]]:
     """Every method at every per-task ``generated``-token budget on the same held-out tasks.
 
     Methods whose scorer is missing from ``scorers`` are skipped and listed in the second
     return value with the reason. Rows: method, budget, accuracy, stderr, n and the mean
     usage per task in every budget unit.
+
+    ``runner``: a `prmgym.search.distributed.RaySearchRunner` whose actors hold the same policy and,
+    under the same names, the scorers (`ray_compare_runner`): the tasks are solved on them and the
+    rows are the same (``mean_seconds`` aside); ``policy`` and ``scorers`` are then used only for
+    which methods run.
     """
     from prmgym.search.evaluate import evaluate_planner, make_planner
 
@@ -193,7 +200,8 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
             if path and os.path.exists(path):
                 os.remove(path)
             res = evaluate_planner(planner, env, policy, scorers.get(m.scorer) if m.scorer else None, tasks,
-                           {"generated": b}, results_path=path)
+                                   {"generated": b}, results_path=path,
+                                   runner=runner.using(m.scorer) if runner is not None else None)
             acc = res["accuracy"]
             row = {"method": m.name, "budget": b, "accuracy": acc, "n": res["n"],
                    "stderr": math.sqrt(acc * (1 - acc) / res["n"]) if res["n"] else 0.0,
@@ -208,6 +216,25 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
                 on_row(row)
     env.close()
     return rows, absent
+
+
+def ray_compare_runner(policy_dir: str, scorer_dirs: dict[str, str | None], env_id: str,
+                       env_kwargs: dict | None = None, *, workers: int = 2, address: str | None = None,
+                       prompt_format: str = "plain"):
+    """A `RaySearchRunner` for `compare`: ``workers`` actors on the Ray at ``address`` (a local Ray
+    without one), each holding the policy and every scorer of ``scorer_dirs`` that has a directory,
+    with the held-out env. Errors (Ray missing, address unreachable) are `ConfigError` naming the fix."""
+    from prmgym.cluster import connect
+    from prmgym.config import ConfigError
+
+    try:
+        connect(address)
+    except (ImportError, ConnectionError, ValueError) as e:
+        raise ConfigError(f"--ray: {e}") from None
+    from prmgym.search.distributed import RaySearchRunner
+
+    return RaySearchRunner(policy_dir, None, env_id, {**(env_kwargs or {}), "split": "test"}, workers=workers,
+                           scorers={k: d for k, d in scorer_dirs.items() if d is not None}, prompt_format=prompt_format)
 
 
 def plot_accuracy(rows: list[dict], path: str, title: str = "accuracy at equal generated-token budget",

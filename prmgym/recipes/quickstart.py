@@ -11,6 +11,9 @@ Stages (one log line each):
 5. **compare** — on held-out tasks, at equal per-task budgets of generated tokens: base
    sampling, majority vote, best-of-N with ORM / MC-PRM / AIRL PRM, beam search and MCTS
    with the AIRL PRM, and VM-MCTS. PRM tokens are counted and reported next to accuracy.
+   Then the **tool env** rows (``toolmath_*``): a tiny policy pretrained on ToolMath tool
+   traces (cached), sampling and majority vote over ``prmgym/ToolMath-v0``, whose code-cell
+   steps run in the sandbox (sandbox runs per task are reported).
 6. **report** — a table on stdout, ``report.md``, ``report.json``,
    ``accuracy_vs_budget.png`` and TensorBoard logs (``tensorboard --logdir OUT``).
 
@@ -32,6 +35,8 @@ from prmgym.models.backend import add_backend_arg, close_policy, load_policy, po
 from prmgym.recipes.pipeline import Method, say
 
 DEFAULT_ENV = "prmgym/ChainArithmetic-v0"
+#: the env of the quickstart's tool-env rows (code-cell steps, `prmgym.envs.tools`)
+TOOL_ENV = "prmgym/ToolMath-v0"
 
 
 @dataclass
@@ -64,9 +69,24 @@ class QuickstartConfig:
     max_trace_tokens: int = 64  # per whole trace (best-of-N samples, rollouts)
     temperature: float = 1.0
     threads: int = 1  # torch intra-op threads (why one: docs/models.md, "--threads")
+    prompt_format: str = "plain"  # plain | chat (the given model's chat template; needs policy_dir)
     dtype: str = "fp32"  # compute precision of every stage (prmgym.models.optim; fp16 needs CUDA)
     device: str = "auto"  # torch device of every stage: auto (cuda if visible) | cpu | cuda | cuda:N
     policy: dict = field(default_factory=dict)  # generation backend: prmgym.models.backend.PolicyConfig fields
+    tool_env_id: str = TOOL_ENV  # the tool-env rows' env ("" leaves them out)
+    tool_env_kwargs: dict = field(default_factory=dict)  # make() keywords of the tool env
+    # PretrainConfig overrides of the tool env's tiny policy (benchmarks/tool_pretrain.py's size: pass@1 ~0.74)
+    tool_pretrain: dict = field(default_factory=lambda: {"num_train_tasks": 3000, "steps": 300})
+    tool_eval_tasks: int = 25  # held-out tool-env tasks per method and budget
+    tool_max_new_tokens: int = 40  # per step: a cell such as ```python print(47*83-129)``` is ~30 characters
+    ray: bool = False  # the compare stage's tasks on Ray actors (same rows; docs/distributed.md)
+    ray_address: str | None = None  # with ray: the Ray head to join (None: start Ray on this machine)
+    ray_workers: int = 2  # with ray: search actors, each holding the policy and every scorer
+
+    def __post_init__(self) -> None:
+        if self.tool_eval_tasks < 1:
+            raise ConfigError(f"tool_eval_tasks must be >= 1 (set tool_env_id='' to leave the tool rows out), "
+                              f"got {self.tool_eval_tasks}")
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
@@ -74,7 +94,11 @@ class QuickstartConfig:
                               "eval_tasks": 0},
                     grpo_steps=2, grpo_seconds=20.0, prm_steps=2, prm_tasks_per_step=4, prm_rollouts=2, mc_rollouts=1,
                     value_tasks=3, value_iterations=3, value_steps=6, eval_tasks=4, budgets=[120], n_max=6,
-                    mcts_iterations=12)
+                    mcts_iterations=12,
+                    tool_env_kwargs={"source_kwargs": {"n_ops": (1, 1)}},  # one operation: learnt in fewer steps
+                    tool_pretrain={"num_train_tasks": 1000, "steps": 220, "n_layer": 2, "n_embd": 64, "n_head": 4,
+                                   "eval_tasks": 0},
+                    tool_eval_tasks=4)
         base.update(kw)
         return cls(**base)
 
@@ -95,6 +119,38 @@ def methods(cfg: QuickstartConfig) -> list[Method]:
     ]
 
 
+def tool_methods(cfg: QuickstartConfig) -> list[Method]:
+    """The tool-env rows' methods (no PRM is trained on the tool env: sampling and a vote)."""
+    # stepwise: one step per policy call, so the step after a cell sees its output (a whole trace
+    # sampled in one call would be written before any cell ran)
+    common = dict(temperature=cfg.temperature, max_new_tokens=cfg.tool_max_new_tokens,
+                  max_trace_tokens=3 * cfg.tool_max_new_tokens, max_depth=6, stepwise=True)
+    return [Method("toolmath_sampling", "sample", None, dict(common)),
+            Method("toolmath_majority_vote", "majority", None, {"n": cfg.n_max, "aggregation": cfg.aggregation, **common})]
+
+
+def tool_env_rows(cfg: QuickstartConfig, knobs: dict, log, out: str) -> tuple[list[dict], dict]:
+    """Rows of `tool_methods` on ``cfg.tool_env_id`` with a tiny policy pretrained on its tool
+    traces; each row carries ``env`` and the mean sandbox runs per task (``mean_sandbox``)."""
+    from prmgym.models.optim import autocast
+    from prmgym.recipes import pipeline as P
+
+    tool_dir = P.tiny_policy_dir(cfg.tool_env_id, cfg.tool_env_kwargs, device=knobs["device"],
+                                 **{**tiny_layout(cfg.policy), "dtype": knobs["dtype"], **cfg.tool_pretrain})
+    policy = load_policy(tool_dir, cfg.policy, device=knobs["device"])
+    with autocast(knobs["dtype"], knobs["device"]):
+        rows, skipped = P.compare(tool_methods(cfg), {}, policy, cfg.tool_env_id, budgets=list(cfg.budgets),
+                                  n_tasks=cfg.tool_eval_tasks, env_kwargs=cfg.tool_env_kwargs, seed=cfg.seed, logger=log,
+                                  results_dir=os.path.join(out, "results"),
+                                  on_row=lambda r: say(f"  {r['method']:<22} budget {r['budget']:>5}: accuracy "
+                                                       f"{r['accuracy']:.3f}  (gen {r['mean_generated']:.0f} tokens, "
+                                                       f"{r.get('mean_sandbox', 0):.1f} sandbox runs/task)"))
+    close_policy(policy)
+    for r in rows:
+        r["env"] = cfg.tool_env_id
+    return rows, {"tool_policy": tool_dir, **({"skipped": skipped} if skipped else {})}
+
+
 def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     """Run every stage into ``out``; returns the report dict (also written to report.json)."""
     import torch
@@ -106,6 +162,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     dtype, dev = resolve_precision(cfg.dtype, cfg.device)
     knobs = {"dtype": dtype, "device": str(dev)}  # every stage's precision and place
+    trainers = {**knobs, "prompt_format": cfg.prompt_format}  # ... and how the stages that train read traces
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, int(cfg.threads)))
     os.makedirs(out, exist_ok=True)
@@ -145,7 +202,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
         g = P.train_grpo(policy_dir, cfg.env_id, os.path.join(out, "grpo_airl"), env_kwargs=cfg.env_kwargs,
                          reward="airl", steps=cfg.grpo_steps, seconds=cfg.grpo_seconds,
                          process_reward_weight=cfg.process_reward_weight, seed=cfg.seed, policy_config=cfg.policy,
-                         **knobs)
+                         **trainers)
         search_policy_dir, airl_dir = g["policy"], g["prm"]
         hist = g["history"]
         info["grpo"] = {"steps": g["steps"],
@@ -166,7 +223,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
                                                  env_kwargs=cfg.env_kwargs, steps=cfg.prm_steps,
                                                  tasks_per_step=cfg.prm_tasks_per_step,
                                                  rollouts_per_task=cfg.prm_rollouts, mc_rollouts=cfg.mc_rollouts,
-                                                 seed=cfg.seed, **knobs)
+                                                 seed=cfg.seed, **trainers)
         except ImportError as e:
             absent[f"prm_{kind}"] = f"not available: {e}"
     stages["baseline_prms"] = time.perf_counter() - t
@@ -176,7 +233,7 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
     try:
         v = P.train_value_model(search_policy_dir, cfg.env_id, os.path.join(out, "value_model"),
                                 env_kwargs=cfg.env_kwargs, n_tasks=cfg.value_tasks, iterations=cfg.value_iterations,
-                                steps=cfg.value_steps, seed=cfg.seed, **knobs)
+                                steps=cfg.value_steps, seed=cfg.seed, **trainers)
         prm_dirs["value"] = v["prm"]
         info["value_targets"] = {"path": v["targets"], "n": v["n_targets"], "high_value_prefixes": len(v["prefixes"])}
         say(f"  {v['n_targets']} value targets, {len(v['prefixes'])} high-value partial states")
@@ -186,18 +243,39 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
 
     # 5. compare -------------------------------------------------------------------------
     t = stage(5, "compare", f"{cfg.eval_tasks} held-out tasks x budgets {cfg.budgets} generated tokens per task")
-    policy = load_policy(search_policy_dir, cfg.policy, device=dev)  # --backend: hf or a vLLM engine
-    scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
-    with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
-        rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
-                                  n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
-                                  results_dir=os.path.join(out, "results"),
-                                  on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
-                                                       f"accuracy {r['accuracy']:.3f}  (gen {r['mean_generated']:.0f}, "
-                                                       f"prm {r['mean_prm']:.0f} tokens/task)"))
-    close_policy(policy)
+    runner, policy, scorers = None, None, dict(prm_dirs)
+    if cfg.ray:  # the actors load the policy and the scorers; this process writes the report
+        runner = P.ray_compare_runner(search_policy_dir, prm_dirs, cfg.env_id, cfg.env_kwargs,
+                                      workers=cfg.ray_workers, address=cfg.ray_address,
+                                      prompt_format=cfg.prompt_format)
+        say(f"  {cfg.ray_workers} Ray search actors" + (f" on {cfg.ray_address}" if cfg.ray_address else " on a local Ray"))
+    else:
+        # --backend: hf or a vLLM engine
+        policy = load_policy(search_policy_dir, cfg.policy, device=dev, prompt_format=cfg.prompt_format)
+        scorers = {k: P.load_scorer(d, **knobs) for k, d in prm_dirs.items()}
+    try:
+        with autocast(dtype, dev):  # the policy's forwards (each PRM runs in its own dtype)
+            rows, skipped = P.compare(methods(cfg), scorers, policy, cfg.env_id, budgets=list(cfg.budgets),
+                                      n_tasks=cfg.eval_tasks, env_kwargs=cfg.env_kwargs, seed=cfg.seed, logger=log,
+                                      results_dir=os.path.join(out, "results"), runner=runner,
+                                      on_row=lambda r: say(f"  {r['method']:<15} budget {r['budget']:>5}: "
+                                                           f"accuracy {r['accuracy']:.3f}  (gen "
+                                                           f"{r['mean_generated']:.0f}, prm {r['mean_prm']:.0f} tokens/task)"))
+    finally:
+        if runner is not None:
+            runner.close()
+        if policy is not None:
+            close_policy(policy)
     absent.update(skipped)
     stages["compare"] = time.perf_counter() - t
+    if cfg.tool_env_id:
+        t = time.perf_counter()
+        say(f"  tool env {cfg.tool_env_id}: tiny policy pretrained on its tool traces (cached), "
+            f"{cfg.tool_eval_tasks} held-out tasks")
+        tool_rows, info["tool_env"] = tool_env_rows(cfg, {**knobs, "device": dev}, log, out)
+        absent.update(info["tool_env"].pop("skipped", {}))
+        rows += tool_rows
+        stages["tool_env"] = time.perf_counter() - t
     log.close()
 
     # 6. report --------------------------------------------------------------------------
@@ -258,7 +336,8 @@ def render_markdown(report: dict) -> str:
     rows = report["rows"]
     out = ["# prmgym quickstart report", "",
            f"Environment `{cfg['env_id']}`, {cfg['eval_tasks']} held-out (test split) tasks, seed {cfg['seed']}, "
-           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`. "
+           f"generation backend `{cfg.get('policy', {}).get('backend', 'hf')}`, "
+           f"prompt format `{cfg.get('prompt_format', 'plain')}`. "
            f"Every method gets the same per-task limit on **generated policy tokens** (the columns); "
            "PRM tokens scored are counted and shown, not limited. ± is the binomial standard error "
            "over tasks (one seed); `benchmarks/seed_claims.py` repeats this over 3 seeds.", "",
@@ -266,10 +345,10 @@ def render_markdown(report: dict) -> str:
     if rows:
         best = {}
         for r in rows:
-            if r["budget"] == max(x["budget"] for x in rows):
+            if "env" not in r and r["budget"] == max(x["budget"] for x in rows):
                 best[r["method"]] = r["accuracy"]
-        top = max(best, key=best.get)
-        out += [f"At the largest budget the best method here is **{top}** ({best[top]:.3f}). "
+        top = max(best, key=best.get) if best else None
+        out += [] if top is None else [f"At the largest budget the best method here is **{top}** ({best[top]:.3f}). "
                 "With this few tasks, differences smaller than about two standard errors are noise.", ""]
     out += ["![accuracy against budget](accuracy_vs_budget.png)", "", "## Mean usage per task", "",
             "| method | budget | generated | encoded | prm | seconds |", "|---|---|---|---|---|---|"]
@@ -286,6 +365,13 @@ def render_markdown(report: dict) -> str:
         g = info["grpo"]
         out += [f"GRPO + AIRL: {g['steps']} steps, mean episode reward {g['reward_first']} (first step) -> "
                 f"{g['reward_last']} (last step).", ""]
+    tool = [r for r in rows if "env" in r]
+    if tool:
+        out += [f"Rows `toolmath_*`: `{tool[0]['env']}` ({cfg['tool_eval_tasks']} held-out tasks), a tiny policy "
+                f"pretrained on its tool traces (`{info.get('tool_env', {}).get('tool_policy')}`); its code-cell "
+                "steps ran in the sandbox: "
+                + ", ".join(f"{r['method']} @ {r['budget']}: {r.get('mean_sandbox', 0):.1f} runs/task" for r in tool)
+                + ".", ""]
     if "value_targets" in info:
         v = info["value_targets"]
         out += [f"Value model: {v['n']} value targets from collection MCTS ({v['path']}); "
@@ -312,12 +398,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default=None, help="comma-separated generated-token budgets per task, e.g. 200,400,800")
     p.add_argument("--grpo-seconds", type=float, default=None, help="wall-clock cap of the GRPO+AIRL stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for the tiny models)")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
+                   help="plain: the trace text; chat: the given model's chat template (an instruct model; needs --model)")
     add_backend_arg(p)  # --backend vllm: GRPO's rollouts and the compare stage generate on a vLLM engine
+    p.add_argument("--ray", action="store_true", help="solve the compare stage's tasks on Ray actors (pip install -e "
+                   "'.[ray]'); the report's rows are the same as without it (docs/distributed.md)")
+    p.add_argument("--address", default=None, help="with --ray: the Ray head to join (HOST:PORT, or auto); "
+                   "default: start Ray on this machine")
+    p.add_argument("--workers", type=int, default=2, help="with --ray: search actors (default: 2)")
 
 
 def run(args) -> int:
     cfg = QuickstartConfig.fast() if args.fast else QuickstartConfig()
     cfg.env_id, cfg.seed, cfg.policy_dir = args.env, args.seed, args.policy
+    cfg.prompt_format = args.prompt_format
+    if cfg.prompt_format == "chat" and not cfg.policy_dir:
+        raise ConfigError("--prompt-format chat needs a model with a chat template: add --model DIR "
+                          "(the tiny SFT policy the quickstart builds has none)")
     if args.eval_tasks is not None:
         if args.eval_tasks < 1:
             raise ConfigError("--eval-tasks must be >= 1")
@@ -340,5 +437,16 @@ def run(args) -> int:
     cfg.device = args.device or cfg.device
     resolve_precision(cfg.dtype, cfg.device)  # a bad --dtype / --device fails before any stage
     cfg.policy = asdict(policy_config_from_args(args))
+    if args.address and not args.ray:
+        raise ConfigError("--address only applies with --ray; add --ray to run the compare stage on that Ray cluster")
+    if args.ray:
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        if args.dtype or args.device:
+            raise ConfigError("--dtype / --device do not reach the Ray actors (they load on cpu in fp32); drop them "
+                              "or --ray")
+        if cfg.policy.get("backend", "hf") != "hf":
+            raise ConfigError("--ray runs the hf backend in its actors; drop --backend vllm or --ray")
+        cfg.ray, cfg.ray_address, cfg.ray_workers = True, args.address, args.workers
     quickstart(cfg, args.out)
     return 0

@@ -59,7 +59,8 @@ class RunConfig:
     policy: dict = _f({}, "generation backend: {backend: hf | vllm, dtype, gpu_memory_utilization, "
                           "tensor_parallel_size, max_model_len, ...} (prmgym.models.backend.PolicyConfig)")
     trainer: dict = _f({}, "trainer hyperparameters (GRPOConfig / ReSTGRPOConfig fields)")
-    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers, rollout_workers} "
+    distributed: dict = _f({}, "scale-out on Ray {backend: ray, address, sandbox_workers, rollout_workers, "
+                           "train_workers} "
                            "(prmgym.cluster.DistributedConfig; docs/distributed.md)")
     logging: list[str] = _f(["tensorboard"], "writers besides metrics.jsonl: any of tensorboard, csv, wandb, stdout")
     wandb: dict = _f({}, "wandb.init keywords (project, entity, name, mode, tags); WANDB_MODE=offline keeps it on disk")
@@ -93,9 +94,10 @@ class RunConfig:
         if self.distributed:
             if self.algorithm == "sb3_ppo":
                 raise ValueError("distributed applies to algorithm grpo and rest_grpo, not sb3_ppo; drop the section")
-            from prmgym.recipes.distributed import distributed_config
+            from prmgym.recipes.distributed import check_train_workers
 
-            distributed_config(self.distributed)  # validates the section (errors name distributed.KEY)
+            # validates the section (errors name distributed.KEY)
+            check_train_workers(self.distributed, self.reward, self.policy.get("backend", "hf"))
 
     def policy_config(self):
         """The typed ``policy`` section (errors name the ``policy.`` key)."""
@@ -257,7 +259,7 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
     tcfg = cfg.trainer_config()
     policy = policy or load_policy(cfg, progress=progress)
     reward = build_reward(cfg, policy) if reward == "build" else reward
-    from prmgym.recipes.distributed import with_ray_rollouts, with_ray_sandbox
+    from prmgym.recipes.distributed import with_ray_rollouts, with_ray_sandbox, with_train_workers
 
     env_kwargs = with_ray_sandbox(cfg.distributed, cfg.env, {"split": "train", **cfg.env_kwargs})
     eval_kwargs = {**env_kwargs, **cfg.eval_env_kwargs}
@@ -268,7 +270,8 @@ def build_trainer(cfg: RunConfig, policy: Any = None, logger: Any = None, progre
         policy, cfg.env, tcfg, env_kwargs=env_kwargs, eval_env=_env_factory(cfg.env, eval_kwargs),
         process_reward=reward, run_dir=cfg.run_dir, logger=logger,
     )
-    return with_ray_rollouts(cfg.distributed, trainer, cfg.env, {"split": "train", **cfg.env_kwargs})
+    trainer = with_ray_rollouts(cfg.distributed, trainer, cfg.env, {"split": "train", **cfg.env_kwargs})
+    return with_train_workers(cfg.distributed, trainer, cfg)
 
 
 #: what `prmgym train` writes into a run directory (``--overwrite`` removes these and nothing else)

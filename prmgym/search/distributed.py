@@ -48,7 +48,7 @@ class _SearchWorker:
     """The body of one search actor: a policy, an optional scorer and an env, built here."""
 
     def __init__(self, policy_files: dict, prm_files: dict | None, env_id: str, env_kwargs: dict, threads: int,
-                 prompt_format: str = "plain"):
+                 prompt_format: str = "plain", named_files: dict | None = None):
         import torch
 
         import prmgym  # noqa: F401  (registers the envs)
@@ -59,20 +59,22 @@ class _SearchWorker:
         self.tmp = tempfile.mkdtemp(prefix="prmgym-search-worker-")
         self.policy = TransformersPolicy.from_pretrained(unpack_dir(policy_files, os.path.join(self.tmp, "policy")),
                                                          prompt_format=prompt_format)
-        self.scorer = None
-        if prm_files is not None:
-            from prmgym.rewards import load_prm
+        from prmgym.rewards import load_prm
 
-            self.scorer = load_prm(unpack_dir(prm_files, os.path.join(self.tmp, "prm")))
+        self.scorers: dict = {None: None}
+        if prm_files is not None:
+            self.scorers[None] = load_prm(unpack_dir(prm_files, os.path.join(self.tmp, "prm")))
+        for k, (name, files) in enumerate(sorted((named_files or {}).items())):
+            self.scorers[name] = load_prm(unpack_dir(files, os.path.join(self.tmp, f"scorer{k}")))
         self.env = make(env_id, **env_kwargs)
 
     def ping(self) -> bool:
         return True
 
-    def solve(self, planner: Any, items: list, limits: dict) -> list[dict]:
+    def solve(self, planner: Any, items: list, limits: dict, scorer: str | None = None) -> list[dict]:
         from prmgym.search.evaluate import solve_task
 
-        return [solve_task(planner, self.env, self.policy, self.scorer, task, i, limits) for i, task in items]
+        return [solve_task(planner, self.env, self.policy, self.scorers[scorer], task, i, limits) for i, task in items]
 
     def close(self) -> None:
         self.env.close()
@@ -95,6 +97,9 @@ class RaySearchRunner:
             tasks run again on another actor; rows are the same).
         prompt_format: the actors' policies read observations ``plain`` or ``chat``
             (`prmgym.models.formatting`).
+        scorers: more scorers by name, ``{name: PRM directory}``, each loaded by every actor;
+            ``rows(..., scorer=name)`` (or ``using(name)``) searches with one of them (a
+            comparison of many PRMs, `prmgym.recipes.pipeline.compare`, on one pool).
 
     Call `close()` (or use ``with``) to end the actors. To join a cluster call
     `prmgym.cluster.connect` with its address first; otherwise a local Ray is started.
@@ -103,7 +108,7 @@ class RaySearchRunner:
     def __init__(self, policy_dir: str | os.PathLike, prm_dir: str | os.PathLike | None, env_id: str,
                  env_kwargs: dict | None = None, *, workers: int = 2, threads: int = 1, num_cpus: float | None = None,
                  chunk_size: int = 1, start_timeout_s: float = 300.0, max_restarts: int = 16,
-                 prompt_format: str = "plain"):
+                 prompt_format: str = "plain", scorers: dict[str, str | os.PathLike] | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if chunk_size < 1:
@@ -112,8 +117,11 @@ class RaySearchRunner:
         self._ray, self.chunk_size = ray, chunk_size
         policy_ref = ray.put(pack_dir(policy_dir))
         prm_ref = ray.put(pack_dir(prm_dir)) if prm_dir is not None else None
+        self.scorer_names = sorted(scorers or {})
+        named_ref = ray.put({name: pack_dir(d) for name, d in (scorers or {}).items()})
         cls = ray.remote(_SearchWorker).options(num_cpus=threads if num_cpus is None else num_cpus, max_restarts=0)
-        self._new_actor = lambda: cls.remote(policy_ref, prm_ref, env_id, dict(env_kwargs or {}), threads, prompt_format)
+        self._new_actor = lambda: cls.remote(policy_ref, prm_ref, env_id, dict(env_kwargs or {}), threads, prompt_format,
+                                             named_ref)
         self.actors = [self._new_actor() for _ in range(workers)]
         self.max_restarts, self.restarts = int(max_restarts), 0
         ready, pending = ray.wait([a.ping.remote() for a in self.actors], num_returns=workers, timeout=start_timeout_s)
@@ -126,9 +134,16 @@ class RaySearchRunner:
         ray.get(ready)  # an actor that failed to load its models raises here
         self.solved_by: list[int] = []  # per row, which actor solved it (for the report, and tests)
 
-    def rows(self, planner: Any, tasks: Sequence, limits: dict, start: int = 0) -> Iterator[dict]:
+    def using(self, scorer: str | None) -> "_Using":
+        """This runner searching with the named scorer (a ``runner`` for `evaluate_planner`)."""
+        if scorer is not None and scorer not in self.scorer_names:
+            raise KeyError(f"RaySearchRunner has no scorer {scorer!r}; its scorers: {self.scorer_names}")
+        return _Using(self, scorer)
+
+    def rows(self, planner: Any, tasks: Sequence, limits: dict, start: int = 0,
+             scorer: str | None = None) -> Iterator[dict]:
         """The rows of ``tasks`` (indices from ``start``), yielded in task order as soon as every
-        earlier row is in."""
+        earlier row is in; ``scorer``: one of the named ``scorers`` (None: ``prm_dir``'s)."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         ray = self._ray
@@ -145,7 +160,7 @@ class RaySearchRunner:
             while chunks and free:
                 a = free.pop(0)
                 chunk = chunks.pop()
-                running[self.actors[a].solve.remote(planner_ref, chunk, limits)] = (a, chunk)
+                running[self.actors[a].solve.remote(planner_ref, chunk, limits, scorer)] = (a, chunk)
             done, _ = ray.wait(list(running), num_returns=1)
             a, chunk = running.pop(done[0])
             try:
@@ -185,6 +200,14 @@ class RaySearchRunner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Using:
+    def __init__(self, runner: RaySearchRunner, scorer: str | None):
+        self.runner, self.scorer = runner, scorer
+
+    def rows(self, planner: Any, tasks: Sequence, limits: dict, start: int = 0) -> Iterator[dict]:
+        return self.runner.rows(planner, tasks, limits, start, scorer=self.scorer)
 
 
 __all__ = ["RaySearchRunner", "pack_dir", "unpack_dir"]
