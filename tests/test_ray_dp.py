@@ -183,6 +183,7 @@ def test_grpo_steps_with_ray_rollout_workers_equal_in_process_ones(runtime, tmp_
     assert _max_diff(w_local, w_remote) < 1e-5
 
 
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)  # the cluster adds nothing here: one runtime
 def test_train_config_rollout_workers_generate_the_groups(runtime):
     from prmgym.agents.grpo import GRPOConfig, GRPOTrainer
     from prmgym.models import tiny
