@@ -39,5 +39,9 @@ def test_quickstart_fast_writes_all_outputs(tmp_path):
     for r in report["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n"] > 0
         assert r["mean_generated"] <= r["budget"]
+    # the tool-env rows: ToolMath with a tiny policy pretrained on tool traces, cells run in the sandbox
+    tool = [r for r in report["rows"] if r.get("env") == "prmgym/ToolMath-v0"]
+    assert {r["method"] for r in tool} == {"toolmath_sampling", "toolmath_majority_vote"}
+    assert all(r["mean_sandbox"] > 0 for r in tool), tool
     md = (out / "report.md").read_text()
-    assert "| method |" in md and "accuracy_vs_budget.png" in md
+    assert "| method |" in md and "accuracy_vs_budget.png" in md and "toolmath_majority_vote" in md

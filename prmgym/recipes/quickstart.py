@@ -11,6 +11,9 @@ Stages (one log line each):
 5. **compare** — on held-out tasks, at equal per-task budgets of generated tokens: base
    sampling, majority vote, best-of-N with ORM / MC-PRM / AIRL PRM, beam search and MCTS
    with the AIRL PRM, and VM-MCTS. PRM tokens are counted and reported next to accuracy.
+   Then the **tool env** rows (``toolmath_*``): a tiny policy pretrained on ToolMath tool
+   traces (cached), sampling and majority vote over ``prmgym/ToolMath-v0``, whose code-cell
+   steps run in the sandbox (sandbox runs per task are reported).
 6. **report** — a table on stdout, ``report.md``, ``report.json``,
    ``accuracy_vs_budget.png`` and TensorBoard logs (``tensorboard --logdir OUT``).
 
@@ -32,6 +35,8 @@ from prmgym.models.backend import add_backend_arg, close_policy, load_policy, po
 from prmgym.recipes.pipeline import Method, say
 
 DEFAULT_ENV = "prmgym/ChainArithmetic-v0"
+#: the env of the quickstart's tool-env rows (code-cell steps, `prmgym.envs.tools`)
+TOOL_ENV = "prmgym/ToolMath-v0"
 
 
 @dataclass
@@ -68,9 +73,20 @@ class QuickstartConfig:
     dtype: str = "fp32"  # compute precision of every stage (prmgym.models.optim; fp16 needs CUDA)
     device: str = "auto"  # torch device of every stage: auto (cuda if visible) | cpu | cuda | cuda:N
     policy: dict = field(default_factory=dict)  # generation backend: prmgym.models.backend.PolicyConfig fields
+    tool_env_id: str = TOOL_ENV  # the tool-env rows' env ("" leaves them out)
+    tool_env_kwargs: dict = field(default_factory=dict)  # make() keywords of the tool env
+    # PretrainConfig overrides of the tool env's tiny policy (benchmarks/tool_pretrain.py's size: pass@1 ~0.74)
+    tool_pretrain: dict = field(default_factory=lambda: {"num_train_tasks": 3000, "steps": 300})
+    tool_eval_tasks: int = 25  # held-out tool-env tasks per method and budget
+    tool_max_new_tokens: int = 40  # per step: a cell such as ```python print(47*83-129)``` is ~30 characters
     ray: bool = False  # the compare stage's tasks on Ray actors (same rows; docs/distributed.md)
     ray_address: str | None = None  # with ray: the Ray head to join (None: start Ray on this machine)
     ray_workers: int = 2  # with ray: search actors, each holding the policy and every scorer
+
+    def __post_init__(self) -> None:
+        if self.tool_eval_tasks < 1:
+            raise ConfigError(f"tool_eval_tasks must be >= 1 (set tool_env_id='' to leave the tool rows out), "
+                              f"got {self.tool_eval_tasks}")
 
     @classmethod
     def fast(cls, **kw) -> "QuickstartConfig":
@@ -78,7 +94,11 @@ class QuickstartConfig:
                               "eval_tasks": 0},
                     grpo_steps=2, grpo_seconds=20.0, prm_steps=2, prm_tasks_per_step=4, prm_rollouts=2, mc_rollouts=1,
                     value_tasks=3, value_iterations=3, value_steps=6, eval_tasks=4, budgets=[120], n_max=6,
-                    mcts_iterations=12)
+                    mcts_iterations=12,
+                    tool_env_kwargs={"source_kwargs": {"n_ops": (1, 1)}},  # one operation: learnt in fewer steps
+                    tool_pretrain={"num_train_tasks": 1000, "steps": 220, "n_layer": 2, "n_embd": 64, "n_head": 4,
+                                   "eval_tasks": 0},
+                    tool_eval_tasks=4)
         base.update(kw)
         return cls(**base)
 
@@ -97,6 +117,38 @@ def methods(cfg: QuickstartConfig) -> list[Method]:
         Method("vm_mcts", "vm_mcts", "value", {"iterations": 15, "expansions": 5,
                                                **{k: v for k, v in common.items() if k != "aggregation"}}),
     ]
+
+
+def tool_methods(cfg: QuickstartConfig) -> list[Method]:
+    """The tool-env rows' methods (no PRM is trained on the tool env: sampling and a vote)."""
+    # stepwise: one step per policy call, so the step after a cell sees its output (a whole trace
+    # sampled in one call would be written before any cell ran)
+    common = dict(temperature=cfg.temperature, max_new_tokens=cfg.tool_max_new_tokens,
+                  max_trace_tokens=3 * cfg.tool_max_new_tokens, max_depth=6, stepwise=True)
+    return [Method("toolmath_sampling", "sample", None, dict(common)),
+            Method("toolmath_majority_vote", "majority", None, {"n": cfg.n_max, "aggregation": cfg.aggregation, **common})]
+
+
+def tool_env_rows(cfg: QuickstartConfig, knobs: dict, log, out: str) -> tuple[list[dict], dict]:
+    """Rows of `tool_methods` on ``cfg.tool_env_id`` with a tiny policy pretrained on its tool
+    traces; each row carries ``env`` and the mean sandbox runs per task (``mean_sandbox``)."""
+    from prmgym.models.optim import autocast
+    from prmgym.recipes import pipeline as P
+
+    tool_dir = P.tiny_policy_dir(cfg.tool_env_id, cfg.tool_env_kwargs, device=knobs["device"],
+                                 **{**tiny_layout(cfg.policy), "dtype": knobs["dtype"], **cfg.tool_pretrain})
+    policy = load_policy(tool_dir, cfg.policy, device=knobs["device"])
+    with autocast(knobs["dtype"], knobs["device"]):
+        rows, skipped = P.compare(tool_methods(cfg), {}, policy, cfg.tool_env_id, budgets=list(cfg.budgets),
+                                  n_tasks=cfg.tool_eval_tasks, env_kwargs=cfg.tool_env_kwargs, seed=cfg.seed, logger=log,
+                                  results_dir=os.path.join(out, "results"),
+                                  on_row=lambda r: say(f"  {r['method']:<22} budget {r['budget']:>5}: accuracy "
+                                                       f"{r['accuracy']:.3f}  (gen {r['mean_generated']:.0f} tokens, "
+                                                       f"{r.get('mean_sandbox', 0):.1f} sandbox runs/task)"))
+    close_policy(policy)
+    for r in rows:
+        r["env"] = cfg.tool_env_id
+    return rows, {"tool_policy": tool_dir, **({"skipped": skipped} if skipped else {})}
 
 
 def quickstart(cfg: QuickstartConfig, out: str) -> dict:
@@ -216,6 +268,14 @@ def quickstart(cfg: QuickstartConfig, out: str) -> dict:
             close_policy(policy)
     absent.update(skipped)
     stages["compare"] = time.perf_counter() - t
+    if cfg.tool_env_id:
+        t = time.perf_counter()
+        say(f"  tool env {cfg.tool_env_id}: tiny policy pretrained on its tool traces (cached), "
+            f"{cfg.tool_eval_tasks} held-out tasks")
+        tool_rows, info["tool_env"] = tool_env_rows(cfg, {**knobs, "device": dev}, log, out)
+        absent.update(info["tool_env"].pop("skipped", {}))
+        rows += tool_rows
+        stages["tool_env"] = time.perf_counter() - t
     log.close()
 
     # 6. report --------------------------------------------------------------------------
@@ -285,10 +345,10 @@ def render_markdown(report: dict) -> str:
     if rows:
         best = {}
         for r in rows:
-            if r["budget"] == max(x["budget"] for x in rows):
+            if "env" not in r and r["budget"] == max(x["budget"] for x in rows):
                 best[r["method"]] = r["accuracy"]
-        top = max(best, key=best.get)
-        out += [f"At the largest budget the best method here is **{top}** ({best[top]:.3f}). "
+        top = max(best, key=best.get) if best else None
+        out += [] if top is None else [f"At the largest budget the best method here is **{top}** ({best[top]:.3f}). "
                 "With this few tasks, differences smaller than about two standard errors are noise.", ""]
     out += ["![accuracy against budget](accuracy_vs_budget.png)", "", "## Mean usage per task", "",
             "| method | budget | generated | encoded | prm | seconds |", "|---|---|---|---|---|---|"]
@@ -305,6 +365,13 @@ def render_markdown(report: dict) -> str:
         g = info["grpo"]
         out += [f"GRPO + AIRL: {g['steps']} steps, mean episode reward {g['reward_first']} (first step) -> "
                 f"{g['reward_last']} (last step).", ""]
+    tool = [r for r in rows if "env" in r]
+    if tool:
+        out += [f"Rows `toolmath_*`: `{tool[0]['env']}` ({cfg['tool_eval_tasks']} held-out tasks), a tiny policy "
+                f"pretrained on its tool traces (`{info.get('tool_env', {}).get('tool_policy')}`); its code-cell "
+                "steps ran in the sandbox: "
+                + ", ".join(f"{r['method']} @ {r['budget']}: {r.get('mean_sandbox', 0):.1f} runs/task" for r in tool)
+                + ".", ""]
     if "value_targets" in info:
         v = info["value_targets"]
         out += [f"Value model: {v['n']} value targets from collection MCTS ({v['path']}); "

@@ -87,13 +87,15 @@ def _vec_env(cfg, tcfg: SB3PPOConfig, path: str):
 
 def _pass_at_1(cfg, path: str, tcfg: SB3PPOConfig) -> float:
     from prmgym.models import TransformersPolicy
+    from prmgym.models.optim import resolve_device
     from prmgym.envs.episodes import evaluate_policy
 
     env_kwargs = {**cfg.env_kwargs, "max_steps": tcfg.max_steps}
     split = {**cfg.env_kwargs, **cfg.eval_env_kwargs}.get("split", "test")
     env_kwargs.pop("split", None)
-    r = evaluate_policy(TransformersPolicy.from_pretrained(path, device=cfg.device), cfg.env, n_tasks=cfg.eval_tasks,
-                 split=split, env_kwargs=env_kwargs, max_new_tokens=tcfg.max_chunk_tokens, max_steps=tcfg.max_steps)
+    policy = TransformersPolicy.from_pretrained(path, device=resolve_device(cfg.device))  # "auto": cuda if visible
+    r = evaluate_policy(policy, cfg.env, n_tasks=cfg.eval_tasks, split=split, env_kwargs=env_kwargs,
+                        max_new_tokens=tcfg.max_chunk_tokens, max_steps=tcfg.max_steps)
     return r["pass@1"]
 
 
@@ -104,6 +106,7 @@ def train_sb3(cfg, resume: bool = False, progress: bool = True) -> int:
     from stable_baselines3.common.logger import configure
 
     from prmgym.integrations.sb3_policy import export_lm, make_ppo
+    from prmgym.models.optim import resolve_device
     from prmgym.recipes.train import save_run_config
 
     def fail(msg: str) -> int:
@@ -125,7 +128,7 @@ def train_sb3(cfg, resume: bool = False, progress: bool = True) -> int:
     summary = json.load(open(summary_path)) if (resume and os.path.exists(summary_path)) else {}
     venv = _vec_env(cfg, tcfg, path)
     try:
-        device = cfg.device or "cpu"
+        device = resolve_device(cfg.device)  # "auto" (the run config's default): cuda if visible, else cpu
         if ckpt is not None:
             model = PPO.load(ckpt, env=venv, device=device)
             print(f"resumed from {ckpt} ({model.num_timesteps} timesteps)", file=sys.stderr)
