@@ -3,7 +3,7 @@
 
 For every kind the script runs ``prmgym train-prm --kind K --policy P --env E --out OUT/K`` as a
 subprocess with no other setting (so at train-prm's defaults: 100 updates, held-out early stopping
-every 10 updates with patience 5, the best PRM kept), then, on ``--tasks`` test-split tasks drawn
+every 10 updates with patience 5 on 64 held-out tasks, the best PRM kept), then, on ``--tasks`` test-split tasks drawn
 with ``--seed`` (900000: seeds never used in training), prints per scorer:
 
 * outcome AUC: the policy's own ``--rollouts`` solutions per task, correct > wrong, by the ``min``

@@ -614,7 +614,11 @@ def test_attack_fails_and_sandbox_keeps_serving(attack_run, attack):
 
 
 def test_host_untouched_after_attacks(attack_run):
-    host = attack_run["host"]
+    assert_host_untouched(attack_run["host"])
+
+
+def assert_host_untouched(host) -> None:
+    """The host-side traps of a `Host` are as they were: files, the victim process, the listener."""
     with open(host.victim_file) as f:
         assert f.read() == "original"
     assert os.stat(host.victim_file).st_mode & 0o777 == 0o600

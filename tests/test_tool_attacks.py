@@ -10,7 +10,6 @@ no process outlives its cell, and the next episode's cells work as usual.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 
 import pytest
@@ -21,6 +20,7 @@ from test_sandbox_attacks import (  # noqa: F401  (backend is the shared local/d
     _live_pids_of,
     _make_host,
     _sandbox_uids,
+    assert_host_untouched,
     attacks,
     backend,
 )
@@ -92,16 +92,7 @@ def test_attack_cells_fail_and_episodes_go_on(tool_attack_run):
 
 
 def test_host_untouched_after_attack_cells(tool_attack_run):
-    host = tool_attack_run["host"]
-    with open(host.victim_file) as f:
-        assert f.read() == "original"
-    assert os.stat(host.victim_file).st_mode & 0o777 == 0o600
-    assert os.path.exists(host.secret_file)
-    assert host.victim.poll() is None, "the victim process on the host was killed"
-    with pytest.raises(BlockingIOError):
-        host.listener.accept()  # nobody connected to the host's listening socket
-    leftovers = [m for m in host.markers if os.path.exists(m)]
-    assert not leftovers, f"files written on the host: {leftovers}"
+    assert_host_untouched(tool_attack_run["host"])
 
 
 def test_no_process_outlives_its_cell(tool_attack_run):
