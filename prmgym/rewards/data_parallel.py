@@ -170,14 +170,10 @@ def with_train_workers(trainer: Any, run: Any) -> Any:
     cfg = check_section(run.distributed or {}, run.kind)
     if not (cfg.enabled and cfg.train_workers > 1):
         return trainer
-    from prmgym.cluster import connect
-    from prmgym.config import ConfigError
+    from prmgym.cluster import connect_config
     from prmgym.models.distributed import ray_ranks
 
-    try:
-        ray = connect(cfg.address, num_cpus=cfg.num_cpus)
-    except (ImportError, ConnectionError, ValueError) as e:
-        raise ConfigError(f"distributed: {e}") from None
+    ray = connect_config(cfg)
     device = next(trainer.prm.net.parameters()).device
     with tempfile.TemporaryDirectory(prefix="prmgym-prm-ship-") as tmp:
         trainer.policy.save(os.path.join(tmp, "policy"))
