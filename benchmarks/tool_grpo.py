@@ -8,11 +8,12 @@ as context (never a loss target), and the reward is the final answer's. Measured
 after on the same held-out test tasks: greedy pass@1 and sampled pass@1 (temperature 1, what
 GRPO samples and optimises), and the mean training reward of the first and last steps.
 
-    python benchmarks/tool_grpo.py --seeds 0 1 2            # 15 steps x 128 episodes, lr 3e-4
+    python benchmarks/tool_grpo.py --seeds 0 1 2 --steps 40   # 16 prompts x 8 a step, lr 3e-4
     python benchmarks/tool_grpo.py --seeds 0 1 2 --steps 20 --batch 64 --lr 1e-3 --warmup 0
     python benchmarks/tool_grpo.py --seeds 0 --steps 5 --eval-tasks 30   # short
 
-Measured (2026-12-05, docs/envs.md): no consistent gain -- GRPO does not yet learn here.
+Measured (2026-12-05, docs/envs.md): 40 steps raise sampled pass@1 on all 3 seeds (mean 0.333
+-> 0.440); 15 steps do not.
 
 Prints one row per seed and the mean, and writes JSON to ``--out`` if given.
 """
@@ -84,7 +85,7 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=2)
     ap.add_argument("--n-embd", type=int, default=64)
     ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=15, help="GRPO steps")
+    ap.add_argument("--steps", type=int, default=40, help="GRPO steps")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--warmup", type=int, default=4, help="optimizer updates of linear lr warm-up (Adam's first "
                     "sign-like steps at the full rate collapsed the policy in one step)")

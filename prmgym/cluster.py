@@ -120,4 +120,28 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, probe_ti
     return ray
 
 
-__all__ = ["DistributedConfig", "connect", "probe", "RAY_MISSING"]
+def connect_config(cfg: "DistributedConfig"):
+    """`connect` for a ``distributed:`` section, its errors raised as a `ConfigError` that names
+    the section (how the run commands report a missing Ray or an unreachable address)."""
+    from prmgym.config import ConfigError
+
+    try:
+        return connect(cfg.address, num_cpus=cfg.num_cpus)
+    except (ImportError, ConnectionError, ValueError) as e:
+        raise ConfigError(f"distributed: {e}") from None
+
+
+def stop_actors(ray, actors: list) -> None:
+    """Ask each Ray actor to close (10 s for all), then kill it; an actor already gone is skipped."""
+    try:
+        ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=10)
+    except Exception:  # noqa: BLE001  (an actor already dead)
+        pass
+    for a in actors:
+        try:
+            ray.kill(a)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+__all__ = ["DistributedConfig", "connect", "connect_config", "probe", "stop_actors", "RAY_MISSING"]

@@ -80,6 +80,7 @@ def test_killed_actor_mid_batch_leaves_a_complete_batch_and_a_working_pool(runti
         assert [r.passed for r in again] == [False, True, True, False]
 
 
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)  # the cluster adds nothing here: one runtime
 def test_bad_arguments_name_the_problem(runtime):
     from prmgym.sandbox.ray_pool import RaySandbox
 
@@ -140,6 +141,7 @@ def test_search_rows_and_accuracy_equal_in_process(runtime, models):
             assert _without_seconds(again) == _without_seconds(local["rows"])
 
 
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)  # the cluster adds nothing here: one runtime
 def test_search_cli_with_ray_writes_the_same_report(runtime, models, tmp_path):
     import json
 
@@ -189,6 +191,7 @@ def test_compare_on_ray_gives_the_in_process_rows(runtime, models, tmp_path):
         assert rows[0] == rows[1] and len(rows[0]) == 3
 
 
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)  # the cluster adds nothing here: one runtime
 def test_train_config_sandbox_workers_judge_code_on_ray(runtime):
     import prmgym  # noqa: F401
     from prmgym.envs import make

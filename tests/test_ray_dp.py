@@ -183,6 +183,7 @@ def test_grpo_steps_with_ray_rollout_workers_equal_in_process_ones(runtime, tmp_
     assert _max_diff(w_local, w_remote) < 1e-5
 
 
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)  # the cluster adds nothing here: one runtime
 def test_train_config_rollout_workers_generate_the_groups(runtime):
     from prmgym.agents.grpo import GRPOConfig, GRPOTrainer
     from prmgym.models import tiny
@@ -328,3 +329,39 @@ def test_prm_updates_k2_equal_single_process(runtime, tmp_path):
             grads = dp.call(_prm_gradient, kind, batch)
             assert max(float(np.abs(g).max()) for g in want.values()) > 1e-4  # a real gradient
             assert _max_diff(grads[0], want) < 1e-5 and _max_diff(grads[1], want) < 1e-5, kind
+
+
+@pytest.mark.parametrize("runtime", ["init"], indirect=True)
+def test_train_prm_cli_with_train_workers_2_equals_one_process(runtime, tmp_path):
+    """``prmgym train-prm --set distributed.train_workers=2``: 2 AIRL updates log the metrics of
+    the run without it (rel. 1e-5) and save weights within a small share of the update."""
+    import json
+
+    from prmgym.cli import main
+    from prmgym.models import tiny
+    from prmgym.rewards import load_prm
+
+    torch.set_num_threads(1)
+    tiny.random_tiny_policy(seed=0).save(tmp_path / "policy")
+    base = ["train-prm", "--kind", "airl", "--policy", str(tmp_path / "policy"), "--env", "prmgym/ChainArithmetic-v0",
+            "--steps", "2", "--quiet", "--set", "tasks_per_step=3", "--set", "rollouts_per_task=2",
+            "--set", "max_new_tokens=8", "--set", "max_steps=3", "--set", "eval_every=0",
+            "--set", "prm.learning_rate=1e-2"]
+    dp = ["--set", "distributed.backend=ray", "--set", "distributed.train_workers=2"]
+    out = {}
+    for name, extra in (("one", []), ("dp", dp)):
+        assert main([*base, "--out", str(tmp_path / name), *extra]) == 0
+        rows = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+        prm = load_prm(str(tmp_path / name))
+        out[name] = (rows, {k: v.detach().numpy() for k, v in prm.net.named_parameters()})
+    (rows1, w1), (rows2, w2) = out["one"], out["dp"]
+    assert len(rows1) == len(rows2) == 2
+    for a, b in zip(rows1, rows2):
+        keys = [k for k, v in a.items() if isinstance(v, float) and "time" not in k]
+        assert "prm/loss" in keys
+        for k in keys:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
+    assert _max_diff(w1, w2) < 0.05 * 1e-2  # AdamW steps of ~lr; see test_prm_updates_k2_equal_single_process
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # the run closed its process group and its rank actor

@@ -196,3 +196,40 @@ def test_chat_format_puts_tool_output_in_a_tool_turn(style, sandbox):
     assert ids == fmt.encode_trace(task.prompt, list(env.steps))[0]
     obs2, *_ = env.step(task.expert_steps[1])
     assert pol.encode(obs2)[: len(ids)] == ids
+
+
+@pytest.mark.slow
+def test_grpo_on_toolmath_with_policy_written_cells_learns(tmp_path, sandbox):
+    """GRPO on ToolMath-v0 where the policy writes every cell (benchmarks/tool_grpo.py, seed 0):
+    a tiny model pretrained briefly on tool traces (it writes cells, but at temperature 1 often
+    miscopies the expression or the output) gains training reward and held-out sampled pass@1
+    in 40 steps; the tool segments are context only (see the zero-gradient test above)."""
+    from prmgym.envs.episodes import evaluate_policy
+    from prmgym.models.hf import TransformersPolicy
+    from prmgym.recipes.tiny import pretrain
+
+    sk = {"source_kwargs": {"families": ("expr",), "n_ops": (1, 1), "operand": (10, 99)}}  # "Compute 47+83."
+    d = pretrain("prmgym/ToolMath-v0", tmp_path / "m", progress=False, env_kwargs=sk, num_train_tasks=2000, steps=220,
+                 eval_tasks=0, seed=0, n_layer=2, n_embd=64, n_head=4)
+    cfg = GRPOConfig(num_generations=8, batch_size=128, learning_rate=3e-4, warmup_steps=4, num_iterations=2,
+                     max_new_tokens=40, max_steps=4, temperature=1.0, log_traces=0, seed=0)
+
+    def env_fn(split="train"):
+        return make("prmgym/ToolMath-v0", split=split, sandbox=sandbox, **sk)
+
+    tr = GRPOTrainer(TransformersPolicy.from_pretrained(d), env_fn, cfg, eval_env=lambda: env_fn("test"))
+
+    def sampled():
+        r = evaluate_policy(tr.policy, tr.eval_env_fn, n_tasks=100, temperature=1.0, seed=1, max_new_tokens=40,
+                            max_steps=4)
+        assert "```output\n" in r["sample"]  # the policy wrote a cell and the env ran it
+        return r["pass@1"]
+
+    before = sampled()
+    hist = tr.train(40)
+    after = sampled()
+    rewards = [m["reward_mean"] for m in hist]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.06, [round(r, 3) for r in rewards]  # measured 0.392 -> 0.519
+    assert after > before + 0.05, (before, after)  # measured 0.51 -> 0.63 (100 held-out tasks)
+    tr.close()

@@ -24,15 +24,14 @@ fp16 loss scaling (refused).
 from __future__ import annotations
 
 import math
-import socket
-from datetime import timedelta
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from prmgym.agents.common import rng_state, set_rng_state
-from prmgym.models.distributed import all_reduce_gradients
+from prmgym.models.distributed import _Rank, all_reduce_gradients, run_step
+from prmgym.models.distributed import ray_ranks as _ray_ranks
 from prmgym.models.optim import micro_batches
 
 
@@ -86,38 +85,6 @@ def _check(trainer: Any) -> None:
         raise ValueError("data_parallel: fp16 loss scaling is not supported; use dtype fp32 or bf16")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-class _Rank:
-    """The body of one Ray actor: a process-group rank holding a data-parallel trainer."""
-
-    def __init__(self, threads: int):
-        torch.set_num_threads(threads)
-        self.trainer = None
-
-    def address(self) -> tuple[str, int]:
-        import ray
-
-        return ray.util.get_node_ip_address(), _free_port()
-
-    def setup(self, build: Callable[[int], Any], rank: int, world: int, master: tuple[str, int], backend: str,
-              wrap: Callable[[Any], Any] | None = None) -> int:
-        dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=rank, world_size=world)
-        self.trainer = (wrap or data_parallel)(build(rank))
-        return rank
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(self.trainer, *args)
-
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 class RayDataParallel:
     """K Ray actors, each a rank of one gloo (or NCCL) process group holding ``build(rank)``, a
     GRPO trainer built the same way on every rank (same policy weights, same config and seed).
@@ -139,6 +106,7 @@ class RayDataParallel:
         ray = connect()
         self._ray = ray
         cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+        wrap = wrap or data_parallel
         self.actors = [cls.remote(threads) for _ in range(world)]
         master = ray.get(self.actors[0].address.remote(), timeout=start_timeout_s)
         ray.get([a.setup.remote(build, r, world, master, backend, wrap) for r, a in enumerate(self.actors)],
@@ -148,19 +116,12 @@ class RayDataParallel:
         return self._ray.get([a.call.remote(fn, *args) for a in self.actors])
 
     def step(self) -> dict:
-        return self.call(_step)[0]
+        return self.call(run_step)[0]
 
     def close(self) -> None:
-        ray = self._ray
-        try:
-            ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
-        except Exception:  # noqa: BLE001
-            pass
-        for a in self.actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001
-                pass
+        from prmgym.cluster import stop_actors
+
+        stop_actors(self._ray, self.actors)
         self.actors = []
 
     def __enter__(self) -> "RayDataParallel":
@@ -168,10 +129,6 @@ class RayDataParallel:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _step(trainer: Any) -> dict:
-    return trainer.step()
 
 
 def trainer_state(trainer: Any) -> dict:
@@ -192,78 +149,14 @@ def set_trainer_state(trainer: Any, state: dict) -> None:
     trainer._load_extra_state(state["extra"])
 
 
-class _DrivesRanks:
-    """Mixin put before a data-parallel trainer (rank 0, in this process) by `ray_ranks`."""
-
-    def step(self) -> dict:
-        refs = [a.call.remote(_step) for a in self._rank_actors]  # the other ranks step alongside
-        metrics = super().step()
-        self._rank_ray.get(refs)
-        return metrics
-
-    def load(self, path: str):
-        super().load(path)
-        self.sync_ranks()
-        return self
-
-    def sync_ranks(self) -> None:
-        """Give every other rank this trainer's state (after a `load`, or at the start)."""
-        ray = self._rank_ray
-        ref = ray.put(trainer_state(self))
-        ray.get([a.call.remote(set_trainer_state, ref) for a in self._rank_actors])
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
-            for a in self._rank_actors:
-                try:
-                    self._rank_ray.kill(a)
-                except Exception:  # noqa: BLE001
-                    pass
-            self._rank_actors = []
-
-
-def ray_ranks(trainer: Any, build: Callable[[int], Any], world: int, *, backend: str = "gloo", threads: int = 1,
-              num_cpus: float = 1.0, num_gpus: float = 0.0, start_timeout_s: float = 300.0) -> Any:
-    """``trainer`` made rank 0 of a ``world``-rank process group whose ranks 1..world-1 are Ray
-    actors holding ``build(rank)`` (built like ``trainer``; pickled to them: a module-level
-    function). Their state is set to ``trainer``'s; each ``trainer.step()`` steps them too and
-    ``trainer.load`` reloads them; ``trainer.close()`` ends them. In place; returned."""
-    if world < 2:
-        raise ValueError(f"ray_ranks needs world >= 2 (this process and at least one actor), got {world}")
-    if dist.is_initialized():
-        raise RuntimeError("ray_ranks: this process is already in a torch.distributed process group; close the "
-                           "other data-parallel trainer first (trainer.close())")
+def ray_ranks(trainer: Any, build: Callable[[int], Any], world: int, **options: Any) -> Any:
+    """``trainer`` (a GRPO trainer) made rank 0 of a ``world``-rank data-parallel process group
+    whose other ranks are Ray actors holding ``build(rank)`` (built like ``trainer``; a module-level
+    function): `prmgym.models.distributed.ray_ranks` with `data_parallel`; the actors take
+    ``trainer``'s state now and after each ``trainer.load``. ``options``: ``backend``, ``threads``,
+    ``num_cpus``, ``num_gpus``, ``start_timeout_s``. In place; returned."""
     _check(trainer)
-    from prmgym.cluster import connect
-
-    ray = connect()
-    cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
-    actors = [cls.remote(threads) for _ in range(world - 1)]
-    master = (ray.util.get_node_ip_address(), _free_port())
-    setups = [a.setup.remote(build, r, world, master, backend) for r, a in enumerate(actors, start=1)]
-    try:
-        dist.init_process_group(backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=0, world_size=world,
-                                timeout=timedelta(seconds=start_timeout_s))
-        ray.get(setups, timeout=start_timeout_s)
-    except Exception as e:
-        for a in actors:
-            ray.kill(a)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        raise RuntimeError(f"ray_ranks: the {world - 1} other rank(s) did not join within {start_timeout_s:.0f} s "
-                           f"({type(e).__name__}: {e}); the cluster needs {world - 1} x {num_cpus} free CPUs"
-                           + (f" and {num_gpus} GPU(s) each" if num_gpus else "") + "; lower train_workers or add "
-                           "nodes") from None
-    data_parallel(trainer)
-    cls0 = type(trainer)
-    trainer.__class__ = type(f"RayRanks{cls0.__name__}", (_DrivesRanks, cls0), {})
-    trainer._rank_actors, trainer._rank_ray = actors, ray
-    trainer.sync_ranks()
-    return trainer
+    return _ray_ranks(trainer, build, world, wrap=data_parallel, state=(trainer_state, set_trainer_state), **options)
 
 
 __all__ = ["DataParallel", "data_parallel", "RayDataParallel", "ray_ranks", "trainer_state", "set_trainer_state"]

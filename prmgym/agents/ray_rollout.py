@@ -163,16 +163,9 @@ class RayRollouts:
         if self.local is not None:
             self.local.close()
             return
-        ray = self._ray
-        try:
-            ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
-        except Exception:  # noqa: BLE001
-            pass
-        for a in self.actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001
-                pass
+        from prmgym.cluster import stop_actors
+
+        stop_actors(self._ray, self.actors)
         self.actors = []
 
     def __enter__(self) -> "RayRollouts":

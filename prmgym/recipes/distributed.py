@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from prmgym.cluster import DistributedConfig, connect
+from prmgym.cluster import DistributedConfig, connect_config
 from prmgym.config import ConfigError, from_dict
 
 
@@ -49,10 +49,7 @@ def with_ray_sandbox(section: dict, env_id: str, env_kwargs: dict) -> dict:
                           "sandbox_workers, or use a code env (prmgym/ProgramSynthesis-v0, prmgym/HumanEval-v0, Jsonl)")
     if "sandbox" in env_kwargs:
         raise ConfigError("env_kwargs.sandbox and distributed.sandbox_workers both choose the sandbox; keep one")
-    try:
-        connect(cfg.address, num_cpus=cfg.num_cpus)
-    except (ImportError, ConnectionError, ValueError) as e:
-        raise ConfigError(f"distributed: {e}") from None
+    connect_config(cfg)
     from prmgym.sandbox.ray_pool import RaySandbox
 
     box: Any = RaySandbox(workers_per_node=cfg.sandbox_workers)
@@ -68,10 +65,7 @@ def with_ray_rollouts(section: dict, trainer: Any, env_id: str, env_kwargs: dict
     cfg = distributed_config(section)
     if not (cfg.enabled and cfg.rollout_workers):
         return trainer
-    try:
-        connect(cfg.address, num_cpus=cfg.num_cpus)
-    except (ImportError, ConnectionError, ValueError) as e:
-        raise ConfigError(f"distributed: {e}") from None
+    connect_config(cfg)
     from prmgym.agents.ray_rollout import RayRollouts, ray_rollouts
     from prmgym.envs import make
 
@@ -120,10 +114,7 @@ def with_train_workers(section: dict, trainer: Any, run_config: Any) -> Any:
     cfg = distributed_config(section)
     if not (cfg.enabled and cfg.train_workers > 1):
         return trainer
-    try:
-        ray = connect(cfg.address, num_cpus=cfg.num_cpus)
-    except (ImportError, ConnectionError, ValueError) as e:
-        raise ConfigError(f"distributed: {e}") from None
+    ray = connect_config(cfg)
     from prmgym.agents.data_parallel import ray_ranks
     from prmgym.config import to_dict
 

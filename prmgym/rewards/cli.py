@@ -144,7 +144,11 @@ def run(args: argparse.Namespace) -> int:
     formats = ("jsonl", "tensorboard") if cfg.quiet else ("stdout", "jsonl", "tensorboard")
     logger = Logger(cfg.out, formats=formats, hparams={**to_dict(cfg), "prm": prm.config()})
     trainer = OfflinePRMTrainer(prm, policy, env_fn, cfg.train_config(), targets=targets, run_dir=cfg.out, logger=logger)
+    from prmgym.rewards.data_parallel import with_train_workers
+
     try:
+        trainer = with_train_workers(trainer, cfg)  # distributed.train_workers: K data-parallel ranks
+
         with autocast(dtype, device):  # the policy's rollouts too
             trainer.train(progress=not cfg.quiet)
     finally:

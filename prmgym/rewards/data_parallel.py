@@ -13,10 +13,18 @@ every rank. In a `PRMTrainer`, rank 0 collects each update's batch and broadcast
 
 Kinds: ``airl``, ``orm``, ``mc`` (their losses read the PRM only through ``outputs``); others
 are refused. Evaluation, scoring and saving are not split (call them on rank 0 only, or on all).
+
+``prmgym train-prm ... --set distributed.backend=ray --set distributed.train_workers=K``
+(`with_train_workers`) makes the command's trainer rank 0 and starts K - 1 Ray actor ranks, each
+given a copy of the PRM, the policy and the recipe through the object store.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import os
+import tarfile
 from typing import Any
 
 import torch
@@ -102,4 +110,82 @@ def data_parallel_prm(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["data_parallel_prm", "KINDS"]
+def check_section(section: dict, kind: str) -> Any:
+    """The ``distributed:`` section of a train-prm run, typed; `ConfigError` naming the fix."""
+    from prmgym.cluster import DistributedConfig
+    from prmgym.config import ConfigError, from_dict
+
+    cfg = from_dict(DistributedConfig, section, where="distributed")
+    extra = [k for k in ("sandbox_workers", "rollout_workers") if getattr(cfg, k)]
+    if extra:
+        raise ConfigError(f"distributed.{extra[0]} does not apply to train-prm (only train_workers); drop it")
+    if cfg.train_workers > 1 and kind not in KINDS:
+        raise ConfigError(f"distributed.train_workers: the {kind} PRM's update is not data-parallel; kinds: "
+                          f"{', '.join(KINDS)} (or drop train_workers)")
+    return cfg
+
+
+def _tar(path: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(path, arcname=".")
+    return buf.getvalue()
+
+
+def _untar(data: bytes, path: str) -> str:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(path, filter="data")
+    return path
+
+
+def _build_rank(payload: Any, rank: int) -> Any:
+    """Rank ``rank``'s trainer (in its Ray actor) from rank 0's saved PRM (with its optimiser
+    state), saved policy and recipe."""
+    import tempfile
+
+    import ray
+
+    import prmgym  # noqa: F401  (registers the envs)
+    from prmgym.config import import_modules
+    from prmgym.envs import make
+    from prmgym.models import TransformersPolicy
+    from prmgym.rewards.scalar import load_prm
+    from prmgym.rewards.train import OfflinePRMTrainer
+
+    p = ray.get(payload)
+    import_modules(p["imports"], where="imports:")
+    root = tempfile.mkdtemp(prefix="prmgym-prm-rank-")
+    policy = TransformersPolicy.from_pretrained(_untar(p["policy"], os.path.join(root, "policy")),
+                                                device=p["device"], prompt_format=p["prompt_format"])
+    prm = load_prm(_untar(p["prm"], os.path.join(root, "prm")), resume=True, **p["knobs"])
+    env_fn = functools.partial(make, p["env"], **{"split": "train", **p["env_kwargs"]}) if p["env"] else None
+    return OfflinePRMTrainer(prm, policy, env_fn, p["config"], targets=p["targets"])
+
+
+def with_train_workers(trainer: Any, run: Any) -> Any:
+    """``trainer`` (an `OfflinePRMTrainer`) made rank 0 of ``run.distributed.train_workers`` ranks
+    when that is more than one, else unchanged (``run``: a `TrainPRMRun`)."""
+    import tempfile
+
+    cfg = check_section(run.distributed or {}, run.kind)
+    if not (cfg.enabled and cfg.train_workers > 1):
+        return trainer
+    from prmgym.cluster import connect_config
+    from prmgym.models.distributed import ray_ranks
+
+    ray = connect_config(cfg)
+    device = next(trainer.prm.net.parameters()).device
+    with tempfile.TemporaryDirectory(prefix="prmgym-prm-ship-") as tmp:
+        trainer.policy.save(os.path.join(tmp, "policy"))
+        trainer.prm.save(os.path.join(tmp, "prm"))  # with its optimiser state: a resumed run's too
+        payload = ray.put({"policy": _tar(os.path.join(tmp, "policy")), "prm": _tar(os.path.join(tmp, "prm")),
+                           "device": str(device), "prompt_format": run.prompt_format,
+                           "knobs": {"dtype": run.prm.get("dtype", run.dtype), "device": str(device)},
+                           "env": run.env, "env_kwargs": dict(run.env_kwargs), "imports": list(run.imports),
+                           "config": trainer.config, "targets": trainer.targets})
+    cuda = device.type == "cuda"
+    return ray_ranks(trainer, functools.partial(_build_rank, payload), cfg.train_workers, wrap=data_parallel_prm,
+                     backend="nccl" if cuda else "gloo", num_gpus=1.0 if cuda else 0.0)
+
+
+__all__ = ["data_parallel_prm", "KINDS", "check_section", "with_train_workers"]

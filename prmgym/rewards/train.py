@@ -121,6 +121,8 @@ class TrainPRMRun(PRMTrainConfig):
     patience: int = _f(5, "stop after this many held-out evaluations without a new best (0 = run all steps)")
     eval_tasks: int = _f(64, "held-out tasks (training split, seeds disjoint from the training draws); 16 picked the "
                              "kept update on noise (docs/rewards.md)")
+    distributed: dict = _f({}, "{backend: ray, train_workers: K, address, num_cpus}: the updates data-parallel over K "
+                               "ranks, this process and K - 1 Ray actors (kinds airl, orm, mc; docs/distributed.md)")
 
     def __post_init__(self) -> None:
         if not self.eval_every:
@@ -130,6 +132,10 @@ class TrainPRMRun(PRMTrainConfig):
 
         self.dtype = dtype_name(self.dtype)
         check_device_name(self.device)
+        if self.distributed:
+            from prmgym.rewards.data_parallel import check_section
+
+            check_section(self.distributed, self.kind)
 
     def train_config(self) -> PRMTrainConfig:
         """The `PRMTrainConfig` part."""

@@ -183,16 +183,9 @@ class RaySearchRunner:
                 yield row
 
     def close(self) -> None:
-        ray = self._ray
-        try:
-            ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
-        except Exception:  # noqa: BLE001  (an actor already gone)
-            pass
-        for a in self.actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001
-                pass
+        from prmgym.cluster import stop_actors
+
+        stop_actors(self._ray, self.actors)
         self.actors = []
 
     def __enter__(self) -> "RaySearchRunner":
