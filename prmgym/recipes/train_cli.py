@@ -145,6 +145,22 @@ class StopOnSignal:
         return self.signum is None
 
 
+def _has_row(path: str, step: int, key: str) -> bool:
+    """Whether ``metrics.jsonl`` at ``path`` has a row at ``step`` holding ``key`` (a line cut short
+    by a kill does not count)."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("step") == step and key in row:
+                return True
+    return False
+
+
 def _write_summary(path: str, summary: dict) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -206,12 +222,16 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
             print(f"resumed from {ckpt} (step {trainer.num_steps} of {cfg.steps})", file=sys.stderr)
         elif resume:
             print(f"{run_dir} has no checkpoint yet: training from step 0", file=sys.stderr)
-        if cfg.eval_tasks and trainer.num_steps == 0 and "pass@1_before" not in summary:
-            summary["pass@1_before"] = trainer.pass_at_1(cfg.eval_tasks)
-            _write_summary(summary_path, summary)
-            logger.record("eval/pass@1", summary["pass@1_before"])  # step 0 of the eval/pass@1 curve
-            logger.dump(0)
-            print(f"held-out pass@1 before training: {summary['pass@1_before']:.3f}", file=sys.stderr)
+        if cfg.eval_tasks and trainer.num_steps == 0:
+            if "pass@1_before" not in summary:
+                summary["pass@1_before"] = trainer.pass_at_1(cfg.eval_tasks)
+                _write_summary(summary_path, summary)
+                print(f"held-out pass@1 before training: {summary['pass@1_before']:.3f}", file=sys.stderr)
+            # step 0 of the eval/pass@1 curve, once: a kill between the summary and this row is
+            # mended on resume from the summary, without evaluating again
+            if not _has_row(os.path.join(run_dir, "metrics.jsonl"), 0, "eval/pass@1"):
+                logger.record("eval/pass@1", summary["pass@1_before"])
+                logger.dump(0)
         with stop:
             history = trainer.train(max(0, cfg.steps - trainer.num_steps), progress=progress)
         if stop.signum is not None:
@@ -223,7 +243,10 @@ def train_from_config(cfg, resume: bool = False, overwrite: bool = False, progre
         summary.update(steps=trainer.num_steps, final_checkpoint=final, policy_dir=os.path.join(final, "policy"))
         if cfg.eval_tasks:
             summary["pass@1_after"] = trainer.pass_at_1(cfg.eval_tasks)
-            if not (history and "eval/pass@1" in history[-1]):  # the last step did not evaluate already
+            # once per step: not when the last step evaluated already, nor when a run killed after
+            # this row and before its summary is resumed
+            if not (history and "eval/pass@1" in history[-1]) and not _has_row(
+                    os.path.join(run_dir, "metrics.jsonl"), trainer.num_steps, "eval/pass@1"):
                 logger.record("eval/pass@1", summary["pass@1_after"])
                 logger.dump(trainer.num_steps)
             print(f"held-out pass@1 after {trainer.num_steps} steps: {summary['pass@1_after']:.3f}", file=sys.stderr)
