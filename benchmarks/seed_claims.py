@@ -16,8 +16,8 @@
     `prmgym train-prm` (held-out early stopping, the best PRM kept) for as many updates as it takes
     to see as many policy rollouts as the GRPO run sampled; ``oracle`` the rule-based step
     checker of search_vs_vote.py (ChainArithmetic only), the upper bound. Reported: each scorer's
-    accuracy per planner and the paired per-task differences (AIRL-S − each other scorer, offline AIRL − prior, oracle −
-    AIRL-S) with standard errors over tasks and over seeds.
+    accuracy per planner and the paired per-task differences (AIRL-S − each other scorer, offline
+    AIRL − prior, oracle − AIRL-S) with standard errors over tasks and over seeds.
 
 Every method of (a)/(b)/(s) gets the same per-task limit on generated policy tokens; PRM tokens
 are reported. The spread is the standard deviation over seeds (with 3 seeds: a rough one).
