@@ -11,6 +11,10 @@ Three workloads, each measured three ways that take turns pass by pass (load dri
 * rollout tokens/s: `RayRollouts` (ChainArithmetic groups of 8 from the tiny policy) in this
   process (``workers=0``) and on 1 and on 2 actors, the same chunked seeds each way.
 
+Ray starts its workers at nice 15 (below everything else on the host); here they run at the
+driver's priority (``--worker-niceness 0``) so that load from other processes hits the in-process
+way and the Ray ways alike (``--worker-niceness 15`` measures Ray's default).
+
 Prints, per workload, the rates and two ratios: ``2 workers / 1 worker`` (target >= 1.7 on
 2 CPUs; >= 1.5 for rollouts) and ``Ray overhead`` = in-process rate / Ray-1-worker rate - 1 (target <= 10%).
 
@@ -168,16 +172,22 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default="generated=200", help="per-task search budget")
     ap.add_argument("--rollout-prompts", type=int, default=16, help="prompts per rollout pass (groups of 8)")
     ap.add_argument("--only", choices=("sandbox", "search", "rollout"), default=None, help="run one workload")
+    ap.add_argument("--worker-niceness", type=int, default=0,
+                    help="nice value of the Ray workers (Ray's own default is 15, below everything else on the "
+                         "host, so any other load starves the Ray ways but not the in-process one; 0 = the "
+                         "driver's priority, so load hits every way alike)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     if args.passes < 1 or not 1 <= args.n <= 164 or args.search_tasks < 2:
         ap.error("--passes >= 1, -n in 1..164 and --search-tasks >= 2")
     from prmgym.cluster import connect
 
+    os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # read by the raylet this process starts
     ray = connect(num_cpus=os.cpu_count())
     print(f"Ray {ray.__version__} on this machine, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
           f"at start, {args.passes} interleaved passes", flush=True)
-    out = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()[0], "passes": args.passes}
+    out = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()[0], "passes": args.passes,
+           "worker_niceness": args.worker_niceness}
     if args.only in (None, "sandbox"):
         out["sandbox"] = bench_sandbox(args.passes, args.n)
     if args.only in (None, "search"):

@@ -813,3 +813,33 @@ def test_harness_payload_is_one_self_contained_module(tmp_path):
         assert proc.wait(10) == 0, proc.stderr.read()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_claim_cpus_spreads_workers_over_processes_and_frees_on_close(tmp_path):
+    import subprocess
+    import sys
+
+    d = str(tmp_path / "locks")
+    a = local.claim_cpus(1, [0, 1], lock_dir=d)
+    b = local.claim_cpus(1, [0, 1], lock_dir=d)  # a second one-worker sandbox: the other CPU
+    assert [c for c, _ in a + b] == [0, 1]
+    c = local.claim_cpus(3, [0, 1], lock_dir=d)  # both CPUs hold one: 0, 1, then 0 again
+    assert [x for x, _ in c] == [0, 1, 0]
+    # another process sees these claims (flock is per open file): it gets the least-held CPU, 1
+    code = ("import sys; from prmgym.sandbox.local import claim_cpus; "
+            f"print(claim_cpus(1, [0, 1], lock_dir={d!r})[0][0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    for _, fd in a + c:
+        os.close(fd)
+    # a's and c's claims are gone (and the other process's died with it): only b's CPU 1 is held
+    assert [x for x, _ in local.claim_cpus(2, [0, 1], lock_dir=d)] == [0, 0]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_two_one_worker_sandboxes_run_on_different_cpus(tmp_path, monkeypatch):
+    # a private lock dir: sandboxes of other processes on this host would count too
+    monkeypatch.setattr(local, "_cpu_lock_dir", lambda: str(tmp_path))
+    with LocalSandbox(workers=1) as one, LocalSandbox(workers=1) as two:
+        assert one.isolation.get("cpu") != two.isolation.get("cpu")
+        assert {one.isolation.get("cpu"), two.isolation.get("cpu")} <= set(os.sched_getaffinity(0))

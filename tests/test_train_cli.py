@@ -47,10 +47,10 @@ def weights(ckpt):
 def test_train_writes_run_dir_and_resume_is_exact(tmp_path, model_dir, capsys):
     cfg = write_config(tmp_path, model_dir)
     a = str(tmp_path / "a")
-    assert main(["train", "--config", cfg, "--set", f"run_dir={a}", "--set", "steps=2", "--no-progress"]) == 0
-    assert main(["train", "--resume", a, "--set", "steps=4", "--no-progress"]) == 0
+    assert main(["train", "--config", cfg, "--set", f"run_dir={a}", "--set", "steps=2", "--quiet"]) == 0
+    assert main(["train", "--resume", a, "--set", "steps=4", "--no-progress"]) == 0  # the older spelling
     b = str(tmp_path / "b")
-    assert main(["train", "--config", cfg, "--set", f"run_dir={b}", "--no-progress"]) == 0
+    assert main(["train", "--config", cfg, "--set", f"run_dir={b}", "--quiet"]) == 0
     for run in (a, b):
         assert os.path.exists(os.path.join(run, "config.yaml"))
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "tb")))
@@ -73,7 +73,7 @@ def test_train_writes_run_dir_and_resume_is_exact(tmp_path, model_dir, capsys):
 
     TransformersPolicy.from_pretrained(json.load(open(os.path.join(b, "summary.json")))["policy_dir"])
     # refusing to overwrite a run
-    assert main(["train", "--config", cfg, "--set", f"run_dir={b}", "--no-progress"]) == 2
+    assert main(["train", "--config", cfg, "--set", f"run_dir={b}", "--quiet"]) == 2
     assert "--resume" in capsys.readouterr().err
 
 
@@ -89,7 +89,7 @@ def test_train_writes_run_dir_and_resume_is_exact(tmp_path, model_dir, capsys):
 ])
 def test_bad_configs_say_what_and_how(tmp_path, model_dir, capsys, over, needle):
     cfg = write_config(tmp_path, model_dir, **over)
-    assert main(["train", "--config", cfg, "--no-progress"]) == 2
+    assert main(["train", "--config", cfg, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert needle in err, err
     if "reward" in over:
@@ -97,9 +97,9 @@ def test_bad_configs_say_what_and_how(tmp_path, model_dir, capsys, over, needle)
 
 
 def test_missing_inputs(tmp_path, capsys):
-    assert main(["train", "--no-progress"]) == 2
+    assert main(["train", "--quiet"]) == 2
     assert "--config FILE" in capsys.readouterr().err
-    assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 2
+    assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 2
     assert "no config.yaml" in capsys.readouterr().err
 
 
@@ -109,7 +109,7 @@ def test_train_with_airl_reward_logs_discriminator_to_tensorboard(tmp_path, mode
                        reward_config={"learning_rate": 1e-3, "updates_per_step": 2},
                        trainer={"num_generations": 2, "batch_size": 4, "max_new_tokens": 6, "max_steps": 3,
                                 "learning_rate": 1e-3, "process_reward_weight": 0.5, "save_every": 2})
-    assert main(["train", "--config", cfg, "--no-progress"]) == 0
+    assert main(["train", "--config", cfg, "--quiet"]) == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tmp_path / "run" / "tb"))
@@ -168,19 +168,19 @@ def _interrupt_at(monkeypatch, call, signum=None):
 def test_stopped_before_the_first_checkpoint_resumes_from_step_0(tmp_path, model_dir, monkeypatch, capsys):
     cfg = write_config(tmp_path, model_dir)
     ref = str(tmp_path / "ref")
-    assert main(["train", "--config", cfg, "--set", f"run_dir={ref}", "--no-progress"]) == 0
+    assert main(["train", "--config", cfg, "--set", f"run_dir={ref}", "--quiet"]) == 0
     run = str(tmp_path / "run")
     undo = _interrupt_at(monkeypatch, call=2)  # step 1 done and logged, no checkpoint yet (save_every=2)
-    assert main(["train", "--config", cfg, "--no-progress"]) == 130
+    assert main(["train", "--config", cfg, "--quiet"]) == 130
     undo()
     err = capsys.readouterr().err
     assert f"--resume {run}" in err and "none yet" in err and checkpoint_dirs(run) == []
     before = json.load(open(os.path.join(run, "summary.json")))["pass@1_before"]
     # starting again is refused with both ways out named; --resume works from step 0
-    assert main(["train", "--config", cfg, "--no-progress"]) == 2
+    assert main(["train", "--config", cfg, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"--resume {run}" in err and "--overwrite" in err
-    assert main(["train", "--resume", run, "--no-progress"]) == 0
+    assert main(["train", "--resume", run, "--quiet"]) == 0
     assert "no checkpoint yet: training from step 0" in capsys.readouterr().err
     assert _steps(run) == [1, 2, 3, 4] and _tb_steps(run) == [1, 2, 3, 4]
     summary = json.load(open(os.path.join(run, "summary.json")))
@@ -188,7 +188,7 @@ def test_stopped_before_the_first_checkpoint_resumes_from_step_0(tmp_path, model
     wa, wb = weights(checkpoint_dirs(run)[-1]), weights(checkpoint_dirs(ref)[-1])
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # --overwrite starts the run again
-    assert main(["train", "--config", cfg, "--overwrite", "--no-progress"]) == 0
+    assert main(["train", "--config", cfg, "--overwrite", "--quiet"]) == 0
     assert _steps(run) == [1, 2, 3, 4]
 
 
@@ -201,10 +201,10 @@ def test_a_signal_saves_a_checkpoint_and_resume_logs_no_step_twice(tmp_path, mod
         "num_generations": 4, "batch_size": 8, "max_new_tokens": 1, "max_steps": 1, "learning_rate": 3e-3,
         "save_every": 4})
     ref = str(tmp_path / "ref")
-    assert main(["train", "--config", cfg, "--set", f"run_dir={ref}", "--no-progress"]) == 0
+    assert main(["train", "--config", cfg, "--set", f"run_dir={ref}", "--quiet"]) == 0
     run = str(tmp_path / "run")
     undo = _interrupt_at(monkeypatch, call=1, signum=signum)
-    assert main(["train", "--config", cfg, "--no-progress"]) == 128 + signum
+    assert main(["train", "--config", cfg, "--quiet"]) == 128 + signum
     undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     assert [os.path.basename(c) for c in checkpoint_dirs(run)] == ["checkpoint-0000001"]
@@ -212,10 +212,10 @@ def test_a_signal_saves_a_checkpoint_and_resume_logs_no_step_twice(tmp_path, mod
     before = json.load(open(os.path.join(run, "summary.json")))["pass@1_before"]
     # a hard stop in step 4, after step 3 was logged: checkpoint 1 is the newest, steps 2-3 run again
     undo = _interrupt_at(monkeypatch, call=3)
-    assert main(["train", "--resume", run, "--no-progress"]) == 130
+    assert main(["train", "--resume", run, "--quiet"]) == 130
     undo()
     assert _steps(run) == [1, 2, 3]
-    assert main(["train", "--resume", run, "--no-progress"]) == 0
+    assert main(["train", "--resume", run, "--quiet"]) == 0
     assert _steps(run) == [1, 2, 3, 4, 5] and _tb_steps(run) == [1, 2, 3, 4, 5]
     rows = lambda r: [{k: v for k, v in json.loads(x).items() if k.startswith("train/")}  # noqa: E731
                       for x in open(os.path.join(r, "metrics.jsonl"))]
@@ -237,16 +237,16 @@ def _tree(path):
 def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, model_dir, capsys):
     cfg = write_config(tmp_path, model_dir, steps=2)
     run = str(tmp_path / "run")
-    assert main(["train", "--config", cfg, "--no-progress"]) == 0
+    assert main(["train", "--config", cfg, "--quiet"]) == 0
     before = _tree(run)
     capsys.readouterr()
-    assert main(["train", "--resume", run, "--no-progress"]) == 0
+    assert main(["train", "--resume", run, "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "is finished (2 of 2 steps" in err and "--set steps=N" in err
     assert _tree(run) == before
     # extending it is still possible and keeps pass@1_before
     first = json.load(open(os.path.join(run, "summary.json")))
-    assert main(["train", "--resume", run, "--set", "steps=3", "--no-progress"]) == 0
+    assert main(["train", "--resume", run, "--set", "steps=3", "--quiet"]) == 0
     summary = json.load(open(os.path.join(run, "summary.json")))
     assert summary["steps"] == 3 and summary["pass@1_before"] == first["pass@1_before"]
     assert _steps(run) == [1, 2, 3]
@@ -259,7 +259,7 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, model_dir
 ])
 def test_config_errors_are_caught_before_the_run_dir_is_created(tmp_path, model_dir, capsys, over, needle):
     cfg = write_config(tmp_path, model_dir, **over)
-    assert main(["train", "--config", cfg, "--no-progress"]) == 2
+    assert main(["train", "--config", cfg, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(tmp_path / "run")

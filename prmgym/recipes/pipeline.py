@@ -54,7 +54,8 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
                dtype: str = "fp32", device: str | None = None, prompt_format: str = "plain", **grpo_overrides) -> dict:
     """GRPO from ``policy_dir``; ``reward="airl"`` adds the online AIRL step reward
     (AIRL-S), ``reward="outcome"`` is plain GRPO. Saves the policy to ``out_dir/policy`` and
-    the AIRL PRM to ``out_dir/prm_airl``. Returns paths, step count and metrics history.
+    the AIRL PRM to ``out_dir/prm_airl``. Returns paths, step count, the number of policy episodes
+    sampled (``episodes``: the rollouts the discriminator was trained against) and metrics history.
     ``policy_config`` picks the generation backend (`prmgym.models.backend.PolicyConfig`);
     ``dtype`` / ``device`` are the trainer's and the AIRL PRM's (`prmgym.models.optim.OptimKnobs`);
     ``prompt_format`` (plain | chat) is how the policy, and the AIRL PRM built on it, read traces."""
@@ -86,7 +87,8 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
         trainer.close()
         close_policy(policy)
     pol_dir = policy.save(os.path.join(out_dir, "policy"))
-    out = {"policy": pol_dir, "steps": trainer.num_steps, "history": history, "prm": None}
+    out = {"policy": pol_dir, "steps": trainer.num_steps, "episodes": trainer.num_steps * cfg.batch_size,
+           "history": history, "prm": None}
     if provider is not None:
         out["prm"] = provider.save(os.path.join(out_dir, "prm_airl"))
     return out
@@ -171,12 +173,14 @@ class Method:
 
 def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str, *, budgets: list[int],
             n_tasks: int, env_kwargs: dict | None = None, seed: int = 0, logger=None, results_dir: str | None = None,
-            on_row: Callable[[dict], None] | None = None, runner=None) -> tuple[list[dict], dict[str, str]]:
+            on_row: Callable[[dict], None] | None = None, runner=None,
+            per_task: bool = False) -> tuple[list[dict], dict[str, str]]:
     """Every method at every per-task ``generated``-token budget on the same held-out tasks.
 
     Methods whose scorer is missing from ``scorers`` are skipped and listed in the second
     return value with the reason. Rows: method, budget, accuracy, stderr, n and the mean
-    usage per task in every budget unit.
+    usage per task in every budget unit; with ``per_task``, also ``correct``: 1/0 per task in task
+    order (every method sees the same tasks, so rows can be compared task by task).
 
     ``runner``: a `prmgym.search.distributed.RaySearchRunner` whose actors hold the same policy and,
     under the same names, the scorers (`ray_compare_runner`): the tasks are solved on them and the
@@ -206,6 +210,8 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
             row = {"method": m.name, "budget": b, "accuracy": acc, "n": res["n"],
                    "stderr": math.sqrt(acc * (1 - acc) / res["n"]) if res["n"] else 0.0,
                    **{f"mean_{u}": v for u, v in res["budget"].items()}}
+            if per_task:
+                row["correct"] = [int(r["correct"]) for r in res["rows"]]
             rows.append(row)
             if logger is not None:
                 logger.record(f"compare/{m.name}/accuracy", acc)

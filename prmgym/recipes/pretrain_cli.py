@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: fastest for this model size on a shared machine; 0 = torch default)")
     parser.add_argument("--force", action="store_true", help="retrain even if --out holds a model")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress bar (--no-progress: the older spelling)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.force and os.path.exists(os.path.join(target, MANIFEST)):
         cached = load_manifest(target).get("key") == config.cache_key()
     try:
-        out = pretrain(args.env, args.out, config=config, force=args.force, progress=not args.no_progress,
+        out = pretrain(args.env, args.out, config=config, force=args.force, progress=not args.quiet,
                        device=device, threads=args.threads or None)
     except (FileExistsError, ValueError) as e:
         print(f"prmgym pretrain: {e}", file=sys.stderr)

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint (from step 0 "
                         "if it stopped before its first one)")
     parser.add_argument("--overwrite", action="store_true", help="with --config: replace the run already in run_dir")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress bar (--no-progress: the older spelling)")
     parser.add_argument("--list-keys", action="store_true", help="print every config key (run and trainer "
                         "sections) with its default and help text, then exit")
     add_precision_args(parser)  # --dtype, --device: the run config's dtype / device
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(list_keys())
         return 0
     cfg = resolve_config(args)
-    return train_from_config(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    return train_from_config(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
 
 
 class StopOnSignal:

@@ -38,6 +38,62 @@ from prmgym.sandbox.base import ExecResult, Job, Sandbox, close_at_exit
 HARNESS_PATH: Path | str | None = None
 
 
+def _cpu_lock_dir() -> str:
+    if os.getuid() == 0 and os.path.isdir("/run"):
+        return "/run/prmgym-sandbox-cpus"
+    return os.path.join(tempfile.gettempdir(), f"prmgym-sandbox-cpus-{os.getuid()}")
+
+
+def claim_cpus(n: int, cpus: Sequence[int], lock_dir: str | None = None) -> list[tuple[int, int]]:
+    """Pick a CPU for each of ``n`` workers: the CPU of ``cpus`` that the fewest live workers hold,
+    counted over every sandbox on this host, in any process (two one-worker sandboxes, e.g. two Ray
+    actors on one machine, land on different CPUs instead of both on the first).
+
+    Each claim is an exclusive ``flock`` on a file ``cpu<C>-<slot>.lock`` under ``lock_dir``, held
+    through the returned fd until it is closed (the kernel drops it when the process dies, however
+    it dies). Returns ``[(cpu, fd), ...]``; the picks of concurrent callers are serialised by a lock
+    on the directory itself."""
+    import fcntl
+
+    lock_dir = lock_dir or _cpu_lock_dir()
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    guard = os.open(os.path.join(lock_dir, ".pick"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    claims: list[tuple[int, int]] = []
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        held: dict[int, set[int]] = {c: set() for c in cpus}  # cpu -> slots some live worker holds
+        for name in os.listdir(lock_dir):
+            if not (name.startswith("cpu") and name.endswith(".lock")):
+                continue
+            try:
+                cpu, slot = (int(x) for x in name[3:-5].split("-"))
+            except ValueError:
+                continue
+            path = os.path.join(lock_dir, name)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)  # nobody holds it: a dead worker's (safe: pickers hold the guard)
+            except OSError:
+                held.setdefault(cpu, set()).add(slot)
+            finally:
+                os.close(fd)
+        for _ in range(n):
+            cpu = min(cpus, key=lambda c: len(held[c]))  # ties: the first in order
+            slot = next(s for s in range(len(held[cpu]) + 1) if s not in held[cpu])
+            fd = os.open(os.path.join(lock_dir, f"cpu{cpu}-{slot}.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held[cpu].add(slot)
+            claims.append((cpu, fd))
+        return claims
+    except BaseException:
+        for _, fd in claims:
+            os.close(fd)
+        raise
+    finally:
+        os.close(guard)
+
+
 class SandboxInfraError(RuntimeError):
     """A worker failed (died, broke the protocol, missed the host deadline). Never the program's fault."""
 
@@ -174,7 +230,9 @@ class LocalSandbox(Sandbox):
             file) and the size of the private tmpfs work dir.
         warm: pre-import common stdlib modules in the fork servers (faster jobs).
         pin_cpus: keep each worker (its server, judge and every job it forks) on one CPU of this
-            process's allowed set, round-robin over the workers. A job's judge and program take
+            process's allowed set: the CPU the fewest live workers of any sandbox on this host
+            hold (`claim_cpus`), so workers spread over the CPUs whether they belong to one
+            sandbox or to many (e.g. one-worker sandboxes in several Ray actors). A job's judge and program take
             turns on every call; on one CPU each turn is a local switch instead of a cross-CPU
             wake-up (the gain, measured by benchmarks/sandbox_throughput.py, is in docs/sandbox.md).
             Programs may still change their own affinity.
@@ -211,11 +269,16 @@ class LocalSandbox(Sandbox):
         self._free: queue.Queue[_Worker] = queue.Queue()
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._cpu_claims: list[int] = []  # fds holding this sandbox's CPU claims
         close_at_exit(self)  # a script that forgets close() leaves no fork server behind
         try:
-            cpus = sorted(os.sched_getaffinity(0)) if pin_cpus else []
-            for i in range(n):
-                w = _Worker(uid_base if root else None, namespaces, warm, cpus[i % len(cpus)] if cpus else None)
+            picks: list[int | None] = [None] * n
+            if pin_cpus:
+                claims = claim_cpus(n, sorted(os.sched_getaffinity(0)))
+                self._cpu_claims = [fd for _, fd in claims]
+                picks = [cpu for cpu, _ in claims]
+            for cpu in picks:
+                w = _Worker(uid_base if root else None, namespaces, warm, cpu)
                 self._workers.append(w)
                 self._free.put(w)
         except BaseException:
@@ -285,6 +348,9 @@ class LocalSandbox(Sandbox):
             self._pool.shutdown(wait=True)
         for w in self._workers:
             w.kill()
+        for fd in self._cpu_claims:
+            os.close(fd)
+        self._cpu_claims = []
 
     def __del__(self):  # best effort; explicit close() / `with` is the contract
         try:
@@ -293,4 +359,4 @@ class LocalSandbox(Sandbox):
             pass
 
 
-__all__ = ["LocalSandbox", "SandboxInfraError"]
+__all__ = ["LocalSandbox", "SandboxInfraError", "claim_cpus"]
