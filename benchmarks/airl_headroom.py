@@ -79,22 +79,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from prmgym.envs import make
+    from prm_check import test_rollouts
+
     from prmgym.envs.trace import render_trace
     from prmgym.models import TransformersPolicy
     from prmgym.recipes import tiny as tiny_recipe
     from prmgym.rewards import load_prm
-    from prmgym.rewards.data import EnvPool, rollout
     from prmgym.rewards.heldout import auc
 
     pol_dir = args.policy or tiny_recipe.pretrain(args.env, progress=False)
     policy = TransformersPolicy.from_pretrained(pol_dir)
-    pool = EnvPool(lambda: make(args.env, split="test"))
-    u = pool.get(1)[0].unwrapped
-    tasks = list(u.source.tasks("test", args.tasks, seed=args.seed))
-    rolls = [r for r in rollout(pool, policy, tasks, n=args.rollouts, seed=args.seed, max_new_tokens=32, max_steps=12)
-             if r.steps]
-    pool.close()
+    u, _, rolls = test_rollouts(args.env, policy, args.tasks, args.rollouts, args.seed)  # prm_check.py's
     obs, cont, where = [], [], []
     for i, r in enumerate(rolls):
         for j, s in enumerate(r.steps):

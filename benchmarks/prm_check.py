@@ -45,6 +45,23 @@ def train(kind: str, policy: str, env: str, out: str, extra: list[str], threads:
     return time.perf_counter() - t0
 
 
+def test_rollouts(env: str, policy, n_tasks: int, n_rollouts: int, seed: int) -> tuple:
+    """``(env.unwrapped, tasks, rollouts)``: ``n_tasks`` test-split tasks drawn with ``seed`` and
+    ``n_rollouts`` policy rollouts of each (those with a step), as every figure here is scored."""
+    from prmgym.envs import make
+    from prmgym.rewards.data import EnvPool, rollout
+
+    pool = EnvPool(lambda: make(env, split="test"))
+    u = pool.get(1)[0].unwrapped
+    tasks = list(u.source.tasks("test", n_tasks, seed=seed))
+    rolls = [r for r in rollout(pool, policy, tasks, n=n_rollouts, seed=seed, max_new_tokens=32, max_steps=12) if r.steps]
+    pool.close()
+    return u, tasks, rolls
+
+
+test_rollouts.__test__ = False  # not a pytest test
+
+
 def rank_rows(name: str, step_scores_rolls: list[list[float]], rolls: list, step_scores_clean: list[list[float]],
               step_scores_bad: list[list[float]]) -> dict:
     from prmgym.rewards.heldout import auc
@@ -72,11 +89,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from prmgym.envs import make
     from prmgym.models import TransformersPolicy
     from prmgym.recipes import tiny as tiny_recipe
     from prmgym.rewards import load_prm
-    from prmgym.rewards.data import EnvPool, expert_traces, fill_logprobs, rollout
+    from prmgym.rewards.data import expert_traces, fill_logprobs
     from prmgym.rewards.heldout import corrupted_pairs
 
     kinds = [k for k in args.kinds.split(",") if k]
@@ -89,12 +105,7 @@ def main(argv=None) -> int:
             print(f"trained {k} in {seconds[k]:.0f}s", flush=True)
 
     policy = TransformersPolicy.from_pretrained(pol_dir)
-    pool = EnvPool(lambda: make(args.env, split="test"))
-    u = pool.get(1)[0].unwrapped
-    tasks = list(u.source.tasks("test", args.tasks, seed=args.seed))
-    rolls = [r for r in rollout(pool, policy, tasks, n=args.rollouts, seed=args.seed, max_new_tokens=32, max_steps=12)
-             if r.steps]
-    pool.close()
+    u, tasks, rolls = test_rollouts(args.env, policy, args.tasks, args.rollouts, args.seed)
     pairs = corrupted_pairs(expert_traces(tasks), seed=args.seed)
     prompts_c = [p for p, _, _, _ in pairs]
     clean, bad = [c for _, c, _, _ in pairs], [b for _, _, b, _ in pairs]
