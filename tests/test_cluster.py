@@ -38,8 +38,7 @@ def test_config_section_checks_its_fields():
             load_run_config({"distributed": section})
     assert load_run_config({"distributed": {"backend": "ray", "sandbox_workers": 1}}).distributed["sandbox_workers"] == 1
     dp = {"backend": "ray", "train_workers": 2}
-    with pytest.raises(ConfigError, match="process-reward update .airl. is not data-parallel"):
-        load_run_config({"distributed": dp, "reward": "airl"})
+    assert load_run_config({"distributed": dp, "reward": "airl"}).reward == "airl"  # its PRM updates data-parallel too
     with pytest.raises(ConfigError, match="policy.backend hf"):
         load_run_config({"distributed": dp, "policy": {"backend": "vllm"}})
     assert load_run_config({"distributed": dp}).distributed["train_workers"] == 2

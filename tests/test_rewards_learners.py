@@ -191,6 +191,55 @@ def test_airl_context_steps_are_state_not_examples(policy):
         PRMBatch(prompts[:1], steps[:1], context_steps=[4])
 
 
+def test_airl_residual_features_start_at_the_prior_and_are_read(policy, tmp_path):
+    """``residual_features``: the heads also read statistics of the body's token log-probs of the
+    step (zero weights at first, so the untrained PRM is still exactly the LM prior)."""
+    p, s = "Compute 1 + 2.", ["1 + 2 = 3", "Answer: 3"]
+    prm = AIRLPRM.from_backbone(policy, cache=False, residual_features="token_min,sum")
+    assert prm.net.head.in_features == 32 + 2
+    [out] = prm.outputs([p], [s])
+    lp, nt = fill_logprobs(policy, [p], [s])
+    assert out[1:, 0].tolist() == pytest.approx([a / n for a, n in zip(lp[0], nt[0])], abs=1e-4)
+    # the feature columns are the least likely token's log-prob and the step's summed log-prob
+    ids, bounds = prm.encoder.encode(p, s)
+    [(_, seg_sum, seg_min)] = prm.net.hidden_and_segment_logprobs([ids], [bounds], token_min=True)
+    toks = policy.logprobs(["Compute 1 + 2.\n", "Compute 1 + 2.\n1 + 2 = 3\n"], ["1 + 2 = 3\n", "Answer: 3\n"])
+    assert seg_min.tolist() == pytest.approx([float(t.min()) for t in toks], abs=1e-4)
+    assert seg_sum.tolist() == pytest.approx(lp[0], abs=1e-4)
+    with torch.no_grad():  # a weight on token_min moves g by that multiple of it
+        prm.net.head.weight[0, -2] = 0.5
+    with torch.no_grad():
+        [moved] = prm.outputs([p], [s])
+    assert (moved[1:, 0] - out[1:, 0]).tolist() == pytest.approx((0.5 * seg_min).tolist(), abs=1e-4)
+    assert float(moved[0, 0]) == pytest.approx(float(out[0, 0]), abs=1e-6)  # the prompt boundary has no step
+    prm.save(tmp_path / "prm")
+    again = load_prm(tmp_path / "prm")
+    assert again.residual_features == ("token_min", "sum")
+    assert torch.allclose(again.outputs([p], [s])[0], moved, atol=1e-5)
+    with pytest.raises(ValueError, match="comma list of distinct names"):
+        AIRLPRM.from_backbone(policy, residual_features="token_max")
+    with pytest.raises(ValueError, match="lm_prior=False does not compute"):
+        AIRLPRM.from_backbone(policy, residual_features="token_min", lm_prior=False)
+
+
+def test_head_learning_rate_is_a_group_of_its_own(policy):
+    torch.manual_seed(0)
+    prm = AIRLPRM.from_backbone(policy, learning_rate=1e-5, head_learning_rate=1e-3)
+    groups = prm.optimizer.param_groups
+    assert len(groups) == 2 and len(groups[1]["params"]) == 2  # the head's weight and bias
+    body_before = [q.detach().clone() for q in groups[0]["params"]]
+    head_before = prm.net.head.weight.detach().clone()
+    m = prm.update(toy_batch(3, seed=15))
+    assert m["lr"] == pytest.approx(1e-5)  # the schedule's rate, logged as before
+    assert [g["lr"] for g in groups] == pytest.approx([1e-5, 1e-3])
+    # AdamW's first step moves each parameter by about its group's rate
+    assert float((prm.net.head.weight - head_before).abs().max()) == pytest.approx(1e-3, rel=0.05)
+    assert max(float((q - b).abs().max()) for q, b in zip(groups[0]["params"], body_before)) < 1.1e-5
+    assert len(AIRLPRM.from_backbone(policy).optimizer.param_groups) == 1  # unset: one group, as before
+    with pytest.raises(ValueError, match="head_learning_rate must be >= 0"):
+        AIRLPRM.from_backbone(policy, head_learning_rate=-1.0)
+
+
 # ------------------------------------------------------------------------------- rePIRL
 def test_repirl_learns(policy):
     torch.manual_seed(0)

@@ -17,8 +17,13 @@ K = 1 to 1e-5), so the weights stay equal on every rank without a broadcast.
 other ranks as Ray actors: the trainer is used as before (``step``, ``train``, ``save``, ``load``),
 each step also stepping the actors. ``prmgym train`` does this for ``distributed.train_workers``.
 
-Not data-parallel: the process-reward update (a trainer with a process reward is refused) and
-fp16 loss scaling (refused).
+A trainer whose step updates a learned process reward (AIRL-S, rePIRL: ``process_reward.prm``,
+or a PRM given as the process reward) updates it data-parallel too
+(`prmgym.rewards.data_parallel`): each rank runs the PRM's forward and backward on its share of
+the traces and one ``all_reduce`` sums the PRM's gradients. The step rewards the PRM gives
+before the policy update are computed on every rank on the whole batch (not split: so they are
+bit for bit the single process's, and the policy update with them). Refused: a process reward
+whose update is not one of those PRMs, and fp16 loss scaling.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import torch
 import torch.distributed as dist
 
 from prmgym.agents.common import rng_state, set_rng_state
+from prmgym.cluster import ActorPool, connect
 from prmgym.models.distributed import _Rank, all_reduce_gradients, run_step
 from prmgym.models.distributed import ray_ranks as _ray_ranks
 from prmgym.models.optim import micro_batches
+from prmgym.rewards.data_parallel import check_prm, data_parallel_prm, prm_state, set_prm_state
 
 
 class DataParallel:
@@ -71,21 +78,35 @@ def data_parallel(trainer: Any) -> Any:
         raise RuntimeError("data_parallel needs torch.distributed initialised first: "
                            "dist.init_process_group('gloo' (CPU) or 'nccl' (GPU), rank=..., world_size=...), "
                            "or run the ranks with RayDataParallel")
-    _check(trainer)
+    check_trainer(trainer)
+    prm = updated_prm(trainer)
+    if prm is not None:
+        data_parallel_prm(prm)
     cls = type(trainer)
     if not isinstance(trainer, DataParallel):
         trainer.__class__ = type(f"DataParallel{cls.__name__}", (DataParallel, cls), {})
     return trainer
 
 
-def _check(trainer: Any) -> None:
-    if getattr(trainer, "process_reward", None) is not None:
-        raise ValueError("data_parallel: the process-reward update is not data-parallel; train without process_reward")
+def updated_prm(trainer: Any) -> Any:
+    """The PRM that ``trainer``'s step updates (its process reward's ``prm``, or the process reward
+    itself), or None when the step updates none."""
+    pr = getattr(trainer, "process_reward", None)
+    if pr is None or not trainer.config.update_process_reward or not hasattr(pr, "update"):
+        return None
+    return getattr(pr, "prm", pr)
+
+
+def check_trainer(trainer: Any) -> None:
+    """Raise ValueError, naming the fix, for what a data-parallel GRPO rank cannot do."""
     if trainer.optim.scaler is not None:
         raise ValueError("data_parallel: fp16 loss scaling is not supported; use dtype fp32 or bf16")
+    prm = updated_prm(trainer)
+    if prm is not None:
+        check_prm(prm, where="data_parallel (the process reward's update)")
 
 
-class RayDataParallel:
+class RayDataParallel(ActorPool):
     """K Ray actors, each a rank of one gloo (or NCCL) process group holding ``build(rank)``, a
     GRPO trainer built the same way on every rank (same policy weights, same config and seed).
 
@@ -101,8 +122,6 @@ class RayDataParallel:
                  wrap: Callable[[Any], Any] | None = None):
         if world < 1:
             raise ValueError(f"world must be >= 1, got {world}")
-        from prmgym.cluster import connect
-
         ray = connect()
         self._ray = ray
         cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
@@ -118,25 +137,16 @@ class RayDataParallel:
     def step(self) -> dict:
         return self.call(run_step)[0]
 
-    def close(self) -> None:
-        from prmgym.cluster import stop_actors
-
-        stop_actors(self._ray, self.actors)
-        self.actors = []
-
-    def __enter__(self) -> "RayDataParallel":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def trainer_state(trainer: Any) -> dict:
-    """What `GRPOTrainer.save` keeps, in memory: weights, optimizer, RNG, step counter."""
+    """What `GRPOTrainer.save` keeps, in memory: weights, optimizer, RNG, step counter, and the
+    process reward's PRM when the step updates one (`prmgym.rewards.data_parallel.prm_state`)."""
+    prm = updated_prm(trainer)
     return {"model": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
             "optimizer": trainer.optim.state_dict(), "rng": rng_state(trainer.rng), "step": trainer.num_steps,
             "ref_model": trainer.ref_model.state_dict() if trainer.ref_model is not None else None,
-            "extra": trainer._extra_state()}
+            "extra": trainer._extra_state(), "process_reward": prm_state(prm) if prm is not None else None}
 
 
 def set_trainer_state(trainer: Any, state: dict) -> None:
@@ -147,6 +157,9 @@ def set_trainer_state(trainer: Any, state: dict) -> None:
     if trainer.ref_model is not None and state["ref_model"] is not None:
         trainer.ref_model.load_state_dict(state["ref_model"])
     trainer._load_extra_state(state["extra"])
+    prm = updated_prm(trainer)
+    if prm is not None and state.get("process_reward") is not None:
+        set_prm_state(prm, state["process_reward"])
 
 
 def ray_ranks(trainer: Any, build: Callable[[int], Any], world: int, **options: Any) -> Any:
@@ -155,8 +168,9 @@ def ray_ranks(trainer: Any, build: Callable[[int], Any], world: int, **options: 
     function): `prmgym.models.distributed.ray_ranks` with `data_parallel`; the actors take
     ``trainer``'s state now and after each ``trainer.load``. ``options``: ``backend``, ``threads``,
     ``num_cpus``, ``num_gpus``, ``start_timeout_s``. In place; returned."""
-    _check(trainer)
+    check_trainer(trainer)
     return _ray_ranks(trainer, build, world, wrap=data_parallel, state=(trainer_state, set_trainer_state), **options)
 
 
-__all__ = ["DataParallel", "data_parallel", "RayDataParallel", "ray_ranks", "trainer_state", "set_trainer_state"]
+__all__ = ["DataParallel", "data_parallel", "RayDataParallel", "ray_ranks", "trainer_state", "set_trainer_state",
+           "updated_prm", "check_trainer"]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from prmgym.agents.rollout import RolloutCollector
+from prmgym.cluster import ActorPool, connect
 from prmgym.envs.episodes import RunStats
 
 
@@ -60,7 +61,7 @@ class _RolloutHost:
         self.collector.close()
 
 
-class RayRollouts:
+class RayRollouts(ActorPool):
     """Generate groups on ``workers`` Ray actors (0 = in this process, same chunked seeds).
 
     Args:
@@ -87,8 +88,6 @@ class RayRollouts:
             self.local = _RolloutHost(policy, env_fn, kwargs, None)
             self.actors: list = []
             return
-        from prmgym.cluster import connect
-
         ray = self._ray = connect()
         policy_ref = ray.put(policy)
         cls = ray.remote(_RolloutHost).options(num_cpus=num_cpus, max_restarts=0)
@@ -162,17 +161,7 @@ class RayRollouts:
     def close(self) -> None:
         if self.local is not None:
             self.local.close()
-            return
-        from prmgym.cluster import stop_actors
-
-        stop_actors(self._ray, self.actors)
-        self.actors = []
-
-    def __enter__(self) -> "RayRollouts":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()
 
 
 class _UsesRayRollouts:

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from prmgym.cluster import connect, stop_actors
+
 
 def all_reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:
     """Sum every parameter's gradient over the ranks, in one flat ``all_reduce`` (a rank that did
@@ -94,11 +96,7 @@ class _DrivesRanks:
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
-            for a in self._rank_actors:
-                try:
-                    self._rank_ray.kill(a)
-                except Exception:  # noqa: BLE001
-                    pass
+            stop_actors(self._rank_ray, self._rank_actors)
             self._rank_actors = []
 
 
@@ -115,8 +113,6 @@ def ray_ranks(trainer: Any, build: Callable[[int], Any], world: int, *, wrap: Ca
     if dist.is_initialized():
         raise RuntimeError("ray_ranks: this process is already in a torch.distributed process group; close the "
                            "other data-parallel trainer first (trainer.close())")
-    from prmgym.cluster import connect
-
     ray = connect()
     cls = ray.remote(_Rank).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
     actors = [cls.remote(threads) for _ in range(world - 1)]

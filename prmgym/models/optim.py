@@ -263,7 +263,8 @@ class Optimization:
             opt.backward(loss * share)
         info = opt.step()                        # {"lr": ..., "grad_norm": ..., "skipped": ...}
 
-    ``params`` are parameters or parameter groups; ``optimizer_kwargs`` go to the optimizer
+    ``params`` are parameters or parameter groups (a group's ``lr_scale`` multiplies the scheduled
+    learning rate for its parameters); ``optimizer_kwargs`` go to the optimizer
     (AdamW: betas, weight_decay). ``device`` is where the model lives (for autocast / fp16).
     `step` sets the learning rate from `lr_at`, unscales (fp16), clips to ``max_grad_norm`` and
     steps; a non-finite gradient norm skips the update (fp16: the scaler lowers its scale and
@@ -298,7 +299,7 @@ class Optimization:
     def step(self) -> dict[str, float]:
         lr = self.lr
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # a group may run at a multiple of the schedule (a PRM's head)
         params = [p for p in self.params() if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)

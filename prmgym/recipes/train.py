@@ -97,7 +97,7 @@ class RunConfig:
             from prmgym.recipes.distributed import check_train_workers
 
             # validates the section (errors name distributed.KEY)
-            check_train_workers(self.distributed, self.reward, self.policy.get("backend", "hf"))
+            check_train_workers(self.distributed, self.policy.get("backend", "hf"))
 
     def policy_config(self):
         """The typed ``policy`` section (errors name the ``policy.`` key)."""

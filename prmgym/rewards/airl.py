@@ -59,6 +59,22 @@ from prmgym.rewards.scalar import MissingClassError, PRMBatch, PRMOptions, Scala
 
 SEARCH_SCORES = ("g", "f")
 LOGPI_SCALES = ("mean", "sum")
+#: statistics of the body's token log-probs of a step that the heads may read next to the hidden state
+RESIDUAL_FEATURES = ("token_min", "sum")
+
+
+def parse_residual_features(spec: str) -> tuple[str, ...]:
+    """``"token_min,sum"`` -> ``("token_min", "sum")``; ``"none"`` or ``""`` -> ``()``.
+
+    >>> parse_residual_features("token_min")
+    ('token_min',)
+    """
+    names = tuple(x.strip() for x in str(spec).split(",") if x.strip() and x.strip() != "none")
+    bad = [n for n in names if n not in RESIDUAL_FEATURES]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"residual_features {spec!r}: a comma list of distinct names from "
+                         f"{', '.join(RESIDUAL_FEATURES)} (or none)")
+    return names
 
 
 def normalised_logpi(step_logprobs: Sequence[Sequence[float]], step_ntokens: Sequence[Sequence[int]] | None, scale: str) -> list[list[float]]:
@@ -106,6 +122,9 @@ class AIRLOptions(PRMOptions):
     logpi_scale: str = help_field("mean", "log pi of a step: mean (length-normalised) | sum")
     lm_prior: bool = help_field(True, "g starts from the body's LM log-prob of the step (zero heads)")
     init_bias_from_data: bool = help_field(True, "without lm_prior: set g's bias to the first batch's mean log pi")
+    residual_features: str = help_field("none", "with lm_prior: statistics of the body's token log-probs of the step "
+                                        "the heads read next to the hidden state (zero weights at first): none | a "
+                                        "comma list of token_min (the least likely token), sum (summed log-prob)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,6 +132,9 @@ class AIRLOptions(PRMOptions):
             raise ValueError(f"unknown search_score {self.search_score!r}; valid: {', '.join(SEARCH_SCORES)}")
         if self.logpi_scale not in LOGPI_SCALES:
             raise ValueError(f"unknown logpi_scale {self.logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
+        if parse_residual_features(self.residual_features) and not self.lm_prior:
+            raise ValueError(f"residual_features={self.residual_features!r} reads the body's LM log-probs, which "
+                             "lm_prior=False does not compute; set lm_prior=True or residual_features=none")
 
 
 class AIRLPRM(ScalarHeadPRM):
@@ -135,6 +157,11 @@ class AIRLPRM(ScalarHeadPRM):
     def __init__(self, model, tokenizer, *, bias_initialised: bool = False, **options) -> None:
         super().__init__(model, tokenizer, **options)
         o = self.options
+        self.residual_features = parse_residual_features(o.residual_features)
+        if self.residual_features:  # the heads read [hidden, features]
+            h = self.net.head
+            self.net.head = torch.nn.Linear(h.in_features + len(self.residual_features), h.out_features,
+                                            device=h.weight.device, dtype=h.weight.dtype)
         if o.lm_prior:
             # Zero heads: an untrained discriminator is exactly the LM prior (g = log p_θ(a|s),
             # h = 0, so f − log π = 0 and D = 1/2). A random head would add noise of the size of
@@ -154,7 +181,8 @@ class AIRLPRM(ScalarHeadPRM):
         return {**super().config(), "bias_initialised": self.bias_initialised}
 
     def _after_inplace_load(self, other: "AIRLPRM") -> None:
-        for k in ("gamma", "search_score", "logpi_scale", "lm_prior", "init_bias_from_data", "bias_initialised"):
+        for k in ("gamma", "search_score", "logpi_scale", "lm_prior", "init_bias_from_data", "bias_initialised",
+                  "residual_features"):
             setattr(self, k, getattr(other, k))
 
     @classmethod
@@ -173,9 +201,17 @@ class AIRLPRM(ScalarHeadPRM):
 
         check_traces(prompts, step_lists)
         enc = [self.encoder.encode(p, s) for p, s in zip(prompts, step_lists)]
-        res = self.net.outputs_and_segment_logprobs([e[0] for e in enc], [e[1] for e in enc])
+        feats = self.residual_features
+        res = self.net.hidden_and_segment_logprobs([e[0] for e in enc], [e[1] for e in enc], token_min="token_min" in feats)
         outs = []
-        for (ids, bounds), (out, seg_lp) in zip(enc, res):
+        for (ids, bounds), (hidden, seg_sum, *seg_min) in zip(enc, res):
+            x = hidden
+            if feats:  # per boundary, 0 at the prompt (no step there)
+                cols = {"sum": seg_sum, "token_min": seg_min[0] if seg_min else None}
+                extra = torch.stack([torch.cat([seg_sum.new_zeros(1), cols[f]]) for f in feats], dim=1)
+                x = torch.cat([hidden, extra.to(hidden.dtype)], dim=1)
+            out = self.net.head(x).float()
+            seg_lp = seg_sum
             if self.logpi_scale == "mean":
                 n_tok = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], dtype=seg_lp.dtype, device=seg_lp.device)
                 seg_lp = seg_lp / n_tok.clamp(min=1)

@@ -171,22 +171,12 @@ class LMScalarHead(nn.Module):
                 out[i] = torch.zeros_like(out[i]).index_copy(0, idx, vals)
         return out
 
-    def outputs_and_segment_logprobs(
-        self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Head outputs at ``positions`` and the LM's own log-prob of each segment, one pass.
-
-        Segment ``j`` is the tokens after ``positions[i][j-1]`` up to and including
-        ``positions[i][j]``; returns ``list[(outputs (n, n_outputs), seg_logprob (n-1,))]``.
-        Needs each trace within the model's context (no windowing).
-        """
-        return [(self.head(h).float(), lp) for h, lp in self.hidden_and_segment_logprobs(id_rows, positions)]
-
     def hidden_and_segment_logprobs(
-        self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], token_min: bool = False
+    ) -> list[tuple[torch.Tensor, ...]]:
         """Last hidden states at ``positions`` and the LM's log-prob of each segment between them:
-        ``list[(hidden (n, H), seg_logprob (n-1,))]``, one forward pass (no windowing)."""
+        ``list[(hidden (n, H), seg_logprob (n-1,))]``, one forward pass (no windowing). With
+        ``token_min`` each tuple also holds the log-prob of each segment's least likely token ``(n-1,)``."""
         limit = max_positions(self.model)
         for ids in id_rows:
             if limit is not None and len(ids) > limit:
@@ -214,6 +204,10 @@ class LMScalarHead(nn.Module):
                 pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
                 cums = torch.cat([lp.new_zeros(1), lp[k].cumsum(0)])  # cums[p] = Σ lp[:p]; token p is lp[p-1]
                 out[i] = (hidden[k, pos], cums[pos[1:]] - cums[pos[:-1]])
+                if token_min:  # segment j holds tokens pos[j]+1 .. pos[j+1]: lp[pos[j] .. pos[j+1]-1]
+                    bounds = positions[i]
+                    mins = [lp[k, a:b].min() if b > a else lp.new_zeros(()) for a, b in zip(bounds[:-1], bounds[1:])]
+                    out[i] += (torch.stack(mins) if mins else lp.new_zeros(0),)
         return out
 
     def outputs_at(self, id_rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:

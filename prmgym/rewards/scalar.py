@@ -69,6 +69,8 @@ class PRMOptions(OptimKnobs):
     one batch (``micro_batch_size`` must stay 0: the learners' losses normalise over the batch)."""
 
     learning_rate: float = help_field(1e-4, "AdamW learning rate of `update`")
+    head_learning_rate: float = help_field(0.0, "learning rate of the linear head(s) (the body trains at "
+                                           "learning_rate; same schedule); 0 = learning_rate")
     weight_decay: float = help_field(0.0, "AdamW weight decay")
     train_backbone: bool = help_field(True, "train the LM body too (false: only the head)")
     batch_size: int = help_field(16, "rows per forward pass")
@@ -94,6 +96,8 @@ class PRMOptions(OptimKnobs):
             raise ValueError(f"unknown aggregation {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.head_learning_rate < 0:
+            raise ValueError(f"head_learning_rate must be >= 0 (0 = learning_rate), got {self.head_learning_rate}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
@@ -444,9 +448,21 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     def optim(self) -> Optimization:
         """AdamW run by the `OptimKnobs` in ``options`` (schedule over updates, clipping, precision)."""
         if self._optim is None:
-            self._optim = Optimization(self.options, self.parameters(), model_device(self.net),
+            self._optim = Optimization(self.options, self._param_groups(), model_device(self.net),
                                        weight_decay=self.weight_decay)
         return self._optim
+
+    def _param_groups(self) -> list:
+        """The trained parameters; with ``head_learning_rate`` the head in a group of its own that
+        runs at ``head_learning_rate / learning_rate`` times the schedule."""
+        params = self.parameters()
+        o = self.options
+        if not o.head_learning_rate:
+            return params
+        head = {id(p) for p in self.net.head.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in head]},
+                  {"params": [p for p in params if id(p) in head], "lr_scale": o.head_learning_rate / o.learning_rate}]
+        return [g for g in groups if g["params"]]
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

@@ -122,7 +122,7 @@ class TrainPRMRun(PRMTrainConfig):
     eval_tasks: int = _f(64, "held-out tasks (training split, seeds disjoint from the training draws); 16 picked the "
                              "kept update on noise (docs/rewards.md)")
     distributed: dict = _f({}, "{backend: ray, train_workers: K, address, num_cpus}: the updates data-parallel over K "
-                               "ranks, this process and K - 1 Ray actors (kinds airl, orm, mc; docs/distributed.md)")
+                               "ranks, this process and K - 1 Ray actors (every built-in kind; docs/distributed.md)")
 
     def __post_init__(self) -> None:
         if not self.eval_every:

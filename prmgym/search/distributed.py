@@ -20,28 +20,7 @@ import shutil
 import tempfile
 from typing import Any, Iterator, Sequence
 
-from prmgym.cluster import connect
-
-
-def pack_dir(path: str | os.PathLike) -> dict[str, bytes]:
-    """Every file under ``path`` as ``{relative path: bytes}`` (a model directory to ship)."""
-    root = os.fspath(path)
-    out = {}
-    for base, _, files in os.walk(root):
-        for name in files:
-            full = os.path.join(base, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, root)] = f.read()
-    return out
-
-
-def unpack_dir(files: dict[str, bytes], root: str) -> str:
-    for rel, data in files.items():
-        full = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "wb") as f:
-            f.write(data)
-    return root
+from prmgym.cluster import ActorPool, connect, pack_dir, unpack_dir
 
 
 class _SearchWorker:
@@ -81,7 +60,7 @@ class _SearchWorker:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class RaySearchRunner:
+class RaySearchRunner(ActorPool):
     """Solve search tasks on ``workers`` Ray actors (a ``runner`` for `evaluate_planner`).
 
     Args:
@@ -181,18 +160,6 @@ class RaySearchRunner:
                 self.solved_by.append(a)
                 next_i += 1
                 yield row
-
-    def close(self) -> None:
-        from prmgym.cluster import stop_actors
-
-        stop_actors(self._ray, self.actors)
-        self.actors = []
-
-    def __enter__(self) -> "RaySearchRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class _Using:
