@@ -148,7 +148,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         trainer = with_train_workers(trainer, cfg)  # distributed.train_workers: K data-parallel ranks
-
         with autocast(dtype, device):  # the policy's rollouts too
             trainer.train(progress=not cfg.quiet)
     finally:

@@ -193,14 +193,13 @@ def with_train_workers(trainer: Any, run: Any) -> Any:
 
     ray = connect_config(cfg)
     device = next(trainer.prm.net.parameters()).device
-    with tempfile.TemporaryDirectory(prefix="prmgym-prm-ship-") as tmp:
-        trainer.policy.save(os.path.join(tmp, "policy"))
-        trainer.prm.save(os.path.join(tmp, "prm"))  # with its optimiser state: a resumed run's too
-        payload = ray.put({"policy": pack_dir(os.path.join(tmp, "policy")), "prm": pack_dir(os.path.join(tmp, "prm")),
-                           "device": str(device), "prompt_format": run.prompt_format,
-                           "knobs": {"dtype": run.prm.get("dtype", run.dtype), "device": str(device)},
-                           "env": run.env, "env_kwargs": dict(run.env_kwargs), "imports": list(run.imports),
-                           "config": trainer.config, "targets": trainer.targets})
+    with tempfile.TemporaryDirectory(prefix="prmgym-policy-ship-") as tmp:
+        policy = pack_dir(trainer.policy.save(tmp))
+    payload = ray.put({"policy": policy, "prm": prm_state(trainer.prm),  # with its optimiser state: a resumed run's too
+                       "device": str(device), "prompt_format": run.prompt_format,
+                       "knobs": {"dtype": run.prm.get("dtype", run.dtype), "device": str(device)},
+                       "env": run.env, "env_kwargs": dict(run.env_kwargs), "imports": list(run.imports),
+                       "config": trainer.config, "targets": trainer.targets})
     cuda = device.type == "cuda"
     return ray_ranks(trainer, functools.partial(_build_rank, payload), cfg.train_workers, wrap=data_parallel_prm,
                      backend="nccl" if cuda else "gloo", num_gpus=1.0 if cuda else 0.0)
