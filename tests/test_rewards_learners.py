@@ -222,6 +222,67 @@ def test_airl_residual_features_start_at_the_prior_and_are_read(policy, tmp_path
         AIRLPRM.from_backbone(policy, residual_features="token_min", lm_prior=False)
 
 
+def test_airl_expert_nll_adds_the_expert_steps_token_nll_to_the_loss(policy):
+    """``expert_nll``: λ × the body's mean token NLL of the label-1 steps (context steps left out)
+    is added to the discriminator loss, and updates on it raise the body's log-prob of those steps."""
+    prompts = ["Compute 1 + 2.", "Compute 3 + 4.", "Compute 5 + 1."]
+    steps = [["1 + 2 = 3", "Answer: 3"], ["3 + 4 = 9", "Answer: 9"], ["5 + 1 = 6", "Answer: 6"]]
+    lp, nt = fill_logprobs(policy, prompts, steps)
+    # the second trace is a policy step proposed after one expert step of context
+    batch = PRMBatch(prompts, steps, labels=[1.0, 0.0, 1.0], step_logprobs=lp, step_ntokens=nt, context_steps=[1, 1, 0])
+    plain = AIRLPRM.from_backbone(policy, cache=False)
+    with_nll = AIRLPRM.from_backbone(policy, cache=False, expert_nll=0.5)
+    loss0, m0 = plain.loss(batch)
+    loss1, m1 = with_nll.loss(batch)
+    # label 1, context dropped: step 2 of trace 1 and both steps of trace 3
+    want = -(lp[0][1] + lp[2][0] + lp[2][1]) / (nt[0][1] + nt[2][0] + nt[2][1])
+    assert m1["expert_nll"] == pytest.approx(want, rel=1e-4)
+    assert float(loss1 - loss0) == pytest.approx(0.5 * want, rel=1e-4)
+    assert "expert_nll" not in m0
+    # with demonstrations marked, a label-1 trace that is not one (a verified rollout) is left out
+    batch.demonstrations = [False, False, True]
+    _, m2 = with_nll.loss(batch)
+    assert m2["expert_nll"] == pytest.approx(-(lp[2][0] + lp[2][1]) / (nt[2][0] + nt[2][1]), rel=1e-4)
+    batch.demonstrations = None
+    torch.manual_seed(0)
+    for _ in range(5):
+        with_nll.update(batch)
+    after = with_nll.net.hidden_and_segment_logprobs(*zip(*[with_nll.encoder.encode(prompts[2], steps[2])]))[0][1]
+    assert float(after.sum()) > lp[2][0] + lp[2][1]
+    with pytest.raises(ValueError, match="expert_nll must be >= 0"):
+        AIRLPRM.from_backbone(policy, expert_nll=-1.0)
+    with pytest.raises(ValueError, match="lm_prior=False does not read"):
+        AIRLPRM.from_backbone(policy, expert_nll=1.0, lm_prior=False)
+
+
+def test_airl_discriminator_trains_body_false_leaves_the_body_to_expert_nll(policy):
+    """``discriminator_trains_body=False``: the discriminator loss reaches only the heads; the
+    body's gradient is exactly that of ``expert_nll`` × the demonstrations' NLL."""
+    prompts, steps = ["Compute 1 + 2.", "Compute 3 + 4."], [["1 + 2 = 3", "Answer: 3"], ["3 + 4 = 9", "Answer: 9"]]
+    lp, nt = fill_logprobs(policy, prompts, steps)
+    batch = PRMBatch(prompts, steps, labels=[1.0, 0.0], step_logprobs=lp, step_ntokens=nt)
+    prm = AIRLPRM.from_backbone(policy, cache=False, expert_nll=2.0, discriminator_trains_body=False)
+    with torch.no_grad():  # non-zero heads, so the discriminator loss has a gradient to send
+        prm.net.head.weight.normal_(0, 0.1)
+    head = {id(p) for p in prm.net.head.parameters()}
+    body = [p for p in prm.parameters() if id(p) not in head]
+
+    def grads(loss):
+        prm.optim.zero_grad()
+        loss.backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in body]
+
+    loss, _ = prm.loss(batch)
+    full = grads(loss)
+    head_grad = prm.net.head.weight.grad.clone()
+    nll_only = grads(2.0 * prm._demonstration_nll(batch, prm.forward_all(prompts, steps)))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, nll_only))
+    assert any(float(g.abs().max()) > 0 for g in full)
+    assert float(head_grad.abs().max()) > 0  # the discriminator loss trains the heads
+    with pytest.raises(ValueError, match="leaves the body to expert_nll"):
+        AIRLPRM.from_backbone(policy, discriminator_trains_body=False)
+
+
 def test_head_learning_rate_is_a_group_of_its_own(policy):
     torch.manual_seed(0)
     prm = AIRLPRM.from_backbone(policy, learning_rate=1e-5, head_learning_rate=1e-3)

@@ -112,6 +112,28 @@ def test_airl_trains_on_policy_steps_at_expert_prefixes(policy, mode):
         PRMTrainConfig(kind="airl", airl_negatives="prefixes", use_expert=False)
 
 
+def test_airl_expert_tasks_add_expert_solutions_without_rollouts(policy):
+    """``expert_tasks``: the expert solutions of that many more tasks (a seed stream of their own)
+    join AIRL's positives; no rollout is drawn for them."""
+    env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
+    base = dict(kind="airl", steps=1, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3)
+    plain = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, PRMTrainConfig(**base))
+    more = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, PRMTrainConfig(**base, expert_tasks=3))
+    a, b = plain.collect(0), more.collect(0)
+    extra = more.data.expert_only_tasks(0)
+    assert len(extra) == 3 and {t.prompt for t in extra}.isdisjoint(t.prompt for t in more.data.tasks(0))
+    assert len(b) == len(a) + 3 and sum(b.labels) == sum(a.labels) + 3
+    assert more.stats["rollout_traces"] == plain.stats["rollout_traces"]  # no rollouts for the extra tasks
+    assert [p for p, y in zip(b.prompts, b.labels) if y == 1.0][-3:] == [t.prompt for t in extra]
+    assert plain.data.expert_only_tasks(0) == []
+    plain.close()
+    more.close()
+    with pytest.raises(ValueError, match="expert_tasks must be >= 0"):
+        PRMTrainConfig(kind="airl", expert_tasks=-1)
+    with pytest.raises(ValueError, match="use_expert=False turns off"):
+        PRMTrainConfig(kind="airl", expert_tasks=4, use_expert=False)
+
+
 def test_offline_trainer_checkpoints_and_resumes(policy, tmp_path):
     env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
     cfg = PRMTrainConfig(kind="airl", steps=2, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3)

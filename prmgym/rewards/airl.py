@@ -88,11 +88,12 @@ def normalised_logpi(step_logprobs: Sequence[Sequence[float]], step_ntokens: Seq
     return [[float(x) / max(1, int(n)) for x, n in zip(lp, nt)] for lp, nt in zip(step_logprobs, step_ntokens)]
 
 
-def expert_vs_policy_batch(data: Any, step: int, negatives: str = "rollouts") -> PRMBatch:
+def expert_vs_policy_batch(data: Any, step: int, negatives: str = "rollouts", extra_experts: bool = False) -> PRMBatch:
     """The batch of a learner that contrasts expert and policy steps (AIRL, rePIRL): expert
     solutions and verified-correct rollouts labelled 1, the policy's steps labelled 0, with the
     policy's log-probs. ``negatives``: ``"rollouts"`` (its other whole rollouts), ``"prefixes"``
-    (steps proposed at the expert's prefixes, the prefix as context) or ``"both"``."""
+    (steps proposed at the expert's prefixes, the prefix as context) or ``"both"``. With
+    ``extra_experts`` the expert solutions of ``expert_tasks`` more tasks join the positives."""
     cfg = data.config
     tasks = data.tasks(step)
     experts = data.experts(tasks)
@@ -102,11 +103,14 @@ def expert_vs_policy_batch(data: Any, step: int, negatives: str = "rollouts") ->
                          f"this update's {len(tasks)} training tasks has one (Task.expert_steps); use "
                          "airl_negatives='rollouts' for a task source without expert solutions")
     rolls = data.rollouts(tasks, step) if negatives != "prefixes" else []
-    pos = experts + [r for r in rolls if r.correct]
+    demos = experts + (data.experts(data.expert_only_tasks(step)) if extra_experts else [])  # more tasks: no rollouts
+    pos = demos + [r for r in rolls if r.correct]
     neg = [r for r in rolls if not r.correct]
     if at_prefixes:
         neg = data.prefix_proposals(experts, step, cfg.proposals_per_prefix) + neg
-    return data.contrast_batch(pos, neg, context_prefixes=at_prefixes)
+    batch = data.contrast_batch(pos, neg, context_prefixes=at_prefixes)
+    batch.demonstrations = [i < len(demos) for i in range(len(batch))]
+    return batch
 
 
 @dataclass
@@ -122,6 +126,12 @@ class AIRLOptions(PRMOptions):
     logpi_scale: str = help_field("mean", "log pi of a step: mean (length-normalised) | sum")
     lm_prior: bool = help_field(True, "g starts from the body's LM log-prob of the step (zero heads)")
     init_bias_from_data: bool = help_field(True, "without lm_prior: set g's bias to the first batch's mean log pi")
+    expert_nll: float = help_field(0.0, "with lm_prior: weight of the body's mean token negative log-likelihood "
+                                   "of the expert (label 1) steps, added to the discriminator loss: fits g's LM "
+                                   "term to the expert's steps by maximum likelihood (0 = off)")
+    discriminator_trains_body: bool = help_field(True, "false: the discriminator loss trains only the heads (it sees "
+                                                 "the body's hidden states and LM log-prob without a gradient), and the "
+                                                 "body learns from expert_nll alone")
     residual_features: str = help_field("none", "with lm_prior: statistics of the body's token log-probs of the step "
                                         "the heads read next to the hidden state (zero weights at first): none | a "
                                         "comma list of token_min (the least likely token), sum (summed log-prob)")
@@ -132,6 +142,14 @@ class AIRLOptions(PRMOptions):
             raise ValueError(f"unknown search_score {self.search_score!r}; valid: {', '.join(SEARCH_SCORES)}")
         if self.logpi_scale not in LOGPI_SCALES:
             raise ValueError(f"unknown logpi_scale {self.logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
+        if self.expert_nll < 0:
+            raise ValueError(f"expert_nll must be >= 0 (0 = off), got {self.expert_nll}")
+        if self.expert_nll and not self.lm_prior:
+            raise ValueError(f"expert_nll={self.expert_nll} fits the body's LM log-prob of the expert steps, which "
+                             "lm_prior=False does not read; set lm_prior=True or expert_nll=0")
+        if not self.discriminator_trains_body and not (self.lm_prior and self.expert_nll):
+            raise ValueError("discriminator_trains_body=False leaves the body to expert_nll, which is off (or lm_prior=False); "
+                             "set expert_nll > 0 with lm_prior=True, or train_backbone=False to freeze the body")
         if parse_residual_features(self.residual_features) and not self.lm_prior:
             raise ValueError(f"residual_features={self.residual_features!r} reads the body's LM log-probs, which "
                              "lm_prior=False does not compute; set lm_prior=True or residual_features=none")
@@ -149,7 +167,7 @@ class AIRLPRM(ScalarHeadPRM):
     kind = "airl"
     n_outputs = 2  # 0: g(s, a), 1: h(s)
     Options = AIRLOptions
-    recipe_fields = ("airl_negatives", "proposals_per_prefix")
+    recipe_fields = ("airl_negatives", "proposals_per_prefix", "expert_tasks")
     needs_both_classes = True
     validation = "proposals"
     also_validate = ("corrupted",)  # prmgym.rewards.heldout: one-step-corrupted expert solutions
@@ -190,11 +208,18 @@ class AIRLPRM(ScalarHeadPRM):
         """Expert solutions and verified-correct rollouts (1) vs the policy's steps (0): its other
         rollouts (``airl_negatives="rollouts"``), ``proposals_per_prefix`` steps it proposes at
         every expert prefix with the prefix as context (``"prefixes"``), or both."""
-        return expert_vs_policy_batch(data, step, data.config.airl_negatives)
+        return expert_vs_policy_batch(data, step, data.config.airl_negatives, extra_experts=True)
 
     # -- the pieces of f --------------------------------------------------------------------
     def outputs(self, prompts, step_lists) -> list[torch.Tensor]:
         """``[g, h]`` at the boundaries ``(n+1, 2)``; with ``lm_prior`` g includes the LM term."""
+        return [o[:, :2] for o in self.forward_all(prompts, step_lists)]
+
+    def forward_all(self, prompts, step_lists) -> list[torch.Tensor]:
+        """The one forward pass of training and scoring, per trace ``(n+1, 4)``: g and h at the
+        boundaries, then (with ``lm_prior``) the body's summed LM log-prob of each step and its token
+        count (row 0, the prompt, holds zeros there). Without ``discriminator_trains_body`` g and h
+        carry no gradient to the body; the log-prob column always does (``expert_nll``)."""
         if not self.lm_prior:
             return super().outputs(prompts, step_lists)
         from prmgym.rewards.scalar import check_traces
@@ -202,21 +227,24 @@ class AIRLPRM(ScalarHeadPRM):
         check_traces(prompts, step_lists)
         enc = [self.encoder.encode(p, s) for p, s in zip(prompts, step_lists)]
         feats = self.residual_features
+        detach = not self.options.discriminator_trains_body
         res = self.net.hidden_and_segment_logprobs([e[0] for e in enc], [e[1] for e in enc], token_min="token_min" in feats)
         outs = []
-        for (ids, bounds), (hidden, seg_sum, *seg_min) in zip(enc, res):
+        for (ids, bounds), (hidden, lm_sum, *seg_min) in zip(enc, res):
+            seg_sum = lm_sum.detach() if detach else lm_sum
+            if detach:
+                hidden, seg_min = hidden.detach(), [m.detach() for m in seg_min]
             x = hidden
             if feats:  # per boundary, 0 at the prompt (no step there)
                 cols = {"sum": seg_sum, "token_min": seg_min[0] if seg_min else None}
                 extra = torch.stack([torch.cat([seg_sum.new_zeros(1), cols[f]]) for f in feats], dim=1)
                 x = torch.cat([hidden, extra.to(hidden.dtype)], dim=1)
             out = self.net.head(x).float()
-            seg_lp = seg_sum
-            if self.logpi_scale == "mean":
-                n_tok = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], dtype=seg_lp.dtype, device=seg_lp.device)
-                seg_lp = seg_lp / n_tok.clamp(min=1)
-            prior = torch.cat([seg_lp.new_zeros(1), seg_lp]).to(out.dtype)  # (n+1,) no step at the prompt
-            outs.append(torch.stack([out[:, 0] + prior, out[:, 1]], dim=1))
+            n_tok = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], dtype=seg_sum.dtype, device=seg_sum.device)
+            seg_lp = seg_sum / n_tok.clamp(min=1) if self.logpi_scale == "mean" else seg_sum
+            pad = seg_lp.new_zeros(1)  # no step at the prompt
+            outs.append(torch.stack([out[:, 0] + torch.cat([pad, seg_lp]).to(out.dtype), out[:, 1],
+                                     torch.cat([pad, lm_sum]).to(out.dtype), torch.cat([pad, n_tok]).to(out.dtype)], dim=1))
         return outs
 
     def f_values(self, out: torch.Tensor) -> torch.Tensor:
@@ -230,9 +258,11 @@ class AIRLPRM(ScalarHeadPRM):
 
     def logits(self, batch: PRMBatch) -> list[torch.Tensor]:
         """Discriminator logits ``f − log π`` per step (differentiable)."""
+        return self._logits(batch, self.outputs(batch.prompts, batch.step_lists))
+
+    def _logits(self, batch: PRMBatch, outs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         batch.require("step_logprobs", who="AIRLPRM")
         lp = normalised_logpi(batch.step_logprobs, batch.step_ntokens, self.logpi_scale)
-        outs = self.outputs(batch.prompts, batch.step_lists)
         dev = outs[0].device if outs else None
         return [self.f_values(o) - torch.tensor(l, dtype=o.dtype, device=dev) for o, l in zip(outs, lp)]
 
@@ -266,11 +296,24 @@ class AIRLPRM(ScalarHeadPRM):
                 self.net.head.bias[0] = float(sum(vals) / len(vals))
         self.bias_initialised = True
 
+    @staticmethod
+    def _demonstration_nll(batch: PRMBatch, full: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The body's mean token NLL of the demonstrations' steps (``batch.demonstrations``, or every
+        label-1 trace without it), context steps left out; `forward_all`'s columns 2 and 3."""
+        demo = batch.demonstrations if batch.demonstrations is not None else [y >= 0.5 for y in batch.labels]
+        rows = [o[1:, 2:] for o in full]
+        kept = [r for r, d in zip(batch.drop_context(rows), demo) if d and len(r)]
+        if not kept:
+            raise MissingClassError("expert_nll needs a demonstration with a step in the batch; got none")
+        cat = torch.cat(kept)
+        return -cat[:, 0].sum() / cat[:, 1].sum().clamp(min=1)
+
     def loss(self, batch: PRMBatch) -> tuple[torch.Tensor, dict]:
         batch.require("labels", "step_logprobs", who="AIRLPRM")
         if self.init_bias_from_data and not self.bias_initialised:
             self._init_bias(batch)
-        z = batch.drop_context(self.logits(batch))  # leading context steps are the state, not examples
+        full = self.forward_all(batch.prompts, batch.step_lists)
+        z = batch.drop_context(self._logits(batch, [o[:, :2] for o in full]))  # leading context steps are the state
         pos = [zi for zi, y in zip(z, batch.labels) if y >= 0.5 and len(zi)]
         neg = [zi for zi, y in zip(z, batch.labels) if y < 0.5 and len(zi)]
         if not pos or not neg:
@@ -282,6 +325,10 @@ class AIRLPRM(ScalarHeadPRM):
         # class-balanced BCE: −E_expert[log D] − E_policy[log(1 − D)]
         loss = 0.5 * (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
                       + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
+        nll = None
+        if self.options.expert_nll and self.lm_prior:
+            nll = self._demonstration_nll(batch, full)
+            loss = loss + float(self.options.expert_nll) * nll.to(loss.dtype)
         with torch.no_grad():
             metrics = {
                 "disc_acc_expert": float((zp > 0).float().mean()),
@@ -290,4 +337,6 @@ class AIRLPRM(ScalarHeadPRM):
                 "D_policy": float(torch.sigmoid(zn).mean()),
             }
             metrics["disc_acc"] = 0.5 * (metrics["disc_acc_expert"] + metrics["disc_acc_policy"])
+            if nll is not None:
+                metrics["expert_nll"] = float(nll)
         return loss, metrics

@@ -37,7 +37,7 @@ from prmgym.cluster import pack_dir, unpack_dir
 from prmgym.models.distributed import all_reduce_gradients
 
 #: kind -> the per-trace forward method its loss reads the model through (split over the ranks)
-FORWARD = {"airl": "outputs", "orm": "outputs", "mc": "outputs", "value": "outputs", "repirl": "outputs",
+FORWARD = {"airl": "forward_all", "orm": "outputs", "mc": "outputs", "value": "outputs", "repirl": "outputs",
            "implicit": "log_ratios"}
 KINDS = tuple(FORWARD)
 

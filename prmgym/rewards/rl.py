@@ -84,6 +84,9 @@ class _OnlineProvider:
         }
 
     def build_batch(self, trajectories: Sequence[Any]):
+        """``(positives, negatives, n_demos)``: the step's ``n_demos`` expert solutions first
+        (``use_expert``), then the verified-correct rollouts (``correct_as_expert``); the other
+        rollouts are negatives."""
         trajs = [t for t in trajectories if not getattr(t, "masked", False)]
         pos, neg = [], []
         for t in trajs:
@@ -95,18 +98,21 @@ class _OnlineProvider:
                 if t.task.id not in seen:
                     seen.add(t.task.id)
                     tasks.append(t.task)
-            pos = expert_traces(tasks) + pos
+            demos = expert_traces(tasks)
+            pos = demos + pos
         for tr in pos + neg:  # recompute log π under the current policy
             tr.step_logprobs = None
-        return pos, neg
+        return pos, neg, len(demos) if self.use_expert else 0
 
     def update(self, trajectories: Sequence[Any]) -> dict:
-        pos, neg = self.build_batch(trajectories)
+        pos, neg, n_demos = self.build_batch(trajectories)
         out = dict(self.last_reward_stats)
         if not pos or not neg:
             out["skipped"] = 1.0
             return out
         batch = traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, template=template_of(trajectories))
+        if n_demos:  # AIRL's expert_nll fits the expert solutions, not the policy's correct rollouts
+            batch.demonstrations = [i < n_demos for i in range(len(batch))]
         metrics: dict = {}
         for _ in range(self.updates_per_step):
             metrics = self.prm.update(batch)

@@ -161,6 +161,9 @@ class PRMBatch:
         context_steps: optional, per trace, how many leading steps are context only: they are
             read (the state) but are not training examples (AIRL: a policy step proposed after an
             expert prefix is one negative, the prefix is not).
+        demonstrations: optional, per trace, whether it is an expert demonstration rather than a
+            policy sample (a verified-correct rollout is label 1 but not a demonstration; AIRL's
+            ``expert_nll`` fits only demonstrations). None: every label-1 trace counts as one.
     """
 
     prompts: list[str]
@@ -171,13 +174,14 @@ class PRMBatch:
     step_ntokens: list[list[int]] | None = None
     weights: list[float] | None = None
     context_steps: list[int] | None = None
+    demonstrations: list[bool] | None = None
 
     def __post_init__(self) -> None:
         self.prompts = list(self.prompts)
         self.step_lists = [list(s) for s in self.step_lists]
         check_traces(self.prompts, self.step_lists)
         n = len(self.prompts)
-        for name in ("labels", "weights", "context_steps"):
+        for name in ("labels", "weights", "context_steps", "demonstrations"):
             v = getattr(self, name)
             if v is not None and len(v) != n:
                 raise ValueError(f"PRMBatch.{name} has {len(v)} entries for {n} traces")
@@ -225,6 +229,9 @@ class PRMBatch:
             **{n: cat(n) for n in ("labels", "step_labels", "step_logprobs", "step_ntokens", "weights")},
             context_steps=None if all(b.context_steps is None for b in batches)
             else [c for b in batches for c in (b.context_steps or [0] * len(b))],  # none given = no context steps
+            demonstrations=None if all(b.demonstrations is None for b in batches)  # none given = every label-1 trace
+            else [d for b in batches for d in (b.demonstrations if b.demonstrations is not None
+                                               else [y >= 0.5 for y in (b.labels or [0.0] * len(b))])],
         )
 
 
