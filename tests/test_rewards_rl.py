@@ -94,3 +94,28 @@ def test_repirl_provider(policy):
     assert last["R_demo"] - last["R_policy"] > first["R_demo"] - first["R_policy"]
     rows = prov.step_rewards([t.task.prompt for t in trajs], [t.all_steps for t in trajs], trajs)
     assert [len(r) for r in rows] == [len(t.all_steps) for t in trajs]
+
+
+def test_provider_expert_tasks_add_demonstrations_from_the_env(policy):
+    """``expert_tasks``: every update's positives also hold the expert solutions of that many more
+    training tasks of the env (a seed stream advanced by the PRM's update count), marked as the
+    demonstrations that AIRL's ``expert_nll`` fits; the step's correct rollouts are not."""
+    prov = REWARDS["airl"](policy, {"learning_rate": 1e-3, "expert_tasks": 2, "expert_nll": 1.0},
+                           env=("prmgym/ChainArithmetic-v0", {}))
+    trajs = make_trajs(policy)
+    first = prov._expert_only_tasks()
+    assert len(first) == 2 and all(t.expert_steps for t in first)
+    seen = {}
+    real = prov.prm.update
+    prov.prm.update = lambda batch: seen.setdefault("batch", batch) and real(batch)
+    out = prov.update(trajs)
+    batch = seen["batch"]
+    assert out["n_expert_traces"] == 3 + 2 + 3  # the 3 tasks' experts, 2 more, 3 correct rollouts
+    assert batch.demonstrations == [True] * 5 + [False] * (len(batch) - 5)
+    assert batch.prompts[3:5] == [t.prompt for t in first]
+    assert "expert_nll" in out
+    assert [t.prompt for t in prov._expert_only_tasks()] != [t.prompt for t in first]  # the next update's draw
+    with pytest.raises(ValueError, match="needs the environment"):
+        AIRLRewardProvider(AIRLPRM.from_backbone(policy), policy, expert_tasks=2)
+    with pytest.raises(ValueError, match="expert_tasks must be >= 0"):
+        AIRLRewardProvider(AIRLPRM.from_backbone(policy), policy, expert_tasks=-1)

@@ -214,3 +214,20 @@ def test_example_configs_validate(name, reward):
     provider = build_reward(cfg, tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2))
     assert hasattr(provider, "step_rewards") and hasattr(provider, "update")
 
+
+
+def test_build_reward_gives_the_provider_the_env(monkeypatch):
+    """`prmgym train` hands the run's environment to a reward factory that takes ``env`` (the
+    providers' ``expert_tasks`` draw from it), and calls one that does not as before."""
+    from prmgym.recipes.train import build_reward, load_run_config
+    from prmgym.rewards import REWARDS
+
+    cfg = load_run_config({"env": ENV, "env_kwargs": {"source_kwargs": {"min_ops": 2}}, "reward": "airl",
+                           "reward_config": {"expert_tasks": 2}})
+    policy = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2)
+    provider = build_reward(cfg, policy)
+    assert provider.env_spec == (ENV, {"source_kwargs": {"min_ops": 2}}) and provider.expert_tasks == 2
+    assert len(provider._expert_only_tasks()) == 2
+    calls = []
+    monkeypatch.setitem(REWARDS, "airl", lambda pol, options: calls.append(options) or "provider")
+    assert build_reward(cfg, policy) == "provider" and calls == [{"expert_tasks": 2}]

@@ -77,7 +77,7 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
         # The quickstart's online discriminator trains at 1e-4, as the example AIRL-S configs do
         # (AIRL's learner default, 1e-5, is the offline rate that docs/rewards.md measured).
         provider = AIRLRewardProvider.from_config(policy, {"learning_rate": ONLINE_AIRL_LR, "dtype": dtype,
-                                                           **(airl_options or {})})
+                                                           **(airl_options or {})}, env=(env_id, dict(env_kwargs or {})))
     callbacks = [deadline_callback(seconds)] if seconds else []
     trainer = GRPOTrainer(policy, env_id, cfg, env_kwargs=dict(env_kwargs or {}), process_reward=provider,
                           run_dir=out_dir, callbacks=callbacks)

@@ -20,6 +20,7 @@ policy, the optional dense reward and the trainer section:
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -242,7 +243,11 @@ def build_reward(cfg: RunConfig, policy: Any):
         options = dict(cfg.reward_config)
         if cfg.dtype != "fp32":  # the reward's PRM runs in the run's precision unless its section says otherwise
             options.setdefault("dtype", cfg.dtype)
-        return REWARDS[cfg.reward](policy, options)
+        factory = REWARDS[cfg.reward]
+        params = inspect.signature(factory).parameters.values()
+        takes_env = any(p.name == "env" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        # the environment (for a provider's expert_tasks) goes to a factory that takes it
+        return factory(policy, options, env=(cfg.env, dict(cfg.env_kwargs))) if takes_env else factory(policy, options)
     except ConfigError as e:
         raise ConfigError(f"reward_config: {e}") from None
     except (TypeError, ValueError) as e:  # the reward's own check of its options

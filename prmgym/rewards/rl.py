@@ -54,9 +54,20 @@ class _OnlineProvider:
     prefix = "prm"
 
     def __init__(self, prm: Any, policy: Any, delimiter: str = "\n", updates_per_step: int = 1,
-                 use_expert: bool = True, correct_as_expert: bool = True, reward_clip: float | None = 10.0) -> None:
+                 use_expert: bool = True, correct_as_expert: bool = True, reward_clip: float | None = 10.0,
+                 expert_tasks: int = 0, env: tuple[str, dict] | None = None, seed: int = 0) -> None:
         if updates_per_step < 1:
             raise ValueError(f"updates_per_step must be >= 1, got {updates_per_step}")
+        if expert_tasks < 0:
+            raise ValueError(f"expert_tasks must be >= 0, got {expert_tasks}")
+        if expert_tasks and env is None:
+            raise ValueError(f"expert_tasks={expert_tasks} draws the expert solutions of more training tasks, which needs "
+                             "the environment: pass env=(env_id, env_kwargs) (prmgym train and the recipes do)")
+        if expert_tasks and not use_expert:
+            raise ValueError(f"expert_tasks={expert_tasks} adds expert solutions, which use_expert=False turns off; "
+                             "set use_expert=True or expert_tasks=0")
+        self.expert_tasks, self.env_spec, self.seed = int(expert_tasks), env, int(seed)
+        self._source: Any = None
         self.prm = prm
         self.policy = policy
         self.delimiter = delimiter
@@ -98,11 +109,28 @@ class _OnlineProvider:
                 if t.task.id not in seen:
                     seen.add(t.task.id)
                     tasks.append(t.task)
-            demos = expert_traces(tasks)
+            demos = expert_traces(tasks) + expert_traces(self._expert_only_tasks())
             pos = demos + pos
         for tr in pos + neg:  # recompute log π under the current policy
             tr.step_logprobs = None
         return pos, neg, len(demos) if self.use_expert else 0
+
+    def _expert_only_tasks(self) -> list:
+        """``expert_tasks`` training tasks of this update (a seed stream of their own, advanced by the
+        PRM's saved update count, so a resumed run draws new ones), whose expert solutions join the
+        positives without rollouts."""
+        if not self.expert_tasks:
+            return []
+        if self._source is None:
+            from prmgym.envs import make
+
+            env_id, kwargs = self.env_spec
+            env = make(env_id, **{**dict(kwargs or {}), "split": "train"})
+            self._source = env.unwrapped.source
+            env.close()
+        from prmgym.rewards.train import EXPERT_ONLY_SEED
+
+        return list(self._source.tasks("train", self.expert_tasks, seed=EXPERT_ONLY_SEED + self.seed * 1_000_003 + self.prm.updates))
 
     def update(self, trajectories: Sequence[Any]) -> dict:
         pos, neg, n_demos = self.build_batch(trajectories)
@@ -155,22 +183,24 @@ class AIRLRewardProvider(_OnlineProvider):
         return rows
 
     @classmethod
-    def from_config(cls, policy: Any, config: dict | None = None, delimiter: str = "\n", **_: Any) -> "AIRLRewardProvider":
+    def from_config(cls, policy: Any, config: dict | None = None, delimiter: str = "\n", env: tuple[str, dict] | None = None,
+                    **_: Any) -> "AIRLRewardProvider":
         """Build from a `prmgym train` config's ``reward_config`` mapping.
 
         Keys: ``prm`` (a saved AIRL PRM directory to start from; default: a fresh head on a
         copy of the policy), the PRM's options (`prmgym.rewards.airl.AIRLOptions`:
         ``learning_rate``, ``gamma``, ``search_score``, ``logpi_scale``, ``train_backbone``, ...)
         and the provider's ``updates_per_step``, ``use_expert``, ``correct_as_expert``,
-        ``reward_clip``.
+        ``reward_clip``, ``expert_tasks`` (the expert solutions of that many more training tasks
+        join every update's positives; needs ``env``) and ``seed`` (of those draws).
         """
         cfg = dict(config or {})
-        provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip"}
+        provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip", "expert_tasks", "seed"}
         pk = {k: cfg.pop(k) for k in list(cfg) if k in provider_keys}
         start = cfg.pop("prm", None)
         _check_options(AIRLPRM, cfg, provider_keys)
         prm = AIRLPRM.load(start, **cfg) if start else AIRLPRM.from_backbone(policy, delimiter=delimiter, **cfg)
-        return cls(prm, policy, delimiter=delimiter, **pk)
+        return cls(prm, policy, delimiter=delimiter, env=env, **pk)
 
 
 class RePIRLRewardProvider(_OnlineProvider):
@@ -186,13 +216,14 @@ class RePIRLRewardProvider(_OnlineProvider):
         return rows
 
     @classmethod
-    def from_config(cls, policy: Any, config: dict | None = None, delimiter: str = "\n", **_: Any) -> "RePIRLRewardProvider":
+    def from_config(cls, policy: Any, config: dict | None = None, delimiter: str = "\n", env: tuple[str, dict] | None = None,
+                    **_: Any) -> "RePIRLRewardProvider":
         """Like `AIRLRewardProvider.from_config`; PRM options `prmgym.rewards.repirl.RePIRLOptions`
         (``learning_rate``, ``logpi_scale``, ``reward_l2``, ...)."""
         cfg = dict(config or {})
-        provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip"}
+        provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip", "expert_tasks", "seed"}
         pk = {k: cfg.pop(k) for k in list(cfg) if k in provider_keys}
         start = cfg.pop("prm", None)
         _check_options(RePIRLPRM, cfg, provider_keys)
         prm = RePIRLPRM.load(start, **cfg) if start else RePIRLPRM.from_backbone(policy, delimiter=delimiter, **cfg)
-        return cls(prm, policy, delimiter=delimiter, **pk)
+        return cls(prm, policy, delimiter=delimiter, env=env, **pk)
