@@ -51,9 +51,13 @@ def params_vector(prm):
 
 
 # ------------------------------------------------------------------------------- AIRL
-def test_airl_discriminator_learns_separable_toy(policy):
+@pytest.mark.parametrize("options", [
+    {"head_learning_rate": 3e-3},  # the default split: heads by the discriminator loss, the body by expert_nll
+    {"head_learning_rate": 0.0, "expert_nll": 0.0, "discriminator_trains_body": True},  # one loss trains everything
+], ids=["split", "whole"])
+def test_airl_discriminator_learns_separable_toy(policy, options):
     torch.manual_seed(0)
-    prm = AIRLPRM.from_backbone(policy, learning_rate=3e-3)
+    prm = AIRLPRM.from_backbone(policy, learning_rate=3e-3, **options)
     before = params_vector(prm)
     train, held = toy_batch(8, seed=1), toy_batch(8, seed=2)
     first = prm.update(train)
@@ -158,7 +162,7 @@ def test_airl_context_steps_are_state_not_examples(policy):
     import torch.nn.functional as F
 
     torch.manual_seed(2)
-    prm = AIRLPRM.from_backbone(policy, cache=False)
+    prm = AIRLPRM.from_backbone(policy, cache=False, expert_nll=0.0, discriminator_trains_body=True)
     with torch.no_grad():
         prm.net.head.weight.normal_(std=0.5)
     prm.net.eval()  # no dropout: the two losses below must see the same logits
@@ -230,7 +234,7 @@ def test_airl_expert_nll_adds_the_expert_steps_token_nll_to_the_loss(policy):
     lp, nt = fill_logprobs(policy, prompts, steps)
     # the second trace is a policy step proposed after one expert step of context
     batch = PRMBatch(prompts, steps, labels=[1.0, 0.0, 1.0], step_logprobs=lp, step_ntokens=nt, context_steps=[1, 1, 0])
-    plain = AIRLPRM.from_backbone(policy, cache=False)
+    plain = AIRLPRM.from_backbone(policy, cache=False, expert_nll=0.0, discriminator_trains_body=True)
     with_nll = AIRLPRM.from_backbone(policy, cache=False, expert_nll=0.5)
     loss0, m0 = plain.loss(batch)
     loss1, m1 = with_nll.loss(batch)
@@ -251,8 +255,9 @@ def test_airl_expert_nll_adds_the_expert_steps_token_nll_to_the_loss(policy):
     assert float(after.sum()) > lp[2][0] + lp[2][1]
     with pytest.raises(ValueError, match="expert_nll must be >= 0"):
         AIRLPRM.from_backbone(policy, expert_nll=-1.0)
-    with pytest.raises(ValueError, match="lm_prior=False does not read"):
-        AIRLPRM.from_backbone(policy, expert_nll=1.0, lm_prior=False)
+    # without the LM prior there is no LM term to fit: expert_nll does not apply
+    _, m3 = AIRLPRM.from_backbone(policy, cache=False, lm_prior=False).loss(batch)
+    assert "expert_nll" not in m3
 
 
 def test_airl_discriminator_trains_body_false_leaves_the_body_to_expert_nll(policy):
@@ -280,7 +285,7 @@ def test_airl_discriminator_trains_body_false_leaves_the_body_to_expert_nll(poli
     assert any(float(g.abs().max()) > 0 for g in full)
     assert float(head_grad.abs().max()) > 0  # the discriminator loss trains the heads
     with pytest.raises(ValueError, match="leaves the body to expert_nll"):
-        AIRLPRM.from_backbone(policy, discriminator_trains_body=False)
+        AIRLPRM.from_backbone(policy, expert_nll=0.0)  # discriminator_trains_body=False by default
 
 
 def test_head_learning_rate_is_a_group_of_its_own(policy):
@@ -296,7 +301,8 @@ def test_head_learning_rate_is_a_group_of_its_own(policy):
     # AdamW's first step moves each parameter by about its group's rate
     assert float((prm.net.head.weight - head_before).abs().max()) == pytest.approx(1e-3, rel=0.05)
     assert max(float((q - b).abs().max()) for q, b in zip(groups[0]["params"], body_before)) < 1.1e-5
-    assert len(AIRLPRM.from_backbone(policy).optimizer.param_groups) == 1  # unset: one group, as before
+    assert len(AIRLPRM.from_backbone(policy, head_learning_rate=0.0).optimizer.param_groups) == 1  # 0: one group
+    assert len(AIRLPRM.from_backbone(policy).optimizer.param_groups) == 2  # AIRL's default heads train at 1e-5
     with pytest.raises(ValueError, match="head_learning_rate must be >= 0"):
         AIRLPRM.from_backbone(policy, head_learning_rate=-1.0)
 

@@ -139,11 +139,11 @@ def test_missing_class_is_a_typed_error_and_skips_the_update(policy, toy_kinds):
 
 
 def test_options_are_dataclasses_with_one_learning_rate_each(policy):
-    assert AIRLPRM.Options().learning_rate == 1e-5  # docs/rewards.md: the one AIRL default, every entry point
+    assert AIRLPRM.Options().learning_rate == 1e-3  # docs/rewards.md: the one AIRL default, every entry point
     for kind in ("repirl", "orm", "mc", "value", "implicit"):
         assert PRM_CLASSES[kind].Options().learning_rate == 1e-4
     prm = build_prm("airl", policy, search_score="f", gamma=0.5)
-    assert prm.learning_rate == 1e-5 and prm.options.search_score == "f" and prm.gamma == 0.5
+    assert prm.learning_rate == 1e-3 and prm.options.search_score == "f" and prm.gamma == 0.5
     with pytest.raises(ConfigError, match="'lr' is spelled 'learning_rate'"):
         build_prm("orm", policy, lr=1e-3)
     with pytest.raises(ConfigError, match="did you mean 'search_score'"):

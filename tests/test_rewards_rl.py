@@ -49,7 +49,8 @@ def test_registry_builds_providers(policy):
     with pytest.raises(ConfigError, match="'lr' is spelled 'learning_rate'"):
         REWARDS["repirl"](policy, {"lr": 1e-3})
     # one default per learner, whatever the entry point: the online provider's PRM uses AIRL's
-    assert REWARDS["airl"](policy, {}).prm.learning_rate == AIRLPRM.Options().learning_rate == 1e-5
+    assert REWARDS["airl"](policy, {}).prm.learning_rate == AIRLPRM.Options().learning_rate == 1e-3
+    assert REWARDS["airl"](policy, {}).expert_tasks == 0  # no env given: no demonstrations to draw
 
 
 def test_airl_provider_rewards_and_update(policy, tmp_path):
@@ -119,3 +120,5 @@ def test_provider_expert_tasks_add_demonstrations_from_the_env(policy):
         AIRLRewardProvider(AIRLPRM.from_backbone(policy), policy, expert_tasks=2)
     with pytest.raises(ValueError, match="expert_tasks must be >= 0"):
         AIRLRewardProvider(AIRLPRM.from_backbone(policy), policy, expert_tasks=-1)
+    off = REWARDS["airl"](policy, {"use_expert": False}, env=("prmgym/ChainArithmetic-v0", {}))
+    assert off.expert_tasks == 248 and off._expert_only_tasks() == []  # no demonstrations without use_expert

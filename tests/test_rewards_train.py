@@ -81,7 +81,7 @@ def test_prefix_proposals_sample_at_every_expert_prefix(policy, tasks):
 def test_airl_trains_on_policy_steps_at_expert_prefixes(policy, mode):
     env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
     cfg = PRMTrainConfig(kind="airl", steps=2, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3,
-                         airl_negatives=mode, proposals_per_prefix=2)
+                         airl_negatives=mode, proposals_per_prefix=2, expert_tasks=0)
     prm = build_prm("airl", policy, learning_rate=1e-3)
     before = [p.detach().clone() for p in prm.parameters()]
     tr = OfflinePRMTrainer(prm, policy, env_fn, cfg)
@@ -117,7 +117,8 @@ def test_airl_expert_tasks_add_expert_solutions_without_rollouts(policy):
     join AIRL's positives; no rollout is drawn for them."""
     env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
     base = dict(kind="airl", steps=1, tasks_per_step=2, rollouts_per_task=2, max_new_tokens=8, max_steps=3)
-    plain = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, PRMTrainConfig(**base))
+    assert PRMTrainConfig().expert_tasks == 248  # the default (docs/rewards.md)
+    plain = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, PRMTrainConfig(**base, expert_tasks=0))
     more = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, PRMTrainConfig(**base, expert_tasks=3))
     a, b = plain.collect(0), more.collect(0)
     extra = more.data.expert_only_tasks(0)
@@ -130,8 +131,9 @@ def test_airl_expert_tasks_add_expert_solutions_without_rollouts(policy):
     more.close()
     with pytest.raises(ValueError, match="expert_tasks must be >= 0"):
         PRMTrainConfig(kind="airl", expert_tasks=-1)
-    with pytest.raises(ValueError, match="use_expert=False turns off"):
-        PRMTrainConfig(kind="airl", expert_tasks=4, use_expert=False)
+    off = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, PRMTrainConfig(**base, use_expert=False))
+    assert off.data.expert_only_tasks(0) == []  # no demonstrations at all without use_expert
+    off.close()
 
 
 def test_offline_trainer_checkpoints_and_resumes(policy, tmp_path):
@@ -176,7 +178,7 @@ def test_cli_train_airl_on_prefix_proposals(policy, tmp_path, capsys):
     assert rc == 0 and prm.updates == 1
     logged = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert any("prm/disc_acc" in m for m in logged) and not any(m.get("prm/skipped") for m in logged)  # a real update
-    assert prm.learning_rate == 1e-5  # AIRL's one default (AIRLOptions); other kinds keep PRMOptions' 1e-4
+    assert prm.learning_rate == 1e-3  # AIRL's one default (AIRLOptions); other kinds keep PRMOptions' 1e-4
     rc = main(["train-prm", "--kind", "airl", "--policy", pdir, "--env", ENV, "--out", out, "--steps", "1",
                "--set", "airl_negatives=prefixes", "--set", "use_expert=false", "--quiet"])
     assert rc == 2 and "use_expert=True" in capsys.readouterr().err

@@ -44,10 +44,6 @@ def deadline_callback(seconds: float):
     return FunctionCallback(lambda trainer, metrics: time.perf_counter() - start < seconds)
 
 
-#: the online AIRL discriminator's rate in the quickstart pipeline (unchanged since round 1)
-ONLINE_AIRL_LR = 1e-4
-
-
 def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict | None = None, reward: str = "airl",
                steps: int = 20, seconds: float | None = None, process_reward_weight: float = 0.5,
                airl_options: dict | None = None, seed: int = 0, policy_config: dict | None = None,
@@ -74,10 +70,9 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
     if reward == "airl":
         from prmgym.rewards.rl import AIRLRewardProvider
 
-        # The quickstart's online discriminator trains at 1e-4, as the example AIRL-S configs do
-        # (AIRL's learner default, 1e-5, is the offline rate that docs/rewards.md measured).
-        provider = AIRLRewardProvider.from_config(policy, {"learning_rate": ONLINE_AIRL_LR, "dtype": dtype,
-                                                           **(airl_options or {})}, env=(env_id, dict(env_kwargs or {})))
+        # AIRL's own defaults (docs/rewards.md), with the env's demonstrations (expert_tasks)
+        provider = AIRLRewardProvider.from_config(policy, {"dtype": dtype, **(airl_options or {})},
+                                                  env=(env_id, dict(env_kwargs or {})))
     callbacks = [deadline_callback(seconds)] if seconds else []
     trainer = GRPOTrainer(policy, env_id, cfg, env_kwargs=dict(env_kwargs or {}), process_reward=provider,
                           run_dir=out_dir, callbacks=callbacks)

@@ -63,9 +63,6 @@ class _OnlineProvider:
         if expert_tasks and env is None:
             raise ValueError(f"expert_tasks={expert_tasks} draws the expert solutions of more training tasks, which needs "
                              "the environment: pass env=(env_id, env_kwargs) (prmgym train and the recipes do)")
-        if expert_tasks and not use_expert:
-            raise ValueError(f"expert_tasks={expert_tasks} adds expert solutions, which use_expert=False turns off; "
-                             "set use_expert=True or expert_tasks=0")
         self.expert_tasks, self.env_spec, self.seed = int(expert_tasks), env, int(seed)
         self._source: Any = None
         self.prm = prm
@@ -119,7 +116,7 @@ class _OnlineProvider:
         """``expert_tasks`` training tasks of this update (a seed stream of their own, advanced by the
         PRM's saved update count, so a resumed run draws new ones), whose expert solutions join the
         positives without rollouts."""
-        if not self.expert_tasks:
+        if not (self.expert_tasks and self.use_expert):
             return []
         if self._source is None:
             from prmgym.envs import make
@@ -192,11 +189,16 @@ class AIRLRewardProvider(_OnlineProvider):
         ``learning_rate``, ``gamma``, ``search_score``, ``logpi_scale``, ``train_backbone``, ...)
         and the provider's ``updates_per_step``, ``use_expert``, ``correct_as_expert``,
         ``reward_clip``, ``expert_tasks`` (the expert solutions of that many more training tasks
-        join every update's positives; needs ``env``) and ``seed`` (of those draws).
+        join every update's positives; needs ``env``; default 248 with ``env``, as offline AIRL's
+        `PRMTrainConfig.expert_tasks`, else 0) and ``seed`` (of those draws).
         """
         cfg = dict(config or {})
         provider_keys = {"updates_per_step", "use_expert", "correct_as_expert", "reward_clip", "expert_tasks", "seed"}
         pk = {k: cfg.pop(k) for k in list(cfg) if k in provider_keys}
+        if env is not None:  # as many demonstrations per update as offline AIRL's default
+            from prmgym.rewards.train import DEFAULT_EXPERT_TASKS
+
+            pk.setdefault("expert_tasks", DEFAULT_EXPERT_TASKS)
         start = cfg.pop("prm", None)
         _check_options(AIRLPRM, cfg, provider_keys)
         prm = AIRLPRM.load(start, **cfg) if start else AIRLPRM.from_backbone(policy, delimiter=delimiter, **cfg)

@@ -28,6 +28,9 @@ from prmgym.config import help_field
 from prmgym.rewards.data import EnvPool, expert_traces, mc_step_labels, prefix_proposals, rollout, template_of, traces_to_batch
 from prmgym.rewards.scalar import PRM_CLASSES, MissingClassError, PRMBatch, ScalarHeadPRM
 
+#: AIRL's demonstrations per update beyond the update's own tasks (with 8 tasks per update: 256 in all;
+#: measured in docs/rewards.md, "AIRL beyond its prior")
+DEFAULT_EXPERT_TASKS = 248
 #: seed offset of the expert-only task draws (`PRMTrainConfig.expert_tasks`): far from the training
 #: draws (seed * 1_000_003 + step) and from the held-out ones (`prmgym.rewards.heldout.HELDOUT_SEED`)
 EXPERT_ONLY_SEED = 2_718_281_828
@@ -51,8 +54,9 @@ class PRMTrainConfig:
     airl_negatives: str = _f("rollouts", "AIRL only: its policy steps: rollouts (whole policy traces) | prefixes "
                              "(steps proposed at expert prefixes: the expert's states) | both")
     proposals_per_prefix: int = _f(4, "AIRL with prefixes/both: policy steps sampled per expert prefix")
-    expert_tasks: int = _f(0, "AIRL only: more training tasks per update whose expert solutions join the positives "
-                              "(no rollouts are drawn for them: expert data at no generation cost)")
+    expert_tasks: int = _f(DEFAULT_EXPERT_TASKS, "AIRL only: more training tasks per update whose expert solutions "
+                           "join the positives (no rollouts are drawn for them: expert data at no generation cost; "
+                           "none without use_expert)")
     mc_rollouts: int = _f(4, "MC-PRM: completions per step prefix (Math-Shepherd used 8)")
     mc_labels: str = _f("soft", "MC-PRM: hard (any correct) | soft (fraction correct)")
     temperature: float = _f(1.0, "rollout sampling temperature")
@@ -80,9 +84,6 @@ class PRMTrainConfig:
                              "(or airl_negatives='rollouts')")
         if self.expert_tasks < 0:
             raise ValueError(f"expert_tasks must be >= 0, got {self.expert_tasks}")
-        if self.expert_tasks and not self.use_expert:
-            raise ValueError(f"expert_tasks={self.expert_tasks} adds expert solutions, which use_expert=False turns off; "
-                             "set use_expert=True or expert_tasks=0")
         for name in ("steps", "tasks_per_step", "rollouts_per_task", "mc_rollouts", "max_new_tokens", "max_steps", "batch_size",
                      "log_every", "proposals_per_prefix", "eval_tasks"):
             if getattr(self, name) < 1:
@@ -178,7 +179,7 @@ class PRMData:
     def expert_only_tasks(self, step: int) -> list:
         """``expert_tasks`` more training tasks of update ``step`` (their own seed stream), of which
         only the expert solutions are used."""
-        n = self.config.expert_tasks
+        n = self.config.expert_tasks if self.config.use_expert else 0
         if not n:
             return []
         u = self.pool.get(1)[0].unwrapped
