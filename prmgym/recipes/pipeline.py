@@ -164,6 +164,17 @@ class Method:
     planner: str
     scorer: str | None = None
     options: dict = field(default_factory=dict)
+    #: run the planner this many times with different seeds and report the mean accuracy (e.g. plain
+    #: sampling: pass@1 estimated from that many samples per task instead of one)
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"Method {self.name!r}: repeats must be >= 1, got {self.repeats}")
+
+
+#: seed offset between the repeats of a `Method`
+REPEAT_SEED_STRIDE = 7919
 
 
 def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str, *, budgets: list[int],
@@ -194,19 +205,28 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
         for m in methods:
             if m.name in absent:
                 continue
-            planner = make_planner(m.planner, seed=seed, **m.options)
-            path = os.path.join(results_dir, f"{m.name}-g{b}.jsonl") if results_dir else None
-            if path and os.path.exists(path):
-                os.remove(path)
-            res = evaluate_planner(planner, env, policy, scorers.get(m.scorer) if m.scorer else None, tasks,
-                                   {"generated": b}, results_path=path,
-                                   runner=runner.using(m.scorer) if runner is not None else None)
-            acc = res["accuracy"]
-            row = {"method": m.name, "budget": b, "accuracy": acc, "n": res["n"],
-                   "stderr": math.sqrt(acc * (1 - acc) / res["n"]) if res["n"] else 0.0,
-                   **{f"mean_{u}": v for u, v in res["budget"].items()}}
+            runs = []
+            for k in range(m.repeats):
+                planner = make_planner(m.planner, seed=seed + k * REPEAT_SEED_STRIDE, **m.options)
+                path = os.path.join(results_dir, f"{m.name}-g{b}{f'-r{k}' if k else ''}.jsonl") if results_dir else None
+                if path and os.path.exists(path):
+                    os.remove(path)
+                runs.append(evaluate_planner(planner, env, policy, scorers.get(m.scorer) if m.scorer else None, tasks,
+                                             {"generated": b}, results_path=path,
+                                             runner=runner.using(m.scorer) if runner is not None else None))
+            res, n = runs[0], runs[0]["n"]
+            per = [sum(float(r["rows"][i]["correct"]) for r in runs) / len(runs) for i in range(n)]  # per task
+            acc = sum(per) / n if n else 0.0
+            if len(runs) == 1:  # binomial
+                se = math.sqrt(acc * (1 - acc) / n) if n else 0.0
+            else:  # over tasks of the per-task mean
+                se = math.sqrt(sum((p - acc) ** 2 for p in per) / (n - 1) / n) if n > 1 else 0.0
+            row = {"method": m.name, "budget": b, "accuracy": acc, "n": n, "stderr": se,
+                   **{f"mean_{u}": sum(r["budget"][u] for r in runs) / len(runs) for u in res["budget"]}}
+            if len(runs) > 1:
+                row["repeats"], row["accuracy_first"] = len(runs), res["accuracy"]
             if per_task:
-                row["correct"] = [int(r["correct"]) for r in res["rows"]]
+                row["correct"] = per if len(runs) > 1 else [int(r["correct"]) for r in res["rows"]]
             rows.append(row)
             if logger is not None:
                 logger.record(f"compare/{m.name}/accuracy", acc)

@@ -34,7 +34,18 @@ Training batch (`PRMBatch`): ``labels`` 1 for expert steps (expert solutions and
 verified-correct rollouts), 0 for policy steps; ``step_logprobs``/``step_ntokens`` from the
 current policy (`prmgym.rewards.data.fill_logprobs`); optional ``context_steps``: leading steps
 that are only the state of a trace (an expert prefix before one proposed policy step) and are
-left out of the loss. Loss: class-balanced binary cross-entropy on the logit ``f − log π``.
+left out of the loss. Loss: class-balanced binary cross-entropy on the logit ``f − log π``,
+plus ``expert_nll`` × the body's mean token NLL of the demonstrations' steps
+(``PRMBatch.demonstrations``: the expert solutions, not the policy's correct rollouts).
+
+**Who trains what (defaults).** The optimum ``f* = log π_E`` can be estimated two ways: by
+contrast with the policy (the BCE: D is noise-contrastive estimation with π as the noise) and,
+for g's LM term ``log p_θ``, which is a normalised distribution over steps, by maximum likelihood
+on the demonstrations. With ``discriminator_trains_body=False`` (default) the BCE trains only
+the heads (at ``head_learning_rate``, 1e-5) and the body learns from the NLL alone (at
+``learning_rate``, 1e-3). The BCE's gradient into the body pushes down the policy's steps, most
+of which are right; at every rate high enough to move the body it lowered the outcome AUC below
+the untrained prior, while the NLL raised it (docs/rewards.md, "AIRL beyond its prior").
 
 **Where the policy's steps come from** (`prmgym.rewards.train.PRMTrainConfig.airl_negatives`).
 The optimum ``f* − log π = log π_E(a|s) − log π(a|s)`` holds when expert and policy steps are
