@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--mc-rollouts", type=int, default=4)
     ap.add_argument("--learning-rate", type=float, default=None, help="learning rate of every kind (default: each "
-                    "learner's own, its Options.learning_rate: 1e-5 for airl, 1e-4 for the others)")
+                    "learner's own, its Options.learning_rate: 1e-3 for airl (its body; heads 1e-5), 1e-4 for the others)")
     ap.add_argument("--airl-negatives", default="rollouts", help="AIRL policy steps: rollouts | prefixes | both "
                     "(PRMTrainConfig.airl_negatives)")
     ap.add_argument("--proposals", type=int, default=4, help="AIRL with prefixes/both: policy steps per expert prefix")

@@ -460,3 +460,24 @@ def test_inplace_load_restores_weights_and_optimizer(policy, tmp_path):
     m1, m2 = a.update(b), fresh.update(b)
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
     assert torch.allclose(params_vector(fresh), params_vector(a), atol=1e-6)
+
+
+def test_airl_saved_before_expert_nll_loads_as_it_was_trained(policy, tmp_path):
+    """A PRM saved without ``expert_nll`` / ``discriminator_trains_body`` (before they existed)
+    loads with the values it was trained with (0 / True), not with the new defaults; and a batch
+    without any demonstration trains without the NLL term instead of failing."""
+    prm = AIRLPRM.from_backbone(policy, cache=False)
+    d = prm.save(tmp_path / "prm")
+    cfg_path = tmp_path / "prm" / "prm_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("expert_nll", "discriminator_trains_body"):
+        cfg.get("options", cfg).pop(key, None)
+    cfg_path.write_text(json.dumps(cfg))
+    old = load_prm(d)
+    assert old.options.expert_nll == 0.0 and old.options.discriminator_trains_body is True
+    assert load_prm(d, expert_nll=1.0).options.expert_nll == 1.0  # an explicit override still wins
+    prompts, steps = ["Compute 1 + 2.", "Compute 3 + 4."], [["1 + 2 = 3", "Answer: 3"], ["3 + 4 = 9", "Answer: 9"]]
+    lp, nt = fill_logprobs(policy, prompts, steps)
+    no_demo = PRMBatch(prompts, steps, labels=[1.0, 0.0], step_logprobs=lp, step_ntokens=nt, demonstrations=[False, False])
+    loss, m = prm.loss(no_demo)
+    assert torch.isfinite(loss) and "expert_nll" not in m

@@ -229,7 +229,43 @@ def test_build_reward_gives_the_provider_the_env(monkeypatch):
     policy = tiny.random_tiny_policy(seed=0, n_layer=1, n_embd=32, n_head=2)
     provider = build_reward(cfg, policy)
     assert provider.env_spec == (ENV, {"source_kwargs": {"min_ops": 2}}) and provider.expert_tasks == 2
+    assert provider.seed == 0
+    seeded = build_reward(load_run_config({"env": ENV, "reward": "airl", "trainer": {"seed": 7}}), policy)
+    assert seeded.seed == 7 and seeded.expert_tasks == 248  # the trainer's seed; AIRL's default with an env
     assert len(provider._expert_only_tasks()) == 2
     calls = []
     monkeypatch.setitem(REWARDS, "airl", lambda pol, options: calls.append(options) or "provider")
     assert build_reward(cfg, policy) == "provider" and calls == [{"expert_tasks": 2}]
+
+
+def test_expert_only_tasks_leave_out_the_held_out_tasks_and_small_sources(policy):
+    """With held-out evaluation on, no held-out task's expert solution is trained on; a source
+    holding fewer tasks than ``expert_tasks`` gives all it has, one without ``at_most`` an error
+    that names ``expert_tasks``."""
+    from prmgym.envs.task import Task
+    from prmgym.rewards.train import draw_tasks
+
+    env_fn = lambda: gym.make(ENV, split="train")  # noqa: E731
+    same = [Task(id=f"t/{i}", prompt=f"Compute {i} + 1.", answer=str(i + 1), expert_steps=(f"Answer: {i + 1}",))
+            for i in range(4)]
+
+    class Fixed:  # every draw returns the same tasks: held-out and expert-only draws overlap fully
+        def tasks(self, split="train", n=None, seed=0, *, at_most=False):
+            if n is not None and n > len(same) and not at_most:
+                raise ValueError(f"only {len(same)} tasks")
+            return same[: n or len(same)]
+
+    for eval_every, want in ((0, same), (5, [])):
+        cfg = PRMTrainConfig(kind="airl", steps=1, tasks_per_step=2, expert_tasks=3, eval_every=eval_every, eval_tasks=4)
+        tr = OfflinePRMTrainer(build_prm("airl", policy), policy, env_fn, cfg)
+        tr.data.pool.get(1)[0].unwrapped.source = Fixed()
+        assert tr.data.expert_only_tasks(0) == want[:3]
+        tr.close()
+    assert draw_tasks(Fixed(), 10, 0, "expert_tasks") == same  # all it holds
+
+    class Strict:
+        def tasks(self, split="train", n=None, seed=0):
+            raise ValueError("only 4 tasks")
+
+    with pytest.raises(ValueError, match="expert_tasks=10: only 4 tasks; set a smaller expert_tasks"):
+        draw_tasks(Strict(), 10, 0, "expert_tasks")

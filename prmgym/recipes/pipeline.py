@@ -71,7 +71,7 @@ def train_grpo(policy_dir: str, env_id: str, out_dir: str, *, env_kwargs: dict |
         from prmgym.rewards.rl import AIRLRewardProvider
 
         # AIRL's own defaults (docs/rewards.md), with the env's demonstrations (expert_tasks)
-        provider = AIRLRewardProvider.from_config(policy, {"dtype": dtype, **(airl_options or {})},
+        provider = AIRLRewardProvider.from_config(policy, {"dtype": dtype, "seed": seed, **(airl_options or {})},
                                                   env=(env_id, dict(env_kwargs or {})))
     callbacks = [deadline_callback(seconds)] if seconds else []
     trainer = GRPOTrainer(policy, env_id, cfg, env_kwargs=dict(env_kwargs or {}), process_reward=provider,
@@ -206,6 +206,10 @@ def compare(methods: list[Method], scorers: dict[str, Any], policy, env_id: str,
             if m.name in absent:
                 continue
             runs = []
+            k = m.repeats
+            while results_dir and os.path.exists(stale := os.path.join(results_dir, f"{m.name}-g{b}-r{k}.jsonl")):
+                os.remove(stale)  # left by an earlier run with more repeats
+                k += 1
             for k in range(m.repeats):
                 planner = make_planner(m.planner, seed=seed + k * REPEAT_SEED_STRIDE, **m.options)
                 path = os.path.join(results_dir, f"{m.name}-g{b}{f'-r{k}' if k else ''}.jsonl") if results_dir else None

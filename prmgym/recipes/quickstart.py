@@ -55,11 +55,11 @@ class QuickstartConfig:
     prm_tasks_per_step: int = 8
     prm_rollouts: int = 4
     mc_rollouts: int = 2
-    # held-out early stopping of the ORM and MC-PRM (prmgym.rewards.heldout): evaluate every K updates
-    # on prm_eval_tasks held-out tasks and keep the best PRM, the untrained one included (0 = off)
     # plain sampling's accuracy (pass@1) is the mean over this many independent samples per task
     # (one sample per task, as before 2026-12-06, put a binomial draw of its own noise on the baseline)
     sampling_repeats: int = 8
+    # held-out early stopping of the ORM and MC-PRM (prmgym.rewards.heldout): evaluate every K updates
+    # on prm_eval_tasks held-out tasks and keep the best PRM, the untrained one included (0 = off)
     prm_eval_every: int = 5
     prm_eval_tasks: int = 32
     value_tasks: int = 24

@@ -247,7 +247,10 @@ def build_reward(cfg: RunConfig, policy: Any):
         params = inspect.signature(factory).parameters.values()
         takes_env = any(p.name == "env" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         # the environment (for a provider's expert_tasks) goes to a factory that takes it
-        return factory(policy, options, env=(cfg.env, dict(cfg.env_kwargs))) if takes_env else factory(policy, options)
+        if not takes_env:
+            return factory(policy, options)
+        options.setdefault("seed", int(dict(cfg.trainer or {}).get("seed", 0)))  # the trainer seed: of the provider's expert_tasks draws
+        return factory(policy, options, env=(cfg.env, dict(cfg.env_kwargs)))
     except ConfigError as e:
         raise ConfigError(f"reward_config: {e}") from None
     except (TypeError, ValueError) as e:  # the reward's own check of its options

@@ -145,7 +145,8 @@ class AIRLOptions(PRMOptions):
     discriminator_trains_body: bool = help_field(False, "with lm_prior: true lets the discriminator loss train the body "
                                                  "too; false (default): it trains only the heads (it reads the body's "
                                                  "hidden states and LM log-prob without a gradient) and the body learns "
-                                                 "from expert_nll alone")
+                                                 "from expert_nll alone. Without lm_prior (no LM term to fit) the "
+                                                 "discriminator loss trains the whole PRM")
     residual_features: str = help_field("none", "with lm_prior: statistics of the body's token log-probs of the step "
                                         "the heads read next to the hidden state (zero weights at first): none | a "
                                         "comma list of token_min (the least likely token), sum (summed log-prob)")
@@ -158,7 +159,7 @@ class AIRLOptions(PRMOptions):
             raise ValueError(f"unknown logpi_scale {self.logpi_scale!r}; valid: {', '.join(LOGPI_SCALES)}")
         if self.expert_nll < 0:
             raise ValueError(f"expert_nll must be >= 0 (0 = off), got {self.expert_nll}")
-        if self.lm_prior and not self.discriminator_trains_body and not self.expert_nll:
+        if self.lm_prior and not self.discriminator_trains_body and not self.expert_nll and self.train_backbone:
             raise ValueError("discriminator_trains_body=False leaves the body to expert_nll, which is 0: nothing would "
                              "train the body; set expert_nll > 0, discriminator_trains_body=True, or "
                              "train_backbone=False to freeze the body")
@@ -180,6 +181,8 @@ class AIRLPRM(ScalarHeadPRM):
     n_outputs = 2  # 0: g(s, a), 1: h(s)
     Options = AIRLOptions
     recipe_fields = ("airl_negatives", "proposals_per_prefix", "expert_tasks")
+    #: options a PRM saved before they existed was trained without (load keeps its behaviour)
+    legacy_options = {"expert_nll": 0.0, "discriminator_trains_body": True}
     needs_both_classes = True
     validation = "proposals"
     also_validate = ("corrupted",)  # prmgym.rewards.heldout: one-step-corrupted expert solutions
@@ -309,14 +312,15 @@ class AIRLPRM(ScalarHeadPRM):
         self.bias_initialised = True
 
     @staticmethod
-    def _demonstration_nll(batch: PRMBatch, full: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _demonstration_nll(batch: PRMBatch, full: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """The body's mean token NLL of the demonstrations' steps (``batch.demonstrations``, or every
-        label-1 trace without it), context steps left out; `forward_all`'s columns 2 and 3."""
+        label-1 trace without it), context steps left out; `forward_all`'s columns 2 and 3. None
+        when the batch holds no demonstration."""
         demo = batch.demonstrations if batch.demonstrations is not None else [y >= 0.5 for y in batch.labels]
         rows = [o[1:, 2:] for o in full]
         kept = [r for r, d in zip(batch.drop_context(rows), demo) if d and len(r)]
-        if not kept:
-            raise MissingClassError("expert_nll needs a demonstration with a step in the batch; got none")
+        if not kept:  # no expert solution in this batch (use_expert off, a source without them): no NLL term
+            return None
         cat = torch.cat(kept)
         return -cat[:, 0].sum() / cat[:, 1].sum().clamp(min=1)
 
@@ -340,7 +344,8 @@ class AIRLPRM(ScalarHeadPRM):
         nll = None
         if self.options.expert_nll and self.lm_prior:
             nll = self._demonstration_nll(batch, full)
-            loss = loss + float(self.options.expert_nll) * nll.to(loss.dtype)
+            if nll is not None:
+                loss = loss + float(self.options.expert_nll) * nll.to(loss.dtype)
         with torch.no_grad():
             metrics = {
                 "disc_acc_expert": float((zp > 0).float().mean()),

@@ -125,9 +125,10 @@ class _OnlineProvider:
             env = make(env_id, **{**dict(kwargs or {}), "split": "train"})
             self._source = env.unwrapped.source
             env.close()
-        from prmgym.rewards.train import EXPERT_ONLY_SEED
+        from prmgym.rewards.train import EXPERT_ONLY_SEED, draw_tasks
 
-        return list(self._source.tasks("train", self.expert_tasks, seed=EXPERT_ONLY_SEED + self.seed * 1_000_003 + self.prm.updates))
+        return draw_tasks(self._source, self.expert_tasks, EXPERT_ONLY_SEED + self.seed * 1_000_003 + self.prm.updates,
+                          "expert_tasks")
 
     def update(self, trajectories: Sequence[Any]) -> dict:
         pos, neg, n_demos = self.build_batch(trajectories)
@@ -136,8 +137,8 @@ class _OnlineProvider:
             out["skipped"] = 1.0
             return out
         batch = traces_to_batch(pos, neg, policy=self.policy, delimiter=self.delimiter, template=template_of(trajectories))
-        if n_demos:  # AIRL's expert_nll fits the expert solutions, not the policy's correct rollouts
-            batch.demonstrations = [i < n_demos for i in range(len(batch))]
+        # AIRL's expert_nll fits the expert solutions, not the policy's correct rollouts (none: no NLL term)
+        batch.demonstrations = [i < n_demos for i in range(len(batch))]
         metrics: dict = {}
         for _ in range(self.updates_per_step):
             metrics = self.prm.update(batch)

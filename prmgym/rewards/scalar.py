@@ -294,6 +294,8 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     Options: type = PRMOptions
     data_source: str = "env"
     recipe_fields: tuple[str, ...] = ()
+    #: option values that a PRM saved without those options gets at load (its training before they existed)
+    legacy_options: dict = {}
     needs_both_classes: bool = False
     validation: str | None = None  # held-out metric while training offline (prmgym.rewards.heldout.VALIDATORS)
     also_validate: tuple[str, ...] = ()  # more held-out metrics logged beside it (not used to pick the best)
@@ -587,6 +589,8 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         model, tok = load_causal_lm(os.path.join(os.fspath(path), BACKBONE_DIR))
         if "lm_feature" in {f.name for f in fields(target.Options)}:
             cfg.setdefault("lm_feature", "none")  # saved before the option existed: a head without the feature
+        for key, value in target.legacy_options.items():  # saved before the option existed: as it was trained
+            cfg.setdefault(key, value)
         cfg.update(overrides)
         cfg["share_backbone"] = False  # loaded on its own: its backbone directory is its own
         prm = target(model, tokenizer or tok, **cfg)

@@ -31,6 +31,19 @@ from prmgym.rewards.scalar import PRM_CLASSES, MissingClassError, PRMBatch, Scal
 #: AIRL's demonstrations per update beyond the update's own tasks (with 8 tasks per update: 256 in all;
 #: measured in docs/rewards.md, "AIRL beyond its prior")
 DEFAULT_EXPERT_TASKS = 248
+def draw_tasks(source: Any, n: int, seed: int, what: str) -> list:
+    """``n`` training tasks of ``source`` drawn with ``seed``, or all it holds when it holds fewer
+    (a source without ``at_most`` fails as it always did, with ``what`` named)."""
+    import inspect
+
+    try:
+        if "at_most" in inspect.signature(source.tasks).parameters:
+            return list(source.tasks("train", n, seed=seed, at_most=True))
+        return list(source.tasks("train", n, seed=seed))
+    except ValueError as e:
+        raise ValueError(f"{what}={n}: {e}; set a smaller {what}") from None
+
+
 #: seed offset of the expert-only task draws (`PRMTrainConfig.expert_tasks`): far from the training
 #: draws (seed * 1_000_003 + step) and from the held-out ones (`prmgym.rewards.heldout.HELDOUT_SEED`)
 EXPERT_ONLY_SEED = 2_718_281_828
@@ -166,6 +179,7 @@ class PRMData:
     def __init__(self, config: PRMTrainConfig, policy: Any, pool: EnvPool | None, targets: list | None, prm: ScalarHeadPRM) -> None:
         self.config, self.policy, self.pool, self.targets, self.prm = config, policy, pool, targets, prm
         self.stats = {"rollout_traces": 0, "mc_rollouts": 0}
+        self._heldout_prompts: set | None = None
 
     @property
     def delimiter(self) -> str:
@@ -178,12 +192,21 @@ class PRMData:
 
     def expert_only_tasks(self, step: int) -> list:
         """``expert_tasks`` more training tasks of update ``step`` (their own seed stream), of which
-        only the expert solutions are used."""
-        n = self.config.expert_tasks if self.config.use_expert else 0
+        only the expert solutions are used; with held-out evaluation on, the held-out tasks are left
+        out (the body must not fit the expert steps early stopping judges it on)."""
+        cfg = self.config
+        n = cfg.expert_tasks if cfg.use_expert else 0
         if not n:
             return []
-        u = self.pool.get(1)[0].unwrapped
-        return list(u.source.tasks("train", n, seed=EXPERT_ONLY_SEED + self.config.seed * 1_000_003 + step))
+        source = self.pool.get(1)[0].unwrapped.source
+        tasks = draw_tasks(source, n, EXPERT_ONLY_SEED + cfg.seed * 1_000_003 + step, "expert_tasks")
+        if cfg.eval_every:
+            if self._heldout_prompts is None:
+                from prmgym.rewards.heldout import HELDOUT_SEED
+
+                self._heldout_prompts = {t.prompt for t in source.tasks("train", cfg.eval_tasks, seed=HELDOUT_SEED + cfg.seed)}
+            tasks = [t for t in tasks if t.prompt not in self._heldout_prompts]
+        return tasks
 
     def experts(self, tasks: list) -> list:
         """The tasks' expert solutions as correct traces (none when ``use_expert`` is off)."""
