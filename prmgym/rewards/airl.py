@@ -147,6 +147,7 @@ class AIRLOptions(PRMOptions):
                                                  "hidden states and LM log-prob without a gradient) and the body learns "
                                                  "from expert_nll alone. Without lm_prior (no LM term to fit) the "
                                                  "discriminator loss trains the whole PRM")
+    legacy_options = {"expert_nll": 0.0, "discriminator_trains_body": True}  # saved before they existed: as trained
     residual_features: str = help_field("none", "with lm_prior: statistics of the body's token log-probs of the step "
                                         "the heads read next to the hidden state (zero weights at first): none | a "
                                         "comma list of token_min (the least likely token), sum (summed log-prob)")
@@ -181,8 +182,6 @@ class AIRLPRM(ScalarHeadPRM):
     n_outputs = 2  # 0: g(s, a), 1: h(s)
     Options = AIRLOptions
     recipe_fields = ("airl_negatives", "proposals_per_prefix", "expert_tasks")
-    #: options a PRM saved before they existed was trained without (load keeps its behaviour)
-    legacy_options = {"expert_nll": 0.0, "discriminator_trains_body": True}
     needs_both_classes = True
     validation = "proposals"
     also_validate = ("corrupted",)  # prmgym.rewards.heldout: one-step-corrupted expert solutions

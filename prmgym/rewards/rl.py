@@ -125,10 +125,9 @@ class _OnlineProvider:
             env = make(env_id, **{**dict(kwargs or {}), "split": "train"})
             self._source = env.unwrapped.source
             env.close()
-        from prmgym.rewards.train import EXPERT_ONLY_SEED, draw_tasks
+        from prmgym.rewards.train import draw_expert_only_tasks
 
-        return draw_tasks(self._source, self.expert_tasks, EXPERT_ONLY_SEED + self.seed * 1_000_003 + self.prm.updates,
-                          "expert_tasks")
+        return draw_expert_only_tasks(self._source, self.expert_tasks, self.seed, self.prm.updates)
 
     def update(self, trajectories: Sequence[Any]) -> dict:
         pos, neg, n_demos = self.build_batch(trajectories)

@@ -85,6 +85,10 @@ class PRMOptions(OptimKnobs):
     prompt_format: str = help_field("plain", "how traces are tokenised: plain (the trace text) | chat (the "
                                     "tokenizer's chat template; a PRM built on a policy takes the policy's)")
 
+    #: option values that a PRM saved without those options gets at load (its training before they
+    #: existed); a class attribute, not a field
+    legacy_options = {}
+
     def __post_init__(self) -> None:
         super().__post_init__()  # the OptimKnobs checks
         if self.micro_batch_size:
@@ -111,6 +115,7 @@ class LMFeatureOptions(PRMOptions):
                                  "log-prob) | running_min (its minimum over the steps so far); the head starts "
                                  "at zero on everything else, so the untrained PRM ranks as the LM does")
     lm_feature_weight: float = help_field(1.0, "initial head weight on the LM feature (> 0)")
+    legacy_options = {"lm_feature": "none"}  # saved before the option existed: a head without the feature
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -294,8 +299,6 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
     Options: type = PRMOptions
     data_source: str = "env"
     recipe_fields: tuple[str, ...] = ()
-    #: option values that a PRM saved without those options gets at load (its training before they existed)
-    legacy_options: dict = {}
     needs_both_classes: bool = False
     validation: str | None = None  # held-out metric while training offline (prmgym.rewards.heldout.VALIDATORS)
     also_validate: tuple[str, ...] = ()  # more held-out metrics logged beside it (not used to pick the best)
@@ -587,9 +590,7 @@ class ScalarHeadPRM(ProcessRewardModel, abc.ABC):
         if not os.path.exists(head_path):
             raise ValueError(f"{os.fspath(path)!r} has {PRM_CONFIG} but no {HEAD_FILE}: the PRM head is missing; re-save the PRM")
         model, tok = load_causal_lm(os.path.join(os.fspath(path), BACKBONE_DIR))
-        if "lm_feature" in {f.name for f in fields(target.Options)}:
-            cfg.setdefault("lm_feature", "none")  # saved before the option existed: a head without the feature
-        for key, value in target.legacy_options.items():  # saved before the option existed: as it was trained
+        for key, value in target.Options.legacy_options.items():  # saved before the option existed: as trained
             cfg.setdefault(key, value)
         cfg.update(overrides)
         cfg["share_backbone"] = False  # loaded on its own: its backbone directory is its own

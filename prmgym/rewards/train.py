@@ -31,6 +31,12 @@ from prmgym.rewards.scalar import PRM_CLASSES, MissingClassError, PRMBatch, Scal
 #: AIRL's demonstrations per update beyond the update's own tasks (with 8 tasks per update: 256 in all;
 #: measured in docs/rewards.md, "AIRL beyond its prior")
 DEFAULT_EXPERT_TASKS = 248
+def draw_expert_only_tasks(source: Any, n: int, seed: int, step: int) -> list:
+    """The ``n`` expert-only training tasks of update ``step`` (`PRMTrainConfig.expert_tasks`, and
+    the online providers' ``expert_tasks``): a seed stream of their own."""
+    return draw_tasks(source, n, EXPERT_ONLY_SEED + seed * 1_000_003 + step, "expert_tasks")
+
+
 def draw_tasks(source: Any, n: int, seed: int, what: str) -> list:
     """``n`` training tasks of ``source`` drawn with ``seed``, or all it holds when it holds fewer
     (a source without ``at_most`` fails as it always did, with ``what`` named)."""
@@ -199,7 +205,7 @@ class PRMData:
         if not n:
             return []
         source = self.pool.get(1)[0].unwrapped.source
-        tasks = draw_tasks(source, n, EXPERT_ONLY_SEED + cfg.seed * 1_000_003 + step, "expert_tasks")
+        tasks = draw_expert_only_tasks(source, n, cfg.seed, step)
         if cfg.eval_every:
             if self._heldout_prompts is None:
                 from prmgym.rewards.heldout import HELDOUT_SEED
